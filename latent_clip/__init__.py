@@ -4,9 +4,12 @@ from .config import ConfigError, LatentFamily, ModelConfig, get_latent_family, g
 from .contract import LatentContractError, raw_to_scaled, scaled_to_raw
 from .factory import CheckpointError, convert, infer_config, load_model, save_export, save_official_checkpoint
 from .model import LatentCLIP
+from .score import Scores, rank_by_prompt, score_latents
+from .zeroshot import build_classifier, classify
 
 __all__ = [
-    "CheckpointError", "ConfigError", "LatentCLIP", "LatentContractError", "LatentFamily", "ModelConfig",
-    "convert", "get_latent_family", "get_model_config", "infer_config", "latent_families", "list_models",
-    "load_model", "raw_to_scaled", "save_export", "save_official_checkpoint", "scaled_to_raw",
+    "CheckpointError", "ConfigError", "LatentCLIP", "LatentContractError", "LatentFamily", "ModelConfig", "Scores",
+    "build_classifier", "classify", "convert", "get_latent_family", "get_model_config", "infer_config",
+    "latent_families", "list_models", "load_model", "rank_by_prompt", "raw_to_scaled", "save_export",
+    "save_official_checkpoint", "scaled_to_raw", "score_latents",
 ]

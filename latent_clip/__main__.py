@@ -1,0 +1,56 @@
+"""``python -m latent_clip``: inspect and convert Latent-CLIP weights.
+
+  python -m latent_clip list
+  python -m latent_clip info epoch_34.pt
+  python -m latent_clip convert epoch_34.pt latent-clip-b8.safetensors --dtype fp16 [--no-vae-encoder]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import list_models
+from .factory import DTYPES, CheckpointError, convert, load_model
+from .pretrained import list_pretrained
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m latent_clip", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="bundled architectures and known weights")
+    info = sub.add_parser("info", help="load weights and print their architecture")
+    info.add_argument("path")
+    conv = sub.add_parser("convert", help="write a safetensors export (+ JSON config beside it)")
+    conv.add_argument("src", help="official .pt checkpoint, state dict or safetensors export")
+    conv.add_argument("dst", help="output .safetensors path")
+    conv.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast weights (default: keep)")
+    conv.add_argument("--no-vae-encoder", action="store_true",
+                      help="leave out the bundled VAE encoder (latent path only; smaller file)")
+    conv.add_argument("--config", default=None, help="architecture name or JSON (default: infer)")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "list":
+            print("architectures:", *list_models(), sep="\n  ")
+            print("known weights (download them yourself; nothing is fetched):")
+            for w in list_pretrained():
+                print(f"  {w.name}: {w.hf_repo} {w.hf_file} [{w.config}, {w.latent_family} latents]")
+        elif args.command == "info":
+            model = load_model(args.path)
+            n = sum(p.numel() for p in model.parameters())
+            print(json.dumps(model.config.to_dict(), indent=2))
+            print(f"parameters: {n:,}  vae_encoder: {model.has_vae_encoder}")
+        else:
+            out = convert(args.src, args.dst, config=args.config, dtype=args.dtype,
+                          vae_encoder=not args.no_vae_encoder)
+            print(f"wrote {out} and {out.with_suffix('.json')}")
+    except (CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Batch surgery on LATENT-style dicts (``{"samples": (B, ...), "noise_mask"?, "batch_index"?}``).
+
+Plain dicts and tensors, no ComfyUI: every other key is kept, ``batch_index`` records which item
+of the original batch each sample was (so samplers give it the same noise), and a per-sample
+``noise_mask`` follows its samples while a shared (batch 1) mask is kept as is. Mirrors
+ComfyUI's LatentFromBatch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+
+def _per_sample_masks(mask: torch.Tensor, batch: int) -> torch.Tensor:
+    if mask.ndim < 3 or mask.shape[0] == batch:
+        return mask
+    return mask.repeat(math.ceil(batch / mask.shape[0]), *([1] * (mask.ndim - 1)))[:batch]
+
+
+def select(latent: dict[str, Any], indices: Sequence[int]) -> dict[str, Any]:
+    """The items ``indices`` (in that order) of ``latent``; raises on an empty selection."""
+    samples = latent["samples"]
+    batch = samples.shape[0]
+    indices = [int(i) for i in indices]
+    if not indices:
+        raise ValueError("cannot select an empty batch")
+    if any(not 0 <= i < batch for i in indices):
+        raise IndexError(f"indices {indices} out of range for a batch of {batch}")
+    out = dict(latent)
+    out["samples"] = samples[indices].clone()
+    mask = latent.get("noise_mask")
+    if isinstance(mask, torch.Tensor) and mask.ndim >= 3 and mask.shape[0] > 1:
+        out["noise_mask"] = _per_sample_masks(mask, batch)[indices].clone()
+    original = latent.get("batch_index") or list(range(batch))
+    out["batch_index"] = [original[i] for i in indices]
+    return out
+
+
+def replace(latent: dict[str, Any], which: torch.Tensor, new_samples: torch.Tensor) -> dict[str, Any]:
+    """``latent`` with the items where ``which`` (B,) is True taken from ``new_samples`` (B, ...)."""
+    samples = latent["samples"]
+    keep = (~which.to(samples.device).bool()).view(-1, *([1] * (samples.ndim - 1)))
+    out = dict(latent)
+    out["samples"] = torch.where(keep, samples, new_samples.to(samples))
+    return out

@@ -1,0 +1,167 @@
+"""Rewards for noise optimisation and guidance: plain functions of tensors.
+
+A reward here is a *loss*: a callable ``raw_latents (B, C, H, W) -> (B,)`` that is lower when
+the latent is better, differentiable w.r.t. the latents. Models are arguments (never
+downloaded here), device and dtype come from the inputs, weights are a dict
+(:func:`weighted_sum`), and the noise-norm regulariser is its own function.
+
+Losses follow ReNO (arXiv 2406.04312, ``rewards/clip.py``): CLIPScore is
+``100 - exp(logit_scale) * cos``, so a perfect match costs 0 and weights are comparable with
+ReNO's (``w = 0.01`` for CLIPScore).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+RewardFn = Callable[[torch.Tensor], torch.Tensor]
+
+# open_clip's OPENAI_DATASET_MEAN/STD, the default when a model does not carry its own
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def clip_score_loss(features: torch.Tensor, text_features: torch.Tensor,
+                    logit_scale: torch.Tensor) -> torch.Tensor:
+    """ReNO's CLIPScore loss ``100 - exp(logit_scale) * cos``, per sample.
+
+    ``features`` (B, D) and ``text_features`` (1 or B, D) are L2-normalised; ``logit_scale`` is
+    the log scale (open_clip's parameter)."""
+    cos = (features * text_features.to(features.dtype)).sum(-1)
+    return 100 - logit_scale.exp().to(cos.dtype) * cos
+
+
+def concept_loss(features: torch.Tensor, concept_features: torch.Tensor, neutral_features: torch.Tensor,
+                 logit_scale: torch.Tensor) -> torch.Tensor:
+    """"Avoid these concepts": ``sum_k -log p(neutral_k)``, per sample.
+
+    For each concept k, ``p`` is the softmax of ``exp(logit_scale) * cos`` over the pair
+    (concept_k, neutral_k), as in the authors' Latent Safety Filter node. The loss is about
+    ``p(concept)`` when small and saturates at 0 once the latent is clear of every concept, so it
+    does not push further than needed. ``concept_features``/``neutral_features``: (K, D)."""
+    scale = logit_scale.exp().to(features.dtype)
+    s_concept = scale * features @ concept_features.to(features.dtype).T
+    s_neutral = scale * features @ neutral_features.to(features.dtype).T
+    return F.softplus(s_concept - s_neutral).sum(-1)
+
+
+def norm_regulariser(noise: torch.Tensor, weight: float = 0.01) -> torch.Tensor:
+    """ReNO's noise-norm regulariser ``w * (0.5 ||e||^2 - (d - 1) log ||e||)`` per sample, in fp32.
+
+    It is the negative log-density of a chi distribution with ``d`` degrees of freedom (up to a
+    constant), minimised at ``||e|| = sqrt(d - 1)``: it keeps the noise on the Gaussian shell."""
+    e = noise.float().flatten(1)
+    d = e.shape[1]
+    norm = e.norm(dim=1)
+    return weight * (0.5 * norm.square() - (d - 1) * norm.log())
+
+
+def _text_features(model, texts: Sequence[str]) -> torch.Tensor:
+    with torch.no_grad():
+        return model.encode_text(list(texts), normalize=True).detach()
+
+
+def latent_alignment(model, prompt: str) -> RewardFn:
+    """Latent-CLIP prompt alignment (ReNO's CLIPScore loss on raw latents, no decode).
+
+    ``model`` is a :class:`~latent_clip.LatentCLIP`; the text is encoded once, here."""
+    text = _text_features(model, [prompt])
+
+    def loss(latents: torch.Tensor) -> torch.Tensor:
+        return clip_score_loss(model.encode_latents(latents, normalize=True), text, model.logit_scale)
+
+    return loss
+
+
+def latent_avoid(model, concepts: Sequence[str], template: str = "an image of {}",
+                 neutral_template: str = "an image of no {}") -> RewardFn:
+    """Latent-CLIP "avoid these concepts" (:func:`concept_loss`) on raw latents, no decode."""
+    concepts = [c.strip() for c in concepts if c.strip()]
+    if not concepts:
+        raise ValueError("latent_avoid needs at least one concept")
+    concept = _text_features(model, [template.format(c) for c in concepts])
+    neutral = _text_features(model, [neutral_template.format(c) for c in concepts])
+
+    def loss(latents: torch.Tensor) -> torch.Tensor:
+        return concept_loss(model.encode_latents(latents, normalize=True), concept, neutral, model.logit_scale)
+
+    return loss
+
+
+def clip_preprocess(images: torch.Tensor, size: int, mean: Sequence[float] = CLIP_MEAN,
+                    std: Sequence[float] = CLIP_STD) -> torch.Tensor:
+    """Images in [-1, 1] (B, 3, H, W) -> CLIP input: [0, 1], bicubic resize of the short side,
+    centre crop, normalise (ReNO's shared preprocess). Differentiable."""
+    x = (images / 2 + 0.5).clamp(0, 1)
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bicubic",
+                      align_corners=False, antialias=True)
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    x = x[..., top:top + size, left:left + size]
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def pixel_alignment(clip_model, tokenizer, prompt: str, decode: Callable[[torch.Tensor], torch.Tensor]) -> RewardFn:
+    """The pixel path, for comparisons: ``decode`` (raw latents -> images in [-1, 1]), then an
+    open_clip model's image tower and ReNO's CLIPScore loss. Costs a VAE decode forward and
+    backward per call (see PERF-ANCHORS.md: ~2.4x an SD-Turbo UNet step on CPU)."""
+    visual = clip_model.visual
+    size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else int(visual.image_size)
+    cfg = getattr(visual, "preprocess_cfg", None) or {}
+    mean, std = cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD)
+    device = next(clip_model.parameters()).device
+    with torch.no_grad():
+        text = F.normalize(clip_model.encode_text(tokenizer([prompt]).to(device)), dim=-1).detach()
+
+    def loss(latents: torch.Tensor) -> torch.Tensor:
+        images = clip_preprocess(decode(latents), size, mean, std)
+        dtype = next(clip_model.parameters()).dtype
+        features = F.normalize(clip_model.encode_image(images.to(device=device, dtype=dtype)), dim=-1)
+        return clip_score_loss(features, text, clip_model.logit_scale).to(latents.device)
+
+    return loss
+
+
+def weighted_sum(rewards: Mapping[str, RewardFn], weights: Mapping[str, float]) -> RewardFn:
+    """``sum_name weights[name] * rewards[name](latents)``, per sample, in fp32.
+
+    Names in ``rewards`` without a weight, or with weight 0, are skipped (never evaluated)."""
+    unknown = set(weights) - set(rewards)
+    if unknown:
+        raise KeyError(f"weights for unknown rewards: {sorted(unknown)}")
+    active = {n: fn for n, fn in rewards.items() if weights.get(n, 0.0)}
+    if not active:
+        raise ValueError("no reward has a non-zero weight")
+
+    def loss(latents: torch.Tensor) -> torch.Tensor:
+        return sum(weights[n] * fn(latents).float() for n, fn in active.items())
+
+    return loss
+
+
+def step_away(latents: torch.Tensor, loss_fn: RewardFn, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One guidance step on clean latents: ``z - strength * p * g / rms(g)`` per sample, where
+    ``g`` is the gradient of ``loss_fn`` at ``z`` and ``p = 1 - exp(-loss)`` (for
+    :func:`concept_loss`, the probability of any concept). ``strength`` is thus in units of the
+    latent's RMS per step, scaled down as the latent clears the concepts. Returns
+    ``(new latents, loss)``; ``loss_fn`` may read a transformed ``z`` (e.g. raw from model space)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        z = latents.detach().clone().requires_grad_(True)
+        loss = loss_fn(z)
+        (grad,) = torch.autograd.grad(loss.sum(), z)
+    dims = tuple(range(1, grad.ndim))
+    rms = grad.float().square().mean(dims, keepdim=True).sqrt().clamp_min(1e-12)
+    p = (1 - torch.exp(-loss.detach().float())).view(-1, *([1] * len(dims)))
+    step = (strength * p * grad.float() / rms).to(latents.dtype)
+    return latents - step, loss.detach()
+
+
+def chi_mode(d: int) -> float:
+    """Norm at which :func:`norm_regulariser` is minimal: ``sqrt(d - 1)``."""
+    return math.sqrt(d - 1)

@@ -1,0 +1,40 @@
+"""Prompt scores of latents: cosine similarity and CLIP logits.
+
+All functions take raw VAE latents (B, C, H, W) and return float32 tensors on the model's device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .model import LatentCLIP
+
+
+@dataclass(frozen=True)
+class Scores:
+    """``cosine`` (B, P) in [-1, 1]; ``logits`` = ``logit_scale.exp() * cosine`` (B, P)."""
+
+    cosine: torch.Tensor
+    logits: torch.Tensor
+
+
+def similarity(model: LatentCLIP, latent_features: torch.Tensor, text_features: torch.Tensor) -> Scores:
+    """Normalised (B, E) and (P, E) features -> :class:`Scores`."""
+    cosine = latent_features.float() @ text_features.float().T
+    return Scores(cosine=cosine, logits=model.logit_scale.exp().float() * cosine)
+
+
+def score_latents(model: LatentCLIP, latents: torch.Tensor, prompts: str | Sequence[str]) -> Scores:
+    """Scores of every latent against every prompt: (B, P)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts or any(not p.strip() for p in prompts):
+        raise ValueError("prompts must be non-empty strings")
+    return similarity(model, model.encode_latents(latents), model.encode_text(prompts))
+
+
+def rank_by_prompt(model: LatentCLIP, latents: torch.Tensor, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, cosine): batch indices sorted best-first by cosine to ``prompt``, and the cosines (B,)."""
+    cosine = score_latents(model, latents, prompt).cosine[:, 0]
+    return torch.argsort(cosine, descending=True), cosine

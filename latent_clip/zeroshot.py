@@ -1,0 +1,41 @@
+"""Zero-shot classification of latents: class names x templates ensembles.
+
+Reuses open_clip's ``build_zero_shot_classifier`` and its ImageNet class names/templates.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from open_clip.zero_shot_classifier import build_zero_shot_classifier
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+
+from .model import LatentCLIP
+
+__all__ = ["IMAGENET_CLASSNAMES", "OPENAI_IMAGENET_TEMPLATES", "SIMPLE_IMAGENET_TEMPLATES",
+           "build_classifier", "classify", "parse_labels"]
+
+
+def parse_labels(text: str) -> list[str]:
+    """One label per line; blank lines and surrounding spaces dropped."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def build_classifier(model: LatentCLIP, classnames: Sequence[str],
+                     templates: Sequence[str] = ("a photo of a {}.",), progress: bool = False) -> torch.Tensor:
+    """(embed_dim, K) unit-norm class embeddings, each the mean over ``templates`` ("...{}...")."""
+    if not classnames:
+        raise ValueError("no class labels given")
+    bad = [t for t in templates if "{}" not in t]
+    if not templates or bad:
+        raise ValueError(f"templates must each contain '{{}}' for the label; got {list(templates)}")
+    with torch.no_grad():
+        return build_zero_shot_classifier(model, model.tokenize, list(classnames), list(templates),
+                                          num_classes_per_batch=16, device=model.device, use_tqdm=progress)
+
+
+def classify(model: LatentCLIP, latents: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (B, K), float32: softmax of ``logit_scale.exp() * cos``."""
+    features = model.encode_latents(latents).float()
+    logits = model.logit_scale.exp().float() * features @ classifier.float()
+    return logits.softmax(dim=-1)
