@@ -1,0 +1,129 @@
+"""The ReNO loop (latent_clip.reno) on small differentiable generators with known optima."""
+import math
+
+import pytest
+import torch
+
+from latent_clip.reno import RenoProgress, clip_grad_norm_per_sample_, optimize_noise
+from latent_clip.rewards import chi_mode, norm_regulariser
+
+SHAPE = (4, 8, 8)  # d = 256
+
+
+def _cos_problem(seed=0, batch=2):
+    """generate = a fixed invertible linear map; reward = 100 - 100 cos(latent, target).
+    The optimum direction is known (A e ∝ target); the reward ignores the norm, so the
+    regulariser alone sets it (to sqrt(d - 1))."""
+    g = torch.Generator().manual_seed(seed)
+    d = math.prod(SHAPE)
+    a = torch.eye(d) + 0.1 * torch.randn(d, d, generator=g) / math.sqrt(d)
+    target = torch.randn(batch, d, generator=g)
+
+    def generate(e):
+        return (e.flatten(1) @ a.T).view(e.shape)
+
+    def reward(latent):  # ReNO's CLIPScore loss at its weight 0.01: 0.01 * (100 - 100 cos)
+        return 1 - torch.nn.functional.cosine_similarity(latent.flatten(1), target, dim=1)
+
+    noise = torch.randn(batch, *SHAPE, generator=g)
+    return generate, reward, noise
+
+
+def test_loop_raises_reward_and_keeps_norm_on_the_shell():
+    generate, reward, noise = _cos_problem()
+    result = optimize_noise(generate, reward, noise, iterations=30)
+    assert result.history.shape == (30, 2)
+    assert (result.best_loss < 0.5 * result.initial_loss).all()
+    d = math.prod(SHAPE)
+    norms = result.best_noise.flatten(1).norm(dim=1)
+    assert torch.allclose(norms, torch.full_like(norms, math.sqrt(d)), rtol=0.1)
+    assert not result.best_noise.requires_grad and not result.best_latent.requires_grad
+
+
+def test_returns_the_true_best_iterate():
+    generate, reward, noise = _cos_problem(seed=1)
+    # lr large enough that the trajectory overshoots, so the best is not the last iterate
+    result = optimize_noise(generate, reward, noise, iterations=12, lr=400.0)
+    best = result.history.min(0)
+    assert torch.equal(result.best_loss, best.values)
+    assert torch.equal(result.best_iteration, best.indices)
+    assert torch.allclose(result.best_latent, generate(result.best_noise))
+    assert torch.allclose(reward(result.best_latent), result.best_loss, atol=1e-4)
+    assert (result.best_iteration < 11).any(), "test setup: expected an overshooting trajectory"
+
+
+def test_last_iteration_is_evaluated_not_stepped():
+    generate, reward, noise = _cos_problem()
+    seen = []
+    optimize_noise(lambda e: (seen.append(e.detach().clone()), generate(e))[1], reward, noise, iterations=3)
+    assert len(seen) == 3 and torch.equal(seen[0], noise)
+    one = optimize_noise(generate, reward, noise, iterations=1)
+    assert torch.equal(one.best_noise, noise) and one.history.shape == (1, 2)
+
+
+def test_callback_sees_progress_and_can_stop():
+    generate, reward, noise = _cos_problem()
+    seen: list[RenoProgress] = []
+
+    def stop_at_3(p):
+        seen.append(p)
+        return p.iteration == 3
+
+    result = optimize_noise(generate, reward, noise, iterations=50, callback=stop_at_3)
+    assert result.stopped and result.history.shape == (4, 2) and len(seen) == 4
+    assert seen[-1].iterations == 50 and torch.equal(seen[-1].best_loss, result.best_loss)
+    assert len(result.iteration_seconds) == 4 and result.seconds > 0
+
+
+def test_regulariser_value_and_gradient_match_the_formula():
+    e = torch.randn(3, *SHAPE, dtype=torch.float64, requires_grad=True)
+    d = math.prod(SHAPE)
+    reg = norm_regulariser(e, weight=0.01)
+    n = e.detach().flatten(1).norm(dim=1)
+    assert reg.dtype == torch.float32 and reg.shape == (3,)
+    assert torch.allclose(reg.double(), 0.01 * (0.5 * n**2 - (d - 1) * n.log()), rtol=1e-5)
+    reg.sum().backward()
+    expected = 0.01 * (e.detach() - (d - 1) * e.detach() / n.view(-1, 1, 1, 1) ** 2)
+    assert torch.allclose(e.grad, expected, rtol=1e-4, atol=1e-6)
+    # minimum on the chi shell
+    shell = torch.randn(1, d)
+    radii = torch.linspace(0.8, 1.2, 41) * chi_mode(d)
+    values = torch.stack([norm_regulariser(shell / shell.norm() * r) for r in radii]).flatten()
+    assert values.argmin() == 20
+
+
+def test_grad_clip_is_per_sample():
+    g = torch.stack([torch.full(SHAPE, 10.0), torch.full(SHAPE, 1e-4)])
+    small = g[1].clone()
+    norms = clip_grad_norm_per_sample_(g, 0.1)
+    assert torch.allclose(g[0].norm(), torch.tensor(0.1), rtol=1e-4)
+    assert torch.equal(g[1], small) and norms.shape == (2,)
+
+
+def test_samples_are_independent():
+    generate, reward, noise = _cos_problem(seed=2, batch=2)
+    both = optimize_noise(generate, reward, noise, iterations=8)
+    for i in range(2):
+        one = optimize_noise(generate, lambda z, i=i: reward_at(reward, z, i, 2), noise[i:i + 1], iterations=8)
+        assert torch.allclose(one.best_noise, both.best_noise[i:i + 1], atol=1e-5)
+        assert torch.allclose(one.history[:, 0], both.history[:, i], atol=1e-4)
+        assert one.best_iteration.item() == both.best_iteration[i].item()
+
+
+def reward_at(reward, z, i, batch):
+    """Evaluate a batch-`batch` reward on a single sample placed at index i."""
+    padded = torch.zeros(batch, *z.shape[1:]) + 1.0
+    padded = torch.cat([padded[:i], z, padded[i + 1:]])
+    return reward(padded)[i:i + 1]
+
+
+def test_runs_under_inference_mode_and_rejects_bad_rewards():
+    generate, reward, noise = _cos_problem()
+    with torch.inference_mode():
+        inf_noise = noise.clone()
+        result = optimize_noise(generate, reward, inf_noise, iterations=3)
+    assert (result.best_loss <= result.initial_loss).all()
+    with pytest.raises(ValueError, match="one loss per sample"):
+        optimize_noise(generate, lambda z: reward(z).sum(), noise, iterations=2)
+    with pytest.raises(ValueError):
+        optimize_noise(generate, reward, noise, iterations=0)
