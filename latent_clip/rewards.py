@@ -17,6 +17,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from .safety import Concept, parse_concepts
+
 RewardFn = Callable[[torch.Tensor], torch.Tensor]
 
 # open_clip's OPENAI_DATASET_MEAN/STD, the default when a model does not carry its own
@@ -39,7 +41,7 @@ def concept_loss(features: torch.Tensor, concept_features: torch.Tensor, neutral
     """"Avoid these concepts": ``sum_k -log p(neutral_k)``, per sample.
 
     For each concept k, ``p`` is the softmax of ``exp(logit_scale) * cos`` over the pair
-    (concept_k, neutral_k), as in the authors' Latent Safety Filter node. The loss is about
+    (concept_k, counter-prompt_k), as :func:`latent_clip.safety.concept_probs` computes it. The loss is about
     ``p(concept)`` when small and saturates at 0 once the latent is clear of every concept, so it
     does not push further than needed. ``concept_features``/``neutral_features``: (K, D)."""
     scale = logit_scale.exp().to(features.dtype)
@@ -76,14 +78,18 @@ def latent_alignment(model, prompt: str) -> RewardFn:
     return loss
 
 
-def latent_avoid(model, concepts: Sequence[str], template: str = "an image of {}",
-                 neutral_template: str = "an image of no {}") -> RewardFn:
-    """Latent-CLIP "avoid these concepts" (:func:`concept_loss`) on raw latents, no decode."""
-    concepts = [c.strip() for c in concepts if c.strip()]
+def latent_avoid(model, concepts: "str | Sequence[Concept]") -> RewardFn:
+    """Latent-CLIP "avoid these concepts" (:func:`concept_loss`) on raw latents, no decode.
+
+    ``concepts`` as in :mod:`latent_clip.safety` (the filter's format): text with one
+    ``name`` or ``name | counter-prompt`` per line, or parsed :class:`~latent_clip.safety.Concept`
+    objects. Each concept is scored against its own counter-prompt, as the filter does."""
+    if isinstance(concepts, str):
+        concepts = parse_concepts(concepts)
     if not concepts:
         raise ValueError("latent_avoid needs at least one concept")
-    concept = _text_features(model, [template.format(c) for c in concepts])
-    neutral = _text_features(model, [neutral_template.format(c) for c in concepts])
+    concept = _text_features(model, [c.prompt for c in concepts])
+    neutral = _text_features(model, [c.counter for c in concepts])
 
     def loss(latents: torch.Tensor) -> torch.Tensor:
         return concept_loss(model.encode_latents(latents, normalize=True), concept, neutral, model.logit_scale)

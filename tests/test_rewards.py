@@ -37,7 +37,7 @@ def test_concept_loss_is_minus_log_p_neutral():
 
 def test_latent_rewards_are_per_sample_and_differentiable(tiny):
     z = torch.randn(2, 4, 32, 40, requires_grad=True)  # any size: pooled to the trained one
-    align, avoid = latent_alignment(tiny, "a red apple"), latent_avoid(tiny, ["gore", " ", "nsfw"])
+    align, avoid = latent_alignment(tiny, "a red apple"), latent_avoid(tiny, "gore\n\nnudity | a clothed person")
     total = weighted_sum({"align": align, "avoid": avoid, "off": lambda _: 1 / 0}, {"align": 0.01, "avoid": 1.0})
     loss = total(z)
     assert loss.shape == (2,) and loss.dtype == torch.float32
@@ -46,13 +46,13 @@ def test_latent_rewards_are_per_sample_and_differentiable(tiny):
     assert z.grad is not None and z.grad.abs().sum() > 0
     assert torch.allclose(align(z[:1]), align(z)[:1], atol=1e-4)
     with pytest.raises(ValueError):
-        latent_avoid(tiny, [" "])
+        latent_avoid(tiny, [])
     with pytest.raises(KeyError):
         weighted_sum({"a": align}, {"b": 1.0})
 
 
 def test_step_away_lowers_the_concept_loss(tiny):
-    avoid = latent_avoid(tiny, ["a cat"])
+    avoid = latent_avoid(tiny, "a cat")
     z = torch.randn(1, 4, 64, 64)
     before = avoid(z)
     with torch.inference_mode():  # as inside a ComfyUI node
@@ -77,3 +77,12 @@ def test_pixel_alignment_through_a_decoder():
     loss.sum().backward()
     assert loss.shape == (2,) and z.grad.abs().sum() > 0
     assert clip_preprocess(torch.zeros(1, 3, 64, 48), 32).shape == (1, 3, 32, 32)
+
+
+def test_avoid_matches_the_safety_filter_probabilities(tiny):
+    from latent_clip import safety
+
+    concepts = safety.parse_concepts("gore\nviolence")
+    z = torch.randn(3, 4, 64, 64)
+    p = safety.concept_probs(tiny, z, concepts)
+    assert torch.allclose(latent_avoid(tiny, concepts)(z), -(1 - p).log().sum(-1), atol=1e-4)
