@@ -1,0 +1,205 @@
+"""Contrastive training of Latent-CLIP (or a pixel open_clip CLIP) on one CPU or many GPUs.
+
+Reads top to bottom like nanoGPT's train.py. Launch:
+
+    python -m train fit --config smoke --train-data shards/ --out-dir runs        # 1 process (CPU/GPU)
+    torchrun --nproc_per_node 8 -m train fit --config paper_b8 --train-data 'lat/{000..500}/{000000..000100}.tar'
+    torchrun --nnodes 16 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint $HEAD:29500 -m train fit --config paper_b8 ...
+    accelerate launch --multi_gpu --num_processes 8 -m train fit --config paper_b8 ...
+    python -m train fit ... --resume latest                                        # continue exactly after a kill
+
+Loss: open_clip's ClipLoss (local loss + gather with grad) and/or, for ``--distill-weight > 0``,
+1 - cos(student latent features, frozen pixel teacher's features of the VAE-decoded latents).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from typing import Sequence
+
+import open_clip
+import torch
+from open_clip.loss import ClipLoss
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+
+from . import checkpoint
+from .data import BatchPlan, TrainBatches, expand_shards, shard_len
+from .distributed import barrier, cleanup, init_distributed, mean_across
+from .models import (ContrastiveForward, DecodedTeacher, build_model, load_pixel_model, load_vae, model_cfg_dict,
+                     pixel_transform, set_grad_checkpointing)
+from .params import FitConfig, parse_fit_args
+
+
+def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
+    """open_clip's split: no weight decay on gains, biases, logit_scale (and any ndim < 2)."""
+    def exclude(n, p):
+        return p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
+            {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": wd}]
+
+
+def cosine_lr(step: int, cfg: FitConfig, total_steps: int) -> float:
+    """open_clip's ``cosine_lr``: linear warmup, then cosine to 0."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, total_steps - cfg.warmup)
+    return 0.5 * (1 + math.cos(math.pi * progress)) * cfg.lr
+
+
+def main(argv: Sequence[str] | None = None) -> list[float]:
+    """Train; returns this process's logged global-batch losses (one per step run)."""
+    # 1. config, processes, seeds
+    cfg = parse_fit_args(argv)
+    env = init_distributed(cfg.device)
+    run_dir = cfg.run_dir
+    if env.is_master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    torch.manual_seed(cfg.seed)  # identical init everywhere (DDP also broadcasts rank 0's weights)
+
+    # 2. model: scratch, adapted pixel CLIP, or earlier weights; freezing; memory savers
+    model = build_model(cfg.model_kind, cfg.model)
+    if cfg.init == "pixel-clip":
+        checkpoint.adapt_pixel_clip(model, cfg.pretrained)
+    elif cfg.init == "checkpoint":
+        checkpoint.load_weights(model, cfg.pretrained)
+    elif cfg.init != "scratch":
+        raise ValueError(f"init must be scratch, pixel-clip or checkpoint, got {cfg.init!r}")
+    checkpoint.freeze(model, cfg.freeze)
+    if cfg.lock_text:
+        model.lock_text_tower()
+    if cfg.grad_checkpointing:
+        set_grad_checkpointing(model)
+    model.to(env.device)
+    torch.manual_seed(cfg.seed + env.rank)
+
+    # 3. distillation teacher (frozen pixel CLIP on decoded latents)
+    teacher = None
+    if cfg.distill_weight > 0:
+        if cfg.model_kind != "latent" or not cfg.vae or not cfg.teacher_model:
+            raise ValueError("distillation needs model_kind=latent, --teacher-model and --vae")
+        teacher = DecodedTeacher(load_pixel_model(cfg.teacher_model, cfg.teacher_checkpoint, env.device),
+                                 load_vae(cfg.vae, env.device))
+
+    # 4. optimiser and schedule
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    shards = expand_shards(cfg.train_data)
+    dataset_size = sum(shard_len(p) for p in shards)
+    samples_per_epoch = cfg.samples_per_epoch or dataset_size
+    total_steps = cfg.max_steps or cfg.epochs * samples_per_epoch // cfg.batch_size
+
+    # 5. resume: weights, optimiser, step (= data position), RNG
+    step = 0
+    resume = checkpoint.resolve_resume(cfg.resume, run_dir)
+    if resume is not None:
+        ckpt = checkpoint.load(resume)
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        checkpoint.set_rng_state(ckpt["rng"])
+        torch.manual_seed(cfg.seed + env.rank + step)
+        if env.is_master:
+            print(f"resumed from {resume} at step {step}", flush=True)
+
+    # 6. DDP: unwrap once, keep `model` for saving
+    forward = ContrastiveForward(model)
+    if env.distributed:
+        forward = DDP(forward, device_ids=[env.device] if env.device.type == "cuda" else None,
+                      static_graph=cfg.ddp_static_graph)
+
+    # 7. data: micro-batches for steps step, step+1, ... (a pure function of seed and step)
+    plan = BatchPlan(cfg.batch_size, cfg.micro_batch_size, env.world_size, env.rank, cfg.data_split)
+    transform = pixel_transform(model) if cfg.model_kind == "pixel" else None
+    batches = TrainBatches(shards, plan, seed=cfg.seed, start_step=step, transform=transform)
+    loader = iter(DataLoader(batches, batch_size=None, num_workers=cfg.workers,
+                             pin_memory=env.device.type == "cuda") if cfg.workers else batches)
+
+    # 8. loss and precision
+    clip_loss = ClipLoss(local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
+                         rank=env.rank, world_size=env.world_size)
+    use_amp = cfg.precision == "amp_bfloat16" and env.device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+    context_length = model.context_length
+
+    # 9. loop
+    losses: list[float] = []
+    log_path = run_dir / "log.jsonl"
+    if env.is_master:
+        print(f"fit: {total_steps} steps from {step}, global batch {cfg.batch_size} = {env.world_size} ranks x "
+              f"{plan.accum} accum x {cfg.micro_batch_size}, {dataset_size} samples in {len(shards)} shards",
+              flush=True)
+    forward.train()
+    tic = time.time()
+    while step < total_steps:
+        lr = cosine_lr(step, cfg, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss = torch.zeros((), device=env.device)
+        for micro in range(plan.accum):
+            inputs, captions = next(loader)
+            inputs = inputs.to(env.device, non_blocking=True)
+            tokens = open_clip.tokenize(captions, context_length=context_length).to(env.device)
+            sync = micro == plan.accum - 1 or not env.distributed
+            with (nullcontext() if sync else forward.no_sync()), autocast():
+                image, text, scale = forward(inputs, tokens)
+                loss = cfg.contrastive_weight * clip_loss(image, text, scale) if cfg.contrastive_weight else 0.0
+                if teacher is not None:
+                    loss = loss + cfg.distill_weight * (1 - (image.float() * teacher(inputs)).sum(-1)).mean()
+                loss = loss / plan.accum
+            loss.backward()
+            step_loss += loss.detach()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))  # as open_clip
+        step += 1
+        loss_value = mean_across(env, step_loss)
+        losses.append(loss_value)
+        if env.is_master:
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr}) + "\n")
+            if step % cfg.log_every == 0 or step == total_steps:
+                rate = cfg.batch_size * len(losses) / (time.time() - tic)
+                print(f"step {step}/{total_steps} loss {loss_value:.4f} lr {lr:.2e} "
+                      f"scale {model.logit_scale.exp().item():.1f} {rate:.1f} samples/s", flush=True)
+        if cfg.eval_every and cfg.zeroshot_data and (step % cfg.eval_every == 0 or step == total_steps):
+            barrier(env)
+            if env.is_master:
+                result = zeroshot_eval(model, cfg, env.device)
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"step": step, "zeroshot": result}) + "\n")
+                print(f"step {step} zero-shot top1 {100 * result['top1']:.2f} top5 {100 * result['top5']:.2f}",
+                      flush=True)
+            barrier(env)
+            forward.train()
+        if cfg.save_every and (step % cfg.save_every == 0 or step == total_steps):
+            barrier(env)
+            if env.is_master:
+                checkpoint.save(run_dir, model, optimizer, step=step, samples_seen=step * cfg.batch_size,
+                                epoch=step * cfg.batch_size // samples_per_epoch, config=cfg.to_dict(),
+                                model_cfg=model_cfg_dict(model), model_kind=cfg.model_kind,
+                                keep=bool(cfg.keep_every) and step % cfg.keep_every == 0)
+            barrier(env)
+
+    # 10. done
+    cleanup(env)
+    return losses
+
+
+@torch.no_grad()
+def zeroshot_eval(model: torch.nn.Module, cfg: FitConfig, device: torch.device) -> dict:
+    from .evaluate import LatentFeatures, PixelFeatures, classifier, labelled_shards, load_classnames, \
+        load_templates, zeroshot
+    model.eval()
+    classnames = load_classnames(cfg.zeroshot_classnames, cfg.zeroshot_data)
+    weights = classifier(model, classnames, load_templates(cfg.zeroshot_templates), device)
+    vae = load_vae(cfg.vae, device) if cfg.vae else None
+    features = LatentFeatures(model, vae) if cfg.model_kind == "latent" else PixelFeatures(model, vae)
+    result = zeroshot(features, weights, labelled_shards(cfg.zeroshot_data))
+    return {"top1": result.top1, "top5": result.top5, "n": result.n}

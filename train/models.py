@@ -1,0 +1,124 @@
+"""Building the models ``fit`` and ``eval`` use: Latent-CLIP, pixel open_clip CLIP, the VAE."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import nn
+
+from latent_clip import LatentCLIP
+from latent_clip.config import resolve_config
+from latent_clip.factory import read_state_dict
+
+from .data import ImageTransform
+
+
+def load_vae(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+             config: str | Path | None = None):
+    """A diffusers AutoencoderKL from local files only: a diffusers folder (``config.json`` +
+    weights) or a single ``.safetensors`` (``config`` = a local diffusers folder/config for its
+    architecture, else diffusers' default inference, still offline)."""
+    from diffusers import AutoencoderKL
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"VAE not found: {path} (hub ids are not fetched; download it first)")
+    if path.is_dir():
+        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype)
+    else:
+        kwargs = {"config": str(config)} if config else {}
+        vae = AutoencoderKL.from_single_file(str(path), local_files_only=True, torch_dtype=dtype, **kwargs)
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def pixel_config(spec: Any) -> dict:
+    """open_clip model config: a dict, a JSON path, or a name open_clip knows (``ViT-B-32``)."""
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    path = Path(str(spec))
+    if path.suffix == ".json" and path.is_file():
+        data = json.loads(path.read_text())
+        return data.get("model_cfg", data)
+    cfg = open_clip.get_model_config(str(spec))
+    if cfg is None:
+        raise ValueError(f"unknown open_clip model {spec!r}: give a name, a JSON path or a dict")
+    return cfg
+
+
+def build_model(kind: str, spec: Any) -> nn.Module:
+    if kind == "latent":
+        return LatentCLIP(resolve_config(spec))
+    if kind == "pixel":
+        cfg = pixel_config(spec)
+        model = open_clip.model.CLIP(**cfg)
+        model.model_cfg = cfg
+        return model
+    raise ValueError(f"model_kind must be 'latent' or 'pixel', got {kind!r}")
+
+
+def model_cfg_dict(model: nn.Module) -> dict:
+    return model.config.to_dict() if isinstance(model, LatentCLIP) else dict(model.model_cfg)
+
+
+def load_pixel_model(spec: Any, checkpoint: str | Path | None, device="cpu") -> nn.Module:
+    """A pixel open_clip CLIP from a local checkpoint (open_clip training checkpoint, state dict or
+    safetensors; ``module.`` stripped) and its architecture (name / JSON / dict)."""
+    model = build_model("pixel", spec)
+    if checkpoint:
+        state, _ = read_state_dict(checkpoint)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if [k for k in missing if k != "attn_mask"] or unexpected:
+            raise ValueError(f"{checkpoint} does not fit {spec}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.to(device).eval().requires_grad_(False)
+
+
+def pixel_transform(model: nn.Module) -> ImageTransform:
+    """open_clip's validation transform for a pixel CLIP (its mean/std, default OpenAI's)."""
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    pre = getattr(model.visual, "preprocess_cfg", {}) or {}
+    return ImageTransform(size, pre.get("mean", OPENAI_DATASET_MEAN), pre.get("std", OPENAI_DATASET_STD))
+
+
+def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> None:
+    """open_clip's ``CLIP.set_grad_checkpointing`` calls ``visual.set_grad_checkpointing``, which
+    Latent-CLIP's vision tower lacks; reach the ViT directly."""
+    visual = model.visual.latent_vit if isinstance(model, LatentCLIP) else model.visual
+    visual.set_grad_checkpointing(enable)
+    model.transformer.grad_checkpointing = enable
+
+
+class ContrastiveForward(nn.Module):
+    """What DDP wraps: (normalised image features, normalised text features, logit scale).
+    Latent models run their ViT directly on the batch (no per-call contract checks or chunking)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor, tokens: torch.Tensor):
+        m = self.model
+        image = m.visual(inputs) if isinstance(m, LatentCLIP) else m.encode_image(inputs)
+        text = m.encode_text(tokens, normalize=False)
+        return F.normalize(image, dim=-1), F.normalize(text, dim=-1), m.logit_scale.exp()
+
+
+class DecodedTeacher(nn.Module):
+    """Frozen pixel CLIP looking at VAE-decoded latents: raw latents -> teacher image features."""
+
+    def __init__(self, teacher: nn.Module, vae):
+        super().__init__()
+        self.teacher, self.vae = teacher, vae
+        self.transform = pixel_transform(teacher)
+
+    @torch.no_grad()
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        images = self.vae.decode(latents.to(self.vae.dtype)).sample.float().add(1).div(2).clamp(0, 1)
+        size = self.transform.size
+        images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        mean, std = self.transform.mean.to(images), self.transform.std.to(images)
+        return self.teacher.encode_image((images - mean) / std, normalize=True)
