@@ -1,0 +1,40 @@
+"""ComfyUI entry point of the Latent-CLIP node pack (V3 API).
+
+Nodes are registered only when ComfyUI is importable, so ``latent_clip`` and the tests import
+cleanly without it. Optional node modules (``nodes/reno.py``, ``nodes/guidance.py``) are added
+inside try/except: their absence or failure costs their nodes only, never the pack.
+"""
+import importlib
+import logging
+
+try:
+    import comfy.utils  # noqa: F401
+    from comfy_api.latest import ComfyExtension
+except ImportError:  # not inside ComfyUI: the library alone
+    ComfyExtension = None
+
+OPTIONAL_MODULES = ("reno", "guidance")
+
+if ComfyExtension is not None:
+    from .nodes import _convert, loaders, score
+
+    _convert.register_model_folder()
+
+    def _optional_nodes() -> list:
+        found = []
+        for name in OPTIONAL_MODULES:
+            try:
+                found += importlib.import_module(f".nodes.{name}", __name__).NODES
+            except ModuleNotFoundError as err:
+                if err.name != f"{__name__}.nodes.{name}":
+                    logging.warning("Latent-CLIP: nodes/%s.py not loaded: %s", name, err)
+            except Exception as err:  # noqa: BLE001 - an optional module must not break the pack
+                logging.warning("Latent-CLIP: nodes/%s.py failed to load: %r", name, err)
+        return found
+
+    class LatentCLIPExtension(ComfyExtension):
+        async def get_node_list(self) -> list:
+            return [*loaders.NODES, *score.NODES, *_optional_nodes()]
+
+    async def comfy_entrypoint() -> "LatentCLIPExtension":
+        return LatentCLIPExtension()

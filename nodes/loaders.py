@@ -1,0 +1,36 @@
+"""Loader node: Latent-CLIP weights from models/latent_clip -> LATENT_CLIP wire."""
+from __future__ import annotations
+
+import folder_paths
+from comfy_api.latest import io
+
+from . import _convert
+
+LatentClip = io.Custom("LATENT_CLIP")
+
+
+class LatentCLIPLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LatentCLIPLoader", display_name="Load Latent-CLIP", category="latent_clip/loaders",
+            description="Loads Latent-CLIP weights (official .pt or safetensors export) from models/latent_clip.",
+            inputs=[
+                io.Combo.Input("model_name", options=folder_paths.get_filename_list(_convert.FOLDER),
+                               tooltip="Weights file in models/latent_clip (or a latent_clip: folder of "
+                                       "extra_model_paths.yaml): an official epoch_*.pt or a .safetensors export."),
+                io.Combo.Input("dtype", options=_convert.DTYPE_CHOICES, default="auto",
+                               tooltip="Weight precision. auto: fp32 on CPU, ComfyUI's text-encoder dtype on GPU."),
+                io.Combo.Input("device", options=_convert.DEVICE_CHOICES, default="default",
+                               tooltip="default: ComfyUI's device, offloaded when others need the memory. "
+                                       "cpu: always run on the CPU."),
+            ],
+            outputs=[LatentClip.Output(display_name="LATENT_CLIP")],
+        )
+
+    @classmethod
+    def execute(cls, model_name: str, dtype: str, device: str) -> io.NodeOutput:
+        return io.NodeOutput(_convert.load_patcher(model_name, dtype, device))
+
+
+NODES = [LatentCLIPLoader]

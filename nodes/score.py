@@ -1,0 +1,167 @@
+"""Score, classify, filter and select LATENT batches with Latent-CLIP, without decoding them."""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io, ui
+
+from . import _convert
+from ..latent_clip import safety, score, zeroshot
+from ..latent_clip.batch import select
+from .loaders import LatentClip
+
+CHUNK = 16  # latents per progress step
+
+LATENT_TIP = "Raw VAE latents (e.g. KSampler output) in the model's latent family (SDXL for the official weights)."
+MODEL_TIP = "A Latent-CLIP model from Load Latent-CLIP."
+PROMPT_TIP = "Text to compare each latent with."
+
+
+def _common_inputs(prompt: bool = True) -> list:
+    inputs = [io.Latent.Input("latent", tooltip=LATENT_TIP), LatentClip.Input("latent_clip", tooltip=MODEL_TIP)]
+    if prompt:
+        inputs.append(io.String.Input("prompt", multiline=True, default="a photo of a cat", tooltip=PROMPT_TIP))
+    return inputs
+
+
+def _scores(latent_clip, latent: dict, prompt: str, node_id: str) -> score.Scores:
+    model = _convert.model_of(latent_clip)
+    z = _convert.samples(latent)
+    cosine = _convert.chunked(lambda part: score.score_latents(model, part, prompt).cosine, z, CHUNK, node_id)
+    return score.Scores(cosine=cosine, logits=model.logit_scale.exp().float() * cosine)
+
+
+class LatentCLIPScore(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LatentCLIPScore", display_name="Latent-CLIP Score", category="latent_clip/scoring",
+            description="Cosine similarity and CLIP logit of every latent in the batch against a prompt.",
+            inputs=_common_inputs(), hidden=[io.Hidden.unique_id], is_output_node=True,
+            outputs=[io.Float.Output(display_name="cosine", is_output_list=True,
+                                     tooltip="Per-sample cosine similarity in [-1, 1], one list item per latent."),
+                     io.Float.Output(display_name="logit", is_output_list=True,
+                                     tooltip="Per-sample CLIP logit (logit_scale.exp() * cosine)."),
+                     io.String.Output(display_name="report", tooltip="The table shown on the node.")])
+
+    @classmethod
+    def execute(cls, latent: dict, latent_clip, prompt: str) -> io.NodeOutput:
+        s = _scores(latent_clip, latent, prompt, cls.hidden.unique_id)
+        cos, logit = s.cosine[:, 0].tolist(), s.logits[:, 0].tolist()
+        text = f"prompt: {prompt.strip()}\n" + _convert.table(
+            ["#", "cosine", "logit"], [[i, f"{c:.4f}", f"{g:.3f}"] for i, (c, g) in enumerate(zip(cos, logit))])
+        return io.NodeOutput(cos, logit, text, ui=ui.PreviewText(text))
+
+
+class LatentCLIPZeroShot(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LatentCLIPZeroShot", display_name="Latent-CLIP Zero-Shot Classify",
+            category="latent_clip/scoring", is_output_node=True, hidden=[io.Hidden.unique_id],
+            description="Classifies every latent into one of the given labels (zero-shot, template ensemble).",
+            inputs=[*_common_inputs(prompt=False),
+                    io.String.Input("labels", multiline=True, default="cat\ndog\ncar",
+                                    tooltip="Class labels, one per line."),
+                    io.String.Input("templates", multiline=True, default="a photo of a {}.",
+                                    tooltip="Prompt templates, one per line; {} is replaced by the label and "
+                                            "the class embedding is the mean over templates.")],
+            outputs=[io.String.Output(display_name="label", is_output_list=True, tooltip="Top label per latent."),
+                     io.Float.Output(display_name="probability", is_output_list=True,
+                                     tooltip="Probability of the top label per latent."),
+                     io.String.Output(display_name="table", tooltip="Probabilities of every label, per latent.")])
+
+    @classmethod
+    def execute(cls, latent: dict, latent_clip, labels: str, templates: str) -> io.NodeOutput:
+        model, names = _convert.model_of(latent_clip), _convert.lines(labels, "labels")
+        classifier = zeroshot.build_classifier(model, names, _convert.lines(templates, "templates"))
+        probs = _convert.chunked(lambda part: zeroshot.classify(model, part, classifier),
+                                 _convert.samples(latent), CHUNK, cls.hidden.unique_id)
+        top_p, top = probs.max(dim=-1)
+        rows = [[i, names[k], *(f"{p:.3f}" for p in row)] for i, (k, row) in enumerate(zip(top.tolist(), probs.tolist()))]
+        text = _convert.table(["#", "top", *names], rows)
+        return io.NodeOutput([names[k] for k in top.tolist()], top_p.tolist(), text, ui=ui.PreviewText(text))
+
+
+class LatentCLIPSafetyFilter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LatentCLIPSafetyFilter", display_name="Latent-CLIP Safety Filter",
+            category="latent_clip/filtering", is_output_node=True, hidden=[io.Hidden.unique_id],
+            description="Blocks latents that look more like a concept than like its harmless counter-prompt.",
+            inputs=[*_common_inputs(prompt=False),
+                    io.String.Input("concepts", multiline=True, default="nudity\nviolence",
+                                    tooltip="Concepts to block, one per line, optionally 'concept | counter-prompt' "
+                                            "(known concepts have a built-in counter-prompt)."),
+                    io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
+                                   tooltip="Block a latent when p(concept vs counter-prompt) reaches this."),
+                    io.Combo.Input("action", options=list(safety.ACTIONS), default="drop",
+                                   tooltip="drop: remove blocked latents from the batch; replace with noise: "
+                                           "fresh seeded noise; zero: all-zero latent; pass with flag: unchanged."),
+                    io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                                 tooltip="Seed of the replacement noise (action 'replace with noise').")],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The filtered batch."),
+                     io.Boolean.Output(display_name="flagged", is_output_list=True,
+                                       tooltip="Per input latent: True if blocked."),
+                     io.Boolean.Output(display_name="any_flagged", tooltip="True if any latent was blocked."),
+                     io.String.Output(display_name="report", tooltip="Concept probabilities per latent.")])
+
+    @classmethod
+    def execute(cls, latent: dict, latent_clip, concepts: str, threshold: float, action: str,
+                seed: int) -> io.NodeOutput:
+        model, wanted = _convert.model_of(latent_clip), safety.parse_concepts(concepts)
+        probs = _convert.chunked(lambda part: safety.concept_probs(model, part, wanted),
+                                 _convert.samples(latent), CHUNK, cls.hidden.unique_id)
+        result = safety.SafetyResult(tuple(wanted), probs, (probs >= threshold).any(dim=-1), threshold)
+        out = safety.apply_action(latent, result.flagged, action, model.config.vision.family, seed)
+        text = f"action: {action}\n" + safety.report(result)
+        flags = result.flagged.tolist()
+        return io.NodeOutput(out, flags, any(flags), text, ui=ui.PreviewText(text))
+
+
+class LatentCLIPSelectBest(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LatentCLIPSelectBest", display_name="Latent-CLIP Select Best-k",
+            category="latent_clip/filtering", is_output_node=True, hidden=[io.Hidden.unique_id],
+            description="Best-of-N without decoding: keeps the k latents that match the prompt best, best first.",
+            inputs=[*_common_inputs(),
+                    io.Int.Input("k", default=1, min=1, max=4096, tooltip="How many latents to keep (at most the batch size).")],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The k best latents, best first; "
+                                      "batch_index records their place in the input batch."),
+                     io.Int.Output(display_name="best_index", tooltip="Batch index of the best latent."),
+                     io.String.Output(display_name="report", tooltip="The ranking shown on the node.")])
+
+    @classmethod
+    def execute(cls, latent: dict, latent_clip, prompt: str, k: int) -> io.NodeOutput:
+        cosine = _scores(latent_clip, latent, prompt, cls.hidden.unique_id).cosine[:, 0]
+        order = torch.argsort(cosine, descending=True)[:k].tolist()
+        text = f"prompt: {prompt.strip()}\nkept {len(order)} of {len(cosine)}\n" + _convert.table(
+            ["rank", "#", "cosine"], [[r, i, f"{cosine[i]:.4f}"] for r, i in enumerate(order)])
+        return io.NodeOutput(select(latent, order), order[0], text, ui=ui.PreviewText(text))
+
+
+class LatentCLIPScoreThreshold(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LatentCLIPScoreThreshold", display_name="Latent-CLIP Score Threshold",
+            category="latent_clip/utils",
+            description="Turns a score into a BOOLEAN/INT for switches and routing (one result per list item).",
+            inputs=[io.Float.Input("score", default=0.0, min=-1e4, max=1e4, step=0.001, force_input=True,
+                                   tooltip="A score, e.g. cosine or logit from Latent-CLIP Score."),
+                    io.Float.Input("threshold", default=0.25, min=-1e4, max=1e4, step=0.001,
+                                   tooltip="Value to compare the score with."),
+                    io.Combo.Input("comparison", options=[">=", "<"], default=">=",
+                                   tooltip="passed = score >= threshold, or score < threshold.")],
+            outputs=[io.Boolean.Output(display_name="passed", tooltip="The comparison's result."),
+                     io.Int.Output(display_name="as_int", tooltip="1 if passed else 0 (for index switches).")])
+
+    @classmethod
+    def execute(cls, score: float, threshold: float, comparison: str) -> io.NodeOutput:
+        passed = score >= threshold if comparison == ">=" else score < threshold
+        return io.NodeOutput(passed, int(passed))
+
+
+NODES = [LatentCLIPScore, LatentCLIPZeroShot, LatentCLIPSafetyFilter, LatentCLIPSelectBest, LatentCLIPScoreThreshold]

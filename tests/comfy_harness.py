@@ -1,0 +1,276 @@
+"""A real ComfyUI 0.3.75 (build/ComfyUI, from scripts/install_comfyui.sh) for tests.
+
+Fixtures (registered in tests/conftest.py; mark tests ``comfyui``):
+
+* ``comfy_server`` (session): one ``main.py --cpu`` on 127.0.0.1 with a fresh temp base directory
+  (``--base-directory``: custom_nodes/, models/, input/, output/, user/) holding this pack symlinked
+  as ``custom_nodes/comfyui-latent-clip``, tiny generated Latent-CLIP weights in
+  ``models/latent_clip/`` (:data:`TINY_EXPORT`, :data:`TINY_OFFICIAL`) and test latents in
+  ``input/`` (:data:`TEST_LATENT`, :data:`WRONG_FAMILY_LATENT`). Yields a :class:`ComfyServer`
+  (``url``, ``base``, ``input_dir``, ``output_dir``, ``models_dir``, ``log``); stopped by PID.
+  Add files for other tests with ``extra_setup`` hooks: append ``fn(base: Path)`` to
+  :data:`SETUP_HOOKS` before the session starts (e.g. in a conftest).
+* ``comfy_inprocess`` (function): imports ComfyUI in this process (``--cpu``, args parsing on,
+  build/ComfyUI first on sys.path) and returns a namespace with ``comfy``, ``folder_paths``,
+  ``nodes`` (ComfyUI's) and ``pack`` (this repo imported as a ComfyUI pack).
+
+Helpers: ``post_prompt(server, graph) -> prompt_id`` (raises :class:`PromptRejected` with the
+server's node errors on a 4xx), ``wait_history(server, prompt_id) -> history entry``,
+``run_graph(server, graph)`` (both, asserting success), ``load_api_workflow(name)``.
+
+Without build/ComfyUI these fixtures skip, or fail when LATENT_CLIP_REQUIRE_COMFYUI=1.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import types
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFY_DIR = ROOT / "build" / "ComfyUI"
+PACK_NAME = "comfyui-latent-clip"
+API_WORKFLOWS = ROOT / "workflows" / "api"
+UI_WORKFLOWS = ROOT / "example_workflows"
+TINY_EXPORT = "latent_clip_tiny.safetensors"
+TINY_OFFICIAL = "latent_clip_tiny_official.pt"
+TEST_LATENT = "latent_clip_test.latent"            # 4 SDXL-shaped latents (4, 4, 32, 32), seeded
+WRONG_FAMILY_LATENT = "latent_clip_16ch.latent"    # a 16-channel (SD3/Flux-like) latent
+TINY_CONFIG = {"embed_dim": 32,
+               "vision_cfg": {"image_size": 512, "layers": 2, "width": 64, "patch_size": 8,
+                              "latent_family": "sdxl", "latent_n_channels": 4, "latent_factor": 8},
+               "text_cfg": {"width": 64, "heads": 1, "layers": 2}}
+BOOT_TIMEOUT = 120
+SETUP_HOOKS: list[Callable[[Path], None]] = []
+
+
+class PromptRejected(RuntimeError):
+    def __init__(self, status: int, body: dict):
+        super().__init__(f"/prompt answered {status}: {json.dumps(body)[:2000]}")
+        self.status, self.body = status, body
+
+
+@dataclass
+class ComfyServer:
+    url: str
+    base: Path
+    log: Path
+    pid: int
+
+    @property
+    def input_dir(self) -> Path:
+        return self.base / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base / "output"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.base / "models"
+
+    def get(self, route: str) -> Any:
+        with urllib.request.urlopen(self.url + route, timeout=30) as r:
+            return json.loads(r.read())
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+
+def comfyui_available() -> bool:
+    return (COMFY_DIR / "main.py").is_file()
+
+
+def require_comfyui() -> None:
+    if comfyui_available():
+        return
+    reason = f"ComfyUI not installed at {COMFY_DIR}: run bash scripts/install_comfyui.sh"
+    if os.environ.get("LATENT_CLIP_REQUIRE_COMFYUI") == "1":
+        pytest.fail(reason + " (LATENT_CLIP_REQUIRE_COMFYUI=1)", pytrace=False)
+    pytest.skip(reason)
+
+
+def tiny_model(seed: int = 0):
+    import latent_clip
+    torch.manual_seed(seed)
+    return latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(TINY_CONFIG)).eval()
+
+
+def test_latents(seed: int = 0, batch: int = 4, channels: int = 4) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, channels, 32, 32, generator=g) * 5
+
+
+def write_latent_file(path: Path, samples: torch.Tensor) -> None:
+    """A ComfyUI .latent file (what SaveLatent writes and LoadLatent reads, raw latents)."""
+    from safetensors.torch import save_file
+    save_file({"latent_tensor": samples.contiguous(), "latent_format_version_0": torch.tensor([])}, str(path))
+
+
+def read_latent_file(path: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+    return load_file(str(path))["latent_tensor"]
+
+
+def prepare_base(base: Path) -> None:
+    """Fresh ComfyUI base dir: pack symlink, tiny weights, test latents."""
+    import latent_clip
+    for sub in ("custom_nodes", "models/latent_clip", "input", "output", "user", "temp"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (base / "custom_nodes" / PACK_NAME).symlink_to(ROOT, target_is_directory=True)
+    model = tiny_model()
+    latent_clip.save_export(model, base / "models" / "latent_clip" / TINY_EXPORT)
+    latent_clip.save_official_checkpoint(base / "models" / "latent_clip" / TINY_OFFICIAL, model, 1, "tiny")
+    write_latent_file(base / "input" / TEST_LATENT, test_latents())
+    write_latent_file(base / "input" / WRONG_FAMILY_LATENT, test_latents(channels=16, batch=1))
+    for hook in SETUP_HOOKS:
+        hook(base)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ComfyUI exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url + "/object_info/LatentCLIPLoader", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"ComfyUI did not answer within {BOOT_TIMEOUT}s:\n{log.read_text()[-4000:]}")
+
+
+def start_server(base: Path) -> tuple[ComfyServer, subprocess.Popen]:
+    port = free_port()
+    log = base / "comfyui.log"
+    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--base-directory", str(base), "--disable-auto-launch", "--preview-method", "none"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = ComfyServer(f"http://127.0.0.1:{port}", base, log, proc.pid)
+    try:
+        _wait_ready(server.url, proc, log)
+    except BaseException:
+        stop_server(proc)
+        raise
+    return server, proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    require_comfyui()
+    base = tmp_path_factory.mktemp("comfy_base")
+    prepare_base(base)
+    server, proc = start_server(base)
+    try:
+        yield server
+    finally:
+        stop_server(proc)
+
+
+def post_prompt(server: ComfyServer, graph: dict) -> str:
+    body = json.dumps({"prompt": graph, "client_id": uuid.uuid4().hex}).encode()
+    request = urllib.request.Request(server.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            answer = json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        raise PromptRejected(err.code, json.loads(err.read() or b"{}")) from None
+    if answer.get("node_errors"):
+        raise PromptRejected(200, answer)
+    return answer["prompt_id"]
+
+
+def wait_history(server: ComfyServer, prompt_id: str, timeout: float = 180) -> dict:
+    """The /history entry of ``prompt_id`` once it completed or failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = server.get(f"/history/{prompt_id}").get(prompt_id)
+        if entry and (entry["status"].get("completed") or entry["status"].get("status_str") == "error"):
+            return entry
+        time.sleep(0.2)
+    raise TimeoutError(f"prompt {prompt_id} not finished after {timeout}s\n{server.log_tail()}")
+
+
+def execution_error(entry: dict) -> dict | None:
+    for kind, data in entry["status"].get("messages", []):
+        if kind == "execution_error":
+            return data
+    return None
+
+
+def run_graph(server: ComfyServer, graph: dict) -> dict:
+    """Post ``graph``, wait, assert it succeeded; returns ``outputs`` of the history entry."""
+    entry = wait_history(server, post_prompt(server, graph))
+    error = execution_error(entry)
+    assert entry["status"]["status_str"] == "success", f"{error}\n{server.log_tail()}"
+    return entry["outputs"]
+
+
+def load_api_workflow(name: str) -> dict:
+    return json.loads((API_WORKFLOWS / name).read_text())
+
+
+def import_comfy_inprocess() -> types.SimpleNamespace:
+    """ComfyUI's modules in this process, CPU only; this repo imported as the pack ComfyUI sees."""
+    require_comfyui()
+    if str(COMFY_DIR) in sys.path:
+        sys.path.remove(str(COMFY_DIR))
+    sys.path.insert(0, str(COMFY_DIR))
+    if "nodes" in sys.modules and not str(getattr(sys.modules["nodes"], "__file__", "")).startswith(str(COMFY_DIR)):
+        del sys.modules["nodes"]  # our nodes/ package, not ComfyUI's nodes.py
+    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
+    try:
+        import comfy.options
+        comfy.options.enable_args_parsing()
+        import comfy.model_management  # noqa: F401 - parses args
+        import comfy.utils  # noqa: F401
+        import folder_paths
+        import nodes as comfy_nodes
+    finally:
+        sys.argv = argv
+    pack = sys.modules.get("comfyui_latent_clip")
+    if pack is None:
+        spec = importlib.util.spec_from_file_location("comfyui_latent_clip", ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT)])
+        pack = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = pack
+        spec.loader.exec_module(pack)
+    return types.SimpleNamespace(comfy=comfy, folder_paths=folder_paths, nodes=comfy_nodes, pack=pack)
+
+
+@pytest.fixture
+def comfy_inprocess():
+    return import_comfy_inprocess()
