@@ -1,0 +1,143 @@
+"""train fit: learning, DDP == one process on the same global batch, exact resume after kill -9,
+pixel models, adaptation from a pixel CLIP, distillation. CPU, tiny models, real processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import latent_clip
+from train import checkpoint
+from train.main import main as fit
+from train.models import build_model
+from train.synthetic import write_image_shards, write_synthetic_latents
+
+REPO = Path(__file__).parents[1]
+IMAGES = Path(__file__).parents[2] / "shared/benchmarks/images"
+TINY = {"embed_dim": 32,
+        "vision_cfg": {"image_size": 128, "layers": 2, "width": 64, "patch_size": 8, "latent_family": "sdxl",
+                       "latent_n_channels": 4, "latent_factor": 8},
+        "text_cfg": {"width": 64, "heads": 1, "layers": 2}}
+TINY_PIXEL = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
+              "text_cfg": {"width": 64, "heads": 1, "layers": 2}}
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    return write_synthetic_latents(tmp_path_factory.mktemp("latents"), n_classes=4, per_class=16, n_shards=2)
+
+
+def args(data, out, name, **over):
+    values = {"config": "smoke", "train-data": str(data), "out-dir": str(out), "name": name, **over}
+    return [x for k, v in values.items() for x in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
+
+
+def logged(run: Path) -> dict[int, float]:
+    """step -> loss from log.jsonl (the last record of a step wins; a torn last line is ignored)."""
+    out = {}
+    for line in (run / "log.jsonl").read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "loss" in rec:
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+def subprocess_env():
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
+def test_fit_learns_the_synthetic_pairing_and_writes_an_official_checkpoint(latents, tmp_path):
+    losses = fit(args(latents, tmp_path, "learn", **{"max-steps": 24, "save-every": 12, "log-every": 12}))
+    assert len(losses) == 24
+    assert sum(losses[-4:]) / 4 < losses[0] - 0.4, losses
+    ckpt_path = tmp_path / "learn/checkpoints/epoch_latest.pt"
+    raw = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+    assert {"epoch", "name", "state_dict", "optimizer", "step", "config", "rng"} <= set(raw)
+    assert raw["step"] == 24 and all(k.startswith("module.") for k in raw["state_dict"])
+    model = latent_clip.load_model(ckpt_path)  # the library reads what the trainer writes
+    assert model.config.embed_dim == 32 and model.config.vision.latent_size == 16
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process_on_the_same_global_batch(latents, tmp_path):
+    single = fit(args(latents, tmp_path, "single", **{"max-steps": 4, "save-every": 0}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "train", "fit", *args(latents, tmp_path, "ddp", **{"max-steps": 4, "save-every": 4,
+                                                                  "micro-batch-size": 4})]
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = logged(tmp_path / "ddp")
+    assert sorted(ddp) == [1, 2, 3, 4]
+    assert [ddp[s] for s in range(1, 5)] == pytest.approx(single, rel=1e-5, abs=1e-6)
+    assert (tmp_path / "ddp/checkpoints/epoch_latest.pt").is_file()
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_latest_reproduces_the_uninterrupted_losses(latents, tmp_path):
+    over = {"max-steps": 14, "save-every": 3}
+    reference = fit(args(latents, tmp_path, "reference", **over))
+    cmd = [sys.executable, "-m", "train", "fit", *args(latents, tmp_path, "killed", **over)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "killed/log.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and max(logged(tmp_path / "killed"), default=0) >= 7:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read().decode()[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = logged(tmp_path / "killed")
+    ckpt = checkpoint.load(tmp_path / "killed/checkpoints/epoch_latest.pt")
+    assert 3 <= ckpt["step"] < 14 and ckpt["step"] % 3 == 0
+    resumed = fit(args(latents, tmp_path, "killed", **over, resume="latest"))
+    assert len(resumed) == 14 - ckpt["step"]
+    assert [before[s] for s in sorted(before)] == pytest.approx(reference[:len(before)], rel=1e-6)
+    assert resumed == pytest.approx(reference[ckpt["step"]:], rel=1e-6)
+
+
+def test_pixel_clip_trains_with_the_same_loop_on_image_shards(tmp_path):
+    shards = write_image_shards(IMAGES, tmp_path / "images", n_shards=2)
+    losses = fit(args(shards[0].parent, tmp_path, "pixel", **{"config": "smoke_pixel", "max-steps": 3,
+                                                              "save-every": 3}))
+    assert len(losses) == 3 and all(l == l for l in losses)
+    raw = checkpoint.load(tmp_path / "pixel/checkpoints/epoch_latest.pt")
+    assert raw["model_kind"] == "pixel" and "visual.conv1.weight" in raw["state_dict"]
+
+
+def test_stage1_from_a_pixel_clip_trains_only_the_patch_embedding(latents, tmp_path):
+    pixel = build_model("pixel", {**TINY_PIXEL, "vision_cfg": {**TINY_PIXEL["vision_cfg"], "patch_size": 8}})
+    torch.save({"state_dict": {f"module.{k}": v for k, v in pixel.state_dict().items()}}, tmp_path / "pixel.pt")
+    fit(args(latents, tmp_path, "stage1", **{"init": "pixel-clip", "pretrained": str(tmp_path / "pixel.pt"),
+                                              "freeze": "patch-embed", "max-steps": 2, "save-every": 2}))
+    after = checkpoint.load(tmp_path / "stage1/checkpoints/epoch_latest.pt")["state_dict"]
+    before = pixel.state_dict()
+    assert torch.equal(after["token_embedding.weight"], before["token_embedding.weight"])
+    assert torch.equal(after["visual.latent_vit.proj"], before["visual.proj"])
+    assert torch.equal(after["visual.latent_vit.transformer.resblocks.0.mlp.c_fc.weight"],
+                       before["visual.transformer.resblocks.0.mlp.c_fc.weight"])
+    assert after["visual.latent_vit.positional_embedding"].shape == (5, 64)  # 8x8 pixel grid -> 2x2 latent grid
+    assert after["visual.latent_vit.conv1.weight"].shape == (64, 4, 8, 8)
+
+
+@pytest.mark.slow
+def test_distillation_from_a_pixel_teacher_on_decoded_latents_lowers_the_loss(latents, tmp_path):
+    from diffusers import AutoencoderKL
+    torch.manual_seed(0)
+    AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4,
+                  norm_num_groups=4).save_pretrained(tmp_path / "vae")
+    teacher = build_model("pixel", TINY_PIXEL)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    losses = fit(args(latents, tmp_path, "distill", **{
+        "teacher-model": TINY_PIXEL, "teacher-checkpoint": str(tmp_path / "teacher.pt"), "vae": str(tmp_path / "vae"),
+        "distill-weight": 1.0, "contrastive-weight": 0.0, "max-steps": 8, "save-every": 0}))
+    assert losses[-1] < losses[0] * 0.8, losses
