@@ -109,7 +109,7 @@ def tiny_model(seed: int = 0):
     return latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(TINY_CONFIG)).eval()
 
 
-def test_latents(seed: int = 0, batch: int = 4, channels: int = 4) -> torch.Tensor:
+def make_latents(seed: int = 0, batch: int = 4, channels: int = 4) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, channels, 32, 32, generator=g) * 5
 
@@ -134,8 +134,8 @@ def prepare_base(base: Path) -> None:
     model = tiny_model()
     latent_clip.save_export(model, base / "models" / "latent_clip" / TINY_EXPORT)
     latent_clip.save_official_checkpoint(base / "models" / "latent_clip" / TINY_OFFICIAL, model, 1, "tiny")
-    write_latent_file(base / "input" / TEST_LATENT, test_latents())
-    write_latent_file(base / "input" / WRONG_FAMILY_LATENT, test_latents(channels=16, batch=1))
+    write_latent_file(base / "input" / TEST_LATENT, make_latents())
+    write_latent_file(base / "input" / WRONG_FAMILY_LATENT, make_latents(channels=16, batch=1))
     for hook in SETUP_HOOKS:
         hook(base)
 
@@ -165,7 +165,8 @@ def start_server(base: Path) -> tuple[ComfyServer, subprocess.Popen]:
     port = free_port()
     log = base / "comfyui.log"
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--base-directory", str(base), "--disable-auto-launch", "--preview-method", "none"]
+           "--base-directory", str(base), "--database-url", f"sqlite:///{base}/user/comfyui.db",
+           "--disable-auto-launch", "--preview-method", "none"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -1,0 +1,158 @@
+"""The node pack in a real ComfyUI server: /object_info, every API workflow over HTTP, outputs
+checked against the library computed here on the same latents and weights, and node errors."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+import latent_clip
+from comfy_harness import (API_WORKFLOWS, TEST_LATENT, TINY_EXPORT, TINY_OFFICIAL, UI_WORKFLOWS,
+                           WRONG_FAMILY_LATENT, PromptRejected, execution_error, load_api_workflow,
+                           post_prompt, read_latent_file, run_graph, make_latents, wait_history)
+from latent_clip import safety, zeroshot
+
+pytestmark = pytest.mark.comfyui
+
+NODE_IDS = {"LatentCLIPLoader", "LatentCLIPScore", "LatentCLIPZeroShot", "LatentCLIPSafetyFilter",
+            "LatentCLIPSelectBest", "LatentCLIPScoreThreshold"}
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy_server) -> dict:
+    return comfy_server.get("/object_info")
+
+
+@pytest.fixture(scope="module")
+def model(comfy_server) -> latent_clip.LatentCLIP:
+    return latent_clip.load_model(comfy_server.models_dir / "latent_clip" / TINY_EXPORT)
+
+
+@pytest.fixture(scope="module")
+def latents() -> torch.Tensor:
+    return make_latents()
+
+
+def _texts(outputs: dict, node: str) -> list[str]:
+    return list(outputs[node]["text"])
+
+
+def _saved(server, outputs: dict, node: str) -> torch.Tensor:
+    item = outputs[node]["latents"][0]
+    return read_latent_file(server.output_dir / item["subfolder"] / item["filename"])
+
+
+def test_object_info_lists_pack(object_info):
+    ours = {k: v for k, v in object_info.items() if k.startswith("LatentCLIP")}
+    assert NODE_IDS <= set(ours)
+    for node_id, info in ours.items():
+        assert info["category"].startswith("latent_clip/"), node_id
+        for name, spec in {**info["input"]["required"], **info["input"].get("optional", {})}.items():
+            assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+    assert object_info["LatentCLIPLoader"]["output"] == ["LATENT_CLIP"]
+    assert set(object_info["LatentCLIPLoader"]["input"]["required"]["model_name"][1]["options"]) >= {
+        TINY_EXPORT, TINY_OFFICIAL}
+
+
+def test_workflows_use_only_known_nodes(object_info):
+    for path in [*API_WORKFLOWS.glob("*.json"), *UI_WORKFLOWS.glob("*.json")]:
+        data = json.loads(path.read_text())
+        types = [n["type"] for n in data["nodes"]] if "nodes" in data else [n["class_type"] for n in data.values()]
+        assert set(types) <= set(object_info), f"{path.name}: {set(types) - set(object_info)}"
+
+
+@pytest.mark.parametrize("weights", [TINY_EXPORT, TINY_OFFICIAL])
+def test_score_matches_library(comfy_server, model, latents, weights):
+    graph = load_api_workflow("latent_clip_score.json")
+    graph["6"]["inputs"]["model_name"] = weights
+    outputs = run_graph(comfy_server, graph)
+    prompt = graph["10"]["inputs"]["prompt"]
+    expected = latent_clip.score_latents(model, latents, prompt)
+    cosine = torch.tensor([float(t) for t in _texts(outputs, "15")])
+    logit = torch.tensor([float(t) for t in _texts(outputs, "14")])
+    torch.testing.assert_close(cosine, expected.cosine[:, 0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logit, expected.logits[:, 0], atol=1e-3, rtol=1e-4)
+    threshold = graph["11"]["inputs"]["threshold"]
+    assert _texts(outputs, "12") == [str(bool(c >= threshold)) for c in cosine.tolist()]
+    assert "cosine" in _texts(outputs, "10")[0]
+
+
+def test_zero_shot_matches_library(comfy_server, model, latents):
+    graph = load_api_workflow("latent_clip_zero_shot.json")
+    inputs = graph["10"]["inputs"]
+    labels, templates = inputs["labels"].splitlines(), inputs["templates"].splitlines()
+    outputs = run_graph(comfy_server, graph)
+    probs = zeroshot.classify(model, latents, zeroshot.build_classifier(model, labels, templates))
+    assert _texts(outputs, "12") == [labels[k] for k in probs.argmax(-1).tolist()]
+    top = torch.tensor([float(t) for t in _texts(outputs, "14")])
+    torch.testing.assert_close(top, probs.max(-1).values, atol=1e-4, rtol=1e-4)
+    assert all(label in _texts(outputs, "10")[0] for label in labels)
+
+
+@pytest.mark.parametrize("action", ["drop", "replace with noise", "zero", "pass with flag"])
+def test_safety_filter_actions(comfy_server, model, latents, action):
+    graph = load_api_workflow("latent_clip_safety_filter.json")
+    inputs = graph["10"]["inputs"]
+    probs = safety.concept_probs(model, latents, safety.parse_concepts(inputs["concepts"])).max(-1).values
+    ranked = probs.sort().values
+    inputs["threshold"] = float((ranked[1] + ranked[2]) / 2)  # the two most concept-like latents get blocked
+    inputs["action"] = action
+    outputs = run_graph(comfy_server, graph)
+    flagged = probs >= inputs["threshold"]
+    assert _texts(outputs, "12") == [str(f) for f in flagged.tolist()]
+    saved = _saved(comfy_server, outputs, "13")
+    if action == "drop":
+        torch.testing.assert_close(saved, latents[~flagged])
+        return
+    assert saved.shape == latents.shape
+    torch.testing.assert_close(saved[~flagged], latents[~flagged])
+    if action == "zero":
+        assert not saved[flagged].any()
+    elif action == "replace with noise":
+        assert not torch.allclose(saved[flagged], latents[flagged]) and saved[flagged].std() > 1
+    else:
+        torch.testing.assert_close(saved, latents)
+
+
+def test_select_best_k(comfy_server, model, latents):
+    graph = load_api_workflow("latent_clip_best_of_n.json")
+    graph["10"]["inputs"]["k"] = 2
+    outputs = run_graph(comfy_server, graph)
+    order, _ = latent_clip.rank_by_prompt(model, latents, graph["10"]["inputs"]["prompt"])
+    assert _texts(outputs, "12") == [str(order[0].item())]
+    torch.testing.assert_close(_saved(comfy_server, outputs, "13"), latents[order[:2]])
+
+
+def _error_of(server, graph: dict) -> dict:
+    entry = wait_history(server, post_prompt(server, graph))
+    assert entry["status"]["status_str"] == "error"
+    return execution_error(entry)
+
+
+def test_node_errors_and_server_survives(comfy_server):
+    score = load_api_workflow("latent_clip_score.json")
+
+    missing = copy.deepcopy(score)
+    missing["6"]["inputs"]["model_name"] = "no_such_weights.safetensors"
+    try:  # a combo value that is not in the list: rejected by validation, or a node error when run
+        error = _error_of(comfy_server, missing)
+        assert error["node_type"] == "LatentCLIPLoader", error
+        assert "no_such_weights.safetensors" in error["exception_message"]
+    except PromptRejected as rejected:
+        assert "no_such_weights.safetensors" in json.dumps(rejected.body["node_errors"]["6"])
+
+    wrong_family = copy.deepcopy(score)
+    wrong_family["5"]["inputs"]["latent"] = WRONG_FAMILY_LATENT
+    error = _error_of(comfy_server, wrong_family)
+    assert error["node_type"] == "LatentCLIPScore" and "16 channels" in error["exception_message"]
+
+    no_labels = load_api_workflow("latent_clip_zero_shot.json")
+    no_labels["10"]["inputs"]["labels"] = " \n\n"
+    error = _error_of(comfy_server, no_labels)
+    assert error["node_type"] == "LatentCLIPZeroShot" and "no labels given" in error["exception_message"]
+
+    score["10"]["inputs"]["prompt"] = "still alive after errors"
+    assert run_graph(comfy_server, score)["10"]["text"]
+    assert TEST_LATENT in comfy_server.get("/object_info/LoadLatent")["LoadLatent"]["input"]["required"]["latent"][0]
