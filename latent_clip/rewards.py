@@ -62,7 +62,8 @@ def norm_regulariser(noise: torch.Tensor, weight: float = 0.01) -> torch.Tensor:
 
 
 def _text_features(model, texts: Sequence[str]) -> torch.Tensor:
-    with torch.no_grad():
+    # outside inference mode: the features must be usable in a later autograd graph
+    with torch.inference_mode(False), torch.no_grad():
         return model.encode_text(list(texts), normalize=True).detach()
 
 
@@ -122,7 +123,7 @@ def pixel_alignment(clip_model, tokenizer, prompt: str, decode: Callable[[torch.
     cfg = getattr(visual, "preprocess_cfg", None) or {}
     mean, std = cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD)
     device = next(clip_model.parameters()).device
-    with torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad():
         text = F.normalize(clip_model.encode_text(tokenizer([prompt]).to(device)), dim=-1).detach()
 
     def loss(latents: torch.Tensor) -> torch.Tensor:
@@ -146,7 +147,7 @@ def weighted_sum(rewards: Mapping[str, RewardFn], weights: Mapping[str, float]) 
         raise ValueError("no reward has a non-zero weight")
 
     def loss(latents: torch.Tensor) -> torch.Tensor:
-        return sum(weights[n] * fn(latents).float() for n, fn in active.items())
+        return sum(weights[n] * fn(latents).float().to(latents.device) for n, fn in active.items())
 
     return loss
 

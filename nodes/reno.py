@@ -1,0 +1,327 @@
+"""ReNO nodes: optimise the initial noise against Latent-CLIP rewards, never decoding.
+
+* ``LatentCLIPRenoSampler`` is a SAMPLER for ``SamplerCustomAdvanced``: it optimises the noise
+  through the guider's one-step x0 prediction (any guider: CFG, basic, ours), then samples the
+  best noise with an inner sampler (1-step or few-step).
+* ``LatentCLIPRewardPrompt`` / ``LatentCLIPRewardAvoid`` / ``LatentCLIPRewardCombine`` build a
+  LATENT_CLIP_REWARD wire: a tuple of weighted terms, evaluated on raw VAE latents.
+* ``LatentCLIPReno`` ("ReNO with this prompt") wires all of it for one prompt.
+
+The loop itself is ``latent_clip.reno.optimize_noise``; here is only the ComfyUI glue:
+model space -> raw latents through the model's ``latent_format``, autograd-safe weights once per
+run (ComfyUI loads weights as inference tensors), progress, previews and interrupts.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import comfy.model_management as mm
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+import torch
+from comfy_api.latest import io
+from torch import nn
+
+from . import _convert
+from ..latent_clip import rewards
+from ..latent_clip.reno import RenoProgress, optimize_noise
+from .loaders import LatentClip
+
+Reward = io.Custom("LATENT_CLIP_REWARD")
+log = logging.getLogger(__name__)
+
+MEMORY_NOTE = (
+    "Memory: one UNet forward+backward at the image size per iteration (activations of the whole "
+    "one-step graph, about 1.4 GiB for SD-Turbo and 2.6 GiB for SDXL-Turbo at 512 px, batch 1, fp32; "
+    "roughly half in fp16), plus a one-off copy of the diffusion model's weights so autograd can use "
+    "them (ComfyUI loads weights as inference tensors; the copy replaces them, peak +1 tensor), plus "
+    "the small Latent-CLIP tower. No VAE decode: the reward reads latents.")
+
+
+@dataclass(frozen=True)
+class RewardTerm:
+    """One weighted term of a LATENT_CLIP_REWARD: ``kind`` "prompt" (alignment, ReNO's CLIPScore
+    loss) or "avoid" (concept loss); ``text`` the prompt or the concept lines."""
+
+    kind: str
+    weight: float
+    latent_clip: object  # the LATENT_CLIP wire (a ModelPatcher)
+    text: str
+
+
+def autograd_safe_(module: nn.Module) -> int:
+    """Replace inference-tensor parameters and buffers by normal copies and freeze them
+    (COMFYUI.md A7/A9, option 1). Call once per run; returns how many tensors were replaced."""
+    replaced = 0
+    with torch.inference_mode(False):
+        for m in module.modules():
+            for key, p in m._parameters.items():
+                if p is not None and p.is_inference():
+                    m._parameters[key] = nn.Parameter(p.clone(), requires_grad=False)
+                    replaced += 1
+            for key, b in m._buffers.items():
+                if b is not None and b.is_inference():
+                    m._buffers[key] = b.clone()
+                    replaced += 1
+    module.requires_grad_(False)
+    return replaced
+
+
+def clone_tensors_(obj):
+    """Clone every tensor inside nested conds (dicts/lists), in place where possible, so none is an
+    inference tensor (what ComfyUI's TrainSampler does with ``process_cond_list``)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            obj[k] = clone_tensors_(v)
+    elif isinstance(obj, list):
+        obj[:] = [clone_tensors_(v) for v in obj]
+    elif isinstance(obj, tuple):
+        return tuple(clone_tensors_(v) for v in obj)
+    elif hasattr(obj, "cond") and isinstance(getattr(obj, "cond"), torch.Tensor):
+        obj.cond = obj.cond.clone()  # comfy.conds.CONDRegular and friends
+    return obj
+
+
+def build_reward(terms: tuple[RewardTerm, ...], channels: int) -> rewards.RewardFn:
+    """The weighted sum of ``terms`` on raw latents; loads each Latent-CLIP and makes it
+    autograd-safe. Call under ``inference_mode(False)``."""
+    fns, weights = {}, {}
+    for i, term in enumerate(terms):
+        model = _convert.model_of(term.latent_clip)
+        if model.config.vision.family.channels != channels:
+            raise ValueError(f"this Latent-CLIP reads {model.config.vision.family.channels}-channel "
+                             f"{model.config.vision.family.description} latents; the model makes {channels}")
+        autograd_safe_(model)
+        make = rewards.latent_alignment if term.kind == "prompt" else rewards.latent_avoid
+        fns[f"{i}:{term.kind}"], weights[f"{i}:{term.kind}"] = make(model, term.text), term.weight
+    return rewards.weighted_sum(fns, weights)
+
+
+def _progress_text(text: str) -> None:
+    try:
+        from comfy_execution.utils import get_executing_context
+        from server import PromptServer
+        context = get_executing_context()
+        if PromptServer.instance is not None and context is not None:
+            PromptServer.instance.send_progress_text(text, context.node_id)
+    except Exception:  # noqa: BLE001 - progress text is cosmetic (absent outside a server)
+        pass
+
+
+class RenoSampler(comfy.samplers.KSAMPLER):
+    """Optimises the noise with ReNO through the guider's one-step x0, then runs ``inner``."""
+
+    def __init__(self, inner: comfy.samplers.KSAMPLER, reward: tuple[RewardTerm, ...], iterations: int = 50,
+                 lr: float = 5.0, momentum: float = 0.9, grad_clip: float = 0.1, reg_weight: float = 0.01):
+        super().__init__(inner.sampler_function, inner.extra_options, inner.inpaint_options)
+        self.inner, self.reward = inner, tuple(reward)
+        self.options = dict(iterations=iterations, lr=lr, momentum=momentum, grad_clip=grad_clip,
+                            reg_weight=reg_weight)
+        self.last_result = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        if self.reward and self.options["iterations"] > 0 and len(sigmas) > 1:
+            noise = self.optimise(model_wrap, sigmas, extra_args, noise, latent_image, denoise_mask)
+        return self.inner.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
+                                 disable_pbar)
+
+    def optimise(self, model_wrap, sigmas, extra_args, noise, latent_image, denoise_mask) -> torch.Tensor:
+        base = model_wrap.inner_model  # comfy.model_base.BaseModel
+        with torch.inference_mode(False):
+            replaced = autograd_safe_(base)
+            clone_tensors_(model_wrap.conds)
+            sigmas, noise, latent_image = sigmas.clone(), noise.clone(), latent_image.clone()
+            args = {**extra_args, "denoise_mask": None if denoise_mask is None else denoise_mask.clone()}
+            reward = build_reward(self.reward, base.latent_format.latent_channels)
+        model_k = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
+        model_k.latent_image, model_k.noise = latent_image, noise
+        sigma, max_denoise = sigmas[0], self.max_denoise(model_wrap, sigmas)
+        s_in = noise.new_ones(noise.shape[0])
+
+        def generate(e):  # model-space x0 of one step from sigma_max, CFG included
+            return model_k(base.model_sampling.noise_scaling(sigma, e, latent_image, max_denoise), sigma * s_in, **args)
+
+        result = optimize_noise(generate, lambda x0: reward(base.process_latent_out(x0)), noise,
+                                callback=self._progress(model_wrap), **self.options)
+        self.last_result = result
+        log.info("ReNO: %d iterations in %.1f s (%d weight tensors made autograd-safe); reward loss %s -> %s",
+                 len(result.history), result.seconds, replaced, _fmt(result.initial_loss), _fmt(result.best_loss))
+        return result.best_noise.to(noise.dtype)
+
+    def _progress(self, model_wrap):
+        patcher = model_wrap.model_patcher
+        previewer = latent_preview.get_previewer(patcher.load_device, patcher.model.latent_format)
+        bar = comfy.utils.ProgressBar(self.options["iterations"])
+
+        def progress(p: RenoProgress) -> None:
+            mm.throw_exception_if_processing_interrupted()
+            preview = previewer.decode_latent_to_preview_image("JPEG", p.best_latent) if previewer else None
+            bar.update_absolute(p.iteration + 1, p.iterations, preview)
+            _progress_text(f"ReNO {p.iteration + 1}/{p.iterations}: reward loss {_fmt(p.loss)}, "
+                           f"best {_fmt(p.best_loss)}")
+
+        return progress
+
+
+def _fmt(losses: torch.Tensor) -> str:
+    return ", ".join(f"{v:.3f}" for v in losses.tolist())
+
+
+def reno_sample(model, positive, negative, reward, latent: dict, seed: int, iterations: int, steps: int,
+                cfg: float, lr: float, sampler_name: str = "euler") -> dict:
+    """What SamplerCustomAdvanced does, with a ReNO sampler and the "simple" schedule."""
+    guider = comfy.samplers.CFGGuider(model)
+    guider.inner_set_conds({"positive": positive} if negative is None else {"positive": positive, "negative": negative})
+    guider.set_cfg(cfg if negative is not None else 1.0)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps).cpu()
+    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    sampler = RenoSampler(comfy.samplers.ksampler(sampler_name), reward, iterations=iterations, lr=lr)
+    callback = latent_preview.prepare_callback(model, steps)
+    samples = guider.sample(noise, latent_image, sampler, sigmas, denoise_mask=latent.get("noise_mask"),
+                            callback=callback, disable_pbar=True, seed=seed)
+    out = latent.copy()
+    out.pop("downscale_ratio_spacial", None)
+    out["samples"] = samples.to(mm.intermediate_device())
+    return out
+
+
+WEIGHT_TIP = ("Weight of this term in the summed loss. With the default gradient clipping only the ratio between "
+              "terms matters much; ReNO weights CLIPScore 0.01 next to its other rewards.")
+CHAIN_TIP = "Optional reward to add this term to (chain reward nodes to combine them)."
+
+
+class LatentCLIPRewardPrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LatentCLIPRewardPrompt", display_name="Latent-CLIP Reward: Prompt", category="latent_clip/reno",
+            description="Reward for ReNO: alignment of the latent with a prompt, read by Latent-CLIP without "
+                        "decoding (ReNO's CLIPScore loss 100 - logit_scale * cos).",
+            inputs=[LatentClip.Input("latent_clip", tooltip="A Latent-CLIP model from Load Latent-CLIP, of the "
+                                                             "diffusion model's latent family."),
+                    io.String.Input("prompt", multiline=True, default="a photo of a cat",
+                                    tooltip="What the image should show (usually the generation prompt)."),
+                    io.Float.Input("weight", default=1.0, min=-100.0, max=100.0, step=0.01, tooltip=WEIGHT_TIP),
+                    Reward.Input("reward", optional=True, tooltip=CHAIN_TIP)],
+            outputs=[Reward.Output(display_name="reward", tooltip="Weighted reward terms for the ReNO nodes.")])
+
+    @classmethod
+    def execute(cls, latent_clip, prompt: str, weight: float, reward=None) -> io.NodeOutput:
+        return io.NodeOutput((*(reward or ()), RewardTerm("prompt", weight, latent_clip, prompt.strip())))
+
+
+class LatentCLIPRewardAvoid(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LatentCLIPRewardAvoid", display_name="Latent-CLIP Reward: Avoid Concepts",
+            category="latent_clip/reno",
+            description="Reward for ReNO: penalises latents that Latent-CLIP finds closer to a concept than to its "
+                        "counter-prompt (-log p(counter), summed over concepts), without decoding.",
+            inputs=[LatentClip.Input("latent_clip", tooltip="A Latent-CLIP model from Load Latent-CLIP."),
+                    io.String.Input("concepts", multiline=True, default="nudity\nviolence",
+                                    tooltip="One concept per line: 'name' or 'name | counter-prompt' (as in the "
+                                            "safety filter node)."),
+                    io.Float.Input("weight", default=1.0, min=0.0, max=100.0, step=0.01, tooltip=WEIGHT_TIP),
+                    Reward.Input("reward", optional=True, tooltip=CHAIN_TIP)],
+            outputs=[Reward.Output(display_name="reward", tooltip="Weighted reward terms for the ReNO nodes.")])
+
+    @classmethod
+    def execute(cls, latent_clip, concepts: str, weight: float, reward=None) -> io.NodeOutput:
+        _convert.lines(concepts, "concepts")
+        return io.NodeOutput((*(reward or ()), RewardTerm("avoid", weight, latent_clip, concepts)))
+
+
+class LatentCLIPRewardCombine(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LatentCLIPRewardCombine", display_name="Latent-CLIP Reward: Combine", category="latent_clip/reno",
+            description="Sums two rewards (all their weighted terms).",
+            inputs=[Reward.Input("reward_a", tooltip="First reward."), Reward.Input("reward_b", tooltip="Second reward.")],
+            outputs=[Reward.Output(display_name="reward", tooltip="All terms of both rewards.")])
+
+    @classmethod
+    def execute(cls, reward_a, reward_b) -> io.NodeOutput:
+        return io.NodeOutput((*reward_a, *reward_b))
+
+
+def _reno_inputs() -> list:
+    return [io.Int.Input("iterations", default=50, min=1, max=1000,
+                         tooltip="ReNO evaluations (the last is evaluated, not stepped). Each costs one UNet "
+                                 "forward+backward."),
+            io.Float.Input("lr", default=5.0, min=0.0, max=100.0, step=0.1,
+                           tooltip="SGD learning rate on the noise: 5 at 512 px, ReNO uses 10 at 1024 px.")]
+
+
+class LatentCLIPRenoSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LatentCLIPRenoSampler", display_name="ReNO Sampler (Latent-CLIP)", category="latent_clip/reno",
+            description="SAMPLER for SamplerCustomAdvanced: optimises the initial noise for the reward through the "
+                        "guider's one-step prediction (ReNO: Nesterov SGD, per-sample gradient clipping, noise-norm "
+                        "regulariser, best iterate by reward), then samples it with the inner sampler. Works for "
+                        "eps, v-prediction and flow models. " + MEMORY_NOTE,
+            inputs=[Reward.Input("reward", tooltip="Reward terms from the Latent-CLIP Reward nodes."),
+                    io.Sampler.Input("sampler", optional=True,
+                                     tooltip="Sampler run on the optimised noise (default euler; with 1 step it "
+                                             "returns the one-step image that was optimised)."),
+                    *_reno_inputs(),
+                    io.Float.Input("grad_clip", default=0.1, min=0.0, max=10.0, step=0.01,
+                                   tooltip="Per-sample gradient-norm clip (ReNO: 0.1)."),
+                    io.Float.Input("reg_weight", default=0.01, min=0.0, max=10.0, step=0.001,
+                                   tooltip="Weight of the noise-norm regulariser that keeps the noise Gaussian-"
+                                           "looking (ReNO: 0.01)."),
+                    io.Float.Input("momentum", default=0.9, min=0.0, max=0.999, step=0.01,
+                                   tooltip="Nesterov momentum (ReNO: 0.9).")],
+            outputs=[io.Sampler.Output(tooltip="Connect to SamplerCustomAdvanced.")])
+
+    @classmethod
+    def execute(cls, reward, iterations: int, lr: float, grad_clip: float, reg_weight: float, momentum: float,
+                sampler=None) -> io.NodeOutput:
+        inner = sampler or comfy.samplers.ksampler("euler")
+        return io.NodeOutput(RenoSampler(inner, reward, iterations=iterations, lr=lr, momentum=momentum,
+                                         grad_clip=grad_clip, reg_weight=reg_weight))
+
+
+class LatentCLIPReno(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LatentCLIPReno", display_name="ReNO with this prompt (Latent-CLIP)", category="latent_clip/reno",
+            description="One node: optimise the initial noise so that Latent-CLIP finds the prompt in the result, "
+                        "then sample it (1 step for SD-Turbo/SDXL-Turbo, a few for FLUX-schnell). " + MEMORY_NOTE,
+            inputs=[io.Model.Input("model", tooltip="A one-step or few-step model (SD-Turbo, SDXL-Turbo, "
+                                                     "FLUX-schnell...)."),
+                    io.Conditioning.Input("positive", tooltip="The encoded prompt."),
+                    LatentClip.Input("latent_clip", tooltip="A Latent-CLIP model of the model's latent family."),
+                    io.String.Input("prompt", multiline=True, default="a photo of a cat",
+                                    tooltip="Text the reward compares the latent with (usually the same prompt)."),
+                    io.Latent.Input("latent", tooltip="The empty latent to generate into (sets size and batch)."),
+                    io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                                 tooltip="Seed of the initial noise."),
+                    *_reno_inputs(),
+                    io.Int.Input("steps", default=1, min=1, max=50,
+                                 tooltip="Sampling steps for the final image (the optimisation uses one step)."),
+                    io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1,
+                                   tooltip="CFG scale; 1 (off) for turbo models. Above 1 needs negative."),
+                    io.Conditioning.Input("negative", optional=True, tooltip="Negative prompt, used when cfg > 1.")],
+            outputs=[io.Latent.Output(tooltip="The sampled latent from the best noise.")])
+
+    @classmethod
+    def execute(cls, model, positive, latent_clip, prompt: str, latent: dict, seed: int, iterations: int,
+                lr: float, steps: int, cfg: float, negative=None) -> io.NodeOutput:
+        reward = (RewardTerm("prompt", 1.0, latent_clip, prompt.strip()),)
+        return io.NodeOutput(reno_sample(model, positive, negative, reward, latent, seed, iterations, steps, cfg, lr))
+
+
+NODES = [LatentCLIPRewardPrompt, LatentCLIPRewardAvoid, LatentCLIPRewardCombine, LatentCLIPRenoSampler,
+         LatentCLIPReno]

@@ -1,0 +1,187 @@
+"""ReNO sampler, reward nodes and safety guider with real ComfyUI 0.3.75 modules, in-process.
+
+A tiny SD1.5-shaped UNet in a real ModelPatcher (COMFYUI.md A8), run under
+``torch.inference_mode()`` like ComfyUI's executor, through CFGGuider.sample with eps,
+v-prediction and flow (CONST) model_sampling.
+"""
+import pytest
+import torch
+
+pytestmark = pytest.mark.comfyui
+
+TINY_UNET = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+             "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [1, 1],
+             "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1, "context_dim": 768,
+             "use_linear_in_transformer": False, "use_spatial_transformer": True, "legacy": False,
+             "adm_in_channels": None, "use_temporal_resblock": False, "use_temporal_attention": False}
+
+
+def tiny_model_patcher(comfy, sampling: str = "eps", seed: int = 0):
+    """A real MODEL: SD15(tiny config).get_model, filled N(0, 1/fan_in), in a ModelPatcher;
+    ``sampling`` 'v' or 'flow' swaps model_sampling as ModelSamplingDiscrete/SD3 nodes do."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.model_sampling
+    import comfy.supported_models
+
+    torch.manual_seed(seed)
+    with torch.inference_mode():  # as CheckpointLoaderSimple runs
+        model = comfy.supported_models.SD15(dict(TINY_UNET)).get_model({})
+        for name, p in model.diffusion_model.named_parameters():
+            if p.ndim > 1:
+                p.copy_(torch.randn_like(p) / p[0].numel() ** 0.5)
+            else:
+                p.copy_(torch.ones_like(p) if "norm" in name else torch.zeros_like(p) + 0.01 * torch.randn_like(p))
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    if sampling != "eps":
+        kind = {"v": (comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.V_PREDICTION),
+                "flow": (comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST)}[sampling]
+
+        class Sampling(*kind):
+            pass
+
+        patcher = patcher.clone()
+        ms = Sampling(model.model_config)
+        if sampling == "flow":
+            ms.set_parameters(shift=3.0, multiplier=1000)
+        patcher.add_object_patch("model_sampling", ms)
+    return patcher
+
+
+def tiny_latent_clip_patcher(inprocess):
+    from comfy_harness import TINY_CONFIG  # noqa: F401 - same tiny config as the harness weights
+    import comfy.model_patcher
+    from comfy_harness import tiny_model
+
+    convert = __import__(f"{inprocess.pack.__name__}.nodes._convert", fromlist=["_convert"])
+    with torch.inference_mode():  # weights become inference tensors, as when the loader node runs
+        clip = tiny_model()
+        clip = clip.to(torch.float32)
+        for p in clip.parameters():
+            p.data = p.data.clone()
+    return comfy.model_patcher.ModelPatcher(convert.ModelHolder(clip), load_device=torch.device("cpu"),
+                                            offload_device=torch.device("cpu"))
+
+
+def conds(batch=1, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, 77, 768, generator=g), {}]], [[torch.randn(batch, 77, 768, generator=g), {}]]
+
+
+@pytest.fixture
+def reno(comfy_inprocess):
+    import importlib
+    return importlib.import_module(f"{comfy_inprocess.pack.__name__}.nodes.reno")
+
+
+@pytest.fixture
+def guidance(comfy_inprocess):
+    import importlib
+    return importlib.import_module(f"{comfy_inprocess.pack.__name__}.nodes.guidance")
+
+
+@pytest.mark.parametrize("sampling", ["eps", "v", "flow"])
+def test_reno_sampler_lowers_the_reward_loss(comfy_inprocess, reno, sampling):
+    import comfy.samplers
+
+    model = tiny_model_patcher(comfy_inprocess.comfy, sampling)
+    lclip = tiny_latent_clip_patcher(comfy_inprocess)
+    reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
+    sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=6, lr=5.0, grad_clip=0.1, reg_weight=0.01,
+                                                 momentum=0.9).result[0]
+    positive, negative = conds()
+    with torch.inference_mode():
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(2.0)
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 1)
+        latent = torch.zeros(2, 4, 16, 16)
+        noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+        out = guider.sample(noise, latent, sampler, sigmas, seed=0, disable_pbar=True)
+    result = sampler.last_result
+    assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all()
+    assert result.history.shape == (6, 2)
+    assert (result.best_loss < result.initial_loss).all()
+    # the 1-step output is the best iterate, converted to raw latents by the model's latent_format
+    latent_format = model.model.latent_format
+    assert torch.allclose(out, latent_format.process_out(result.best_latent).float(), atol=1e-4)
+
+
+def test_reward_reads_raw_latents_not_model_space(comfy_inprocess, reno):
+    """The reward must see process_out(x0) (raw), not x0 * scale: check against the library."""
+    from latent_clip.rewards import latent_alignment
+
+    lclip = tiny_latent_clip_patcher(comfy_inprocess)
+    term = reno.RewardTerm("prompt", 1.0, lclip, "a cat")
+    with torch.inference_mode(False):
+        fn = reno.build_reward((term,), channels=4)
+        z = torch.randn(1, 4, 16, 16)
+        expected = latent_alignment(lclip.model.clip, "a cat")(z)
+    assert torch.allclose(fn(z), expected)
+    with pytest.raises(ValueError, match="16"):
+        with torch.inference_mode(False):
+            reno.build_reward((term,), channels=16)
+
+
+def test_reno_all_in_one_and_chained_rewards(comfy_inprocess, reno):
+    model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
+    lclip = tiny_latent_clip_patcher(comfy_inprocess)
+    positive, _ = conds()
+    with torch.inference_mode():
+        latent = {"samples": torch.zeros(1, 4, 16, 16), "batch_index": [0]}
+        out = reno.LatentCLIPReno.execute(model, positive, lclip, "a red apple", latent, seed=3, iterations=2,
+                                          lr=5.0, steps=2, cfg=1.0).result[0]
+        r = reno.LatentCLIPRewardPrompt.execute(lclip, "a cat", 1.0).result[0]
+        r = reno.LatentCLIPRewardAvoid.execute(lclip, "gore", 0.5, reward=r).result[0]
+        both = reno.LatentCLIPRewardCombine.execute(r, r).result[0]
+    assert out["samples"].shape == (1, 4, 16, 16) and out["batch_index"] == [0]
+    assert [t.kind for t in both] == ["prompt", "avoid", "prompt", "avoid"]
+
+
+def test_reno_stops_cleanly_on_interrupt(comfy_inprocess, reno):
+    import comfy.model_management as mm
+    import comfy.samplers
+
+    model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
+    lclip = tiny_latent_clip_patcher(comfy_inprocess)
+    reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
+    sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=50)
+    positive, negative = conds()
+    mm.interrupt_current_processing(True)
+    try:
+        with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
+            guider = comfy.samplers.CFGGuider(model)
+            guider.set_conds(positive, negative)
+            sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 1)
+            guider.sample(torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16), sampler, sigmas, seed=0)
+    finally:
+        mm.interrupt_current_processing(False)
+    # the model still samples afterwards (weights were replaced by equal normal tensors)
+    with torch.inference_mode():
+        out = guider.sample(torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16), comfy.samplers.ksampler("euler"),
+                            sigmas, seed=0)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("sampling", ["eps", "flow"])
+def test_safety_guider_moves_away_from_the_concept(comfy_inprocess, guidance, sampling):
+    import comfy.samplers
+
+    model = tiny_model_patcher(comfy_inprocess.comfy, sampling)
+    lclip = tiny_latent_clip_patcher(comfy_inprocess)
+    positive, negative = conds()
+    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    outs = {}
+    for strength in (0.0, 0.5):
+        with torch.inference_mode():
+            guider = guidance.LatentCLIPAvoidGuider.execute(model, positive, negative, 2.0, lclip, "a red apple",
+                                                            strength, 0.0, 1.0).result[0]
+            sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 4)
+            outs[strength] = guider.sample(noise, torch.zeros(1, 4, 16, 16), comfy.samplers.ksampler("euler"),
+                                           sigmas, seed=0, disable_pbar=True)
+        if strength:
+            assert len(guider.last_losses) == 4
+    from latent_clip.rewards import latent_avoid
+    avoid = latent_avoid(lclip.model.clip, "a red apple")
+    assert avoid(outs[0.5].clone()) < avoid(outs[0.0].clone())
