@@ -1,0 +1,86 @@
+"""train eval zeroshot: accuracy where the answer is known by construction."""
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import latent_clip
+from train.data import write_latent_shard
+from train.evaluate import main as evaluate
+from train.models import build_model, pixel_transform
+from train.synthetic import NAMES
+
+IMAGES = Path(__file__).parents[2] / "shared/benchmarks/images"
+TINY = {"embed_dim": 32,
+        "vision_cfg": {"image_size": 128, "layers": 2, "width": 64, "patch_size": 8, "latent_family": "sdxl",
+                       "latent_n_channels": 4, "latent_factor": 8},
+        "text_cfg": {"width": 64, "heads": 1, "layers": 2}}
+TINY_PIXEL = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
+              "text_cfg": {"width": 64, "heads": 1, "layers": 2}}
+CLASSES = list(NAMES[:6])  # alphabetical, so folder order == class index
+
+
+def labels_with_known_ranks(logits: torch.Tensor) -> tuple[list[int], float, float]:
+    """Label a third of the rows with the model's 1st choice, a third with its 3rd, a third with
+    its last (6th): top-1 must be 1/3 and top-5 2/3."""
+    order = logits.argsort(dim=1, descending=True)
+    n = len(logits)
+    picks = [0 if i < n // 3 else 2 if i < 2 * n // 3 else 5 for i in range(n)]
+    return [int(order[i, r]) for i, r in enumerate(picks)], sum(p == 0 for p in picks) / n, sum(p < 5 for p in picks) / n
+
+
+def test_zeroshot_accuracy_is_exact_on_latent_shards(tmp_path):
+    torch.manual_seed(0)
+    model = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(TINY)).eval()
+    latent_clip.save_official_checkpoint(tmp_path / "model.pt", model, epoch=1, name="tiny")
+    z = torch.randn(12, 4, 16, 16) * 3
+    with torch.no_grad():
+        logits = model.encode_latents(z) @ model.encode_text(CLASSES).T
+    labels, top1, top5 = labels_with_known_ranks(logits)
+    write_latent_shard(tmp_path / "val/000000.tar", z, ["?"] * 12, [f"k{i}" for i in range(12)], labels)
+    (tmp_path / "val/classnames.txt").write_text("\n".join(CLASSES))
+    result = evaluate(["zeroshot", "--data", str(tmp_path / "val"), "--model", str(tmp_path / "model.pt"),
+                       "--templates", "identity", "--device", "cpu", "--batch-size", "5"])
+    assert result["latent"] == {"top1": pytest.approx(top1), "top5": pytest.approx(top5), "n": 12}
+
+
+def test_pixel_clip_side_by_side_on_an_imagenet_style_folder(tmp_path):
+    from diffusers import AutoencoderKL
+    from PIL import Image
+    torch.manual_seed(0)
+    pixel = build_model("pixel", TINY_PIXEL).eval()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in pixel.state_dict().items()}}, tmp_path / "pixel.pt")
+    latent = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(TINY)).eval()
+    latent_clip.save_official_checkpoint(tmp_path / "latent.pt", latent, epoch=1, name="tiny")
+    AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4,
+                  norm_num_groups=4).save_pretrained(tmp_path / "vae")
+    files = sorted(p for p in IMAGES.rglob("*") if p.suffix.lower() in (".png", ".jpg"))[:9]
+    transform = pixel_transform(pixel)
+    with torch.no_grad():
+        x = torch.stack([transform(Image.open(p).convert("RGB")) for p in files])
+        logits = pixel.encode_image(x, normalize=True) @ pixel.encode_text(pixel_tokens(CLASSES), normalize=True).T
+    labels, top1, top5 = labels_with_known_ranks(logits)
+    for path, label in zip(files, labels):
+        (tmp_path / "val" / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, tmp_path / "val" / CLASSES[label] / path.name)
+    for name in CLASSES:
+        (tmp_path / "val" / name).mkdir(parents=True, exist_ok=True)
+    result = evaluate(["zeroshot", "--data", str(tmp_path / "val"), "--templates", "identity", "--device", "cpu",
+                       "--model", str(tmp_path / "latent.pt"), "--vae", str(tmp_path / "vae"),
+                       "--pixel-model", str(write_json(tmp_path / "pixel.json", TINY_PIXEL)),
+                       "--pixel-checkpoint", str(tmp_path / "pixel.pt"), "--json", str(tmp_path / "r.json")])
+    assert result["pixel"] == {"top1": pytest.approx(top1), "top5": pytest.approx(top5), "n": 9}
+    assert result["latent"]["n"] == 9  # the same images, VAE-encoded on the fly
+
+
+def pixel_tokens(texts):
+    import open_clip
+    return open_clip.tokenize(texts)
+
+
+def write_json(path, data):
+    import json
+    path.write_text(json.dumps(data))
+    return path
