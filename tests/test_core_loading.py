@@ -179,13 +179,13 @@ def test_full_size_b8_official_checkpoint_loads_lean(tmp_path):
     torch.save(latents, tmp_path / "latents.pt")
     del model
     probe = (
-        "import resource, sys, torch, latent_clip\n"
-        "def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
-        "base = rss()\n"
+        "import re, torch, latent_clip\n"  # VmHWM: peak RSS of this exec (ru_maxrss survives fork+exec)
+        "def kb(f): return int(re.search(f + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024\n"
+        "base = kb('VmRSS')\n"
         f"m = latent_clip.load_model(r'{path}', vae_encoder=False)\n"
         f"f = m.encode_latents(torch.load(r'{tmp_path / 'latents.pt'}'))\n"
         f"torch.save(f, r'{tmp_path / 'features.pt'}')\n"
-        "print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, m.config.name)\n")
+        "print(base, kb('VmHWM'), m.config.name)\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     base, peak, name = int(out[0]), int(out[1]), out[2]
     assert name == "Latent-ViT-B-8-512"
