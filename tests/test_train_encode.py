@@ -77,3 +77,22 @@ def test_a_single_file_vae_loads_offline_with_a_local_config(vae_dir, tmp_path):
         assert torch.equal(vae.encode(x).latent_dist.mean, reference.encode(x).latent_dist.mean)
     with pytest.raises(FileNotFoundError, match="hub ids are not fetched"):
         load_vae("madebyollin/sdxl-vae-fp16-fix")
+
+
+@pytest.mark.slow
+def test_encode_under_torchrun_splits_shards_by_rank(vae_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    repo = Path(__file__).parents[1]
+    write_image_shards(IMAGES, tmp_path / "images", n_shards=3)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train",
+           "encode", "--input", str(tmp_path / "images"), "--vae", str(vae_dir), "--out", str(tmp_path / "lat"),
+           "--size", "32", "--device", "cpu", "--format", "safetensors"]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'encode rank 0: {"written": 2' in proc.stdout and 'encode rank 1: {"written": 1' in proc.stdout
+    sizes = json.loads((tmp_path / "lat" / SIZES_FILE).read_text())
+    assert sorted(sizes) == ["00000.safetensors", "00001.safetensors", "00002.safetensors"]
+    assert sum(sizes.values()) == N_IMAGES

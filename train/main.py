@@ -138,20 +138,32 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
         lr = cosine_lr(step, cfg, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        step_loss = torch.zeros((), device=env.device)
-        for micro in range(plan.accum):
-            inputs, captions = next(loader)
-            inputs = inputs.to(env.device, non_blocking=True)
-            tokens = open_clip.tokenize(captions, context_length=context_length).to(env.device)
-            sync = micro == plan.accum - 1 or not env.distributed
-            with (nullcontext() if sync else forward.no_sync()), autocast():
+        micro_batches = [next(loader) for _ in range(plan.accum)]
+        micro_batches = [(x.to(env.device, non_blocking=True),
+                          open_clip.tokenize(c, context_length=context_length).to(env.device)) for x, c in micro_batches]
+        cached, contrastive, distilled = None, 0.0, 0.0
+        if plan.accum > 1:  # open_clip's accum-freq: features of the whole batch first, without grad
+            with torch.no_grad(), autocast():
+                cached = [forward(x, t)[:2] for x, t in micro_batches]
+        for micro, (inputs, tokens) in enumerate(micro_batches):
+            last = micro == plan.accum - 1
+            with (forward.no_sync() if env.distributed and not last else nullcontext()), autocast():
                 image, text, scale = forward(inputs, tokens)
-                loss = cfg.contrastive_weight * clip_loss(image, text, scale) if cfg.contrastive_weight else 0.0
+                loss = torch.zeros((), device=env.device)
+                if cfg.contrastive_weight:
+                    all_image, all_text = image, text
+                    if cached is not None:  # this micro-batch with grad, the others from the cache
+                        all_image = torch.cat([c[0] for c in cached[:micro]] + [image] + [c[0] for c in cached[micro + 1:]])
+                        all_text = torch.cat([c[1] for c in cached[:micro]] + [text] + [c[1] for c in cached[micro + 1:]])
+                        scale = scale if last else scale.detach()  # its gradient counted once
+                    loss = cfg.contrastive_weight * clip_loss(all_image, all_text, scale)
+                    contrastive = loss.detach()  # the whole batch's loss, the same in every micro-step
                 if teacher is not None:
-                    loss = loss + cfg.distill_weight * (1 - (image.float() * teacher(inputs)).sum(-1)).mean()
-                loss = loss / plan.accum
+                    distill = cfg.distill_weight * (1 - (image.float() * teacher(inputs)).sum(-1)).mean() / plan.accum
+                    loss = loss + distill
+                    distilled = distilled + distill.detach()
             loss.backward()
-            step_loss += loss.detach()
+        step_loss = torch.as_tensor(contrastive + distilled, device=env.device)
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
