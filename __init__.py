@@ -14,6 +14,7 @@ except ImportError:  # not inside ComfyUI: the library alone
     ComfyExtension = None
 
 OPTIONAL_MODULES = ("reno", "guidance")
+WEB_DIRECTORY = "./web"  # shows the nodes' text reports on the canvas
 
 if ComfyExtension is not None:
     from .nodes import _convert, loaders, score

@@ -98,7 +98,7 @@ class LatentCLIPSafetyFilter(io.ComfyNode):
                     io.Combo.Input("action", options=list(safety.ACTIONS), default="drop",
                                    tooltip="drop: remove blocked latents from the batch; replace with noise: "
                                            "fresh seeded noise; zero: all-zero latent; pass with flag: unchanged."),
-                    io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                    io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
                                  tooltip="Seed of the replacement noise (action 'replace with noise').")],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The filtered batch."),
                      io.Boolean.Output(display_name="flagged", is_output_list=True,

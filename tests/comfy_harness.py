@@ -201,8 +201,9 @@ def comfy_server(tmp_path_factory):
         stop_server(proc)
 
 
-def post_prompt(server: ComfyServer, graph: dict) -> str:
-    body = json.dumps({"prompt": graph, "client_id": uuid.uuid4().hex}).encode()
+def post_prompt(server: ComfyServer, graph: dict, client_id: str | None = None) -> str:
+    """POST ``graph`` (API format); ``client_id`` of a browser page makes it show the results."""
+    body = json.dumps({"prompt": graph, "client_id": client_id or uuid.uuid4().hex}).encode()
     request = urllib.request.Request(server.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as r:

@@ -18,6 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 UI_DIR, API_DIR = ROOT / "example_workflows", ROOT / "workflows" / "api"
+SIZES = {"LatentCLIPLoader": (360, 130), "LatentCLIPScoreThreshold": (300, 110), "PreviewAny": (300, 160),
+         "CLIPTextEncode": (380, 180), "LatentCLIPScore": (400, 300), "LatentCLIPZeroShot": (480, 400),
+         "LatentCLIPSafetyFilter": (440, 400), "LatentCLIPSelectBest": (400, 300)}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CKPT, LC_WEIGHTS = "sd_xl_turbo_1.0_fp16.safetensors", "latent-clip-b-8-512-34b-80k.pt"
 TEST_WEIGHTS, TEST_LATENT = "latent_clip_tiny.safetensors", "latent_clip_test.latent"
@@ -57,14 +60,14 @@ SPECS = {
         10: ("LatentCLIPZeroShot", (1260, 400), {"latent": L(5), "latent_clip": L(6),
                                                  "labels": "cat\ndog\ncar\nlandscape\nportrait of a person",
                                                  "templates": "a photo of a {}.\na picture of a {}."}),
-        12: ("PreviewAny", (1700, 400), {"source": L(10, 0)}),
+        12: ("PreviewAny", (1780, 400), {"source": L(10, 0)}),
         **decode(L(5), 1260, "latent_clip/zero_shot")},
     "latent_clip_safety_filter": {**sdxl_turbo(4),
         10: ("LatentCLIPSafetyFilter", (1260, 120), {"latent": L(5), "latent_clip": L(6),
                                                      "concepts": "nudity\nviolence | a photo of a peaceful scene",
                                                      "threshold": 0.5, "action": "drop", "seed": 0}),
-        12: ("PreviewAny", (1700, 520), {"source": L(10, 1)}),
-        **decode(L(10, 0), 1700, "latent_clip/safe")},
+        12: ("PreviewAny", (1740, 520), {"source": L(10, 1)}),
+        **decode(L(10, 0), 1740, "latent_clip/safe")},
     "latent_clip_best_of_n": {**sdxl_turbo(8),
         10: ("LatentCLIPSelectBest", (1260, 120), {"latent": L(5), "latent_clip": L(6),
                                                    "prompt": "a photo of a cat sitting on a windowsill", "k": 1}),
@@ -95,7 +98,7 @@ def to_ui(spec: dict, object_info: dict) -> dict:
     order = {nid: i for i, nid in enumerate(sorted(spec))}
     for nid, (cls, pos, values) in spec.items():
         info = object_info[cls]
-        node = {"id": nid, "type": cls, "pos": list(pos), "size": [360, 260 if cls.startswith("LatentCLIP") else 120],
+        node = {"id": nid, "type": cls, "pos": list(pos), "size": list(SIZES.get(cls, (360, 140))),
                 "flags": {}, "order": order[nid], "mode": 0, "inputs": [], "outputs": [],
                 "properties": {"Node name for S&R": cls}, "widgets_values": []}
         for name, ispec in _inputs(info):
