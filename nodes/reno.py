@@ -5,6 +5,7 @@
   best noise with an inner sampler (1-step or few-step).
 * ``LatentCLIPRewardPrompt`` / ``LatentCLIPRewardAvoid`` / ``LatentCLIPRewardCombine`` build a
   LATENT_CLIP_REWARD wire: a tuple of weighted terms, evaluated on raw VAE latents.
+  ``LatentCLIPRewardPixelCLIP`` adds ReNO's pixel path (decode + open_clip) for comparisons.
 * ``LatentCLIPReno`` ("ReNO with this prompt") wires all of it for one prompt.
 
 The loop itself is ``latent_clip.reno.optimize_noise``; here is only the ComfyUI glue:
@@ -41,15 +42,58 @@ MEMORY_NOTE = (
     "the small Latent-CLIP tower. No VAE decode: the reward reads latents.")
 
 
+OPEN_CLIP_FOLDER = "open_clip"
+
+
 @dataclass(frozen=True)
 class RewardTerm:
-    """One weighted term of a LATENT_CLIP_REWARD: ``kind`` "prompt" (alignment, ReNO's CLIPScore
-    loss) or "avoid" (concept loss); ``text`` the prompt or the concept lines."""
+    """One weighted term of a LATENT_CLIP_REWARD: ``kind`` "prompt" (Latent-CLIP alignment, ReNO's
+    CLIPScore loss), "avoid" (Latent-CLIP concept loss) or "pixel" (VAE decode + open_clip
+    CLIPScore, for comparisons); ``text`` the prompt or the concept lines. ``source`` is the
+    LATENT_CLIP wire (a ModelPatcher), or for "pixel" a :class:`PixelClip`."""
 
     kind: str
     weight: float
-    latent_clip: object  # the LATENT_CLIP wire (a ModelPatcher)
+    source: object
     text: str
+
+
+@dataclass(frozen=True)
+class PixelClip:
+    vae: object        # comfy.sd.VAE
+    clip: nn.Module    # open_clip CLIP, normal (non-inference) tensors
+    tokenizer: object
+
+
+def register_open_clip_folder() -> None:
+    import os
+
+    import folder_paths
+    if OPEN_CLIP_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(OPEN_CLIP_FOLDER, os.path.join(folder_paths.models_dir, OPEN_CLIP_FOLDER))
+        paths, _ = folder_paths.folder_names_and_paths[OPEN_CLIP_FOLDER]
+        folder_paths.folder_names_and_paths[OPEN_CLIP_FOLDER] = (paths, set(folder_paths.supported_pt_extensions))
+
+
+def load_open_clip(arch: str, path: str | None) -> tuple[nn.Module, object]:
+    """An open_clip model from a local file (never downloads), as normal tensors on ComfyUI's device."""
+    import open_clip
+    device = mm.get_torch_device()
+    dtype = torch.float32 if mm.is_device_cpu(device) else torch.float16
+    with torch.inference_mode(False):
+        model = open_clip.create_model(arch, pretrained=path, device=device, precision="fp32")
+    return model.to(dtype).eval().requires_grad_(False), open_clip.get_tokenizer(arch)
+
+
+def pixel_reward(source: PixelClip, prompt: str) -> rewards.RewardFn:
+    vae = source.vae
+    mm.load_models_gpu([vae.patcher], force_full_load=True)
+    autograd_safe_(vae.first_stage_model)
+
+    def decode(z):  # raw latents -> [-1, 1] images, with gradient (VAE.decode has none)
+        return vae.first_stage_model.decode(z.to(vae.device, vae.vae_dtype)).float()
+
+    return rewards.pixel_alignment(source.clip, source.tokenizer, prompt, decode)
 
 
 def autograd_safe_(module: nn.Module) -> int:
@@ -92,7 +136,10 @@ def build_reward(terms: tuple[RewardTerm, ...], channels: int) -> rewards.Reward
     autograd-safe. Call under ``inference_mode(False)``."""
     fns, weights = {}, {}
     for i, term in enumerate(terms):
-        model = _convert.model_of(term.latent_clip)
+        if term.kind == "pixel":
+            fns[f"{i}:pixel"], weights[f"{i}:pixel"] = pixel_reward(term.source, term.text), term.weight
+            continue
+        model = _convert.model_of(term.source)
         if model.config.vision.family.channels != channels:
             raise ValueError(f"this Latent-CLIP reads {model.config.vision.family.channels}-channel "
                              f"{model.config.vision.family.description} latents; the model makes {channels}")
@@ -239,6 +286,39 @@ class LatentCLIPRewardAvoid(io.ComfyNode):
         return io.NodeOutput((*(reward or ()), RewardTerm("avoid", weight, latent_clip, concepts)))
 
 
+class LatentCLIPRewardPixelCLIP(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        register_open_clip_folder()
+        import folder_paths
+        return io.Schema(
+            node_id="LatentCLIPRewardPixelCLIP", display_name="Pixel CLIP Reward (decode, for comparison)",
+            category="latent_clip/reno",
+            description="ReNO's pixel-space CLIPScore: VAE-decodes every iterate and scores it with an open_clip "
+                        "model from models/open_clip. For side-by-side comparisons with the latent reward: the "
+                        "decode forward+backward costs more than the UNet step itself (PERF-ANCHORS.md) and its "
+                        "activations dominate memory (~6 GiB at 512 px fp32).",
+            inputs=[io.Vae.Input("vae", tooltip="The VAE of the diffusion model (decodes each iterate, with gradient)."),
+                    io.Combo.Input("clip_name", options=folder_paths.get_filename_list(OPEN_CLIP_FOLDER),
+                                   tooltip="open_clip weights in models/open_clip (e.g. open_clip_pytorch_model.bin "
+                                           "of laion/CLIP-ViT-L-14-laion2B-s32B-b82K)."),
+                    io.String.Input("architecture", default="ViT-L-14",
+                                    tooltip="open_clip architecture name of those weights (open_clip.list_models())."),
+                    io.String.Input("prompt", multiline=True, default="a photo of a cat",
+                                    tooltip="What the image should show."),
+                    io.Float.Input("weight", default=1.0, min=-100.0, max=100.0, step=0.01, tooltip=WEIGHT_TIP),
+                    Reward.Input("reward", optional=True, tooltip=CHAIN_TIP)],
+            outputs=[Reward.Output(display_name="reward", tooltip="Weighted reward terms for the ReNO nodes.")])
+
+    @classmethod
+    def execute(cls, vae, clip_name: str, architecture: str, prompt: str, weight: float, reward=None) -> io.NodeOutput:
+        import folder_paths
+        clip, tokenizer = load_open_clip(architecture.strip(),
+                                         folder_paths.get_full_path_or_raise(OPEN_CLIP_FOLDER, clip_name))
+        term = RewardTerm("pixel", weight, PixelClip(vae, clip, tokenizer), prompt.strip())
+        return io.NodeOutput((*(reward or ()), term))
+
+
 class LatentCLIPRewardCombine(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -323,5 +403,5 @@ class LatentCLIPReno(io.ComfyNode):
         return io.NodeOutput(reno_sample(model, positive, negative, reward, latent, seed, iterations, steps, cfg, lr))
 
 
-NODES = [LatentCLIPRewardPrompt, LatentCLIPRewardAvoid, LatentCLIPRewardCombine, LatentCLIPRenoSampler,
+NODES = [LatentCLIPRewardPrompt, LatentCLIPRewardAvoid, LatentCLIPRewardPixelCLIP, LatentCLIPRewardCombine, LatentCLIPRenoSampler,
          LatentCLIPReno]

@@ -185,3 +185,38 @@ def test_safety_guider_moves_away_from_the_concept(comfy_inprocess, guidance, sa
     from latent_clip.rewards import latent_avoid
     avoid = latent_avoid(lclip.model.clip, "a red apple")
     assert avoid(outs[0.5].clone()) < avoid(outs[0.0].clone())
+
+
+@pytest.mark.slow
+def test_pixel_reward_term_through_a_comfy_vae(comfy_inprocess, reno):
+    """The comparison path: ComfyUI VAE decode (with gradient; a random full-size SD VAE, as only
+    that config is detected) at 64 px + a tiny open_clip model."""
+    import comfy.samplers
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from open_clip.tokenizer import tokenize
+
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        sd = {k: (torch.randn_like(v) / v[0].numel() ** 0.5 if v.ndim > 1 else
+                  torch.ones_like(v) if "norm" in k and k.endswith("weight") else torch.zeros_like(v))
+              for k, v in AutoencoderKL(ddconfig=ddconfig, embed_dim=4).state_dict().items()}  # created uninitialised
+        vae = comfy.sd.VAE(sd=sd)
+    clip = CLIP(16, CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
+                CLIPTextCfg(width=32, heads=1, layers=1)).eval().requires_grad_(False)
+    model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
+    lclip = tiny_latent_clip_patcher(comfy_inprocess)
+    reward = (reno.RewardTerm("pixel", 1.0, reno.PixelClip(vae, clip, tokenize), "a red apple"),
+              reno.RewardTerm("prompt", 0.5, lclip, "a red apple"))
+    sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=3)
+    positive, _ = conds()
+    with torch.inference_mode():
+        guider = comfy.samplers.CFGGuider(model)
+        guider.inner_set_conds({"positive": positive})
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 1)
+        out = guider.sample(torch.randn(1, 4, 8, 8), torch.zeros(1, 4, 8, 8), sampler, sigmas, seed=0)
+    assert torch.isfinite(out).all() and sampler.last_result.history.shape == (3, 1)
+    assert (sampler.last_result.best_loss <= sampler.last_result.initial_loss).all()
