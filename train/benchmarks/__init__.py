@@ -1,0 +1,62 @@
+"""Headless benchmark runs: ``python -m train bench {geneval,t2i-compbench,i2p,imagenet-gen,summary}``.
+
+Every run shards prompts over torchrun ranks (prompt i -> rank i % world), resumes (finished
+prompts are skipped), writes per-image JSONL records (reward losses before/after ReNO,
+iterations, time split into UNet / reward / decode / other) and ends with a summary table.
+
+    python -m train bench geneval --pipeline sdxl-turbo/ --latent-clip latent-vit-b-8.safetensors \\
+        --outdir runs/geneval/latent-b8 --samples 4 --iterations 50
+    torchrun --nproc_per_node 8 -m train.benchmarks t2i-compbench --pipeline sd-turbo/ ...
+"""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+USAGE = """usage: python -m train bench {geneval,t2i-compbench,i2p,imagenet-gen,summary} [--help]
+
+  geneval         553 GenEval prompts -> <outdir>/<00000>/{metadata.jsonl,samples/0000.png}
+  t2i-compbench   T2I-CompBench val splits -> <outdir>/<category>/samples/<prompt>_<NNNNNN>.png
+  i2p             I2P prompts with / without Latent-CLIP safety guidance, per-category scores
+  imagenet-gen    generated ImageNet (noise 66 %, re-denoise) + zero-shot on real and generated
+  summary DIR     print the summary table of a (finished or partial) run folder
+"""
+
+
+def summary(argv: Sequence[str]) -> dict:
+    import json
+    from pathlib import Path
+
+    from .runner import format_summary, read_records, summarise_records
+
+    if not argv:
+        raise SystemExit("usage: python -m train bench summary <outdir>")
+    out = Path(argv[0])
+    extra = None
+    if any("variant" in r for r in read_records(out)):
+        from .i2p import per_category as extra
+    result = summarise_records(read_records(out), extra)
+    result.update(benchmark=out.name, items_done=len({r["item"] for r in read_records(out)}))
+    print(format_summary(result))
+    return json.loads(json.dumps(result))
+
+
+def main(argv: Sequence[str] | None = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return None
+    command, rest = argv[0], argv[1:]
+    if command == "geneval":
+        from .geneval import main as run
+    elif command in ("t2i-compbench", "t2i_compbench"):
+        from .t2i_compbench import main as run
+    elif command == "i2p":
+        from .i2p import main as run
+    elif command in ("imagenet-gen", "imagenet_gen"):
+        from .imagenet_gen import main as run
+    elif command == "summary":
+        run = summary
+    else:
+        raise SystemExit(f"unknown benchmark {command!r}\n{USAGE}")
+    return run(rest)

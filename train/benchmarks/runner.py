@@ -1,0 +1,392 @@
+"""The loop every benchmark shares: shard prompts over ranks, skip finished ones, render each with
+or without ReNO, append per-image records to a JSONL, and print a summary table.
+
+- Sharding: item ``i`` goes to rank ``i % world`` (torchrun's RANK / WORLD_SIZE, or SLURM's).
+  No process group is created: ranks only share the output folder.
+- Resume: each rank appends to ``<outdir>/results.rank<r>.jsonl`` after an item's files are
+  written (atomically); an item is done once any JSONL in the folder holds a record for it, so a
+  rerun (any world size) skips it. Unparsable (half-written) lines are ignored.
+- Summary: rank 0 waits (``--summary-wait`` seconds) for the other ranks' ``finished.rank<r>``
+  markers or for every item to be done, then writes ``summary.json`` and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from latent_clip import load_model
+from latent_clip.reno import optimize_noise
+from latent_clip.rewards import latent_alignment, latent_avoid, pixel_alignment, weighted_sum
+
+from .pipelines import DTYPES, Generator, Timer, load_pipeline, to_pil
+
+RESULTS_GLOB = "results.rank*.jsonl"
+
+
+@dataclass
+class Item:
+    index: int            # global position: decides the rank and the resume key
+    key: str              # human-readable id (folder name, category/prompt index)
+    prompt: str
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Rank":
+        def get(*names, default):
+            return next((int(os.environ[n]) for n in names if os.environ.get(n)), default)
+        return cls(get("RANK", "SLURM_PROCID", default=0), get("WORLD_SIZE", "SLURM_NTASKS", default=1),
+                   get("LOCAL_RANK", "SLURM_LOCALID", default=0))
+
+    def device(self, spec: str) -> torch.device:
+        if spec == "auto":
+            spec = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = torch.device(spec)
+        return torch.device("cuda", self.local_rank) if dev.type == "cuda" and dev.index is None else dev
+
+
+# ---------------------------------------------------------------- arguments
+def add_common_args(p: argparse.ArgumentParser, reno: bool = True) -> None:
+    g = p.add_argument_group("generator")
+    g.add_argument("--pipeline", required=True, help="diffusers folder or single-file checkpoint (local)")
+    g.add_argument("--pipeline-config", help="diffusers config folder for a single-file checkpoint")
+    g.add_argument("--resolution", type=int, help="pixels (default: the UNet's native size)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--cfg", type=float, default=0.0, help="CFG scale (<= 1: off, as turbo models)")
+    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--outdir", required=True)
+    g.add_argument("--limit", type=int, help="only the first N prompts (smoke runs)")
+    g.add_argument("--samples", type=int, default=1, help="images per prompt")
+    g.add_argument("--seed", type=int, default=0, help="sample j uses seed + j")
+    g.add_argument("--batch-size", type=int, default=1, help="samples rendered together")
+    g.add_argument("--summary-wait", type=float, default=600.0,
+                   help="rank 0 waits this long for other ranks before summarising")
+    r = p.add_argument_group("rewards (Latent-CLIP on raw latents; pixel open_clip via VAE decode)")
+    r.add_argument("--latent-clip", help="Latent-CLIP weights (export / official checkpoint)")
+    r.add_argument("--latent-clip-config", help="config name/JSON when the weights do not say")
+    r.add_argument("--latent-weight", type=float, default=0.01, help="weight of Latent-CLIP CLIPScore loss")
+    r.add_argument("--avoid", help="concepts to avoid, one per line or ';'-separated ('name | counter')")
+    r.add_argument("--avoid-weight", type=float, default=1.0)
+    r.add_argument("--pixel-clip", help="open_clip model name / JSON config for a pixel CLIPScore reward")
+    r.add_argument("--pixel-checkpoint", help="local weights of the pixel CLIP")
+    r.add_argument("--pixel-weight", type=float, default=0.01)
+    if reno:
+        o = p.add_argument_group("ReNO (latent_clip.reno.optimize_noise)")
+        o.add_argument("--iterations", type=int, default=50, help="0: no ReNO (baseline, same seeds)")
+        o.add_argument("--lr", type=float, default=5.0)
+        o.add_argument("--momentum", type=float, default=0.9)
+        o.add_argument("--grad-clip", type=float, default=0.1)
+        o.add_argument("--reg-weight", type=float, default=0.01)
+        o.add_argument("--baseline-dir", help="also save the iteration-0 (no-ReNO) images here, same layout")
+
+
+def concepts_text(spec: str | None) -> str | None:
+    return spec.replace(";", "\n") if spec else None
+
+
+# ---------------------------------------------------------------- models
+@dataclass
+class Setup:
+    rank: Rank
+    device: torch.device
+    gen: Generator
+    latent_clip: object = None
+    pixel: tuple | None = None   # (model, tokenizer)
+
+    @property
+    def timer(self) -> Timer:
+        return self.gen.timer
+
+
+def setup(args) -> Setup:
+    rank = Rank.from_env()
+    device = rank.device(args.device)
+    pipe = load_pipeline(args.pipeline, device, DTYPES[args.dtype], args.pipeline_config)
+    gen = Generator(pipe, device, args.resolution, Timer(device))
+    latent = pixel = None
+    if getattr(args, "latent_clip", None):
+        latent = load_model(args.latent_clip, config=args.latent_clip_config, device=device, vae_encoder=False)
+        latent.eval().requires_grad_(False)
+        channels = latent.config.vision.family.channels
+        if channels != gen.vae.config.latent_channels:
+            raise ValueError(f"{args.latent_clip} reads {channels}-channel latents; the pipeline's VAE makes "
+                             f"{gen.vae.config.latent_channels}")
+    if getattr(args, "pixel_clip", None):
+        import open_clip
+
+        from ..models import load_pixel_model
+
+        model = load_pixel_model(args.pixel_clip, args.pixel_checkpoint, device)
+
+        def tokenizer(texts, _ctx=model.context_length):
+            return open_clip.tokenize(texts, context_length=_ctx)
+        pixel = (model, tokenizer)
+    return Setup(rank, device, gen, latent, pixel)
+
+
+def reward_terms(s: Setup, args, prompt: str) -> tuple[dict, dict]:
+    """Named loss callables (raw latents -> (B,)) and their weights for one prompt."""
+    terms, weights = {}, {}
+    if s.latent_clip is not None and args.latent_weight:
+        terms["latent_clip"], weights["latent_clip"] = latent_alignment(s.latent_clip, prompt), args.latent_weight
+    if s.latent_clip is not None and getattr(args, "avoid", None) and args.avoid_weight:
+        terms["avoid"], weights["avoid"] = latent_avoid(s.latent_clip, concepts_text(args.avoid)), args.avoid_weight
+    if s.pixel is not None and args.pixel_weight:
+        timer = s.timer
+
+        def decode(raw):
+            t0 = timer.now()
+            images = s.gen.decode(raw)
+            timer.add("decode", timer.now() - t0)
+            timer.add("reward", -(timer.now() - t0))  # counted as decode, not reward
+            return images
+        terms["pixel_clip"] = pixel_alignment(s.pixel[0], s.pixel[1], prompt, decode)
+        weights["pixel_clip"] = args.pixel_weight
+    return terms, weights
+
+
+def timed(fn: Callable, timer: Timer, marks: dict | None = None) -> Callable:
+    def wrapped(latent):
+        t0 = timer.now()
+        out = fn(latent)
+        end = timer.now()
+        timer.add("reward", end - t0)
+        if marks is not None:
+            marks["reward_end"] = end
+        return out
+    return wrapped
+
+
+# ---------------------------------------------------------------- rendering one prompt
+@dataclass
+class Rendered:
+    latents: torch.Tensor              # (B, C, h, w) raw, best iterate
+    initial: torch.Tensor              # (B, C, h, w) raw, iteration 0 (the no-ReNO image)
+    losses: dict                       # name -> {"initial": [B], "best": [B]} (unweighted terms + total)
+    iterations: int
+    best_iteration: list
+
+
+def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
+    """One-step generation for ``seeds`` with ReNO on the weighted rewards (``--iterations 0``:
+    the one-step baseline, same seeds)."""
+    gen = s.gen
+    cond = gen.condition(prompt, args.cfg, args.negative_prompt)
+    generate = gen.one_step(cond, guidance_scale=args.cfg)
+    noise = gen.noise(list(seeds))
+    terms, weights = reward_terms(s, args, prompt)
+    if args.iterations > 0:
+        if not terms:
+            raise ValueError("ReNO needs a reward: give --latent-clip and/or --pixel-clip (or --iterations 0)")
+        total = timed(weighted_sum(terms, weights), s.timer, generate.marks)
+        result = optimize_noise(generate, total, noise, iterations=args.iterations, lr=args.lr,
+                                momentum=args.momentum, grad_clip=args.grad_clip, reg_weight=args.reg_weight)
+        best = result.best_latent.float()
+        with torch.no_grad():
+            initial = generate(noise).float()
+        iterations, best_it = int(result.history.shape[0]), result.best_iteration.tolist()
+    else:
+        with torch.no_grad():
+            best = initial = generate(noise).float()
+        iterations, best_it = 0, [0] * len(seeds)
+    losses = {}
+    t0 = s.timer.now()
+    with torch.no_grad():
+        for name, fn in terms.items():
+            losses[name] = {"initial": fn(initial).float().tolist(), "best": fn(best).float().tolist()}
+        if terms:
+            losses["total"] = {k: [sum(weights[n] * losses[n][k][i] for n in terms) for i in range(len(seeds))]
+                               for k in ("initial", "best")}
+    s.timer.add("reward", s.timer.now() - t0)
+    return Rendered(best, initial, losses, iterations, best_it)
+
+
+def decode_pil(gen: Generator, raw: torch.Tensor) -> list:
+    t0 = gen.timer.now()
+    with torch.no_grad():
+        images = to_pil(gen.decode(raw))
+    gen.timer.add("decode", gen.timer.now() - t0)
+    return images
+
+
+def save_png(image, path: Path) -> None:
+    """Atomic: a killed run never leaves a truncated PNG under the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def grid(images: list, cols: int | None = None):
+    from PIL import Image
+
+    cols = cols or min(len(images), 4)
+    rows = (len(images) + cols - 1) // cols
+    w, h = images[0].size
+    out = Image.new("RGB", (cols * w, rows * h))
+    for i, im in enumerate(images):
+        out.paste(im, ((i % cols) * w, (i // cols) * h))
+    return out
+
+
+def image_records(item: Item, rendered: Rendered, seeds: Sequence[int], files: Sequence[str],
+                  **extra) -> list[dict]:
+    """One record per image: reward losses (each term, initial and best), iterations; :func:`run`
+    adds the time breakdown and peak memory."""
+    out = []
+    for j, seed in enumerate(seeds):
+        rewards = {name: {"initial": v["initial"][j], "best": v["best"][j]} for name, v in rendered.losses.items()}
+        out.append({"item": item.index, "key": item.key, "prompt": item.prompt, "sample": j, "seed": seed,
+                    "file": files[j], "losses": rewards, "iterations": rendered.iterations,
+                    "best_iteration": rendered.best_iteration[j], **extra})
+    return out
+
+
+# ---------------------------------------------------------------- the shared loop
+def read_records(outdir: Path) -> list[dict]:
+    """All records of all ranks; half-written lines skipped; later (item, sample, variant) wins."""
+    latest = {}
+    for path in sorted(Path(outdir).glob(RESULTS_GLOB)):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            latest[(rec.get("item"), rec.get("sample"), rec.get("variant"))] = rec
+    return list(latest.values())
+
+
+def done_items(outdir: Path) -> set[int]:
+    return {rec["item"] for rec in read_records(outdir)}
+
+
+def append_records(path: Path, records: Iterable[dict]) -> None:
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB (process peak RSS)
+
+
+def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]], outdir: str | Path,
+        rank: Rank, device: torch.device, timer: Timer, summary_wait: float = 600.0,
+        summarise: Callable[[list[dict]], dict] | None = None) -> dict | None:
+    """Process this rank's unfinished items, then (rank 0) summarise. ``process`` writes the item's
+    files and returns its records; their ``time`` is filled in here when absent."""
+    start = time.time()
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    marker = outdir / f"finished.rank{rank.rank}"
+    marker.unlink(missing_ok=True)
+    done = done_items(outdir)
+    mine = [it for it in items if it.index % rank.world == rank.rank]
+    todo = [it for it in mine if it.index not in done]
+    results = outdir / f"results.rank{rank.rank}.jsonl"
+    skipped = len(mine) - len(todo)
+    bar = tqdm(todo, desc=f"{name} rank {rank.rank}/{rank.world}", unit="prompt", position=rank.rank,
+               dynamic_ncols=True)
+    for item in bar:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        timer.reset()
+        t0 = timer.now()
+        records = process(item)
+        total = timer.now() - t0
+        spent = timer.reset()
+        n = max(len(records), 1)
+        times = {k: spent.get(k, 0.0) / n for k in ("unet", "reward", "decode")}
+        times["other"] = max(total / n - sum(times.values()), 0.0)
+        times["total"] = total / n
+        mem = peak_memory_gb(device)
+        for rec in records:
+            rec.setdefault("time", times)
+            rec["peak_memory_gb"] = mem
+            rec["rank"] = rank.rank
+        append_records(results, records)
+    bar.close()
+    marker.write_text(json.dumps({"items": len(mine), "skipped": skipped, "seconds": time.time() - start}))
+    print(f"{name} rank {rank.rank}: {len(todo)} done, {skipped} skipped (already finished)", flush=True)
+    if rank.rank != 0:
+        return None
+    wait_for_ranks(outdir, rank.world, start, {it.index for it in items}, summary_wait)
+    summary = summarise_records(read_records(outdir), extra=summarise)
+    summary.update(benchmark=name, items=len(items), items_done=len(done_items(outdir) & {it.index for it in items}))
+    (outdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(format_summary(summary), flush=True)
+    return summary
+
+
+def wait_for_ranks(outdir: Path, world: int, start: float, indices: set[int], timeout: float) -> None:
+    deadline = time.time() + timeout
+    while world > 1 and time.time() < deadline:
+        markers = [outdir / f"finished.rank{r}" for r in range(1, world)]
+        if all(m.is_file() and m.stat().st_mtime >= start - 1 for m in markers):
+            return
+        if indices <= done_items(outdir):
+            return
+        time.sleep(1.0)
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def summarise_records(records: list[dict], extra: Callable[[list[dict]], dict] | None = None) -> dict:
+    """Mean loss per reward term (initial = no ReNO, best = after ReNO; gain = initial - best,
+    positive is better), s/image and its breakdown, peak memory."""
+    images = [r for r in records if "time" in r]
+    out = {"images": len(images), "rewards": {}, "time_per_image": {}}
+    names = sorted({n for r in images for n in r.get("losses", {})})
+    for n in names:
+        init = _mean([r["losses"][n]["initial"] for r in images if n in r.get("losses", {})])
+        best = _mean([r["losses"][n]["best"] for r in images if n in r.get("losses", {})])
+        out["rewards"][n] = {"initial_loss": init, "best_loss": best,
+                             "gain": None if init is None or best is None else init - best}
+    for k in ("unet", "reward", "decode", "other", "total"):
+        out["time_per_image"][k] = _mean([r["time"].get(k) for r in images])
+    out["iterations"] = _mean([r.get("iterations") for r in images])
+    out["peak_memory_gb"] = max((r.get("peak_memory_gb", 0.0) for r in images), default=0.0)
+    if extra is not None:
+        out.update(extra(records))
+    return out
+
+
+def format_summary(s: dict) -> str:
+    def f(v, spec=".4f"):
+        return "-" if v is None else format(v, spec)
+    lines = [f"== {s.get('benchmark', '')}: {s.get('items_done', '?')}/{s.get('items', '?')} prompts, "
+             f"{s['images']} images, {f(s.get('iterations'), '.1f')} ReNO iterations/image",
+             f"{'reward loss':<16}{'initial':>10}{'best':>10}{'gain':>10}"]
+    for n, v in s["rewards"].items():
+        lines.append(f"{n:<16}{f(v['initial_loss']):>10}{f(v['best_loss']):>10}{f(v['gain']):>10}")
+    t = s["time_per_image"]
+    lines.append("s/image " + f(t["total"], ".3f") + "  (" + ", ".join(
+        f"{k} {f(t[k], '.3f')}" for k in ("unet", "reward", "decode", "other")) + ")")
+    lines.append(f"peak memory {s['peak_memory_gb']:.2f} GiB")
+    for k, v in s.items():
+        if k.startswith("table_"):
+            lines.append(v)
+    return "\n".join(lines)
