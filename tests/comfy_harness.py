@@ -18,7 +18,8 @@ Helpers: ``post_prompt(server, graph) -> prompt_id`` (raises :class:`PromptRejec
 server's node errors on a 4xx), ``wait_history(server, prompt_id) -> history entry``,
 ``run_graph(server, graph)`` (both, asserting success), ``load_api_workflow(name)``.
 
-Without build/ComfyUI these fixtures skip, or fail when LATENT_CLIP_REQUIRE_COMFYUI=1.
+Without build/ComfyUI (or $LATENT_CLIP_COMFYUI_DIR) these fixtures skip, or fail when
+LATENT_CLIP_REQUIRE_COMFYUI=1.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-COMFY_DIR = ROOT / "build" / "ComfyUI"
+COMFY_DIR = Path(os.environ.get("LATENT_CLIP_COMFYUI_DIR") or ROOT / "build" / "ComfyUI")
 PACK_NAME = "comfyui-latent-clip"
 API_WORKFLOWS = ROOT / "workflows" / "api"
 UI_WORKFLOWS = ROOT / "example_workflows"
@@ -95,9 +96,12 @@ def comfyui_available() -> bool:
 
 
 def require_comfyui() -> None:
-    if comfyui_available():
-        return
-    reason = f"ComfyUI not installed at {COMFY_DIR}: run bash scripts/install_comfyui.sh"
+    if not comfyui_available():
+        skip_or_fail(f"ComfyUI not installed at {COMFY_DIR}: run bash scripts/install_comfyui.sh")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip, or fail when LATENT_CLIP_REQUIRE_COMFYUI=1 (CI must not silently skip)."""
     if os.environ.get("LATENT_CLIP_REQUIRE_COMFYUI") == "1":
         pytest.fail(reason + " (LATENT_CLIP_REQUIRE_COMFYUI=1)", pytrace=False)
     pytest.skip(reason)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from comfy_harness import TEST_LATENT, TINY_EXPORT, UI_WORKFLOWS, execution_error, post_prompt, wait_history
+from comfy_harness import (TEST_LATENT, TINY_EXPORT, UI_WORKFLOWS, execution_error, post_prompt, skip_or_fail,
+                           wait_history)
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
@@ -48,11 +49,12 @@ OURS = [p for p in WORKFLOWS if p.name.startswith("latent_clip_")]  # others bri
 
 @pytest.fixture(scope="module")
 def page(comfy_server, tmp_path_factory):
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    try:
+        import playwright.sync_api as playwright_api
+    except ImportError:
+        skip_or_fail("Python playwright missing: bash scripts/setup.sh --dev")
     if not Path(CHROMIUM).exists():
-        if os.environ.get("LATENT_CLIP_REQUIRE_COMFYUI") == "1":
-            pytest.fail(f"{CHROMIUM} missing: run bash scripts/install_comfyui.sh", pytrace=False)
-        pytest.skip(f"{CHROMIUM} missing: run bash scripts/install_comfyui.sh")
+        skip_or_fail(f"{CHROMIUM} missing: run bash scripts/install_comfyui.sh")
     for setting, value in SETTINGS.items():
         urllib.request.urlopen(urllib.request.Request(
             f"{comfy_server.url}/api/settings/{setting}", data=value, method="POST"), timeout=10)
