@@ -156,3 +156,12 @@ def test_node_errors_and_server_survives(comfy_server):
     score["10"]["inputs"]["prompt"] = "still alive after errors"
     assert run_graph(comfy_server, score)["10"]["text"]
     assert TEST_LATENT in comfy_server.get("/object_info/LoadLatent")["LoadLatent"]["input"]["required"]["latent"][0]
+
+
+def test_loader_list_refreshes(comfy_server):
+    folder = comfy_server.models_dir / "latent_clip"
+    (folder / "added_later.safetensors").write_bytes((folder / TINY_EXPORT).read_bytes())
+    (folder / "readme.txt").write_text("not weights")
+    options = comfy_server.get("/object_info/LatentCLIPLoader")["LatentCLIPLoader"]["input"]["required"]
+    assert "added_later.safetensors" in options["model_name"][1]["options"]
+    assert "readme.txt" not in options["model_name"][1]["options"]
