@@ -36,7 +36,8 @@ def throughput(config: ModelConfig, batch: int, steps: int, device: torch.device
     v = config.vision
     z = torch.randn(batch, v.latent_n_channels, v.latent_size, v.latent_size, device=device) * 4
     tokens = open_clip.tokenize([f"a photo of thing number {i}" for i in range(batch)]).to(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    on_gpu = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
     times = []
     for i in range(steps + 1):
         if device.type == "cuda":

@@ -27,7 +27,8 @@ def labels_with_known_ranks(logits: torch.Tensor) -> tuple[list[int], float, flo
     order = logits.argsort(dim=1, descending=True)
     n = len(logits)
     picks = [0 if i < n // 3 else 2 if i < 2 * n // 3 else 5 for i in range(n)]
-    return [int(order[i, r]) for i, r in enumerate(picks)], sum(p == 0 for p in picks) / n, sum(p < 5 for p in picks) / n
+    labels = [int(order[i, r]) for i, r in enumerate(picks)]
+    return labels, sum(p == 0 for p in picks) / n, sum(p < 5 for p in picks) / n
 
 
 def test_zeroshot_accuracy_is_exact_on_latent_shards(tmp_path):

@@ -70,6 +70,8 @@ def test_fit_learns_the_synthetic_pairing_and_writes_an_official_checkpoint(late
     assert raw["step"] == 24 and all(k.startswith("module.") for k in raw["state_dict"])
     model = latent_clip.load_model(ckpt_path)  # the library reads what the trainer writes
     assert model.config.embed_dim == 32 and model.config.vision.latent_size == 16
+    export = latent_clip.load_model(tmp_path / "learn/model.safetensors")
+    assert torch.equal(export.logit_scale, model.logit_scale)
 
 
 @pytest.mark.slow
@@ -118,6 +120,8 @@ def test_pixel_clip_trains_with_the_same_loop_on_image_shards(tmp_path):
     assert len(losses) == 3 and all(l == l for l in losses)
     raw = checkpoint.load(tmp_path / "pixel/checkpoints/epoch_latest.pt")
     assert raw["model_kind"] == "pixel" and "visual.conv1.weight" in raw["state_dict"]
+    from train.models import load_pixel_model  # what `eval zeroshot --pixel-checkpoint` reads
+    load_pixel_model(TINY_PIXEL, tmp_path / "pixel/checkpoints/epoch_latest.pt")
 
 
 def test_stage1_from_a_pixel_clip_trains_only_the_patch_embedding(latents, tmp_path):

@@ -122,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if env.is_master:
         write_sizes(out)
         if classes:
-            atomic_write(out / "classnames.txt", lambda t: t.write_text("\n".join(c.replace("_", " ") for c in classes) + "\n"))
+            names = "\n".join(c.replace("_", " ") for c in classes) + "\n"
+            atomic_write(out / "classnames.txt", lambda t: t.write_text(names))
         meta = {"vae": str(args.vae), "size": args.size, "posterior": "sample" if args.sample else "mean",
                 "store_dtype": args.store_dtype, "format": args.format, "scaling": "raw (unscaled)",
                 "latent_channels": vae.config.latent_channels, "sizes": SIZES_FILE}

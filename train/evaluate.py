@@ -100,7 +100,8 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
 @torch.no_grad()
 def zeroshot(features: Callable[[list[Sample]], torch.Tensor | None], weights: torch.Tensor,
              shards: Sequence, batch_size: int = 64) -> ZeroShotResult:
-    """Run ``features`` (samples -> normalised image features) over labelled data and count top-1/top-5 hits against ``weights``."""
+    """Run ``features`` (samples -> normalised image features) over labelled data and count
+    top-1/top-5 hits against the classifier ``weights`` (embed_dim, classes)."""
     hits1 = hits5 = n = 0
     for batch in batches(shards, batch_size):
         for s in batch:
@@ -187,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     if args.model:
         model = load_model(args.model, config=args.config, device=device, vae_encoder=False)
         weights = classifier(model, classnames, templates, device)
-        results["latent"] = zeroshot(LatentFeatures(model, vae, args.image_size), weights, shards, args.batch_size)
+        features = LatentFeatures(model, vae, args.image_size)
+        results["latent"] = zeroshot(features, weights, shards, args.batch_size)
     if args.pixel_model:
         pixel = load_pixel_model(args.pixel_model, args.pixel_checkpoint, device)
         weights = classifier(pixel, classnames, templates, device)

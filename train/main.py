@@ -4,7 +4,8 @@ Reads top to bottom like nanoGPT's train.py. Launch:
 
     python -m train fit --config smoke --train-data shards/ --out-dir runs        # 1 process (CPU/GPU)
     torchrun --nproc_per_node 8 -m train fit --config paper_b8 --train-data 'lat/{000..500}/{000000..000100}.tar'
-    torchrun --nnodes 16 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint $HEAD:29500 -m train fit --config paper_b8 ...
+    torchrun --nnodes 16 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint $HEAD:29500 \\
+        -m train fit --config paper_b8 ...
     accelerate launch --multi_gpu --num_processes 8 -m train fit --config paper_b8 ...
     python -m train fit ... --resume latest                                        # continue exactly after a kill
 
@@ -25,12 +26,18 @@ from open_clip.loss import ClipLoss
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
+from latent_clip import LatentCLIP, save_export
+
 from . import checkpoint
 from .data import BatchPlan, TrainBatches, expand_shards, shard_len
 from .distributed import barrier, cleanup, init_distributed, mean_across
 from .models import (ContrastiveForward, DecodedTeacher, build_model, load_pixel_model, load_vae, model_cfg_dict,
                      pixel_transform, set_grad_checkpointing)
 from .params import FitConfig, parse_fit_args
+
+
+EXACT_RESUME_KEYS = ("model", "model_kind", "train_data", "data_split", "batch_size", "micro_batch_size", "seed",
+                     "epochs", "samples_per_epoch", "max_steps", "lr", "warmup", "wd", "precision")
 
 
 def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
@@ -103,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
         checkpoint.set_rng_state(ckpt["rng"])
         torch.manual_seed(cfg.seed + env.rank + step)
         if env.is_master:
-            print(f"resumed from {resume} at step {step}", flush=True)
+            changed = {k: (v, getattr(cfg, k)) for k, v in ckpt["config"].items()
+                       if k in EXACT_RESUME_KEYS and v != getattr(cfg, k)}
+            print(f"resumed from {resume} at step {step}"
+                  + (f"; WARNING: settings differ from the checkpoint's, the run will not replay exactly: {changed}"
+                     if changed else ""), flush=True)
 
     # 6. DDP: unwrap once, keep `model` for saving
     forward = ContrastiveForward(model)
@@ -140,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
             group["lr"] = lr
         micro_batches = [next(loader) for _ in range(plan.accum)]
         micro_batches = [(x.to(env.device, non_blocking=True),
-                          open_clip.tokenize(c, context_length=context_length).to(env.device)) for x, c in micro_batches]
+                          open_clip.tokenize(c, context_length=context_length).to(env.device))
+                         for x, c in micro_batches]
         cached, contrastive, distilled = None, 0.0, 0.0
         if plan.accum > 1:  # open_clip's accum-freq: features of the whole batch first, without grad
             with torch.no_grad(), autocast():
@@ -153,8 +165,10 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
                 if cfg.contrastive_weight:
                     all_image, all_text = image, text
                     if cached is not None:  # this micro-batch with grad, the others from the cache
-                        all_image = torch.cat([c[0] for c in cached[:micro]] + [image] + [c[0] for c in cached[micro + 1:]])
-                        all_text = torch.cat([c[1] for c in cached[:micro]] + [text] + [c[1] for c in cached[micro + 1:]])
+                        all_image = torch.cat([c[0] for c in cached[:micro]] + [image]
+                                              + [c[0] for c in cached[micro + 1:]])
+                        all_text = torch.cat([c[1] for c in cached[:micro]] + [text]
+                                             + [c[1] for c in cached[micro + 1:]])
                         scale = scale if last else scale.detach()  # its gradient counted once
                     loss = cfg.contrastive_weight * clip_loss(all_image, all_text, scale)
                     contrastive = loss.detach()  # the whole batch's loss, the same in every micro-step
@@ -199,7 +213,9 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
                                 keep=bool(cfg.keep_every) and step % cfg.keep_every == 0)
             barrier(env)
 
-    # 10. done
+    # 10. done: the inference export (safetensors + JSON) that the ComfyUI loader reads
+    if env.is_master and isinstance(model, LatentCLIP) and step == total_steps:
+        save_export(model, run_dir / "model.safetensors")
     cleanup(env)
     return losses
 

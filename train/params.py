@@ -14,11 +14,11 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 @dataclass
 class FitConfig:
     # model
-    model: Any = "Latent-ViT-B-8-512"  # latent: config name, JSON path or dict; pixel: open_clip name/JSON/dict
+    model: Any = "Latent-ViT-B-8-512"  # latent: config name/JSON path/dict; pixel: open_clip name/JSON/dict
     model_kind: str = "latent"         # "latent" (LatentCLIP on raw latents) | "pixel" (open_clip CLIP on images)
     init: str = "scratch"              # "scratch" | "pixel-clip" (adapt a pixel open_clip checkpoint) | "checkpoint"
     pretrained: str | None = None      # weights for init="pixel-clip"/"checkpoint"
-    freeze: str = "none"               # "none" | "patch-embed" (stage 1: only latent_vit.conv1 + positional_embedding train)
+    freeze: str = "none"               # "none" | "patch-embed" (stage 1: only latent_vit.conv1 + pos. embedding)
     lock_text: bool = False
     # distillation from a frozen pixel CLIP teacher on decoded latents (distill_weight > 0 turns it on)
     teacher_model: Any = None          # open_clip name / JSON path / dict of the teacher
