@@ -1,0 +1,101 @@
+"""GenEval runs end to end on tiny local pipelines: folder layout, ReNO records, resume, sharding."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+import train.benchmarks.runner as runner
+from test_benchmarks_fixtures import REPO, SHARED, build_all
+from train.benchmarks import main
+
+METADATA = SHARED / "geneval/evaluation_metadata.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_all(tmp_path_factory.mktemp("tiny"))
+
+
+def args(tiny, out, *extra):
+    return ["geneval", "--pipeline", str(tiny["sd"]), "--latent-clip", str(tiny["latent_clip"]), "--outdir", str(out),
+            "--resolution", "64", "--device", "cpu", "--samples", "2", "--iterations", "3", "--summary-wait", "60",
+            *extra]
+
+
+def records(out):
+    return [json.loads(line) for p in sorted(out.glob("results.rank*.jsonl")) for line in p.read_text().splitlines()]
+
+
+def test_layout_records_and_summary(tiny, tmp_path):
+    out = tmp_path / "geneval"
+    summary = main(args(tiny, out, "--limit", "2", "--grid", "--baseline-dir", str(tmp_path / "base")))
+    lines = METADATA.read_text().splitlines()
+    for i in range(2):
+        folder = out / f"{i:05d}"
+        with open(folder / "metadata.jsonl") as f:  # GenEval reads it with one json.load
+            assert json.load(f) == json.loads(lines[i])
+        assert sorted(p.name for p in (folder / "samples").iterdir()) == ["0000.png", "0001.png"]
+        assert Image.open(folder / "samples" / "0000.png").size == (64, 64)
+        assert Image.open(folder / "grid.png").size == (128, 64)
+        assert (tmp_path / "base" / f"{i:05d}" / "metadata.jsonl").is_file()
+        assert (tmp_path / "base" / f"{i:05d}" / "samples" / "0001.png").is_file()
+    recs = records(out)
+    assert sorted((r["item"], r["sample"], r["seed"]) for r in recs) == [(0, 0, 0), (0, 1, 1), (1, 0, 0), (1, 1, 1)]
+    for r in recs:
+        assert r["iterations"] == 3 and r["tag"] == "single_object"
+        assert r["losses"]["latent_clip"]["best"] <= r["losses"]["latent_clip"]["initial"] + 1e-6  # best-of-trajectory
+        assert set(r["time"]) == {"unet", "reward", "decode", "other", "total"} and r["time"]["unet"] > 0
+        assert r["peak_memory_gb"] > 0
+    assert summary["images"] == 4 and summary["items_done"] == 2
+    assert summary["rewards"]["latent_clip"]["gain"] >= 0
+    assert json.loads((out / "summary.json").read_text())["images"] == 4
+
+
+def test_baseline_without_reno_uses_the_same_seeds(tiny, tmp_path):
+    main(args(tiny, tmp_path / "a", "--limit", "1", "--iterations", "0"))
+    main(args(tiny, tmp_path / "b", "--limit", "1", "--iterations", "2", "--baseline-dir", str(tmp_path / "b0")))
+    for j in range(2):
+        a = Image.open(tmp_path / "a/00000/samples" / f"{j:04d}.png").tobytes()
+        assert a == Image.open(tmp_path / "b0/00000/samples" / f"{j:04d}.png").tobytes()
+    assert records(tmp_path / "a")[0]["iterations"] == 0
+
+
+def test_resume_after_a_kill_skips_finished_prompts(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "g"
+    real_append, calls = runner.append_records, []
+
+    def killed_after_first(path, recs):
+        if calls:
+            raise KeyboardInterrupt  # the process dies while prompt 1 is being recorded
+        calls.append(1)
+        real_append(path, recs)
+    monkeypatch.setattr(runner, "append_records", killed_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        main(args(tiny, out, "--limit", "3", "--iterations", "2"))
+    assert {r["item"] for r in records(out)} == {0}
+    first = (out / "00000/samples/0000.png").stat().st_mtime_ns
+    monkeypatch.setattr(runner, "append_records", real_append)
+    summary = main(args(tiny, out, "--limit", "3", "--iterations", "2"))
+    recs = records(out)
+    assert sorted((r["item"], r["sample"]) for r in recs) == [(i, j) for i in range(3) for j in range(2)]
+    assert (out / "00000/samples/0000.png").stat().st_mtime_ns == first  # not redone
+    assert summary["items_done"] == 3 and summary["images"] == 6
+
+
+@pytest.mark.slow
+def test_two_ranks_split_prompts_disjointly(tiny, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "train.benchmarks", *args(tiny, out, "--limit", "4", "--samples", "1", "--iterations", "2")]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        items = {json.loads(line)["item"] for line in (out / f"results.rank{rank}.jsonl").read_text().splitlines()}
+        assert items == {i for i in range(4) if i % 2 == rank}
+    assert sorted(p.name for p in out.iterdir() if p.name.isdigit()) == ["00000", "00001", "00002", "00003"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["items_done"] == 4 and summary["images"] == 4
