@@ -155,6 +155,10 @@ def test_pipelines_load_from_local_folders_and_give_raw_latents(tiny, tmp_path):
     e = noise.clone().requires_grad_(True)
     gen.one_step(cond)(e).square().sum().backward()
     assert e.grad is not None and e.grad.abs().sum() > 0
+    gen.unet.enable_gradient_checkpointing()  # --grad-checkpointing: same gradient, frozen eval-mode UNet
+    e2 = noise.clone().requires_grad_(True)
+    gen.one_step(cond)(e2).square().sum().backward()
+    torch.testing.assert_close(e2.grad, e.grad)
     assert "unet" in gen.timer.seconds
 
 

@@ -52,6 +52,7 @@ def test_layout_records_and_summary(tiny, tmp_path):
     assert summary["images"] == 4 and summary["items_done"] == 2
     assert summary["rewards"]["latent_clip"]["gain"] >= 0
     assert json.loads((out / "summary.json").read_text())["images"] == 4
+    assert main(["summary", str(out)])["rewards"] == summary["rewards"]
 
 
 def test_baseline_without_reno_uses_the_same_seeds(tiny, tmp_path):

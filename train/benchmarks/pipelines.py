@@ -52,6 +52,8 @@ def load_pipeline(path: str | Path, device="cpu", dtype: torch.dtype = torch.flo
         module = getattr(pipe, name, None)
         if module is not None:
             module.to(device).eval().requires_grad_(False)
+    if dtype == torch.float16:
+        pipe.vae.to(torch.float32)
     return pipe
 
 

@@ -68,6 +68,7 @@ def add_common_args(p: argparse.ArgumentParser, reno: bool = True) -> None:
     g.add_argument("--resolution", type=int, help="pixels (default: the UNet's native size)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     g.add_argument("--device", default="auto")
+    g.add_argument("--grad-checkpointing", action="store_true", help="UNet gradient checkpointing (ReNO memory)")
     g.add_argument("--cfg", type=float, default=0.0, help="CFG scale (<= 1: off, as turbo models)")
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--outdir", required=True)
@@ -118,6 +119,8 @@ def setup(args) -> Setup:
     rank = Rank.from_env()
     device = rank.device(args.device)
     pipe = load_pipeline(args.pipeline, device, DTYPES[args.dtype], args.pipeline_config)
+    if getattr(args, "grad_checkpointing", False):
+        pipe.unet.enable_gradient_checkpointing()
     gen = Generator(pipe, device, args.resolution, Timer(device))
     latent = pixel = None
     if getattr(args, "latent_clip", None):
@@ -195,11 +198,15 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
         if not terms:
             raise ValueError("ReNO needs a reward: give --latent-clip and/or --pixel-clip (or --iterations 0)")
         total = timed(weighted_sum(terms, weights), s.timer, generate.marks)
+        first = {}
+
+        def keep_first(progress):  # iteration 0 is the no-ReNO latent: keep it instead of regenerating
+            if progress.iteration == 0:
+                first["latent"] = progress.best_latent.detach().clone()
         result = optimize_noise(generate, total, noise, iterations=args.iterations, lr=args.lr,
-                                momentum=args.momentum, grad_clip=args.grad_clip, reg_weight=args.reg_weight)
-        best = result.best_latent.float()
-        with torch.no_grad():
-            initial = generate(noise).float()
+                                momentum=args.momentum, grad_clip=args.grad_clip, reg_weight=args.reg_weight,
+                                callback=keep_first)
+        best, initial = result.best_latent.float(), first["latent"].float()
         iterations, best_it = int(result.history.shape[0]), result.best_iteration.tolist()
     else:
         with torch.no_grad():
