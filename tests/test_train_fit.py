@@ -54,6 +54,7 @@ def subprocess_env():
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
+@pytest.mark.slow
 def test_fit_learns_the_synthetic_pairing_and_writes_an_official_checkpoint(latents, tmp_path):
     losses = fit(args(latents, tmp_path, "learn", **{"max-steps": 24, "save-every": 12, "log-every": 12,
                                                       "eval-every": 12, "zeroshot-data": str(latents),
