@@ -33,7 +33,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The only globals an official open_clip checkpoint needs besides tensors: numpy scalars/dtypes that
 # open_clip's cosine LR schedule leaves in the optimizer's param_groups. Pickled under numpy 1 names
 # (numpy.core) and numpy 2 names (numpy._core).
-_SAFE_GLOBALS = [
+SAFE_GLOBALS = [
     (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
     np._core.multiarray.scalar,
     np.dtype,
@@ -47,7 +47,8 @@ class CheckpointError(RuntimeError):
     """A weights file cannot be read as a Latent-CLIP checkpoint."""
 
 
-def _strip_prefixes(key: str) -> str:
+def strip_prefixes(key: str) -> str:
+    """Drop the ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes, in any order."""
     changed = True
     while changed:
         changed = False
@@ -65,9 +66,11 @@ def export_config_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
-def _load_pickle_safely(path: Path) -> Any:
+def load_pickle_safely(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True`` (tensors, plain data and :data:`SAFE_GLOBALS` only),
+    memory-mapped when the file allows it; anything else raises :class:`CheckpointError`."""
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
             try:
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as err:
@@ -99,13 +102,13 @@ def read_state_dict(path: str | Path, vae_encoder: bool = True) -> tuple[dict[st
         return state, config
     if path.suffix not in PT_SUFFIXES:
         raise CheckpointError(f"unsupported weights file {path.name}: expected .safetensors or one of {PT_SUFFIXES}")
-    obj = _load_pickle_safely(path)
+    obj = load_pickle_safely(path)
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds no state dict (expected a dict of tensors or an open_clip "
                               f"checkpoint with a 'state_dict' entry)")
-    state = {_strip_prefixes(k): v for k, v in obj.items()}
+    state = {strip_prefixes(k): v for k, v in obj.items()}
     if not vae_encoder:
         state = {k: v for k, v in state.items() if not is_vae_key(k)}
     return state, None

@@ -82,6 +82,9 @@ class LatentVisionTower(nn.Module):
             self.vae_quant_conv.eval()
         return self
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.latent_vit.set_grad_checkpointing(enable)
+
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.latent_vit(latents)
 

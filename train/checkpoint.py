@@ -15,7 +15,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from latent_clip import save_official_checkpoint
-from latent_clip.factory import _SAFE_GLOBALS, _strip_prefixes, read_state_dict
+from latent_clip.factory import load_pickle_safely, read_state_dict, strip_prefixes
 
 LATEST = "epoch_latest.pt"
 
@@ -66,9 +66,8 @@ def save(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, s
 
 def load(path: Path) -> dict[str, Any]:
     """The whole checkpoint (weights_only: tensors, plain data, numpy scalars), prefixes stripped."""
-    with torch.serialization.safe_globals(_SAFE_GLOBALS):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    ckpt["state_dict"] = {_strip_prefixes(k): v for k, v in ckpt["state_dict"].items()}
+    ckpt = load_pickle_safely(Path(path))
+    ckpt["state_dict"] = {strip_prefixes(k): v for k, v in ckpt["state_dict"].items()}
     return ckpt
 
 

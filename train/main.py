@@ -32,7 +32,7 @@ from . import checkpoint
 from .data import BatchPlan, TrainBatches, expand_shards, shard_len
 from .distributed import barrier, cleanup, init_distributed, mean_across
 from .models import (ContrastiveForward, DecodedTeacher, build_model, load_pixel_model, load_vae, model_cfg_dict,
-                     pixel_transform, set_grad_checkpointing)
+                     pixel_transform)
 from .params import FitConfig, parse_fit_args
 
 
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     if cfg.lock_text:
         model.lock_text_tower()
     if cfg.grad_checkpointing:
-        set_grad_checkpointing(model)
+        model.set_grad_checkpointing(True)
     model.to(env.device)
     torch.manual_seed(cfg.seed + env.rank)
 

@@ -84,14 +84,6 @@ def pixel_transform(model: nn.Module) -> ImageTransform:
     return ImageTransform(size, pre.get("mean", OPENAI_DATASET_MEAN), pre.get("std", OPENAI_DATASET_STD))
 
 
-def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> None:
-    """open_clip's ``CLIP.set_grad_checkpointing`` calls ``visual.set_grad_checkpointing``, which
-    Latent-CLIP's vision tower lacks; reach the ViT directly."""
-    visual = model.visual.latent_vit if isinstance(model, LatentCLIP) else model.visual
-    visual.set_grad_checkpointing(enable)
-    model.transformer.grad_checkpointing = enable
-
-
 class ContrastiveForward(nn.Module):
     """What DDP wraps: (normalised image features, normalised text features, logit scale).
     Latent models run their ViT directly on the batch (no per-call contract checks or chunking)."""
