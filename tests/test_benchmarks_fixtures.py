@@ -19,7 +19,7 @@ TINY_LATENT_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2 / CLIP byte -> printable-character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -138,7 +138,9 @@ def test_pipelines_load_from_local_folders_and_give_raw_latents(tiny, tmp_path):
     # x0 = x - sigma eps; raw = x0 / scaling_factor (0.5 here)
     sigma = gen.sigma(999)
     with torch.no_grad():
-        eps = gen.unet(noise * sigma / (sigma ** 2 + 1) ** 0.5, torch.tensor([999, 999]), encoder_hidden_states=cond.text.expand(2, -1, -1)).sample
+        text = cond.text.expand(2, -1, -1)
+        x_in = noise * sigma / (sigma ** 2 + 1) ** 0.5
+        eps = gen.unet(x_in, torch.tensor([999, 999]), encoder_hidden_states=text).sample
         raw = gen.one_step(cond)(noise)
     expected = (noise * sigma - sigma * eps) / gen.vae.config.scaling_factor
     torch.testing.assert_close(raw, expected, rtol=1e-4, atol=1e-4)
@@ -148,7 +150,7 @@ def test_pipelines_load_from_local_folders_and_give_raw_latents(tiny, tmp_path):
     latents = noise * sched.init_noise_sigma
     t = sched.timesteps[0]
     with torch.no_grad():
-        eps2 = gen.unet(sched.scale_model_input(latents, t), t, encoder_hidden_states=cond.text.expand(2, -1, -1)).sample
+        eps2 = gen.unet(sched.scale_model_input(latents, t), t, encoder_hidden_states=text).sample
     x0 = sched.step(eps2, t, latents).pred_original_sample
     torch.testing.assert_close(raw, x0 / gen.vae.config.scaling_factor, rtol=1e-4, atol=1e-4)
     # differentiable w.r.t. the noise

@@ -23,6 +23,7 @@ def test_every_split_parses_and_suits_the_file_name_layout():
         assert len(prompts) == 300 and all(p == p.strip() and "_" not in p and "/" not in p for p in prompts)
 
 
+@pytest.mark.slow
 def test_layout_and_rewards(tiny, tmp_path):
     pixel = tmp_path / "pixel.json"
     pixel.write_text(json.dumps(TINY_PIXEL))
