@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -130,6 +131,11 @@ def setup(args) -> Setup:
         if channels != gen.vae.config.latent_channels:
             raise ValueError(f"{args.latent_clip} reads {channels}-channel latents; the pipeline's VAE makes "
                              f"{gen.vae.config.latent_channels}")
+        family = latent.config.vision.family
+        if abs(family.scaling_factor - gen.vae.config.scaling_factor) > 1e-6:
+            warnings.warn(f"{args.latent_clip} was trained on {family.description} latents (scaling "
+                          f"{family.scaling_factor}); the pipeline's VAE has scaling {gen.vae.config.scaling_factor}: "
+                          "a different latent space, rewards may be meaningless", stacklevel=2)
     if getattr(args, "pixel_clip", None):
         import open_clip
 
