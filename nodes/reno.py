@@ -131,9 +131,10 @@ def clone_tensors_(obj):
     return obj
 
 
-def build_reward(terms: tuple[RewardTerm, ...], channels: int) -> rewards.RewardFn:
+def build_reward(terms: tuple[RewardTerm, ...], channels: int, scale_factor: float | None = None) -> rewards.RewardFn:
     """The weighted sum of ``terms`` on raw latents; loads each Latent-CLIP and makes it
-    autograd-safe. Call under ``inference_mode(False)``."""
+    autograd-safe. Call under ``inference_mode(False)``. ``scale_factor`` (the model's
+    latent_format) only serves a warning when the VAEs differ (e.g. SD-Turbo with SDXL weights)."""
     fns, weights = {}, {}
     for i, term in enumerate(terms):
         if term.kind == "pixel":
@@ -143,6 +144,11 @@ def build_reward(terms: tuple[RewardTerm, ...], channels: int) -> rewards.Reward
         if model.config.vision.family.channels != channels:
             raise ValueError(f"this Latent-CLIP reads {model.config.vision.family.channels}-channel "
                              f"{model.config.vision.family.description} latents; the model makes {channels}")
+        family = model.config.vision.family
+        if scale_factor is not None and abs(scale_factor - family.scaling_factor) > 1e-6:
+            log.warning("ReNO: this Latent-CLIP was trained on %s latents but the model's latent format has "
+                        "scale %.5f (another VAE); rewards still run but read latents out of distribution",
+                        family.description, scale_factor)
         autograd_safe_(model)
         make = rewards.latent_alignment if term.kind == "prompt" else rewards.latent_avoid
         fns[f"{i}:{term.kind}"], weights[f"{i}:{term.kind}"] = make(model, term.text), term.weight
@@ -185,7 +191,8 @@ class RenoSampler(comfy.samplers.KSAMPLER):
             clone_tensors_(model_wrap.conds)
             sigmas, noise, latent_image = sigmas.clone(), noise.clone(), latent_image.clone()
             args = {**extra_args, "denoise_mask": None if denoise_mask is None else denoise_mask.clone()}
-            reward = build_reward(self.reward, base.latent_format.latent_channels)
+            reward = build_reward(self.reward, base.latent_format.latent_channels,
+                                  getattr(base.latent_format, "scale_factor", None))
         model_k = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
         model_k.latent_image, model_k.noise = latent_image, noise
         sigma, max_denoise = sigmas[0], self.max_denoise(model_wrap, sigmas)
