@@ -220,3 +220,26 @@ def test_pixel_reward_term_through_a_comfy_vae(comfy_inprocess, reno):
         out = guider.sample(torch.randn(1, 4, 8, 8), torch.zeros(1, 4, 8, 8), sampler, sigmas, seed=0)
     assert torch.isfinite(out).all() and sampler.last_result.history.shape == (3, 1)
     assert (sampler.last_result.best_loss <= sampler.last_result.initial_loss).all()
+
+
+def test_progress_bar_shows_iterations_and_latent_previews(comfy_inprocess, reno, monkeypatch):
+    import comfy.samplers
+    import comfy.utils
+    import latent_preview
+
+    monkeypatch.setattr(latent_preview.args, "preview_method", latent_preview.LatentPreviewMethod.Latent2RGB)
+    seen = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
+                        seen.append((value, total, preview)))
+    model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
+    lclip = tiny_latent_clip_patcher(comfy_inprocess)
+    reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
+    sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=3)
+    positive, _ = conds()
+    with torch.inference_mode():
+        guider = comfy.samplers.CFGGuider(model)
+        guider.inner_set_conds({"positive": positive})
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 1)
+        guider.sample(torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16), sampler, sigmas, seed=0)
+    assert [(v, t) for v, t, _ in seen[:3]] == [(1, 3), (2, 3), (3, 3)]
+    assert all(p is not None and p[0] == "JPEG" for _, _, p in seen[:3])

@@ -98,7 +98,7 @@ def test_reno_workflows_use_our_nodes(comfy_server):
         types = [n["type"] for n in data["nodes"]] if "nodes" in data else [n["class_type"] for n in data.values()]
         assert set(types) <= set(info), f"{path.name}: {set(types) - set(info)}"
     for node_id in ("LatentCLIPRenoSampler", "LatentCLIPReno", "LatentCLIPRewardPrompt", "LatentCLIPRewardAvoid",
-                    "LatentCLIPRewardCombine", "LatentCLIPAvoidGuider"):
+                    "LatentCLIPRewardCombine", "LatentCLIPRewardPixelCLIP", "LatentCLIPAvoidGuider"):
         spec = info[node_id]
         assert spec["category"] in ("latent_clip/reno", "latent_clip/guidance")
         for name, inp in {**spec["input"]["required"], **spec["input"].get("optional", {})}.items():
