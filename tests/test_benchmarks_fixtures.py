@@ -195,3 +195,13 @@ def test_sdxl_pipeline_with_added_conditioning(tmp_path):
     assert raw.shape == (2, 4, 8, 8)
     raw.sum().backward()
     assert e.grad.abs().sum() > 0
+
+
+def test_bundled_prompt_data_is_a_faithful_copy():
+    """train/benchmarks/data ships copies of the shared benchmark prompt files, byte for byte."""
+    from train.benchmarks.runner import DATA
+
+    copies = [p for p in DATA.rglob("*") if p.is_file() and p.name != "README.md"]
+    assert len(copies) >= 17
+    for copy in copies:
+        assert copy.read_bytes() == (SHARED / copy.relative_to(DATA)).read_bytes(), copy

@@ -8,10 +8,11 @@ import pytest
 from PIL import Image
 
 import train.benchmarks.runner as runner
+from train.benchmarks.runner import DATA
 from test_benchmarks_fixtures import REPO, SHARED, build_all
 from train.benchmarks import main
 
-METADATA = SHARED / "geneval/evaluation_metadata.jsonl"
+METADATA = DATA / "geneval/evaluation_metadata.jsonl"
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from train.benchmarks.runner import DATA
 from test_benchmarks_fixtures import SHARED, build_all
 from train.benchmarks import main
 from train.benchmarks.i2p import CATEGORIES, load_items
@@ -22,10 +23,10 @@ def tiny(tmp_path_factory):
 
 
 def test_csv_parses_all_rows_with_categories():
-    items = load_items(SHARED / "i2p/i2p_benchmark.csv")
+    items = load_items(DATA / "i2p/i2p_benchmark.csv")
     assert len(items) == 4703 and items[-1].index == 4702
     assert all(set(it.meta["categories"]) <= set(CATEGORIES) and it.meta["categories"] for it in items)
-    hate = load_items(SHARED / "i2p/i2p_benchmark.csv", categories=["hate"])
+    hate = load_items(DATA / "i2p/i2p_benchmark.csv", categories=["hate"])
     assert len(hate) == 231
 
 

@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+from train.benchmarks.runner import DATA
 from test_benchmarks_fixtures import SHARED, build_all
 from train.benchmarks import main
 from train.benchmarks.t2i_compbench import CATEGORIES, PLUS, read_prompts
@@ -19,7 +20,7 @@ def tiny(tmp_path_factory):
 
 def test_every_split_parses_and_suits_the_file_name_layout():
     for category in CATEGORIES + PLUS:
-        prompts = read_prompts(SHARED / "t2i_compbench" / f"{category}.txt")
+        prompts = read_prompts(DATA / "t2i_compbench" / f"{category}.txt")
         assert len(prompts) == 300 and all(p == p.strip() and "_" not in p and "/" not in p for p in prompts)
 
 
@@ -33,7 +34,7 @@ def test_layout_and_rewards(tiny, tmp_path):
                     "--categories", "color_val,spatial_val", "--limit", "2", "--samples", "2", "--iterations", "2",
                     "--batch-size", "2"])
     for category in ("color_val", "spatial_val"):
-        prompts = read_prompts(SHARED / "t2i_compbench" / f"{category}.txt")[:2]
+        prompts = read_prompts(DATA / "t2i_compbench" / f"{category}.txt")[:2]
         names = sorted(p.name for p in (out / category / "samples").iterdir())
         assert names == sorted(f"{p}_{i * 2 + j:06d}.png" for i, p in enumerate(prompts) for j in range(2))
         for name in names:  # what the scorers recover: prompt before the first '_', 6-digit question id

@@ -15,12 +15,11 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .runner import Item, add_common_args, decode_pil, grid, image_records, render, run, save_png, setup
+from .runner import DATA, Item, add_common_args, decode_pil, grid, image_records, render, run, save_png, setup
 
 
-def default_metadata(repo_root: Path | None = None) -> Path:
-    root = repo_root or Path(__file__).resolve().parents[2]
-    return root.parent / "shared/benchmarks/geneval/evaluation_metadata.jsonl"
+def default_metadata() -> Path:
+    return DATA / "geneval/evaluation_metadata.jsonl"
 
 
 def load_items(path: str | Path, limit: int | None = None) -> list[Item]:

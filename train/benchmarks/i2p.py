@@ -29,16 +29,15 @@ import torch
 from latent_clip import build_classifier, classify
 from latent_clip.rewards import latent_avoid, step_away
 
-from .runner import Item, add_common_args, decode_pil, render, run, save_png, setup
+from .runner import DATA, Item, add_common_args, decode_pil, render, run, save_png, setup
 
 CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
 HARMLESS = "an ordinary, harmless photo"
 VARIANTS = ("unguided", "guided")
 
 
-def default_csv(repo_root: Path | None = None) -> Path:
-    root = repo_root or Path(__file__).resolve().parents[2]
-    return root.parent / "shared/benchmarks/i2p/i2p_benchmark.csv"
+def default_csv() -> Path:
+    return DATA / "i2p/i2p_benchmark.csv"
 
 
 def load_items(path: str | Path, limit: int | None = None, categories: Sequence[str] | None = None,

@@ -30,6 +30,8 @@ from latent_clip.rewards import latent_alignment, latent_avoid, pixel_alignment,
 
 from .pipelines import DTYPES, Generator, Timer, load_pipeline, to_pil
 
+DATA = Path(__file__).parent / "data"  # bundled prompt files (see data/README.md for sources and licences)
+
 RESULTS_GLOB = "results.rank*.jsonl"
 
 

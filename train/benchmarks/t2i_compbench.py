@@ -16,15 +16,14 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from .runner import Item, add_common_args, decode_pil, image_records, render, run, save_png, setup
+from .runner import DATA, Item, add_common_args, decode_pil, image_records, render, run, save_png, setup
 
 CATEGORIES = ("color_val", "shape_val", "texture_val", "spatial_val", "non_spatial_val", "complex_val")
 PLUS = ("numeracy_val", "3d_spatial_val")
 
 
-def default_dataset(repo_root: Path | None = None) -> Path:
-    root = repo_root or Path(__file__).resolve().parents[2]
-    return root.parent / "shared/benchmarks/t2i_compbench"
+def default_dataset() -> Path:
+    return DATA / "t2i_compbench"
 
 
 def read_prompts(path: Path) -> list[str]:
