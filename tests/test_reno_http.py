@@ -90,7 +90,7 @@ def _saved(server, outputs: dict, node: str) -> torch.Tensor:
 def test_reno_workflows_use_our_nodes(comfy_server):
     """Every node of the ReNO/guidance workflows (UI and API) exists; our inputs have tooltips."""
     info = comfy_server.get("/object_info")
-    paths = [*(ROOT / "workflows").glob("reno_*.json"), *(ROOT / "workflows").glob("guidance_*.json"),
+    paths = [*(ROOT / "example_workflows").glob("reno_*.json"), *(ROOT / "example_workflows").glob("guidance_*.json"),
              *(ROOT / "workflows" / "api").glob("reno_*.json"), *(ROOT / "workflows" / "api").glob("guidance_*.json")]
     assert len(paths) == 6
     for path in paths:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "workflows"), str(ROOT / "tests"), str(ROOT)]
 from build import LC_WEIGHTS, TEST_WEIGHTS, L, to_api, to_ui  # noqa: E402
 
-UI_DIR, API_DIR = ROOT / "workflows", ROOT / "workflows" / "api"
+UI_DIR, API_DIR = ROOT / "example_workflows", ROOT / "workflows" / "api"
 SDXL_TURBO, SD_TURBO = "sd_xl_turbo_1.0_fp16.safetensors", "sd_turbo.safetensors"
 TEST_CKPT = "latent_clip_test_sd15.safetensors"
 PROMPT = "a red cube on top of a blue sphere, studio photo"
