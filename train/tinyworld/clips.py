@@ -1,0 +1,208 @@
+"""The two CLIPs of claim 1, trained on the same pairs with ``python -m train fit``: a
+Latent-CLIP on the tiny VAE's raw 8 x 8 x 4 latents and a pixel open_clip CLIP on the 64 px
+images, matched in size (both towers 64 tokens + CLS, same widths, depths and text tower).
+
+Also: the data they train on (image tar shards -> ``python -m train encode`` -> latent shards)
+and the per-category zero-shot evaluation on held-out samples.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .world import CATEGORIES, COLOURS, PREFIXES, RELATIONS, SHAPES, Query, Sample, Spec, make_samples, noun_phrase
+
+CONTEXT = 20
+EMBED, WIDTH = 64, 64
+TEXT_CFG = {"context_length": CONTEXT, "width": WIDTH, "heads": 1, "layers": 2}
+
+
+def latent_cfg(layers: int = 2) -> dict:
+    return {"embed_dim": EMBED, "text_cfg": dict(TEXT_CFG),
+            "vision_cfg": {"image_size": 64, "patch_size": 1, "width": WIDTH, "layers": layers,
+                           "latent_family": "tinyworld", "latent_n_channels": 4, "latent_factor": 8}}
+
+
+def pixel_cfg(layers: int = 2) -> dict:
+    return {"embed_dim": EMBED, "text_cfg": dict(TEXT_CFG),
+            "vision_cfg": {"image_size": 64, "patch_size": 8, "width": WIDTH, "layers": layers}}
+
+
+# ---------------------------------------------------------------- data
+
+def write_image_shards(out: Path, seed: int, n: int, shard_size: int = 2000) -> list[Path]:
+    """World samples as img2dataset-style tars (``KEY.png`` + ``KEY.txt``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, start in enumerate(range(0, n, shard_size)):
+        path = out / f"{k:05d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for i, s in enumerate(make_samples(seed, min(shard_size, n - start), start=start)):
+                png = io.BytesIO()
+                Image.fromarray(s.image).save(png, format="PNG")
+                for ext, data in (("png", png.getvalue()), ("txt", s.caption.encode())):
+                    info = tarfile.TarInfo(f"{start + i:08d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        paths.append(path)
+    return paths
+
+
+def read_latent_shards(directory: Path) -> tuple[torch.Tensor, list[str]]:
+    from train.data import SafetensorsShard, expand_shards
+    latents, captions = [], []
+    for path in expand_shards(directory):
+        shard = SafetensorsShard(path)
+        rows = [shard[i] for i in range(len(shard))]
+        latents.append(torch.stack([r.latent for r in rows]))
+        captions += [r.caption for r in rows]
+    return torch.cat(latents).float(), captions
+
+
+# ---------------------------------------------------------------- training
+
+def fit(kind: str, cfg: dict, data: Path, out: Path, steps: int, batch: int, lr: float = 2e-3) -> Path:
+    """``python -m train fit`` as a user calls it; returns the final checkpoint."""
+    from train.main import main as fit_main
+    argv = ["--model", json.dumps(cfg), "--model-kind", kind, "--train-data", str(data),
+            "--batch-size", str(batch), "--micro-batch-size", str(batch), "--max-steps", str(steps),
+            "--lr", str(lr), "--warmup", str(max(1, steps // 20)), "--wd", "0.1", "--precision", "fp32",
+            "--grad-checkpointing", "false", "--workers", "0", "--device", "cpu", "--out-dir", str(out),
+            "--name", kind, "--log-every", str(max(1, steps // 5)), "--save-every", str(steps), "--seed", "0"]
+    fit_main(argv)
+    return out / kind / "checkpoints" / "epoch_latest.pt"
+
+
+def load_latent_checkpoint(path: Path, cfg: dict):
+    from latent_clip import LatentCLIP, ModelConfig
+    from latent_clip.factory import read_state_dict
+    model = LatentCLIP(ModelConfig.from_dict(cfg, name="tinyworld-latent-clip"))
+    state, _ = read_state_dict(path)
+    model.load_state_dict(state)
+    return model.eval().requires_grad_(False)
+
+
+def load_pixel(path: Path, cfg: dict):
+    from train.models import load_pixel_model
+    return load_pixel_model(cfg, path)
+
+
+def save_pixel(model, path: Path) -> Path:
+    """safetensors (fp16) + ``{model_cfg}`` JSON beside it, the layout ``load_pixel_model`` reads."""
+    from safetensors.torch import save_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "pt"})
+    path.with_suffix(".json").write_text(json.dumps({"model_cfg": model.model_cfg}, indent=2) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- features
+
+def pixel_inputs(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> the pixel CLIP's input (OpenAI mean/std, as ``fit`` normalised)."""
+    from latent_clip.rewards import CLIP_MEAN, CLIP_STD
+    x = (images + 1) / 2
+    return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+
+@torch.no_grad()
+def text_features(model, texts: list[str]) -> torch.Tensor:
+    tokens = open_clip.tokenize(texts, context_length=model.context_length)
+    return torch.cat([F.normalize(model.encode_text(t), dim=-1) for t in tokens.split(256)])
+
+
+@torch.no_grad()
+def image_features(kind: str, model, images: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    if kind == "latent":
+        return model.encode_latents(latents, normalize=True)
+    return torch.cat([F.normalize(model.encode_image(pixel_inputs(x)), dim=-1) for x in images.split(256)])
+
+
+# ---------------------------------------------------------------- zero-shot
+
+def candidates(spec: Spec) -> tuple[list[str], int]:
+    """Captions that differ from the true one only in the attribute ``spec.category`` tests;
+    the true caption's index. Chance is 1 / len(candidates)."""
+    q = spec.queries
+    if spec.category == "single_object":
+        texts = [noun_phrase(Query(s)) for s in SHAPES]
+    elif spec.category == "colors":
+        texts = [noun_phrase(Query(q[0].shape, c)) for c in COLOURS]
+    elif spec.category == "counting":
+        texts = [noun_phrase(Query(q[0].shape, q[0].colour, n)) for n in (1, 2, 3, 4)]
+    elif spec.category == "two_object":
+        pairs = [p if set(p) != {q[0].shape, q[1].shape} else (q[0].shape, q[1].shape)
+                 for p in itertools.combinations(SHAPES, 2)]
+        texts = [f"{noun_phrase(Query(a))} and {noun_phrase(Query(b))}" for a, b in pairs]
+    elif spec.category == "position":
+        texts = [f"{noun_phrase(q[0])} {r} {noun_phrase(q[1])}" for r in RELATIONS]
+    elif spec.category == "color_attr":
+        swapped = Spec(spec.category, (Query(q[0].shape, q[1].colour), Query(q[1].shape, q[0].colour)))
+        texts = [spec.phrase(), swapped.phrase()]
+    else:
+        raise ValueError(spec.category)
+    return texts, texts.index(spec.phrase())
+
+
+@dataclass
+class HeldOut:
+    samples: list[Sample]
+    images: torch.Tensor     # [-1, 1]
+    latents: torch.Tensor    # raw
+
+
+def held_out(vae, seed: int, per_category: int) -> dict[str, HeldOut]:
+    from .vae import encode
+    from .world import images_tensor
+    out = {}
+    for k, category in enumerate(CATEGORIES):
+        samples = make_samples(seed, per_category, category=category, start=k * 1_000_000, prefix=False)
+        images = images_tensor(samples)
+        out[category] = HeldOut(samples, images, encode(vae, images))
+    return out
+
+
+@torch.no_grad()
+def zero_shot(kind: str, model, data: dict[str, HeldOut], prefix: str = PREFIXES[1]) -> dict[str, float]:
+    """Top-1 accuracy per category, plus ``object``: 18-way "{colour} {shape}" classification of
+    single-object images (an ImageNet-style class-name classifier over all templates), and
+    ``mean`` over the six categories."""
+    acc = {}
+    for category, d in data.items():
+        feats = image_features(kind, model, d.images, d.latents)
+        hits = []
+        for f, s in zip(feats, d.samples):
+            texts, truth = candidates(s.spec)
+            hits.append(int((text_features(model, [prefix + t for t in texts]) @ f).argmax()) == truth)
+        acc[category] = float(np.mean(hits))
+    acc["mean"] = float(np.mean([acc[c] for c in data]))
+    d = data["colors"]
+    classes = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+    templates = [p + "a {}" for p in PREFIXES]
+    if kind == "latent":
+        from latent_clip import build_classifier, classify
+        probs = classify(model, d.latents, build_classifier(model, classes, templates))
+    else:
+        weights = open_clip.build_zero_shot_classifier(
+            model, lambda t: open_clip.tokenize(t, context_length=model.context_length), classes, templates,
+            num_classes_per_batch=18, device="cpu")
+        probs = image_features(kind, model, d.images, d.latents) @ weights
+    truth = [classes.index(f"{s.spec.queries[0].colour} {s.spec.queries[0].shape}") for s in d.samples]
+    acc["object"] = float((probs.argmax(-1) == torch.tensor(truth)).float().mean())
+    return acc
+
+
+CHANCE = {"single_object": 1 / 3, "colors": 1 / 6, "counting": 1 / 4, "two_object": 1 / 3, "position": 1 / 4,
+          "color_attr": 1 / 2, "object": 1 / 18}
+CHANCE["mean"] = float(np.mean([CHANCE[c] for c in CATEGORIES]))

@@ -1,0 +1,309 @@
+"""The tiny-world study: every model trained by our own commands, the paper's three claims
+measured, one table printed and written as ``results.json``.
+
+    python -m train tinyworld [--quick] [--out runs/tinyworld]   # train everything, measure
+    python -m train tinyworld --demo                              # embedded weights, measure only
+    python -m train tinyworld --export latent_clip/assets/tinyworld   # also write the weights there
+
+Steps: 1. world shards  2. VAE  3. encode (``python -m train encode``)  4. fit Latent-CLIP and
+pixel CLIP (``python -m train fit``)  5. zero-shot  6. generator  7. ReNO (latent vs pixel reward)
+8. guidance away from a forbidden colour  9. table, plots, examples.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import clips, steer
+from . import vae as tiny_vae
+from .generator import FlowGenerator, train_generator
+from .world import CATEGORIES, PREFIXES, make_sample
+
+ASSETS = Path(__file__).resolve().parents[2] / "latent_clip" / "assets" / "tinyworld"
+FORBIDDEN = "red"
+SEEDS = {"train": 0, "zeroshot": 1, "reno": 2, "guidance": 3, "noise": 4}
+
+
+@dataclass
+class Preset:
+    vae_steps: int            # 0: use the embedded VAE
+    train_samples: int
+    clip_steps: int
+    clip_batch: int
+    generator_steps: int
+    zeroshot_per_category: int
+    reno_prompts: int
+    reno_iterations: int
+    guidance_prompts: int
+    guidance_iterations: int
+    reno_lr: float = 1.0
+    euler_steps: int = 4
+
+
+PRESETS = {
+    "quick": Preset(vae_steps=0, train_samples=4000, clip_steps=250, clip_batch=64, generator_steps=500,
+                    zeroshot_per_category=40, reno_prompts=12, reno_iterations=12, guidance_prompts=24,
+                    guidance_iterations=8),
+    "full": Preset(vae_steps=400, train_samples=10000, clip_steps=1200, clip_batch=128, generator_steps=2500,
+                   zeroshot_per_category=150, reno_prompts=36, reno_iterations=25, guidance_prompts=48,
+                   guidance_iterations=15),
+    "demo": Preset(vae_steps=0, train_samples=0, clip_steps=0, clip_batch=0, generator_steps=0,
+                   zeroshot_per_category=40, reno_prompts=12, reno_iterations=12, guidance_prompts=24,
+                   guidance_iterations=8),
+}
+
+
+class Clock:
+    def __init__(self):
+        self.start, self.stages = time.time(), {}
+
+    def lap(self, name: str, since: float) -> None:
+        self.stages[name] = round(time.time() - since, 1)
+        print(f"[tinyworld] {name}: {self.stages[name]:.1f} s (total {time.time() - self.start:.0f} s)", flush=True)
+
+
+# ---------------------------------------------------------------- training (steps 1-4, 6)
+
+def train_all(p: Preset, out: Path, clock: Clock) -> dict:
+    t = time.time()
+    clips.write_image_shards(out / "data" / "images", SEEDS["train"], p.train_samples)
+    clock.lap("world shards", t)
+
+    t = time.time()
+    if p.vae_steps:
+        vae, _ = tiny_vae.train_vae(p.vae_steps, seed=SEEDS["train"])
+    else:
+        vae = tiny_vae.load(ASSETS / "vae")
+    tiny_vae.save(vae, out / "models" / "vae")
+    clock.lap("vae", t)
+
+    t = time.time()
+    from train.encode import main as encode_main
+    encode_main(["--input", str(out / "data" / "images"), "--vae", str(out / "models" / "vae"),
+                 "--out", str(out / "data" / "latents"), "--format", "safetensors", "--size", "64",
+                 "--store-dtype", "fp32", "--batch-size", "100", "--device", "cpu"])
+    clock.lap("encode", t)
+
+    models = {"vae": vae}
+    for kind, cfg, data in (("latent", clips.latent_cfg(), "latents"), ("pixel", clips.pixel_cfg(), "images")):
+        t = time.time()
+        ckpt = clips.fit(kind, cfg, out / "data" / data, out / "fit", p.clip_steps, p.clip_batch)
+        models[kind] = (clips.load_latent_checkpoint if kind == "latent" else clips.load_pixel)(ckpt, cfg)
+        clock.lap(f"fit {kind} clip", t)
+
+    t = time.time()
+    raw, captions = clips.read_latent_shards(out / "data" / "latents")
+    models["generator"], _ = train_generator(raw * tiny_vae.SCALING_FACTOR, captions, p.generator_steps)
+    clock.lap("generator", t)
+    save_models(models, out / "models")
+    return models
+
+
+def save_models(models: dict, directory: Path) -> None:
+    from safetensors.torch import save_file
+
+    from latent_clip import save_export
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / "vae").exists():
+        tiny_vae.save(models["vae"], directory / "vae")
+    save_export(models["latent"], directory / "latent_clip.safetensors", dtype="fp16")
+    clips.save_pixel(models["pixel"], directory / "pixel_clip.safetensors")
+    g = models["generator"]
+    save_file({k: v.to(torch.float16).contiguous() for k, v in g.state_dict().items()},
+              str(directory / "generator.safetensors"))
+    (directory / "generator.json").write_text(json.dumps(g.config, indent=2) + "\n")
+
+
+def load_models(directory: Path) -> dict:
+    from safetensors.torch import load_file
+
+    from latent_clip import load_model
+    cfg = json.loads((directory / "generator.json").read_text())
+    generator = FlowGenerator(**cfg)
+    generator.load_state_dict({k: v.float() for k, v in load_file(str(directory / "generator.safetensors")).items()})
+    pixel_cfg = json.loads((directory / "pixel_clip.json").read_text())["model_cfg"]
+    return {"vae": tiny_vae.load(directory / "vae"), "latent": load_model(directory / "latent_clip.safetensors"),
+            "pixel": clips.load_pixel(directory / "pixel_clip.safetensors", pixel_cfg),
+            "generator": generator.eval().requires_grad_(False)}
+
+
+# ---------------------------------------------------------------- measuring (steps 5, 7, 8)
+
+def prompts_for(seed: int, n: int, categories: Sequence[str]) -> list:
+    return [make_sample(seed, i, categories[i % len(categories)], prefix=False) for i in range(n)]
+
+
+def measure(models: dict, p: Preset, out: Path, clock: Clock) -> dict:
+    vae, latent, pixel, generator = models["vae"], models["latent"], models["pixel"], models["generator"]
+    results: dict = {}
+
+    # 5. zero-shot on held-out samples
+    t = time.time()
+    data = clips.held_out(vae, SEEDS["zeroshot"], p.zeroshot_per_category)
+    results["zeroshot"] = {"latent": clips.zero_shot("latent", latent, data),
+                           "pixel": clips.zero_shot("pixel", pixel, data), "chance": clips.CHANCE,
+                           "n_per_category": p.zeroshot_per_category}
+    clock.lap("zero-shot", t)
+
+    # 7. ReNO: base vs Latent-CLIP reward vs pixel-CLIP reward (decode + pixel CLIP)
+    t = time.time()
+    samples = prompts_for(SEEDS["reno"], p.reno_prompts, CATEGORIES)
+    specs = [s.spec for s in samples]
+    gen = steer.Generator(generator, [PREFIXES[1] + s.spec.phrase() for s in samples], p.euler_steps)
+    noise_seed = SEEDS["noise"]
+    with torch.no_grad():
+        base_ok, base_images = steer.judge_latents(vae, gen(gen.noise(noise_seed)), specs)
+    runs = {"latent": steer.latent_reward(latent, gen.prompts), "pixel": steer.pixel_reward(pixel, vae, gen.prompts)}
+    reno = {"base": {"judge": float(base_ok.mean()), "per_category": per_category(base_ok, specs)}}
+    images = {"base": base_images}
+    histories = {}
+    for name, reward in runs.items():
+        r = steer.run_reno(gen, reward, noise_seed, p.reno_iterations, p.reno_lr)
+        ok, images[name] = steer.judge_latents(vae, r.best_latent, specs)
+        n = len(specs)
+        reno[name] = {"judge": float(ok.mean()), "per_category": per_category(ok, specs),
+                      "seconds_per_image": r.seconds / n,
+                      "seconds_per_iteration_per_image": float(np.median(r.iteration_seconds)) / n,
+                      "reward_start": float(r.history[0].mean()), "reward_best": float(r.best_loss.mean())}
+        histories[name] = r.history.mean(1).tolist()
+    # cross-check: each reward's result scored by the other CLIP (does ReNO fool only its own reward?)
+    reno["iterations"], reno["prompts"], reno["lr"] = p.reno_iterations, p.reno_prompts, p.reno_lr
+    results["reno"], results["reno_curves"] = reno, histories
+    clock.lap("reno", t)
+
+    # 8. guidance away from a forbidden colour, on prompts that leave colour open
+    t = time.time()
+    open_colour = [c for c in CATEGORIES if c not in ("colors", "color_attr")]
+    samples_g = [s for s in prompts_for(SEEDS["guidance"], 3 * p.guidance_prompts, open_colour)
+                 if all(q.colour is None for q in s.spec.queries)][:p.guidance_prompts]
+    specs_g = [s.spec for s in samples_g]
+    gen_g = steer.Generator(generator, [PREFIXES[1] + s.spec.phrase() for s in samples_g], p.euler_steps)
+    with torch.no_grad():
+        ok0, img0 = steer.judge_latents(vae, gen_g(gen_g.noise(noise_seed)), specs_g)
+    r = steer.guided(gen_g, latent, FORBIDDEN, noise_seed, p.guidance_iterations, p.reno_lr)
+    ok1, img1 = steer.judge_latents(vae, r.best_latent, specs_g)
+    results["guidance"] = {
+        "concept": FORBIDDEN, "prompts": len(specs_g), "iterations": p.guidance_iterations,
+        "forbidden_rate_base": steer.forbidden_rate(img0, FORBIDDEN),
+        "forbidden_rate_guided": steer.forbidden_rate(img1, FORBIDDEN),
+        "judge_base": float(ok0.mean()), "judge_guided": float(ok1.mean()),
+        "seconds_per_image": r.seconds / len(specs_g)}
+    clock.lap("guidance", t)
+
+    # 9. pictures
+    t = time.time()
+    plots(out, histories, images, [s.spec.phrase() for s in samples], img0, img1)
+    clock.lap("plots", t)
+    return results
+
+
+def per_category(ok: np.ndarray, specs: list) -> dict[str, float]:
+    return {c: float(np.mean([o for o, s in zip(ok, specs) if s.category == c]))
+            for c in CATEGORIES if any(s.category == c for s in specs)}
+
+
+def plots(out: Path, histories: dict, images: dict, captions: list[str], img0, img1) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for name, h in histories.items():
+        h = np.array(h)
+        ax.plot(h - h[0], label=f"ReNO, {name}-CLIP reward")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("reward loss - initial (mean over prompts)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "reward_curves.png", dpi=120)
+    plt.close(fig)
+    k = min(6, len(captions))
+    fig, axes = plt.subplots(3, k, figsize=(2 * k, 6.6))
+    for j in range(k):
+        for i, name in enumerate(("base", "latent", "pixel")):
+            axes[i, j].imshow(images[name][j])
+            axes[i, j].axis("off")
+            axes[i, j].set_title(f"{name}: " + captions[j] if i == 0 else name, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "examples_reno.png", dpi=120)
+    plt.close(fig)
+    fig, axes = plt.subplots(2, k, figsize=(2 * k, 4.4))
+    for j in range(min(k, len(img0))):
+        for i, (name, imgs) in enumerate((("unguided", img0), (f"avoid {FORBIDDEN}", img1))):
+            axes[i, j].imshow(imgs[j])
+            axes[i, j].axis("off")
+            axes[i, j].set_title(name, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "examples_guidance.png", dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- table
+
+def table(results: dict) -> str:
+    z, r, g = results["zeroshot"], results["reno"], results["guidance"]
+    rows = ["| zero-shot top-1 (held-out) | chance | Latent-CLIP | pixel CLIP |", "|---|---|---|---|"]
+    for c in (*CATEGORIES, "mean", "object"):
+        rows.append(f"| {c} | {z['chance'][c]:.2f} | {z['latent'][c]:.2f} | {z['pixel'][c]:.2f} |")
+    rows += ["", "| generation (judge, GenEval-style) | judge score | s / image | s / iteration / image |",
+             "|---|---|---|---|", f"| base generator | {r['base']['judge']:.2f} | - | - |"]
+    for name in ("latent", "pixel"):
+        x = r[name]
+        rows.append(f"| ReNO, {name}-CLIP reward ({r['iterations']} it.) | {x['judge']:.2f} | "
+                    f"{x['seconds_per_image']:.3f} | {x['seconds_per_iteration_per_image']:.4f} |")
+    rows += ["", f"| forbidden concept '{g['concept']}' ({g['prompts']} prompts) | rate | judge score |", "|---|---|---|",
+             f"| no guidance | {g['forbidden_rate_base']:.2f} | {g['judge_base']:.2f} |",
+             f"| latent guidance ({g['iterations']} it., no decode) | {g['forbidden_rate_guided']:.2f} | "
+             f"{g['judge_guided']:.2f} |"]
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- entry
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train tinyworld", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="CI preset (~5 min): reuses the embedded VAE")
+    mode.add_argument("--demo", action="store_true", help="no training: measure the embedded weights")
+    p.add_argument("--out", default="runs/tinyworld")
+    p.add_argument("--weights", default=str(ASSETS), help="embedded weights folder (--demo, quick's VAE)")
+    p.add_argument("--export", help="also copy the trained weights to this folder")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads; 1 is fastest on a shared CPU (OpenMP spin-waits when oversubscribed)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    name = "demo" if args.demo else "quick" if args.quick else "full"
+    preset, out = PRESETS[name], Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = Clock()
+    global ASSETS
+    ASSETS = Path(args.weights)
+    models = load_models(ASSETS) if args.demo else train_all(preset, out, clock)
+    results = measure(models, preset, out, clock)
+    results.update(preset=name, config=asdict(preset), stage_seconds=clock.stages,
+                   total_seconds=round(time.time() - clock.start, 1), threads=args.threads)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = table(results)
+    (out / "table.md").write_text(text + "\n")
+    print(text)
+    print(f"[tinyworld] {name}: {results['total_seconds']:.0f} s; results in {out}")
+    if args.export and not args.demo:
+        export = Path(args.export)
+        export.mkdir(parents=True, exist_ok=True)
+        for f in (out / "models").iterdir():
+            (shutil.copytree(f, export / f.name, dirs_exist_ok=True) if f.is_dir() else shutil.copy2(f, export / f.name))
+        shutil.copy2(out / "results.json", export / "results.json")
+    return results
