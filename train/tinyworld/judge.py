@@ -2,8 +2,8 @@
 
 Detection: pixels with chroma (max - min of RGB) above a threshold belong to objects (the
 backgrounds are grey); each takes the nearest palette colour; connected components per colour
-above a minimum area are objects. An object's shape comes from its fill ratio (area over
-bounding-box area: square 1, circle pi/4, triangle 1/2) and its centroid gives its position.
+above a minimum area are objects. An object's shape comes from three geometric measures that
+survive the VAE's blur (:func:`classify_shape`), and its centroid gives its position.
 
 Scoring (:func:`judge`): every query of the spec must match a detected object (shape, and colour
 when the query names one); counting needs exactly ``count`` matches; position needs a pair whose
@@ -32,11 +32,18 @@ class Detection:
     x: float
     y: float
     area: int
-    fill: float
+    fill: float        # area / bounding-box area: square 1, circle pi/4, triangle 1/2
+    roundness: float   # area / area of the circle through the farthest pixel: circle ~0.9, square 2/pi
+    offset: float      # (centroid - box centre) / box height: apex-up triangle +1/6, others 0
 
 
-def classify_shape(fill: float) -> str:
-    return "square" if fill > 0.90 else "circle" if fill > 0.64 else "triangle"
+def classify_shape(fill: float, roundness: float, offset: float) -> str:
+    """Thresholds sit between ground-truth renders and VAE reconstructions of each shape: a
+    triangle's mass sits low (or it is far from round); a square fills its box more than it
+    fills its enclosing circle, a circle the reverse."""
+    if offset > 0.045 or roundness < 0.55:
+        return "triangle"
+    return "square" if fill - roundness > 0.07 else "circle"
 
 
 def colour_map(image: np.ndarray) -> np.ndarray:
@@ -58,9 +65,13 @@ def detect(image: np.ndarray) -> list[Detection]:
             if area < MIN_AREA:
                 continue
             ys, xs = np.nonzero(mask)
+            cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
+            reach = np.sqrt((xs + 0.5 - cx) ** 2 + (ys + 0.5 - cy) ** 2).max() + 0.5
             fill = area / (mask.shape[0] * mask.shape[1])
-            found.append(Detection(name, classify_shape(fill), float(xs.mean() + box[1].start + 0.5),
-                                   float(ys.mean() + box[0].start + 0.5), area, fill))
+            roundness = area / (np.pi * reach ** 2)
+            offset = (cy - mask.shape[0] / 2) / mask.shape[0]
+            found.append(Detection(name, classify_shape(fill, roundness, offset), float(cx + box[1].start),
+                                   float(cy + box[0].start), area, fill, roundness, offset))
     return found
 
 

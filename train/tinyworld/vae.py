@@ -46,8 +46,8 @@ def object_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
     return 1 + weight * (chroma > 0.3).float()
 
 
-def train_vae(steps: int, batch: int = 16, crop: int = 64, lr: float = 1e-3, kl_weight: float = 1e-6,
-              object_weight: float = 4.0,
+def train_vae(steps: int, batch: int = 16, crop: int = 64, lr: float = 2e-3, kl_weight: float = 1e-6,
+              object_weight: float = 8.0,
               seed: int = 0, log=print):
     """Train from scratch on world seed ``seed``; returns the rescaled VAE (eval mode) and losses."""
     torch.manual_seed(seed)

@@ -193,9 +193,9 @@ def render(scene: Scene) -> np.ndarray:
     """(SIZE, SIZE, 3) uint8."""
     base = np.full((SIZE, SIZE), float(scene.background))
     if scene.texture == "stripes":
-        base += 10 * np.sign(np.sin((_XX + _YY) * 0.6 + scene.texture_seed % 7))
+        base += 5 * np.sign(np.sin((_XX + _YY) * 0.6 + scene.texture_seed % 7))
     elif scene.texture == "noise":
-        base += np.random.default_rng(scene.texture_seed).normal(0, 6, (SIZE, SIZE))
+        base += np.random.default_rng(scene.texture_seed).normal(0, 4, (SIZE, SIZE))
     image = np.repeat(base[..., None], 3, axis=-1)
     for o in scene.objects:
         image[shape_mask(o.shape, o.x, o.y, o.size)] = COLOURS[o.colour]
