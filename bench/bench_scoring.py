@@ -86,9 +86,12 @@ def times(paths, side: int, backward: bool, rounds: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1, as ../shared/PERF-ANCHORS.md: "
+                        "stable on a shared 2-core machine)")
     parser.add_argument("--time-1024", action="store_true", help="also time 1024 px (pixel fwd ~70 s on 2 cores; "
                         "pixel fwd+bwd needs ~23 GB and is never timed)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     meta_paths, cpu_paths = build("meta"), build("cpu")
     pixel = next(iter(cpu_paths))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, rounds {args.rounds}")
