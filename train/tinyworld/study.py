@@ -44,12 +44,14 @@ class Preset:
     reno_iterations: int
     guidance_prompts: int
     guidance_iterations: int
-    reno_lr: float = 1.0
+    clip_lr: float = 5e-3
+    reno_lr: float = 0.5
+    guidance_lr: float = 1.0
     euler_steps: int = 4
 
 
 PRESETS = {
-    "quick": Preset(vae_steps=0, train_samples=4000, clip_steps=250, clip_batch=64, generator_steps=500,
+    "quick": Preset(vae_steps=0, train_samples=4000, clip_steps=250, clip_batch=128, generator_steps=500,
                     zeroshot_per_category=40, reno_prompts=12, reno_iterations=12, guidance_prompts=24,
                     guidance_iterations=8),
     "full": Preset(vae_steps=1500, train_samples=10000, clip_steps=600, clip_batch=128, generator_steps=1500,
@@ -95,7 +97,7 @@ def train_all(p: Preset, out: Path, clock: Clock) -> dict:
     models = {"vae": vae}
     for kind, cfg, data in (("latent", clips.latent_cfg(), "latents"), ("pixel", clips.pixel_cfg(), "images")):
         t = time.time()
-        ckpt = clips.fit(kind, cfg, out / "data" / data, out / "fit", p.clip_steps, p.clip_batch)
+        ckpt = clips.fit(kind, cfg, out / "data" / data, out / "fit", p.clip_steps, p.clip_batch, p.clip_lr)
         models[kind] = (clips.load_latent_checkpoint if kind == "latent" else clips.load_pixel)(ckpt, cfg)
         clock.lap(f"fit {kind} clip", t)
 
@@ -190,7 +192,7 @@ def measure(models: dict, p: Preset, out: Path, clock: Clock) -> dict:
     gen_g = steer.Generator(generator, [PREFIXES[1] + s.spec.phrase() for s in samples_g], p.euler_steps)
     with torch.no_grad():
         ok0, img0 = steer.judge_latents(vae, gen_g(gen_g.noise(noise_seed)), specs_g)
-    r = steer.guided(gen_g, latent, FORBIDDEN, noise_seed, p.guidance_iterations, p.reno_lr)
+    r = steer.guided(gen_g, latent, FORBIDDEN, noise_seed, p.guidance_iterations, p.guidance_lr)
     ok1, img1 = steer.judge_latents(vae, r.best_latent, specs_g)
     results["guidance"] = {
         "concept": FORBIDDEN, "prompts": len(specs_g), "iterations": p.guidance_iterations,
@@ -221,7 +223,7 @@ def plots(out: Path, histories: dict, images: dict, captions: list[str], img0, i
         h = np.array(h)
         ax.plot(h - h[0], label=f"ReNO, {name}-CLIP reward")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("reward loss - initial (mean over prompts)")
+    ax.set_ylabel("reward loss change (mean)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "reward_curves.png", dpi=120)
