@@ -76,8 +76,10 @@ def test_demo_runs_on_embedded_weights(tmp_path):
     results = study.main(["--demo", "--out", str(tmp_path)])
     assert (tmp_path / "results.json").is_file() and (tmp_path / "reward_curves.png").is_file()
     z = results["zeroshot"]
-    assert z["latent"]["mean"] > z["chance"]["mean"] + 0.2
-    assert z["pixel"]["mean"] > z["chance"]["mean"] + 0.2
+    for kind in ("latent", "pixel"):
+        assert z[kind]["object"] > 3 * z["chance"]["object"], (kind, z[kind])
+        assert z[kind]["mean"] > z["chance"]["mean"] + 0.1, (kind, z[kind])
+    assert results["guidance"]["forbidden_rate_guided"] < results["guidance"]["forbidden_rate_base"]
 
 
 @pytest.mark.slow
@@ -88,8 +90,9 @@ def test_quick_study_learns(tmp_path):
     assert saved["preset"] == "quick"
     z = results["zeroshot"]
     for kind in ("latent", "pixel"):   # held-out data, well above chance
-        assert z[kind]["mean"] > z["chance"]["mean"] + 0.15, (kind, z[kind])
         assert z[kind]["object"] > 3 * z["chance"]["object"], (kind, z[kind])
+        assert z[kind]["colors"] > 2.5 * z["chance"]["colors"], (kind, z[kind])
+        assert z[kind]["mean"] > z["chance"]["mean"] + 0.05, (kind, z[kind])
     r, g = results["reno"], results["guidance"]
     assert r["latent"]["judge"] >= r["base"]["judge"]
     assert r["latent"]["reward_best"] < r["latent"]["reward_start"]

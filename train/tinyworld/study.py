@@ -51,14 +51,14 @@ class Preset:
 
 
 PRESETS = {
-    "quick": Preset(vae_steps=0, train_samples=4000, clip_steps=250, clip_batch=128, generator_steps=500,
-                    zeroshot_per_category=40, reno_prompts=12, reno_iterations=12, guidance_prompts=24,
+    "quick": Preset(vae_steps=0, train_samples=4000, clip_steps=300, clip_batch=128, generator_steps=500,
+                    zeroshot_per_category=40, reno_prompts=24, reno_iterations=12, guidance_prompts=24,
                     guidance_iterations=8),
     "full": Preset(vae_steps=1500, train_samples=10000, clip_steps=600, clip_batch=128, generator_steps=1500,
                    zeroshot_per_category=100, reno_prompts=36, reno_iterations=25, guidance_prompts=48,
                    guidance_iterations=15),
     "demo": Preset(vae_steps=0, train_samples=0, clip_steps=0, clip_batch=0, generator_steps=0,
-                   zeroshot_per_category=40, reno_prompts=12, reno_iterations=12, guidance_prompts=24,
+                   zeroshot_per_category=40, reno_prompts=24, reno_iterations=12, guidance_prompts=24,
                    guidance_iterations=8),
 }
 
@@ -74,7 +74,8 @@ class Clock:
 
 # ---------------------------------------------------------------- training (steps 1-4, 6)
 
-def train_all(p: Preset, out: Path, clock: Clock) -> dict:
+def train_all(p: Preset, out: Path, clock: Clock, weights: Path = ASSETS) -> dict:
+    """Steps 1-4 and 6; with ``p.vae_steps == 0`` the VAE comes from ``weights``."""
     t = time.time()
     clips.write_image_shards(out / "data" / "images", SEEDS["train"], p.train_samples)
     clock.lap("world shards", t)
@@ -83,7 +84,7 @@ def train_all(p: Preset, out: Path, clock: Clock) -> dict:
     if p.vae_steps:
         vae, _ = tiny_vae.train_vae(p.vae_steps, seed=SEEDS["train"])
     else:
-        vae = tiny_vae.load(ASSETS / "vae")
+        vae = tiny_vae.load(weights / "vae")
     tiny_vae.save(vae, out / "models" / "vae")
     clock.lap("vae", t)
 
@@ -256,15 +257,16 @@ def table(results: dict) -> str:
     rows = ["| zero-shot top-1 (held-out) | chance | Latent-CLIP | pixel CLIP |", "|---|---|---|---|"]
     for c in (*CATEGORIES, "mean", "object"):
         rows.append(f"| {c} | {z['chance'][c]:.2f} | {z['latent'][c]:.2f} | {z['pixel'][c]:.2f} |")
+    ceiling = results["judge_ceiling"]["vae_reconstruction"]
     rows += ["", "| generation (judge, GenEval-style) | judge score | s / image | s / iteration / image |",
-             "|---|---|---|---|",
-             f"| (ceiling: VAE reconstruction of ground truth) | {results['judge_ceiling']['vae_reconstruction']:.2f} | - | - |",
+             "|---|---|---|---|", f"| (ceiling: VAE reconstruction of ground truth) | {ceiling:.2f} | - | - |",
              f"| base generator | {r['base']['judge']:.2f} | - | - |"]
     for name in ("latent", "pixel"):
         x = r[name]
         rows.append(f"| ReNO, {name}-CLIP reward ({r['iterations']} it.) | {x['judge']:.2f} | "
                     f"{x['seconds_per_image']:.3f} | {x['seconds_per_iteration_per_image']:.4f} |")
-    rows += ["", f"| forbidden concept '{g['concept']}' ({g['prompts']} prompts) | rate | judge score |", "|---|---|---|",
+    rows += ["", f"| forbidden concept '{g['concept']}' ({g['prompts']} prompts) | rate | judge score |",
+             "|---|---|---|",
              f"| no guidance | {g['forbidden_rate_base']:.2f} | {g['judge_base']:.2f} |",
              f"| latent guidance ({g['iterations']} it., no decode) | {g['forbidden_rate_guided']:.2f} | "
              f"{g['judge_guided']:.2f} |"]
@@ -300,9 +302,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         preset = replace(preset, **{key: type(getattr(preset, key))(value)})
     out.mkdir(parents=True, exist_ok=True)
     clock = Clock()
-    global ASSETS
-    ASSETS = Path(args.weights)
-    models = load_models(ASSETS) if args.demo else train_all(preset, out, clock)
+    weights = Path(args.weights)
+    models = load_models(weights) if args.demo else train_all(preset, out, clock, weights)
     results = measure(models, preset, out, clock)
     results.update(preset=name, config=asdict(preset), stage_seconds=clock.stages,
                    total_seconds=round(time.time() - clock.start, 1), threads=args.threads)
@@ -315,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         export = Path(args.export)
         export.mkdir(parents=True, exist_ok=True)
         for f in (out / "models").iterdir():
-            (shutil.copytree(f, export / f.name, dirs_exist_ok=True) if f.is_dir() else shutil.copy2(f, export / f.name))
+            if f.is_dir():
+                shutil.copytree(f, export / f.name, dirs_exist_ok=True)
+            else:
+                shutil.copy2(f, export / f.name)
         shutil.copy2(out / "results.json", export / "results.json")
     return results
