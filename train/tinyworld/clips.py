@@ -71,12 +71,16 @@ def read_latent_shards(directory: Path) -> tuple[torch.Tensor, list[str]]:
 
 # ---------------------------------------------------------------- training
 
-def fit(kind: str, cfg: dict, data: Path, out: Path, steps: int, batch: int, lr: float = 2e-3) -> Path:
-    """``python -m train fit`` as a user calls it; returns the final checkpoint."""
+def fit(kind: str, cfg: dict, data: Path, out: Path, steps: int, batch: int, lr: float = 2e-3,
+        grad_clip: float = 1.0) -> Path:
+    """``python -m train fit`` as a user calls it; returns the final checkpoint. Warmup is a
+    tenth of the steps and gradients are clipped: without both, the pixel CLIP at lr 5e-3
+    collapsed to constant features (loss stuck at log(batch))."""
     from train.main import main as fit_main
     argv = ["--model", json.dumps(cfg), "--model-kind", kind, "--train-data", str(data),
             "--batch-size", str(batch), "--micro-batch-size", str(batch), "--max-steps", str(steps),
-            "--lr", str(lr), "--warmup", str(max(1, steps // 20)), "--wd", "0.1", "--precision", "fp32",
+            "--lr", str(lr), "--warmup", str(max(1, steps // 10)), "--grad-clip", str(grad_clip),
+            "--wd", "0.1", "--precision", "fp32",
             "--grad-checkpointing", "false", "--workers", "0", "--device", "cpu", "--out-dir", str(out),
             "--name", kind, "--log-every", str(max(1, steps // 5)), "--save-every", str(steps), "--seed", "0"]
     fit_main(argv)
