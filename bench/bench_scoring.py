@@ -88,19 +88,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1, as ../shared/PERF-ANCHORS.md: "
                         "stable on a shared 2-core machine)")
+    parser.add_argument("--flops-only", action="store_true", help="count FLOPs, time nothing")
     parser.add_argument("--time-1024", action="store_true", help="also time 1024 px (pixel fwd ~70 s on 2 cores; "
                         "pixel fwd+bwd needs ~23 GB and is never timed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     meta_paths, cpu_paths = build("meta"), build("cpu")
     pixel = next(iter(cpu_paths))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, rounds {args.rounds}")
+    with torch.device("meta"):
+        policy = LatentCLIP(get_model_config("Latent-ViT-B-8-512")).resize_policy
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, rounds {args.rounds}, "
+          f"latents larger than 64x64: {policy}")
     print(f"{'case':<14} {'path':<38} {'GFLOPs':>10} {'pixel/this':>11} {'seconds':>9} {'pixel/this':>11}")
     for side, px in ((64, 512), (128, 1024)):
         for backward in (False, True):
             case = f"{px}px {'fwd+bwd' if backward else 'fwd'}"
             fl = flops(meta_paths, side, backward)
-            timed = px == 512 or (args.time_1024 and not backward)
+            timed = not args.flops_only and (px == 512 or (args.time_1024 and not backward))
             tm = times(cpu_paths, side, backward, args.rounds) if timed else {}
             for name in cpu_paths:
                 t = tm.get(name)

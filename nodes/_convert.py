@@ -20,6 +20,10 @@ from ..latent_clip import LatentCLIP, load_model
 from ..latent_clip.factory import DTYPES
 
 FOLDER = "latent_clip"
+# The tiny-world Latent-CLIP that ships with the pack, listed first so a newcomer's first graph runs.
+EMBEDDED = "tinyworld (embedded demo)"
+EMBEDDED_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "latent_clip", "assets", "tinyworld",
+                             "latent_clip.safetensors")
 EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin"}
 DTYPE_CHOICES = ["auto", *DTYPES]
 DEVICE_CHOICES = ["default", "cpu"]
@@ -63,10 +67,15 @@ def _load_cached(path: str, stamp: tuple[float, int], dtype: str, device: str) -
                                            offload_device=offload_device)
 
 
+def model_choices() -> list[str]:
+    """The loader's options: the embedded demo model (when shipped), then models/latent_clip files."""
+    return ([EMBEDDED] if os.path.isfile(EMBEDDED_PATH) else []) + folder_paths.get_filename_list(FOLDER)
+
+
 def load_patcher(name: str, dtype: str, device: str) -> comfy.model_patcher.ModelPatcher:
-    """The file ``name`` from the latent_clip folders, wrapped for model management; cached by
-    path, modification time, dtype and device."""
-    path = folder_paths.get_full_path(FOLDER, name)
+    """The file ``name`` from the latent_clip folders (or the embedded demo), wrapped for model
+    management; cached by path, modification time, dtype and device."""
+    path = EMBEDDED_PATH if name == EMBEDDED else folder_paths.get_full_path(FOLDER, name)
     if path is None:
         folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
         raise FileNotFoundError(f"Latent-CLIP weights {name!r} not found in {folders}")

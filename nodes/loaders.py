@@ -1,7 +1,6 @@
 """Loader node: Latent-CLIP weights from models/latent_clip -> LATENT_CLIP wire."""
 from __future__ import annotations
 
-import folder_paths
 from comfy_api.latest import io
 
 from . import _convert
@@ -16,9 +15,11 @@ class LatentCLIPLoader(io.ComfyNode):
             node_id="LatentCLIPLoader", display_name="Load Latent-CLIP", category="latent_clip/loaders",
             description="Loads Latent-CLIP weights (official .pt or safetensors export) from models/latent_clip.",
             inputs=[
-                io.Combo.Input("model_name", options=folder_paths.get_filename_list(_convert.FOLDER),
+                io.Combo.Input("model_name", options=_convert.model_choices(),
                                tooltip="Weights file in models/latent_clip (or a latent_clip: folder of "
-                                       "extra_model_paths.yaml): an official epoch_*.pt or a .safetensors export."),
+                                       "extra_model_paths.yaml): an official epoch_*.pt or a .safetensors export. "
+                                       "'tinyworld (embedded demo)' is the small model trained on the pack's "
+                                       "procedural shapes world: it runs anywhere, but only knows that world."),
                 io.Combo.Input("dtype", options=_convert.DTYPE_CHOICES, default="auto",
                                tooltip="Weight precision. auto: fp32 on CPU, ComfyUI's text-encoder dtype on GPU."),
                 io.Combo.Input("device", options=_convert.DEVICE_CHOICES, default="default",

@@ -106,3 +106,15 @@ def test_pack_survives_broken_optional_module(comfy_inprocess, monkeypatch, capl
     ext = asyncio.run(pack.comfy_entrypoint())
     ids = {n.GET_SCHEMA().node_id for n in asyncio.run(ext.get_node_list())}
     assert {"LatentCLIPLoader", "LatentCLIPScore", "LatentCLIPSafetyFilter"} <= ids
+
+
+def test_embedded_tinyworld_model_is_the_loaders_first_choice(pack, comfy_inprocess):
+    """A newcomer without weights still gets a working first graph: the shipped tiny-world model."""
+    convert = pack.nodes._convert
+    assert convert.model_choices()[0] == convert.EMBEDDED
+    patcher = run(pack.nodes.loaders.LatentCLIPLoader, model_name=convert.EMBEDDED, dtype="auto",
+                  device="default").result[0]
+    model = convert.model_of(patcher)
+    assert model.config.vision.latent_family == "tinyworld"
+    with torch.no_grad():
+        assert model.encode_latents(torch.randn(2, 4, 8, 8)).shape == (2, model.config.embed_dim)
