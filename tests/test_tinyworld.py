@@ -61,7 +61,6 @@ def test_detect_finds_every_object():
     assert set(RELATIONS) == {"left of", "right of", "above", "below"}
 
 
-@pytest.mark.skipif(not (ASSETS / "generator.safetensors").is_file(), reason="embedded weights not committed")
 def test_embedded_weights_load_in_the_library():
     import latent_clip
     model = latent_clip.load_model(ASSETS / "latent_clip.safetensors")
@@ -71,7 +70,6 @@ def test_embedded_weights_load_in_the_library():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (ASSETS / "generator.safetensors").is_file(), reason="embedded weights not committed")
 def test_demo_runs_on_embedded_weights(tmp_path):
     results = study.main(["--demo", "--out", str(tmp_path)])
     assert (tmp_path / "results.json").is_file() and (tmp_path / "reward_curves.png").is_file()
@@ -83,7 +81,6 @@ def test_demo_runs_on_embedded_weights(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (ASSETS / "vae").is_dir(), reason="the quick preset reuses the embedded VAE")
 def test_quick_study_learns(tmp_path):
     results = study.main(["--quick", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "results.json").read_text())
