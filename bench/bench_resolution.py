@@ -7,6 +7,8 @@ S x S latent (cosine, higher is closer). Prints mean/min over images for each po
 
     .venv/bin/python -m bench.bench_resolution                         # random B/8 + random small VAE
     .venv/bin/python -m bench.bench_resolution --model M.safetensors --vae VAE_DIR --size 512
+    .venv/bin/python -m bench.bench_resolution --model latent_clip/assets/tinyworld/latent_clip.safetensors \
+        --vae latent_clip/assets/tinyworld/vae --world 48
 
 Random weights say little about a trained model; pass trained weights (e.g. the tiny world's)
 for a meaningful answer.
@@ -14,6 +16,7 @@ for a meaningful answer.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,14 @@ def load_image(path: Path, width: int, height: int) -> torch.Tensor:
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
+def write_world_images(n: int, folder: Path) -> Path:
+    from train.tinyworld.world import make_samples
+
+    for i, sample in enumerate(make_samples(999, n)):
+        Image.fromarray(sample.image).save(folder / f"{i:03d}.png")
+    return folder
+
+
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +53,8 @@ def main() -> None:
     parser.add_argument("--vae", help="diffusers AutoencoderKL folder (default: random small KL-VAE)")
     parser.add_argument("--size", type=int, default=None, help="trained image size in px (default: the model's)")
     parser.add_argument("--images", type=Path, default=IMAGES)
+    parser.add_argument("--world", type=int, default=0, metavar="N",
+                        help="use N tiny-world renders (seed 999) instead of --images")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -50,6 +63,8 @@ def main() -> None:
     vae = AutoencoderKL.from_pretrained(args.vae, local_files_only=True) if args.vae else AutoencoderKL(**SMALL_VAE)
     vae.eval()
     size = args.size or model.config.vision.image_size
+    if args.world:
+        args.images = write_world_images(args.world, Path(tempfile.mkdtemp()))
     paths = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
 
     def latents(w, h):
