@@ -18,6 +18,7 @@ from torch import nn
 
 from ..latent_clip import LatentCLIP, load_model
 from ..latent_clip.factory import DTYPES
+from ..latent_clip.zeroshot import parse_labels
 
 FOLDER = "latent_clip"
 # The tiny-world Latent-CLIP that ships with the pack, listed first so a newcomer's first graph runs.
@@ -99,7 +100,7 @@ def samples(latent: dict) -> torch.Tensor:
 
 def lines(text: str, what: str) -> list[str]:
     """Non-empty stripped lines of a multiline widget; raises when there are none."""
-    out = [line.strip() for line in text.splitlines() if line.strip()]
+    out = parse_labels(text)
     if not out:
         raise ValueError(f"no {what} given: write one per line")
     return out

@@ -86,7 +86,9 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(latents, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = logged(tmp_path / "ddp")
     assert sorted(ddp) == [1, 2, 3, 4]
-    assert [ddp[s] for s in range(1, 5)] == pytest.approx(single, rel=1e-5, abs=1e-6)
+    # the gloo all-reduce sums the two ranks' gradients in another order than one process does; after 4 AdamW
+    # steps that fp32 rounding shows at ~1e-5 relative (seen: 1.4e-5); a wrong global batch differs by >1e-2
+    assert [ddp[s] for s in range(1, 5)] == pytest.approx(single, rel=1e-4, abs=1e-6)
     assert (tmp_path / "ddp/checkpoints/epoch_latest.pt").is_file()
 
 
