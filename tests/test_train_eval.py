@@ -9,15 +9,10 @@ import latent_clip
 from train.data import write_latent_shard
 from train.evaluate import main as evaluate
 from train.models import build_model, pixel_transform
-from train.synthetic import NAMES
+from train.synthetic import TINY_LATENT_CFG, TINY_PIXEL_CFG, NAMES
 
 IMAGES = Path(__file__).parents[2] / "shared/benchmarks/images"
-TINY = {"embed_dim": 32,
-        "vision_cfg": {"image_size": 128, "layers": 2, "width": 64, "patch_size": 8, "latent_family": "sdxl",
-                       "latent_n_channels": 4, "latent_factor": 8},
-        "text_cfg": {"width": 64, "heads": 1, "layers": 2}}
-TINY_PIXEL = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
-              "text_cfg": {"width": 64, "heads": 1, "layers": 2}}
+TINY, TINY_PIXEL = TINY_LATENT_CFG, TINY_PIXEL_CFG
 CLASSES = list(NAMES[:6])  # alphabetical, so folder order == class index
 
 

@@ -15,16 +15,11 @@ import latent_clip
 from train import checkpoint
 from train.main import main as fit
 from train.models import build_model
-from train.synthetic import write_image_shards, write_synthetic_latents
+from train.synthetic import TINY_LATENT_CFG, TINY_PIXEL_CFG, write_image_shards, write_synthetic_latents
 
 REPO = Path(__file__).parents[1]
 IMAGES = Path(__file__).parents[2] / "shared/benchmarks/images"
-TINY = {"embed_dim": 32,
-        "vision_cfg": {"image_size": 128, "layers": 2, "width": 64, "patch_size": 8, "latent_family": "sdxl",
-                       "latent_n_channels": 4, "latent_factor": 8},
-        "text_cfg": {"width": 64, "heads": 1, "layers": 2}}
-TINY_PIXEL = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
-              "text_cfg": {"width": 64, "heads": 1, "layers": 2}}
+TINY, TINY_PIXEL = TINY_LATENT_CFG, TINY_PIXEL_CFG
 
 
 @pytest.fixture(scope="module")

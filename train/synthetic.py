@@ -13,6 +13,15 @@ NAMES = ("apple", "boat", "castle", "dog", "engine", "forest", "guitar", "house"
          "kite", "lamp", "mountain", "needle", "orange", "piano")
 
 
+# Smallest model configs that still exercise every code path (tests, smoke runs).
+TINY_LATENT_CFG = {"embed_dim": 32,
+                   "vision_cfg": {"image_size": 128, "layers": 2, "width": 64, "patch_size": 8,
+                                  "latent_family": "sdxl", "latent_n_channels": 4, "latent_factor": 8},
+                   "text_cfg": {"width": 64, "heads": 1, "layers": 2}}
+TINY_PIXEL_CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
+                  "text_cfg": {"width": 64, "heads": 1, "layers": 2}}
+
+
 def write_synthetic_latents(out: str | Path, n_classes: int = 4, per_class: int = 16, shape=(4, 16, 16),
                             n_shards: int = 2, fmt: str = "safetensors", noise: float = 0.5,
                             seed: int = 0, template: str = "a photo of a {}") -> Path:
