@@ -1,9 +1,9 @@
 """``python -m train {encode,fit,eval,bench,tinyworld} ...`` (also under torchrun / accelerate launch)."""
 from __future__ import annotations
 
-import importlib
-import sys
 from typing import Sequence
+
+from .cli import dispatch
 
 USAGE = """usage: python -m train {encode,fit,eval zeroshot,bench,tinyworld} [--help]
 
@@ -18,14 +18,7 @@ COMMANDS = {"encode": ".encode", "fit": ".main", "eval": ".evaluate", "bench": "
 
 
 def main(argv: Sequence[str] | None = None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return None
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        raise SystemExit(f"unknown command {command!r}\n{USAGE}")
-    return importlib.import_module(COMMANDS[command], __package__).main(rest)
+    return dispatch(argv, USAGE, COMMANDS, __package__)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ iterations, time split into UNet / reward / decode / other) and ends with a summ
 """
 from __future__ import annotations
 
-import sys
 from typing import Sequence
+
+from ..cli import dispatch
 
 USAGE = """usage: python -m train bench {geneval,t2i-compbench,i2p,imagenet-gen,summary} [--help]
 
@@ -32,31 +33,16 @@ def summary(argv: Sequence[str]) -> dict:
     if not argv:
         raise SystemExit("usage: python -m train bench summary <outdir>")
     out = Path(argv[0])
-    extra = None
-    if any("variant" in r for r in read_records(out)):
+    records, extra = read_records(out), None
+    if any("variant" in r for r in records):
         from .i2p import per_category as extra
-    result = summarise_records(read_records(out), extra)
-    result.update(benchmark=out.name, items_done=len({r["item"] for r in read_records(out)}))
+    result = summarise_records(records, extra)
+    result.update(benchmark=out.name, items_done=len({r["item"] for r in records}))
     print(format_summary(result))
     return json.loads(json.dumps(result))
 
 
 def main(argv: Sequence[str] | None = None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return None
-    command, rest = argv[0], argv[1:]
-    if command == "geneval":
-        from .geneval import main as run
-    elif command in ("t2i-compbench", "t2i_compbench"):
-        from .t2i_compbench import main as run
-    elif command == "i2p":
-        from .i2p import main as run
-    elif command in ("imagenet-gen", "imagenet_gen"):
-        from .imagenet_gen import main as run
-    elif command == "summary":
-        run = summary
-    else:
-        raise SystemExit(f"unknown benchmark {command!r}\n{USAGE}")
-    return run(rest)
+    commands = {"geneval": ".geneval", "t2i-compbench": ".t2i_compbench", "t2i_compbench": ".t2i_compbench",
+                "i2p": ".i2p", "imagenet-gen": ".imagenet_gen", "imagenet_gen": ".imagenet_gen", "summary": summary}
+    return dispatch(argv, USAGE, commands, __name__)
