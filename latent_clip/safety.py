@@ -71,10 +71,17 @@ def parse_concepts(text: str) -> list[Concept]:
     return concepts
 
 
-def concept_probs(model: LatentCLIP, latents: torch.Tensor, concepts: Sequence[Concept]) -> torch.Tensor:
-    """(B, K) float32 probability of each concept against its counter-prompt."""
+def concept_text(model: LatentCLIP, concepts: Sequence[Concept]) -> torch.Tensor:
+    """(K, 2, E) float32 text features of each (concept prompt, counter-prompt) pair."""
     prompts = [p for c in concepts for p in (c.prompt, c.counter)]
-    text = model.encode_text(prompts).float().view(len(concepts), 2, -1)
+    return model.encode_text(prompts).float().view(len(concepts), 2, -1)
+
+
+def concept_probs(model: LatentCLIP, latents: torch.Tensor, concepts: Sequence[Concept],
+                  text: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, K) float32 probability of each concept against its counter-prompt. Pass ``text`` from
+    :func:`concept_text` to encode the prompts once across chunks of a batch."""
+    text = concept_text(model, concepts) if text is None else text
     z = model.encode_latents(latents).float()
     logits = model.logit_scale.exp().float() * torch.einsum("be,kpe->bkp", z, text)
     return logits.softmax(dim=-1)[..., 0]
@@ -82,9 +89,13 @@ def concept_probs(model: LatentCLIP, latents: torch.Tensor, concepts: Sequence[C
 
 def check(model: LatentCLIP, latents: torch.Tensor, concepts: Sequence[Concept], threshold: float) -> SafetyResult:
     """Flag latents whose probability for any concept is at least ``threshold``."""
+    return flag(concept_probs(model, latents, concepts), concepts, threshold)
+
+
+def flag(probs: torch.Tensor, concepts: Sequence[Concept], threshold: float) -> SafetyResult:
+    """The verdict on (B, K) concept probabilities: flagged where any reaches ``threshold``."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    probs = concept_probs(model, latents, concepts)
     return SafetyResult(tuple(concepts), probs, (probs >= threshold).any(dim=-1), threshold)
 
 

@@ -110,9 +110,10 @@ class LatentCLIPSafetyFilter(io.ComfyNode):
     def execute(cls, latent: dict, latent_clip, concepts: str, threshold: float, action: str,
                 seed: int) -> io.NodeOutput:
         model, wanted = _convert.model_of(latent_clip), safety.parse_concepts(concepts)
-        probs = _convert.chunked(lambda part: safety.concept_probs(model, part, wanted),
+        text = safety.concept_text(model, wanted)
+        probs = _convert.chunked(lambda part: safety.concept_probs(model, part, wanted, text),
                                  _convert.samples(latent), CHUNK, cls.hidden.unique_id)
-        result = safety.SafetyResult(tuple(wanted), probs, (probs >= threshold).any(dim=-1), threshold)
+        result = safety.flag(probs, wanted, threshold)
         out = safety.apply_action(latent, result.flagged, action, model.config.vision.family, seed)
         text = f"action: {action}\n" + safety.report(result)
         flags = result.flagged.tolist()
