@@ -125,10 +125,10 @@ def tiny(tmp_path_factory):
 
 
 def test_pipelines_load_from_local_folders_and_give_raw_latents(tiny, tmp_path):
-    from train.benchmarks.pipelines import Generator, load_pipeline
+    from train.benchmarks.pipelines import UNetGenerator, load_pipeline
 
     assert json.loads((tiny["sd"] / "model_index.json").read_text())["unet"][1] == "UNet2DConditionModel"
-    gen = Generator(load_pipeline(tiny["sd"]), "cpu", 64)
+    gen = UNetGenerator(load_pipeline(tiny["sd"]), "cpu", 64)
     assert gen.latent_shape == (4, 8, 8)
     assert gen.timesteps(1) == [999]  # trailing spacing: turbo's one step
     cond = gen.condition("a red cube")
@@ -165,9 +165,9 @@ def test_pipelines_load_from_local_folders_and_give_raw_latents(tiny, tmp_path):
 
 
 def test_few_step_sampler_matches_the_scheduler_loop(tiny):
-    from train.benchmarks.pipelines import Generator, load_pipeline
+    from train.benchmarks.pipelines import UNetGenerator, load_pipeline
 
-    gen = Generator(load_pipeline(tiny["sd"]), "cpu", 64)
+    gen = UNetGenerator(load_pipeline(tiny["sd"]), "cpu", 64)
     cond = gen.condition("a blue ball")
     steps = gen.timesteps(3)
     noise = gen.noise([3])
@@ -184,9 +184,9 @@ def test_few_step_sampler_matches_the_scheduler_loop(tiny):
 
 
 def test_sdxl_pipeline_with_added_conditioning(tmp_path):
-    from train.benchmarks.pipelines import Generator, load_pipeline
+    from train.benchmarks.pipelines import UNetGenerator, load_pipeline
 
-    gen = Generator(load_pipeline(build_sdxl(tmp_path / "sdxl")), "cpu", 64)
+    gen = UNetGenerator(load_pipeline(build_sdxl(tmp_path / "sdxl")), "cpu", 64)
     assert gen.sdxl
     cond = gen.condition("two dogs", guidance_scale=1.5, negative_prompt="blurry")
     assert cond.added["time_ids"].shape == (1, 6) and cond.uncond is not None

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ..data import ImageTransform, atomic_write, folder_rows, write_latent_shard, write_sizes
-from .pipelines import DTYPES, Generator, Timer, load_pipeline
+from .pipelines import add_pipeline_args, generator_from_args
 from .runner import Item, Rank, decode_pil, run, save_png
 
 
@@ -30,8 +30,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train bench imagenet-gen", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="ImageNet-style folder (one sub-folder per class)")
-    p.add_argument("--pipeline", required=True, help="diffusers folder or single-file checkpoint (local)")
-    p.add_argument("--pipeline-config", help="diffusers config folder for a single-file checkpoint")
+    add_pipeline_args(p)
     p.add_argument("--outdir", required=True)
     p.add_argument("--classnames", help="'imagenet' (open_clip's names, folders sorted as wnids) or a file; "
                                         "default: folder names")
@@ -46,8 +45,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--save-images", action="store_true")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--device", default="auto")
     p.add_argument("--summary-wait", type=float, default=600.0)
     e = p.add_argument_group("zero-shot on real and generated (train eval zeroshot)")
     e.add_argument("--model", help="Latent-CLIP weights; without it only the latents are written")
@@ -78,8 +75,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     names = class_names(args.classnames, folders)
     rank = Rank.from_env()
     device = rank.device(args.device)
-    gen = Generator(load_pipeline(args.pipeline, device, DTYPES[args.dtype], args.pipeline_config), device,
-                    args.size, Timer(device))
+    gen = generator_from_args(args, device, args.size)
     out = Path(args.outdir)
     transform = ImageTransform(args.size)
     steps = gen.timesteps(args.steps, args.denoise)

@@ -1,18 +1,27 @@
 """Diffusers one-step / few-step generators from local files, as differentiable callables.
 
-Pipelines run under ``no_grad``, so the denoiser here calls the UNet and the noise-schedule maths
-directly, in the k-diffusion view every DDPM-trained UNet shares (sigma = sqrt((1 - a) / a) from
-the scheduler's ``alphas_cumprod``, input scaled by 1 / sqrt(sigma^2 + 1)):
+Pipelines run under ``no_grad``, so the generators here call the denoiser (UNet or transformer)
+and the noise-schedule maths directly. Every family is written in one view: a noisy latent ``x`` at
+noise level ``sigma``, a denoiser that predicts the clean latent ``x0``, and the deterministic Euler
+step ``x <- x0 + sigma_next * (x - x0) / sigma``, which is the scheduler's own step both for
+DDPM-trained UNets in the k-diffusion parameterisation and for flow matching.
 
-1. the first latent is ``noise * scheduler.init_noise_sigma`` as in ReNO's ``RewardStableDiffusion``
-   (Euler schedulers with trailing spacing: sigma_max, t = 999; VP schedulers (init sigma 1):
-   ``noise * sqrt(sigma^2 + 1)``, the same x_t in the sigma parameterisation);
-2. ``eps = unet(x / sqrt(sigma^2 + 1), t, text)`` (optional CFG);
-3. ``x0 = x - sigma * eps`` (epsilon models) or ``sqrt(a) x_t - sqrt(1 - a) v`` (v models);
-4. few steps: Euler ``x <- x0 + sigma_next * (x - x0) / sigma``.
+- :class:`UNetGenerator` (SD 1/2, SD-Turbo, SDXL, SDXL-Turbo): ``x = x0 + sigma eps`` with
+  ``sigma = sqrt((1 - a) / a)`` from the scheduler's ``alphas_cumprod``; input scaled by
+  ``1 / sqrt(sigma^2 + 1)``; epsilon, v or sample prediction. The first latent is
+  ``noise * scheduler.init_noise_sigma`` as in ReNO's ``RewardStableDiffusion`` (Euler schedulers
+  with trailing spacing: sigma_max, t = 999; VP schedulers (init sigma 1): ``noise * sqrt(sigma^2 + 1)``,
+  the same x_t in the sigma parameterisation).
+- :class:`FluxGenerator` (FLUX.1-schnell / -dev) and :class:`SD3Generator` (SD3 / SD3.5, incl. the
+  Turbo variants): flow matching, ``x = (1 - sigma) x0 + sigma noise``, the transformer predicts the
+  velocity ``v = noise - x0``, so ``x0 = x - sigma v``; sigma = timestep / 1000 from the pipeline's
+  own schedule (FLUX: ``linspace(1, 1/n, n)`` with its resolution shift; SD3: the scheduler's shift).
+  FLUX's transformer reads 2x2-packed tokens: latents are packed on the way in and unpacked on the
+  way out, so everything outside this module sees ordinary (B, 16, h, w) latents.
 
 Outputs are RAW VAE latents (``scaled / vae.config.scaling_factor + shift_factor``), which is
-what Latent-CLIP reads. FLUX / SD3 (flow-matching transformers) are not wired here.
+what Latent-CLIP reads. Time spent in the denoiser (forward and backward) is booked as ``unet`` for
+every family.
 """
 from __future__ import annotations
 
@@ -21,40 +30,53 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MODULES = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 def load_pipeline(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32, config: str | None = None):
     """A diffusers text-to-image pipeline from local files only: a diffusers folder
     (``model_index.json``) or a single-file checkpoint (``config``: a diffusers folder holding its
-    configs, needed offline). Parameters are frozen; the VAE is kept in fp32 when ``dtype`` is fp16
-    (SDXL's VAE overflows in fp16 unless it is the fp16-fix one)."""
-    from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline, StableDiffusionXLPipeline
+    configs, needed offline; its ``model_index.json`` names the pipeline class, else SDXL then SD 1/2
+    are tried). Parameters are frozen; the VAE is kept in fp32 when ``dtype`` is fp16 (SDXL's VAE
+    overflows in fp16 unless it is the fp16-fix one)."""
+    import diffusers
 
     path = Path(path)
     if path.is_dir():
-        pipe = AutoPipelineForText2Image.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype)
+        pipe = diffusers.AutoPipelineForText2Image.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype)
     else:
-        kwargs = {"config": config} if config else {}
-        try:
-            pipe = StableDiffusionXLPipeline.from_single_file(str(path), local_files_only=True, torch_dtype=dtype,
-                                                              **kwargs)
-        except Exception:  # noqa: BLE001 - not an SDXL checkpoint: try SD 1/2
-            pipe = StableDiffusionPipeline.from_single_file(str(path), local_files_only=True, torch_dtype=dtype,
-                                                            **kwargs)
-    if not hasattr(pipe, "unet"):
-        raise NotImplementedError(f"{type(pipe).__name__}: only UNet pipelines (SD, SD-Turbo, SDXL, SDXL-Turbo) "
-                                  "are supported; FLUX/SD3 transformers are not wired yet")
+        pipe = _load_single_file(path, dtype, config)
+    generator_class(pipe)  # unsupported families fail here, before anything is moved to the device
     pipe.set_progress_bar_config(disable=True)
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+    for name in MODULES:
         module = getattr(pipe, name, None)
         if module is not None:
             module.to(device).eval().requires_grad_(False)
     if dtype == torch.float16:
         pipe.vae.to(torch.float32)
     return pipe
+
+
+def _load_single_file(path: Path, dtype: torch.dtype, config: str | None):
+    import json
+
+    import diffusers
+
+    kwargs = {"config": config} if config else {}
+    index = Path(config) / "model_index.json" if config else None
+    if index is not None and index.is_file():
+        cls = getattr(diffusers, json.loads(index.read_text())["_class_name"])
+        return cls.from_single_file(str(path), local_files_only=True, torch_dtype=dtype, **kwargs)
+    try:
+        return diffusers.StableDiffusionXLPipeline.from_single_file(str(path), local_files_only=True,
+                                                                   torch_dtype=dtype, **kwargs)
+    except Exception:  # noqa: BLE001 - not an SDXL checkpoint: try SD 1/2
+        return diffusers.StableDiffusionPipeline.from_single_file(str(path), local_files_only=True,
+                                                                 torch_dtype=dtype, **kwargs)
 
 
 class Timer:
@@ -79,7 +101,9 @@ class Timer:
 
 @dataclass
 class Conditioning:
-    """Text conditioning for one prompt, batch 1 (repeated per call). ``uncond`` for CFG."""
+    """Text conditioning for one prompt, batch 1 (expanded per call). ``added``: the denoiser's
+    other conditioning inputs (SDXL's ``added_cond_kwargs``, FLUX/SD3 pooled projections, ...);
+    ``uncond`` / ``uncond_added`` for CFG."""
 
     text: torch.Tensor
     added: dict | None = None
@@ -88,24 +112,35 @@ class Conditioning:
 
 
 class Generator:
-    """A UNet pipeline as tensor maths: conditioning, denoiser, samplers, latent <-> image."""
+    """A pipeline as tensor maths: conditioning, x0 denoiser, samplers, latent <-> image.
 
-    def __init__(self, pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None):
-        self.pipe, self.unet, self.vae = pipe, pipe.unet, pipe.vae
+    Subclasses give the family's denoiser call (:meth:`_denoise`), its noise levels
+    (:meth:`timesteps`, :meth:`sigma`), how noise enters (:meth:`noise_scale`, :meth:`start`)
+    and :meth:`condition`."""
+
+    def __init__(self, pipe, denoiser: torch.nn.Module, device="cpu", resolution: int | None = None,
+                 timer: Timer | None = None):
+        self.pipe, self.denoiser, self.vae = pipe, denoiser, pipe.vae
         self.device = torch.device(device)
-        self.dtype = self.unet.dtype
+        self.dtype = denoiser.dtype
         self.scheduler = pipe.scheduler
-        self.resolution = resolution or self.unet.config.sample_size * pipe.vae_scale_factor
+        self.resolution = resolution or self.native_resolution()
+        multiple = self.pixel_multiple()
+        if self.resolution % multiple:
+            raise ValueError(f"resolution {self.resolution} px: {type(pipe).__name__} needs a multiple of {multiple}")
         self.timer = timer or Timer(self.device)
-        self.alphas = self.scheduler.alphas_cumprod.to(torch.float64)
-        self.prediction = self.scheduler.config.get("prediction_type", "epsilon")
-        self.sdxl = getattr(self.unet.config, "addition_embed_type", None) == "text_time"
+
+    def native_resolution(self) -> int:
+        return self.denoiser.config.sample_size * self.pipe.vae_scale_factor
+
+    def pixel_multiple(self) -> int:
+        return self.pipe.vae_scale_factor
 
     # -- shapes and latent spaces
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         f = self.pipe.vae_scale_factor
-        return (self.unet.config.in_channels, self.resolution // f, self.resolution // f)
+        return (self.vae.config.latent_channels, self.resolution // f, self.resolution // f)
 
     def noise(self, seeds: list[int]) -> torch.Tensor:
         """Unit Gaussian noise, one CPU generator per seed (same noise on every device)."""
@@ -128,70 +163,53 @@ class Generator:
         """Images in [-1, 1] -> raw latents (posterior mean)."""
         return self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist.mean.float()
 
-    # -- conditioning
-    @torch.no_grad()
+    # -- family-specific
     def condition(self, prompt: str, guidance_scale: float = 0.0, negative_prompt: str | None = None) -> Conditioning:
-        cfg = guidance_scale > 1.0
-        if self.sdxl:
-            text, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
-                prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-                negative_prompt=negative_prompt)
-            proj = self.pipe.text_encoder_2.config.projection_dim if self.pipe.text_encoder_2 is not None \
-                else int(pooled.shape[-1])
-            size = (self.resolution, self.resolution)
-            ids = self.pipe._get_add_time_ids(size, (0, 0), size, dtype=text.dtype,
-                                              text_encoder_projection_dim=proj).to(self.device)
-            added = {"text_embeds": pooled, "time_ids": ids}
-            uncond_added = {"text_embeds": uncond_pooled, "time_ids": ids} if cfg else None
-            return Conditioning(text, added, uncond if cfg else None, uncond_added)
-        text, uncond = self.pipe.encode_prompt(prompt, self.device, 1, cfg, negative_prompt)
-        return Conditioning(text, None, uncond if cfg else None, None)
+        raise NotImplementedError
 
-    # -- the denoiser
-    def timesteps(self, steps: int, denoise: float = 1.0) -> list[int]:
-        """UNet timesteps of a ``steps``-step schedule from the scheduler's own spacing (turbo models
+    def timesteps(self, steps: int, denoise: float = 1.0) -> list[float]:
+        """Denoiser timesteps of a ``steps``-step schedule from the pipeline's own spacing (turbo models
         ship ``trailing``, so 1 step is t = 999). ``denoise < 1`` runs the last ``steps`` of a
         ``round(steps / denoise)``-step schedule (ComfyUI's KSampler denoise)."""
         total = max(steps, round(steps / denoise))
-        self.scheduler.set_timesteps(total, device="cpu")
-        return [int(t) for t in self.scheduler.timesteps[-steps:]]
+        self.scheduler.set_timesteps(total, device="cpu", **self._schedule_kwargs(total))
+        return [self._timestep(t) for t in self.scheduler.timesteps[-steps:]]
 
-    def sigma(self, t: int) -> float:
-        a = self.alphas[t]
-        return float(((1 - a) / a).sqrt())
+    def _schedule_kwargs(self, total: int) -> dict:
+        return {}
 
-    def _unet(self, x_in: torch.Tensor, t: int, text: torch.Tensor, added: dict | None) -> torch.Tensor:
-        n = x_in.shape[0]
-        kwargs = {}
-        if added is not None:
-            kwargs["added_cond_kwargs"] = {k: v.expand(n, *v.shape[1:]) for k, v in added.items()}
-        t_in = torch.full((n,), t, device=self.device, dtype=torch.long)
-        return self.unet(x_in, t_in, encoder_hidden_states=text.expand(n, *text.shape[1:]), **kwargs).sample
+    def _timestep(self, t: torch.Tensor):
+        return float(t)
 
-    def predict_x0(self, x: torch.Tensor, t: int, cond: Conditioning, guidance_scale: float = 0.0) -> torch.Tensor:
-        """x0 (model space) from ``x`` at sigma(t) in the sigma parameterisation (x = x0 + sigma eps)."""
+    def sigma(self, t) -> float:
+        raise NotImplementedError
+
+    def _denoise(self, x: torch.Tensor, t, sigma: float, cond: Conditioning, guidance_scale: float) -> torch.Tensor:
+        """x0 (model space, fp32) from ``x`` at ``sigma``."""
+        raise NotImplementedError
+
+    def noise_scale(self, timesteps: list) -> float:
+        """What unit noise is multiplied by to start at timesteps[0] (call after :meth:`timesteps`)."""
+        raise NotImplementedError
+
+    def start(self, noise: torch.Tensor, timesteps: list, clean: torch.Tensor | None = None) -> torch.Tensor:
+        """The first sampler state: pure noise (scaled as the pipeline does), or a clean
+        model-space latent noised to sigma(timesteps[0]) (img2img / ComfyUI denoise)."""
+        raise NotImplementedError
+
+    # -- shared samplers
+    def predict_x0(self, x: torch.Tensor, t, cond: Conditioning, guidance_scale: float = 0.0) -> torch.Tensor:
+        """x0 (model space, fp32) from ``x`` at timestep ``t``; the time is booked as ``unet``."""
         t0 = self.timer.now()
-        sigma = self.sigma(t)
-        c_in = 1.0 / (sigma ** 2 + 1) ** 0.5
-        x_in = (x * c_in).to(self.dtype)
-        out = self._unet(x_in, t, cond.text, cond.added)
-        if cond.uncond is not None and guidance_scale > 1.0:
-            out_u = self._unet(x_in, t, cond.uncond, cond.uncond_added)
-            out = out_u + guidance_scale * (out - out_u)
-        if self.prediction == "v_prediction":
-            x0 = c_in * x_in.float() - sigma * c_in * out.float()
-        elif self.prediction == "sample":
-            x0 = out.float()
-        else:
-            x0 = x.float() - sigma * out.float()
+        x0 = self._denoise(x, t, self.sigma(t), cond, guidance_scale)
         self.timer.add("unet", self.timer.now() - t0)
         return x0
 
-    def one_step(self, cond: Conditioning, timestep: int | None = None, guidance_scale: float = 0.0
+    def one_step(self, cond: Conditioning, timestep=None, guidance_scale: float = 0.0
                  ) -> Callable[[torch.Tensor], torch.Tensor]:
         """``generate(noise) -> raw x0 latent`` with gradients to the noise (ReNO's generator).
 
-        The UNet backward time is measured by a hook on the noise and added to ``timer['unet']``;
+        The denoiser's backward time is measured by a hook on the noise and added to ``timer['unet']``;
         the hook on the output marks where the reward's backward ends."""
         steps = self.timesteps(1) if timestep is None else [timestep]
         t, scale = steps[0], self.noise_scale(steps)
@@ -217,9 +235,9 @@ class Generator:
         generate.marks = marks  # the reward wrapper sets marks["reward_end"]
         return generate
 
-    def sample(self, x: torch.Tensor, timesteps: list[int], cond: Conditioning, guidance_scale: float = 0.0,
+    def sample(self, x: torch.Tensor, timesteps: list, cond: Conditioning, guidance_scale: float = 0.0,
                x0_hook: Callable[[torch.Tensor, float], torch.Tensor] | None = None) -> torch.Tensor:
-        """Deterministic Euler over ``timesteps`` from ``x`` (sigma space, at sigma(timesteps[0]));
+        """Deterministic Euler over ``timesteps`` from ``x`` (at sigma(timesteps[0]));
         ``x0_hook(x0_model, sigma)`` may replace each step's x0 prediction (safety guidance).
         Returns the final x0 in model space (scaled latents)."""
         x0 = x
@@ -233,19 +251,260 @@ class Generator:
                 x = x0 + self.sigma(timesteps[i + 1]) * (x.float() - x0) / sigma
         return x0
 
-    def noise_scale(self, timesteps: list[int]) -> float:
-        """What unit noise is multiplied by to start at timesteps[0] (call after :meth:`timesteps`)."""
+
+class UNetGenerator(Generator):
+    """SD 1/2, SD-Turbo, SDXL, SDXL-Turbo: a DDPM-trained UNet in the k-diffusion view."""
+
+    def __init__(self, pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None):
+        super().__init__(pipe, pipe.unet, device, resolution, timer)
+        self.unet = pipe.unet
+        self.alphas = self.scheduler.alphas_cumprod.to(torch.float64)
+        self.prediction = self.scheduler.config.get("prediction_type", "epsilon")
+        self.sdxl = getattr(self.unet.config, "addition_embed_type", None) == "text_time"
+
+    @torch.no_grad()
+    def condition(self, prompt: str, guidance_scale: float = 0.0, negative_prompt: str | None = None) -> Conditioning:
+        cfg = guidance_scale > 1.0
+        if self.sdxl:
+            text, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
+                prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+                negative_prompt=negative_prompt)
+            proj = self.pipe.text_encoder_2.config.projection_dim if self.pipe.text_encoder_2 is not None \
+                else int(pooled.shape[-1])
+            size = (self.resolution, self.resolution)
+            ids = self.pipe._get_add_time_ids(size, (0, 0), size, dtype=text.dtype,
+                                              text_encoder_projection_dim=proj).to(self.device)
+            added = {"text_embeds": pooled, "time_ids": ids}
+            uncond_added = {"text_embeds": uncond_pooled, "time_ids": ids} if cfg else None
+            return Conditioning(text, added, uncond if cfg else None, uncond_added)
+        text, uncond = self.pipe.encode_prompt(prompt, self.device, 1, cfg, negative_prompt)
+        return Conditioning(text, None, uncond if cfg else None, None)
+
+    def _timestep(self, t: torch.Tensor) -> int:
+        return int(t)
+
+    def sigma(self, t: int) -> float:
+        a = self.alphas[int(t)]
+        return float(((1 - a) / a).sqrt())
+
+    def _unet(self, x_in: torch.Tensor, t: int, text: torch.Tensor, added: dict | None) -> torch.Tensor:
+        n = x_in.shape[0]
+        kwargs = {}
+        if added is not None:
+            kwargs["added_cond_kwargs"] = {k: v.expand(n, *v.shape[1:]) for k, v in added.items()}
+        t_in = torch.full((n,), int(t), device=self.device, dtype=torch.long)
+        return self.unet(x_in, t_in, encoder_hidden_states=text.expand(n, *text.shape[1:]), **kwargs).sample
+
+    def _denoise(self, x, t, sigma, cond, guidance_scale):
+        c_in = 1.0 / (sigma ** 2 + 1) ** 0.5
+        x_in = (x * c_in).to(self.dtype)
+        out = self._unet(x_in, t, cond.text, cond.added)
+        if cond.uncond is not None and guidance_scale > 1.0:
+            out_u = self._unet(x_in, t, cond.uncond, cond.uncond_added)
+            out = out_u + guidance_scale * (out - out_u)
+        if self.prediction == "v_prediction":
+            return c_in * x_in.float() - sigma * c_in * out.float()
+        if self.prediction == "sample":
+            return out.float()
+        return x.float() - sigma * out.float()
+
+    def noise_scale(self, timesteps: list) -> float:
         init = float(getattr(self.scheduler, "init_noise_sigma", 1.0))
         if getattr(self.scheduler, "sigmas", None) is not None and init != 1.0:
             return init   # Euler family: sigma_max (trailing/linspace) or sqrt(sigma_max^2 + 1)
         return (self.sigma(timesteps[0]) ** 2 + 1) ** 0.5
 
-    def start(self, noise: torch.Tensor, timesteps: list[int], clean: torch.Tensor | None = None) -> torch.Tensor:
-        """The first sampler state: pure noise (scaled as ReNO does), or a clean
-        model-space latent noised to sigma(timesteps[0]) (img2img / ComfyUI denoise)."""
+    def start(self, noise, timesteps, clean=None):
         if clean is None:
             return noise.float() * self.noise_scale(timesteps)
         return clean.float() + self.sigma(timesteps[0]) * noise.float()
+
+
+class FlowGenerator(Generator):
+    """Flow-matching transformers: ``x = (1 - sigma) x0 + sigma noise``, velocity prediction."""
+
+    def __init__(self, pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None):
+        super().__init__(pipe, pipe.transformer, device, resolution, timer)
+        self.transformer = pipe.transformer
+        self.train_steps = self.scheduler.config.num_train_timesteps
+
+    def sigma(self, t: float) -> float:
+        return float(t) / self.train_steps
+
+    def _velocity(self, x: torch.Tensor, t: float, text: torch.Tensor, added: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _denoise(self, x, t, sigma, cond, guidance_scale):
+        x_in = x.to(self.dtype)
+        v = self._velocity(x_in, t, cond.text, cond.added)
+        if cond.uncond is not None and guidance_scale > 1.0:
+            v_u = self._velocity(x_in, t, cond.uncond, cond.uncond_added)
+            v = v_u + guidance_scale * (v - v_u)
+        return x.float() - sigma * v.float()
+
+    def noise_scale(self, timesteps: list) -> float:
+        return 1.0   # the pipelines start from unit noise whatever the first sigma
+
+    def start(self, noise, timesteps, clean=None):
+        if clean is None:
+            return noise.float()
+        sigma = self.sigma(timesteps[0])
+        return (1 - sigma) * clean.float() + sigma * noise.float()
+
+    def _expand(self, tensor: torch.Tensor, n: int) -> torch.Tensor:
+        return tensor.expand(n, *tensor.shape[1:])
+
+
+class FluxGenerator(FlowGenerator):
+    """FLUX.1 (schnell, dev): T5 + CLIP-pooled conditioning, 2x2-packed latent tokens, optional
+    guidance embedding (``embedded_guidance``, for guidance-distilled models such as -dev);
+    ``guidance_scale > 1`` is true CFG against ``negative_prompt`` (or the empty prompt)."""
+
+    def __init__(self, pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None,
+                 max_sequence_length: int = 256, embedded_guidance: float = 3.5):
+        super().__init__(pipe, device, resolution, timer)
+        self.max_sequence_length = max_sequence_length
+        self.embedded_guidance = embedded_guidance
+        h, w = self.latent_shape[1:]
+        self.image_ids = pipe._prepare_latent_image_ids(1, h // 2, w // 2, self.device, self.dtype)
+
+    def native_resolution(self) -> int:
+        return self.pipe.default_sample_size * self.pipe.vae_scale_factor
+
+    def pixel_multiple(self) -> int:
+        return self.pipe.vae_scale_factor * 2
+
+    @torch.no_grad()
+    def condition(self, prompt: str, guidance_scale: float = 0.0, negative_prompt: str | None = None) -> Conditioning:
+        def encode(text: str) -> tuple[torch.Tensor, dict]:
+            embeds, pooled, text_ids = self.pipe.encode_prompt(text, None, device=self.device,
+                                                               max_sequence_length=self.max_sequence_length)
+            return embeds, {"pooled_projections": pooled, "txt_ids": text_ids}
+
+        text, added = encode(prompt)
+        if guidance_scale <= 1.0:
+            return Conditioning(text, added)
+        return Conditioning(text, added, *encode(negative_prompt or ""))
+
+    def _schedule_kwargs(self, total: int) -> dict:
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        c = self.scheduler.config
+        h, w = self.latent_shape[1:]
+        mu = calculate_shift((h // 2) * (w // 2), c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                             c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+        return {"sigmas": np.linspace(1.0, 1 / total, total), "mu": mu}
+
+    def _velocity(self, x, t, text, added):
+        n, c, h, w = x.shape
+        packed = self.pipe._pack_latents(x, n, c, h, w)
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full((n,), self.embedded_guidance, device=self.device, dtype=torch.float32)
+        out = self.transformer(hidden_states=packed, timestep=torch.full((n,), t / 1000, device=self.device,
+                                                                         dtype=x.dtype),
+                               guidance=guidance, pooled_projections=self._expand(added["pooled_projections"], n),
+                               encoder_hidden_states=self._expand(text, n), txt_ids=added["txt_ids"],
+                               img_ids=self.image_ids, return_dict=False)[0]
+        return self.pipe._unpack_latents(out, h * self.pipe.vae_scale_factor, w * self.pipe.vae_scale_factor,
+                                         self.pipe.vae_scale_factor)
+
+
+class SD3Generator(FlowGenerator):
+    """Stable Diffusion 3 / 3.5 (incl. Large-Turbo): two CLIPs + T5, pooled projections, patchified
+    inside the transformer; ``guidance_scale > 1`` is CFG as in the pipeline."""
+
+    def __init__(self, pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None,
+                 max_sequence_length: int = 256):
+        super().__init__(pipe, device, resolution, timer)
+        self.max_sequence_length = max_sequence_length
+
+    def pixel_multiple(self) -> int:
+        return self.pipe.vae_scale_factor * self.denoiser.config.patch_size
+
+    @torch.no_grad()
+    def condition(self, prompt: str, guidance_scale: float = 0.0, negative_prompt: str | None = None) -> Conditioning:
+        cfg = guidance_scale > 1.0
+        text, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
+            prompt, None, None, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+            negative_prompt=negative_prompt, max_sequence_length=self.max_sequence_length)
+        if not cfg:
+            return Conditioning(text, {"pooled_projections": pooled})
+        return Conditioning(text, {"pooled_projections": pooled}, uncond, {"pooled_projections": uncond_pooled})
+
+    def _schedule_kwargs(self, total: int) -> dict:
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+        c = self.scheduler.config
+        if not c.get("use_dynamic_shifting", None):
+            return {}
+        p = self.transformer.config.patch_size
+        h, w = self.latent_shape[1:]
+        return {"mu": calculate_shift((h // p) * (w // p), c.get("base_image_seq_len", 256),
+                                      c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5),
+                                      c.get("max_shift", 1.16))}
+
+    def _velocity(self, x, t, text, added):
+        n = x.shape[0]
+        return self.transformer(hidden_states=x, timestep=torch.full((n,), t, device=self.device, dtype=x.dtype),
+                                encoder_hidden_states=self._expand(text, n),
+                                pooled_projections=self._expand(added["pooled_projections"], n),
+                                return_dict=False)[0]
+
+
+GENERATORS: dict[str, type[Generator]] = {
+    "StableDiffusionPipeline": UNetGenerator,
+    "StableDiffusionXLPipeline": UNetGenerator,
+    "FluxPipeline": FluxGenerator,
+    "StableDiffusion3Pipeline": SD3Generator,
+}
+
+
+def generator_class(pipe) -> type[Generator]:
+    """The :class:`Generator` for ``pipe``'s family (see :data:`GENERATORS`)."""
+    cls = GENERATORS.get(type(pipe).__name__)
+    if cls is None:
+        raise NotImplementedError(f"{type(pipe).__name__} is not supported; supported pipelines: "
+                                  f"{', '.join(sorted(GENERATORS))}")
+    return cls
+
+
+def make_generator(pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None,
+                   **options) -> Generator:
+    """The generator for ``pipe``'s family; ``options`` go to its constructor (FLUX:
+    ``max_sequence_length``, ``embedded_guidance``; SD3: ``max_sequence_length``); options a family
+    does not take are dropped (``None`` means the family's default)."""
+    import inspect
+
+    cls = generator_class(pipe)
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
+    return cls(pipe, device, resolution, timer, **kwargs)
+
+
+def add_pipeline_args(group) -> None:
+    """The generator options every benchmark command shares (an argparse parser or group)."""
+    group.add_argument("--pipeline", required=True,
+                       help="diffusers folder or single-file checkpoint (local): SD/SD-Turbo, SDXL/SDXL-Turbo, "
+                            "FLUX.1-schnell/-dev, SD3/SD3.5")
+    group.add_argument("--pipeline-config", help="diffusers config folder for a single-file checkpoint")
+    group.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    group.add_argument("--device", default="auto")
+    group.add_argument("--max-sequence-length", type=int,
+                       help="T5 tokens for FLUX / SD3 prompts (default 256, as FLUX-schnell)")
+    group.add_argument("--flux-guidance", type=float,
+                       help="embedded guidance of guidance-distilled FLUX models such as -dev (default 3.5)")
+
+
+def generator_from_args(args, device: torch.device, resolution: int | None,
+                        grad_checkpointing: bool = False) -> Generator:
+    """Load ``args.pipeline`` (see :func:`add_pipeline_args`) and wrap it for its family."""
+    pipe = load_pipeline(args.pipeline, device, DTYPES[args.dtype], args.pipeline_config)
+    gen = make_generator(pipe, device, resolution, Timer(device), max_sequence_length=args.max_sequence_length,
+                         embedded_guidance=args.flux_guidance)
+    if grad_checkpointing:
+        gen.denoiser.enable_gradient_checkpointing()
+    return gen
 
 
 def to_pil(images: torch.Tensor) -> list:

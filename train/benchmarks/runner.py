@@ -28,7 +28,7 @@ from latent_clip import load_model
 from latent_clip.reno import optimize_noise
 from latent_clip.rewards import latent_alignment, latent_avoid, pixel_alignment, weighted_sum
 
-from .pipelines import DTYPES, Generator, Timer, load_pipeline, to_pil
+from .pipelines import Generator, Timer, add_pipeline_args, generator_from_args, to_pil
 
 DATA = Path(__file__).parent / "data"  # bundled prompt files (see data/README.md for sources and licences)
 
@@ -66,12 +66,10 @@ class Rank:
 # ---------------------------------------------------------------- arguments
 def add_common_args(p: argparse.ArgumentParser, reno: bool = True) -> None:
     g = p.add_argument_group("generator")
-    g.add_argument("--pipeline", required=True, help="diffusers folder or single-file checkpoint (local)")
-    g.add_argument("--pipeline-config", help="diffusers config folder for a single-file checkpoint")
-    g.add_argument("--resolution", type=int, help="pixels (default: the UNet's native size)")
-    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    g.add_argument("--device", default="auto")
-    g.add_argument("--grad-checkpointing", action="store_true", help="UNet gradient checkpointing (ReNO memory)")
+    add_pipeline_args(g)
+    g.add_argument("--resolution", type=int, help="pixels (default: the model's native size)")
+    g.add_argument("--grad-checkpointing", action="store_true",
+                   help="UNet / transformer gradient checkpointing (ReNO memory)")
     g.add_argument("--cfg", type=float, default=0.0, help="CFG scale (<= 1: off, as turbo models)")
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--outdir", required=True)
@@ -121,10 +119,7 @@ class Setup:
 def setup(args) -> Setup:
     rank = Rank.from_env()
     device = rank.device(args.device)
-    pipe = load_pipeline(args.pipeline, device, DTYPES[args.dtype], args.pipeline_config)
-    if getattr(args, "grad_checkpointing", False):
-        pipe.unet.enable_gradient_checkpointing()
-    gen = Generator(pipe, device, args.resolution, Timer(device))
+    gen = generator_from_args(args, device, args.resolution, getattr(args, "grad_checkpointing", False))
     latent = pixel = None
     if getattr(args, "latent_clip", None):
         latent = load_model(args.latent_clip, config=args.latent_clip_config, device=device, vae_encoder=False)

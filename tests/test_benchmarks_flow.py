@@ -1,0 +1,207 @@
+"""FLUX- and SD3-class (flow-matching transformer) pipelines: tiny, randomly initialised, saved in the
+real diffusers layouts with an offline T5 tokenizer; our generators must reproduce each pipeline's
+own sampling loop, give raw latents with gradients to the noise, and drive a benchmark run with a
+16-channel Latent-CLIP."""
+import json
+import string
+from pathlib import Path
+
+import pytest
+import torch
+
+import latent_clip
+from test_benchmarks_fixtures import text_encoder, write_tokenizer
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def write_t5_tokenizer(folder: Path):
+    """A T5 (Unigram, SentencePiece-style) fast tokenizer built offline: letters, digits, punctuation."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(c, -3.0) for c in string.ascii_letters + string.digits + string.punctuation]
+    pieces += [("▁" + c, -2.5) for c in string.ascii_lowercase]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    t5 = T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0)
+    t5.save_pretrained(str(folder))
+    return T5TokenizerFast.from_pretrained(str(folder), local_files_only=True)
+
+
+def t5_encoder(tok, seed: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
+                                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+
+
+def vae16(scaling: float, shift: float, seed: int = 0):
+    """A 16-channel VAE (f=8) without quant convs, as FLUX's and SD3's."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=16,
+                         norm_num_groups=4, sample_size=64, scaling_factor=scaling, shift_factor=shift,
+                         use_quant_conv=False, use_post_quant_conv=False)
+
+
+def build_flux(folder: Path, dev: bool = False, seed: int = 0) -> Path:
+    """FLUX.1-schnell-shaped (``dev``: guidance embedding + resolution-dependent shift, as -dev):
+    CLIP + T5 text encoders, a 1+1-block transformer on 2x2-packed 16-channel latents,
+    FLUX's VAE scaling (0.3611) and shift (0.1159)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    clip_tok = write_tokenizer(folder / "_tok")
+    t5_tok = write_t5_tokenizer(folder / "_t5tok")
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, guidance_embeds=dev, axes_dims_rope=(4, 6, 6))
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=dev,
+                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae16(0.3611, 0.1159, seed), text_encoder=text_encoder(clip_tok),
+                        tokenizer=clip_tok, text_encoder_2=t5_encoder(t5_tok, seed), tokenizer_2=t5_tok,
+                        transformer=transformer)
+    pipe.save_pretrained(str(folder))
+    return folder
+
+
+def build_sd3(folder: Path, seed: int = 0) -> Path:
+    """SD3-shaped: two projected CLIPs + T5, a 1-block MMDiT (patch 2), shift 3, SD3's VAE factors."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    clip_tok = write_tokenizer(folder / "_tok")
+    t5_tok = write_t5_tokenizer(folder / "_t5tok")
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                        caption_projection_dim=16, pooled_projection_dim=32, out_channels=16,
+                                        pos_embed_max_size=16)
+    pipe = StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0), vae=vae16(1.5305, 0.0609, seed),
+        text_encoder=text_encoder(clip_tok, projection=16, hidden=16, seed=seed), tokenizer=clip_tok,
+        text_encoder_2=text_encoder(clip_tok, projection=16, hidden=16, seed=seed + 1), tokenizer_2=clip_tok,
+        text_encoder_3=t5_encoder(t5_tok, seed), tokenizer_3=t5_tok, transformer=transformer)
+    pipe.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def flux(tmp_path_factory):
+    return build_flux(tmp_path_factory.mktemp("flux") / "schnell")
+
+
+def pipeline_latents(pipe, noise_packed_or_not, prompt, steps, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        return pipe(prompt, height=64, width=64, num_inference_steps=steps, latents=noise_packed_or_not,
+                    output_type="latent", max_sequence_length=32, **kwargs).images
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_flux_generator_reproduces_the_pipeline_loop(flux, steps):
+    from train.benchmarks.pipelines import FluxGenerator, load_pipeline, make_generator
+
+    gen = make_generator(load_pipeline(flux), "cpu", 64, max_sequence_length=32)
+    assert isinstance(gen, FluxGenerator) and gen.latent_shape == (16, 8, 8)
+    timesteps = gen.timesteps(steps)
+    assert timesteps[0] == 1000.0 and len(timesteps) == steps
+    noise = gen.noise([0, 1])
+    cond = gen.condition("a red cube")
+    with torch.no_grad():
+        ours = gen.sample(gen.start(noise, timesteps), timesteps, cond)
+    packed = gen.pipe._pack_latents(noise, 2, 16, 8, 8)
+    theirs = gen.pipe._unpack_latents(pipeline_latents(gen.pipe, packed, "a red cube", steps), 64, 64, 8)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    if steps == 1:  # ReNO's generator: raw latents (scaled / 0.3611 + 0.1159), gradients to the noise
+        e = noise.clone().requires_grad_(True)
+        raw = gen.one_step(cond)(e)
+        torch.testing.assert_close(raw.detach(), theirs / 0.3611 + 0.1159, rtol=1e-4, atol=1e-4)
+        raw.square().sum().backward()
+        assert e.grad is not None and e.grad.abs().sum() > 0
+        assert gen.timer.seconds["unet"] > 0
+
+
+def test_flux_dev_guidance_embedding_and_resolution_shift(tmp_path):
+    """Guidance-distilled FLUX: the embedded guidance reaches the transformer (it changes the output)
+    and the dynamic (resolution-dependent) shift matches the pipeline's schedule."""
+    from train.benchmarks.pipelines import load_pipeline, make_generator
+
+    pipe = load_pipeline(build_flux(tmp_path / "dev", dev=True, seed=1))
+    gen = make_generator(pipe, "cpu", 64, max_sequence_length=32, embedded_guidance=2.0)
+    timesteps = gen.timesteps(2)
+    noise = gen.noise([5])
+    cond = gen.condition("a cat")
+    with torch.no_grad():
+        ours = gen.sample(gen.start(noise, timesteps), timesteps, cond)
+    theirs = pipe._unpack_latents(pipeline_latents(pipe, pipe._pack_latents(noise, 1, 16, 8, 8), "a cat", 2,
+                                                   guidance_scale=2.0), 64, 64, 8)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    gen.embedded_guidance = 7.0
+    with torch.no_grad():
+        assert not torch.allclose(gen.sample(gen.start(noise, timesteps), timesteps, cond), ours, atol=1e-4)
+
+
+def test_sd3_generator_reproduces_the_pipeline_loop_with_cfg(tmp_path):
+    from train.benchmarks.pipelines import SD3Generator, load_pipeline, make_generator
+
+    pipe = load_pipeline(build_sd3(tmp_path / "sd3"))
+    gen = make_generator(pipe, "cpu", 64, max_sequence_length=32, embedded_guidance=3.5)  # FLUX-only option dropped
+    assert isinstance(gen, SD3Generator)
+    timesteps = gen.timesteps(2)
+    noise = gen.noise([2, 3])
+    cond = gen.condition("two dogs", guidance_scale=2.0)
+    assert cond.uncond is not None
+    with torch.no_grad():
+        ours = gen.sample(gen.start(noise, timesteps), timesteps, cond, guidance_scale=2.0)
+    theirs = pipeline_latents(pipe, noise, ["two dogs"] * 2, 2, guidance_scale=2.0)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        make_generator(pipe, "cpu", 72)
+
+
+def test_unsupported_pipelines_are_named():
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from train.benchmarks.pipelines import make_generator
+
+    unet = UNet2DModel(sample_size=8, block_out_channels=(8, 8), down_block_types=("DownBlock2D",) * 2,
+                       up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, layers_per_block=1)
+    with pytest.raises(NotImplementedError, match="DDPMPipeline is not supported; supported pipelines: FluxPipeline"):
+        make_generator(DDPMPipeline(unet, DDPMScheduler()))
+
+
+def test_geneval_on_flux_with_a_16_channel_latent_clip(flux, tmp_path):
+    """The whole benchmark path on a FLUX-class model: ReNO with a flux-family Latent-CLIP, the
+    GenEval layout, per-image records with the time breakdown."""
+    from train.benchmarks import geneval
+
+    torch.manual_seed(0)
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 1,
+                                           "latent_family": "flux", "latent_n_channels": 16, "latent_factor": 8},
+           "text_cfg": {"width": 64, "heads": 1, "layers": 1}}
+    model = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(cfg)).eval()
+    latent_clip.save_export(model, tmp_path / "lc_flux.safetensors")
+    out = tmp_path / "out"
+    geneval.main(["--pipeline", str(flux), "--resolution", "64", "--max-sequence-length", "32",
+                  "--limit", "2",
+                  "--latent-clip", str(tmp_path / "lc_flux.safetensors"), "--latent-weight", "1.0",
+                  "--iterations", "4", "--lr", "5.0", "--samples", "2", "--outdir", str(out), "--device", "cpu",
+                  "--summary-wait", "60"])
+    for i in range(2):
+        folder = out / f"{i:05d}"
+        assert json.loads((folder / "metadata.jsonl").read_text())["prompt"]
+        assert sorted(p.name for p in (folder / "samples").iterdir()) == ["0000.png", "0001.png"]
+    records = [json.loads(line) for p in out.glob("results.rank*.jsonl") for line in p.read_text().splitlines()]
+    assert len(records) == 4
+    for r in records:
+        assert r["iterations"] == 4 and r["time"]["unet"] > 0 and r["time"]["reward"] > 0
+        assert r["losses"]["latent_clip"]["best"] <= r["losses"]["latent_clip"]["initial"] + 1e-6
+    assert (out / "summary.json").is_file()
