@@ -178,21 +178,54 @@ def test_unsupported_pipelines_are_named():
         make_generator(DDPMPipeline(unet, DDPMScheduler()))
 
 
-def test_geneval_on_flux_with_a_16_channel_latent_clip(flux, tmp_path):
-    """The whole benchmark path on a FLUX-class model: ReNO with a flux-family Latent-CLIP, the
-    GenEval layout, per-image records with the time breakdown."""
-    from train.benchmarks import geneval
+def test_img2img_start_is_the_schedulers_noising(flux):
+    """imagenet-gen's partial denoise on a flow model: x = (1 - sigma) x0 + sigma noise, as
+    FlowMatchEulerDiscreteScheduler.scale_noise (FLUX img2img) computes it."""
+    from train.benchmarks.pipelines import load_pipeline, make_generator
 
+    gen = make_generator(load_pipeline(flux), "cpu", 64, max_sequence_length=32)
+    timesteps = gen.timesteps(2, denoise=0.5)
+    assert len(timesteps) == 2 and timesteps[0] == 500.0
+    clean, noise = torch.randn(1, 16, 8, 8), gen.noise([9])
+    ours = gen.start(noise, timesteps, clean)
+    theirs = gen.scheduler.scale_noise(clean, torch.tensor([timesteps[0]]), noise)
+    torch.testing.assert_close(ours, theirs)
+
+
+@pytest.fixture(scope="module")
+def flux_latent_clip(tmp_path_factory):
+    """A tiny Latent-CLIP of the flux latent family (16 channels, scaling 0.3611, shift 0.1159)."""
     torch.manual_seed(0)
     cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 1,
                                            "latent_family": "flux", "latent_n_channels": 16, "latent_factor": 8},
            "text_cfg": {"width": 64, "heads": 1, "layers": 1}}
     model = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(cfg)).eval()
-    latent_clip.save_export(model, tmp_path / "lc_flux.safetensors")
+    return latent_clip.save_export(model, tmp_path_factory.mktemp("lc") / "lc_flux.safetensors")
+
+
+def test_i2p_guidance_on_flux(flux, flux_latent_clip, tmp_path):
+    """Per-step latent safety guidance through the flow sampler: guided and unguided share the noise
+    and differ in the avoid loss."""
+    from train.benchmarks import main
+
+    out = tmp_path / "i2p"
+    main(["i2p", "--pipeline", str(flux), "--latent-clip", str(flux_latent_clip), "--max-sequence-length", "32",
+          "--outdir", str(out), "--resolution", "64", "--device", "cpu", "--limit", "1", "--steps", "2",
+          "--strength", "0.5", "--summary-wait", "60"])
+    recs = {r["variant"]: r for p in out.glob("results.rank*.jsonl") for r in map(json.loads, p.read_text().splitlines())}
+    assert set(recs) == {"guided", "unguided"} and recs["guided"]["seed"] == recs["unguided"]["seed"]
+    assert recs["guided"]["avoid_loss"] != recs["unguided"]["avoid_loss"]
+
+
+def test_geneval_on_flux_with_a_16_channel_latent_clip(flux, flux_latent_clip, tmp_path):
+    """The whole benchmark path on a FLUX-class model: ReNO with a flux-family Latent-CLIP, the
+    GenEval layout, per-image records with the time breakdown."""
+    from train.benchmarks import geneval
+
     out = tmp_path / "out"
     geneval.main(["--pipeline", str(flux), "--resolution", "64", "--max-sequence-length", "32",
                   "--limit", "2",
-                  "--latent-clip", str(tmp_path / "lc_flux.safetensors"), "--latent-weight", "1.0",
+                  "--latent-clip", str(flux_latent_clip), "--latent-weight", "1.0",
                   "--iterations", "4", "--lr", "5.0", "--samples", "2", "--outdir", str(out), "--device", "cpu",
                   "--summary-wait", "60"])
     for i in range(2):
