@@ -68,13 +68,19 @@ def build_sd15_checkpoint(path: Path) -> None:
     os.replace(tmp, path)
 
 
-@pytest.fixture(scope="module")
-def sd15_server(comfy_server):
+def sd15_checkpoint() -> Path:
+    """The cached random SD1.5 checkpoint, built first if missing (needs ComfyUI's classes)."""
     require_comfyui()
     if not CKPT_CACHE.is_file():
         code = ("import sys; sys.path[:0] = ['tests', '.']; import test_reno_http as t; "
                 f"t.build_sd15_checkpoint(t.Path({str(CKPT_CACHE)!r}))")
         subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=600)
+    return CKPT_CACHE
+
+
+@pytest.fixture(scope="module")
+def sd15_server(comfy_server):
+    sd15_checkpoint()
     folder = comfy_server.models_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / CKPT_NAME).exists():

@@ -39,13 +39,15 @@ MODULES = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text
 
 def load_pipeline(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32, config: str | None = None):
     """A diffusers text-to-image pipeline from local files only: a diffusers folder
-    (``model_index.json``) or a single-file checkpoint (``config``: a diffusers folder holding its
-    configs, needed offline; its ``model_index.json`` names the pipeline class, else SDXL then SD 1/2
-    are tried). Parameters are frozen; the VAE is kept in fp32 when ``dtype`` is fp16 (SDXL's VAE
+    (``model_index.json``) or a single-file checkpoint plus ``config``, the model's diffusers folder
+    holding its configs (its ``model_index.json`` names the pipeline class). Parameters are frozen; the VAE is kept in fp32 when ``dtype`` is fp16 (SDXL's VAE
     overflows in fp16 unless it is the fp16-fix one)."""
     import diffusers
 
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"pipeline {path}: no such file or folder (expected a diffusers folder with "
+                                "model_index.json, or a single-file checkpoint)")
     if path.is_dir():
         pipe = diffusers.AutoPipelineForText2Image.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype)
     else:
@@ -66,17 +68,16 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None):
 
     import diffusers
 
-    kwargs = {"config": config} if config else {}
-    index = Path(config) / "model_index.json" if config else None
-    if index is not None and index.is_file():
-        cls = getattr(diffusers, json.loads(index.read_text())["_class_name"])
-        return cls.from_single_file(str(path), local_files_only=True, torch_dtype=dtype, **kwargs)
-    try:
-        return diffusers.StableDiffusionXLPipeline.from_single_file(str(path), local_files_only=True,
-                                                                   torch_dtype=dtype, **kwargs)
-    except Exception:  # noqa: BLE001 - not an SDXL checkpoint: try SD 1/2
-        return diffusers.StableDiffusionPipeline.from_single_file(str(path), local_files_only=True,
-                                                                 torch_dtype=dtype, **kwargs)
+    if config is None:
+        raise ValueError(f"{path} is a single-file checkpoint: offline, diffusers needs its configs; pass "
+                         "--pipeline-config FOLDER (the model's diffusers folder without weights: model_index.json, "
+                         "unet|transformer/, vae/, text_encoder*/, tokenizer*/, scheduler/ configs)")
+    index = Path(config) / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"--pipeline-config {config}: no model_index.json there (expected the model's "
+                                "diffusers folder; its weights are not needed)")
+    cls = getattr(diffusers, json.loads(index.read_text())["_class_name"])
+    return cls.from_single_file(str(path), config=str(config), local_files_only=True, torch_dtype=dtype)
 
 
 class Timer:
