@@ -5,9 +5,12 @@ the latent is better, differentiable w.r.t. the latents. Models are arguments (n
 downloaded here), device and dtype come from the inputs, weights are a dict
 (:func:`weighted_sum`), and the noise-norm regulariser is its own function.
 
-Losses follow ReNO (arXiv 2406.04312, ``rewards/clip.py``): CLIPScore is
-``100 - exp(logit_scale) * cos``, so a perfect match costs 0 and weights are comparable with
-ReNO's (``w = 0.01`` for CLIPScore).
+Losses follow ReNO (arXiv 2406.04312, ``rewards/*.py``): CLIPScore is
+``100 - exp(logit_scale) * cos``, PickScore ``30 - exp(logit_scale) * cos``, HPSv2 ``1 - cos``, so
+weights are comparable with ReNO's (``w = 0.01`` CLIPScore, ``0.05`` PickScore, ``5.0`` HPS).
+
+Pixel rewards are :data:`ImageRewardFn` (images in [0, 1] -> (B,)); :func:`on_decoded` turns several
+of them into latent rewards that share one VAE decode per latents tensor.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from .safety import Concept, parse_concepts
 
 RewardFn = Callable[[torch.Tensor], torch.Tensor]
+ImageRewardFn = Callable[[torch.Tensor], torch.Tensor]  # images in [0, 1] (B, 3, H, W) -> (B,) loss
 
 # open_clip's OPENAI_DATASET_MEAN/STD, the default when a model does not carry its own
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -27,13 +31,19 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def clip_score_loss(features: torch.Tensor, text_features: torch.Tensor,
-                    logit_scale: torch.Tensor) -> torch.Tensor:
-    """ReNO's CLIPScore loss ``100 - exp(logit_scale) * cos``, per sample.
+                    logit_scale: torch.Tensor, offset: float = 100.0) -> torch.Tensor:
+    """ReNO's CLIPScore loss ``offset - exp(logit_scale) * cos``, per sample (``offset`` 100 for
+    CLIPScore, 30 for PickScore).
 
     ``features`` (B, D) and ``text_features`` (1 or B, D) are L2-normalised; ``logit_scale`` is
-    the log scale (open_clip's parameter)."""
+    the log scale (open_clip's and transformers' parameter)."""
     cos = (features * text_features.to(features.dtype)).sum(-1)
-    return 100 - logit_scale.exp().to(cos.dtype) * cos
+    return offset - logit_scale.exp().to(cos.dtype) * cos
+
+
+def hps_loss(features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """ReNO's HPSv2 loss ``1 - cos``, per sample (no logit scale); shapes as :func:`clip_score_loss`."""
+    return 1 - (features * text_features.to(features.dtype)).sum(-1)
 
 
 def concept_loss(features: torch.Tensor, concept_features: torch.Tensor, neutral_features: torch.Tensor,
@@ -98,14 +108,13 @@ def latent_avoid(model, concepts: "str | Sequence[Concept]") -> RewardFn:
     return loss
 
 
-def clip_preprocess(images: torch.Tensor, size: int, mean: Sequence[float] = CLIP_MEAN,
-                    std: Sequence[float] = CLIP_STD) -> torch.Tensor:
-    """Images in [-1, 1] (B, 3, H, W) -> CLIP input: [0, 1], bicubic resize of the short side,
-    centre crop, normalise (ReNO's shared preprocess). Differentiable."""
-    x = (images / 2 + 0.5).clamp(0, 1)
-    h, w = x.shape[-2:]
+def clip_normalise(images: torch.Tensor, size: int, mean: Sequence[float] = CLIP_MEAN,
+                   std: Sequence[float] = CLIP_STD) -> torch.Tensor:
+    """Images in [0, 1] (B, 3, H, W) -> CLIP input (B, 3, size, size): bicubic resize of the short
+    side, centre crop, normalise with ``mean``/``std`` (ReNO's shared preprocess). Differentiable."""
+    h, w = images.shape[-2:]
     scale = size / min(h, w)
-    x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bicubic",
+    x = F.interpolate(images, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bicubic",
                       align_corners=False, antialias=True)
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
     x = x[..., top:top + size, left:left + size]
@@ -114,25 +123,70 @@ def clip_preprocess(images: torch.Tensor, size: int, mean: Sequence[float] = CLI
     return (x - m) / s
 
 
-def pixel_alignment(clip_model, tokenizer, prompt: str, decode: Callable[[torch.Tensor], torch.Tensor]) -> RewardFn:
-    """The pixel path, for comparisons: ``decode`` (raw latents -> images in [-1, 1]), then an
-    open_clip model's image tower and ReNO's CLIPScore loss. Costs a VAE decode forward and
-    backward per call (see PERF-ANCHORS.md: ~2.4x an SD-Turbo UNet step on CPU)."""
+def clip_preprocess(images: torch.Tensor, size: int, mean: Sequence[float] = CLIP_MEAN,
+                    std: Sequence[float] = CLIP_STD) -> torch.Tensor:
+    """Images in [-1, 1] (a VAE decode) -> ``(x / 2 + 0.5).clamp(0, 1)`` -> :func:`clip_normalise`."""
+    return clip_normalise((images / 2 + 0.5).clamp(0, 1), size, mean, std)
+
+
+def _open_clip_scorer(clip_model, tokenizer, prompt: str):
+    """(images in [0, 1] -> normalised image features (B, D), normalised text features (1, D))."""
     visual = clip_model.visual
     size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else int(visual.image_size)
     cfg = getattr(visual, "preprocess_cfg", None) or {}
     mean, std = cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD)
-    device = next(clip_model.parameters()).device
+    param = next(clip_model.parameters())
     with torch.inference_mode(False), torch.no_grad():
-        text = F.normalize(clip_model.encode_text(tokenizer([prompt]).to(device)), dim=-1).detach()
+        text = F.normalize(clip_model.encode_text(tokenizer([prompt]).to(param.device)).float(), dim=-1).detach()
 
-    def loss(latents: torch.Tensor) -> torch.Tensor:
-        images = clip_preprocess(decode(latents), size, mean, std)
-        dtype = next(clip_model.parameters()).dtype
-        features = F.normalize(clip_model.encode_image(images.to(device=device, dtype=dtype)), dim=-1)
-        return clip_score_loss(features, text, clip_model.logit_scale).to(latents.device)
+    def image_features(images: torch.Tensor) -> torch.Tensor:
+        x = clip_normalise(images, size, mean, std).to(device=param.device, dtype=param.dtype)
+        return F.normalize(clip_model.encode_image(x).float(), dim=-1)
 
-    return loss
+    return image_features, text
+
+
+def clip_image_reward(clip_model, tokenizer, prompt: str) -> ImageRewardFn:
+    """An open_clip model's CLIPScore loss (:func:`clip_score_loss`, offset 100) on images in [0, 1],
+    preprocessed with the model's size and mean/std; the prompt is encoded once, here."""
+    features, text = _open_clip_scorer(clip_model, tokenizer, prompt)
+    return lambda images: clip_score_loss(features(images), text, clip_model.logit_scale.float())
+
+
+def hps_image_reward(clip_model, tokenizer, prompt: str) -> ImageRewardFn:
+    """HPSv2 (an open_clip model with HPS weights): :func:`hps_loss` ``1 - cos`` on images in [0, 1]."""
+    features, text = _open_clip_scorer(clip_model, tokenizer, prompt)
+    return lambda images: hps_loss(features(images), text)
+
+
+def on_decoded(rewards: Mapping[str, ImageRewardFn], decode: Callable[[torch.Tensor], torch.Tensor]
+               ) -> dict[str, RewardFn]:
+    """Pixel rewards as latent rewards (raw latents -> (B,), on the latents' device) sharing one decode.
+
+    ``decode`` (raw latents -> images in [-1, 1]) runs once per latents tensor: its output, mapped
+    to ``(x / 2 + 0.5).clamp(0, 1)``, is kept for the last tensor seen (same object, same in-place
+    version, same grad mode), so the terms of one :func:`weighted_sum` call decode once and
+    backpropagate through one graph."""
+    last: dict = {}
+
+    def images(latents: torch.Tensor) -> torch.Tensor:
+        key = (latents._version, torch.is_grad_enabled())
+        if last.get("latents") is not latents or last.get("key") != key:
+            last.clear()  # drop the previous graph before building the next one
+            last.update(latents=latents, key=key, images=(decode(latents).float() / 2 + 0.5).clamp(0, 1))
+        return last["images"]
+
+    def term(fn: ImageRewardFn) -> RewardFn:
+        return lambda latents: fn(images(latents)).to(latents.device)
+
+    return {name: term(fn) for name, fn in rewards.items()}
+
+
+def pixel_alignment(clip_model, tokenizer, prompt: str, decode: Callable[[torch.Tensor], torch.Tensor]) -> RewardFn:
+    """The pixel path, for comparisons: ``decode`` (raw latents -> images in [-1, 1]), then an
+    open_clip model's image tower and ReNO's CLIPScore loss. Costs a VAE decode forward and
+    backward per call (see PERF-ANCHORS.md: ~2.4x an SD-Turbo UNet step on CPU)."""
+    return on_decoded({"clip": clip_image_reward(clip_model, tokenizer, prompt)}, decode)["clip"]
 
 
 def weighted_sum(rewards: Mapping[str, RewardFn], weights: Mapping[str, float]) -> RewardFn:

@@ -26,8 +26,9 @@ from tqdm import tqdm
 
 from latent_clip import load_model
 from latent_clip.reno import optimize_noise
-from latent_clip.rewards import latent_alignment, latent_avoid, pixel_alignment, weighted_sum
+from latent_clip.rewards import latent_alignment, latent_avoid, on_decoded, weighted_sum
 
+from . import pixel_rewards
 from .pipelines import Generator, Timer, add_pipeline_args, generator_from_args, to_pil
 
 DATA = Path(__file__).parent / "data"  # bundled prompt files (see data/README.md for sources and licences)
@@ -79,15 +80,13 @@ def add_common_args(p: argparse.ArgumentParser, reno: bool = True) -> None:
     g.add_argument("--batch-size", type=int, default=1, help="samples rendered together")
     g.add_argument("--summary-wait", type=float, default=600.0,
                    help="rank 0 waits this long for other ranks before summarising")
-    r = p.add_argument_group("rewards (Latent-CLIP on raw latents; pixel open_clip via VAE decode)")
+    r = p.add_argument_group("rewards (Latent-CLIP on raw latents; pixel rewards share one VAE decode)")
     r.add_argument("--latent-clip", help="Latent-CLIP weights (export / official checkpoint)")
     r.add_argument("--latent-clip-config", help="config name/JSON when the weights do not say")
     r.add_argument("--latent-weight", type=float, default=0.01, help="weight of Latent-CLIP CLIPScore loss")
     r.add_argument("--avoid", help="concepts to avoid, one per line or ';'-separated ('name | counter')")
     r.add_argument("--avoid-weight", type=float, default=1.0)
-    r.add_argument("--pixel-clip", help="open_clip model name / JSON config for a pixel CLIPScore reward")
-    r.add_argument("--pixel-checkpoint", help="local weights of the pixel CLIP")
-    r.add_argument("--pixel-weight", type=float, default=0.01)
+    pixel_rewards.add_args(r)
     if reno:
         o = p.add_argument_group("ReNO (latent_clip.reno.optimize_noise)")
         o.add_argument("--iterations", type=int, default=50, help="0: no ReNO (baseline, same seeds)")
@@ -109,7 +108,7 @@ class Setup:
     device: torch.device
     gen: Generator
     latent_clip: object = None
-    pixel: tuple | None = None   # (model, tokenizer)
+    pixel: dict = field(default_factory=dict)   # term name -> pixel_rewards.PixelTerm
 
     @property
     def timer(self) -> Timer:
@@ -120,7 +119,7 @@ def setup(args) -> Setup:
     rank = Rank.from_env()
     device = rank.device(args.device)
     gen = generator_from_args(args, device, args.resolution, getattr(args, "grad_checkpointing", False))
-    latent = pixel = None
+    latent = None
     if getattr(args, "latent_clip", None):
         latent = load_model(args.latent_clip, config=args.latent_clip_config, device=device, vae_encoder=False)
         latent.eval().requires_grad_(False)
@@ -133,37 +132,29 @@ def setup(args) -> Setup:
             warnings.warn(f"{args.latent_clip} was trained on {family.description} latents (scaling "
                           f"{family.scaling_factor}); the pipeline's VAE has scaling {gen.vae.config.scaling_factor}: "
                           "a different latent space, rewards may be meaningless", stacklevel=2)
-    if getattr(args, "pixel_clip", None):
-        import open_clip
-
-        from ..models import load_pixel_model
-
-        model = load_pixel_model(args.pixel_clip, args.pixel_checkpoint, device)
-
-        def tokenizer(texts, _ctx=model.context_length):
-            return open_clip.tokenize(texts, context_length=_ctx)
-        pixel = (model, tokenizer)
+    pixel = pixel_rewards.load(args, device, gen.dtype)
     return Setup(rank, device, gen, latent, pixel)
 
 
 def reward_terms(s: Setup, args, prompt: str) -> tuple[dict, dict]:
-    """Named loss callables (raw latents -> (B,)) and their weights for one prompt."""
+    """Named loss callables (raw latents -> (B,)) and their weights for one prompt; the pixel terms
+    decode each latents tensor once between them."""
     terms, weights = {}, {}
     if s.latent_clip is not None and args.latent_weight:
         terms["latent_clip"], weights["latent_clip"] = latent_alignment(s.latent_clip, prompt), args.latent_weight
     if s.latent_clip is not None and getattr(args, "avoid", None) and args.avoid_weight:
         terms["avoid"], weights["avoid"] = latent_avoid(s.latent_clip, concepts_text(args.avoid)), args.avoid_weight
-    if s.pixel is not None and args.pixel_weight:
+    if s.pixel:
         timer = s.timer
 
-        def decode(raw):
+        def decode(raw):  # once per latents tensor, shared by every pixel term (on_decoded)
             t0 = timer.now()
             images = s.gen.decode(raw)
             timer.add("decode", timer.now() - t0)
             timer.add("reward", -(timer.now() - t0))  # counted as decode, not reward
             return images
-        terms["pixel_clip"] = pixel_alignment(s.pixel[0], s.pixel[1], prompt, decode)
-        weights["pixel_clip"] = args.pixel_weight
+        terms.update(on_decoded({n: t.make(prompt) for n, t in s.pixel.items()}, decode))
+        weights.update({n: t.weight for n, t in s.pixel.items()})
     return terms, weights
 
 
@@ -199,7 +190,8 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
     terms, weights = reward_terms(s, args, prompt)
     if args.iterations > 0:
         if not terms:
-            raise ValueError("ReNO needs a reward: give --latent-clip and/or --pixel-clip (or --iterations 0)")
+            raise ValueError("ReNO needs a reward: give --latent-clip, --pixel-clip, --hps-checkpoint, --pickscore "
+                             "or --reward-module (or --iterations 0)")
         total = timed(weighted_sum(terms, weights), s.timer, generate.marks)
         first = {}
 
@@ -218,8 +210,9 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
     losses = {}
     t0 = s.timer.now()
     with torch.no_grad():
-        for name, fn in terms.items():
-            losses[name] = {"initial": fn(initial).float().tolist(), "best": fn(best).float().tolist()}
+        for key, latents in (("initial", initial), ("best", best)):  # latents outermost: one decode each
+            for name, fn in terms.items():
+                losses.setdefault(name, {})[key] = fn(latents).float().tolist()
         if terms:
             losses["total"] = {k: [sum(weights[n] * losses[n][k][i] for n in terms) for i in range(len(seeds))]
                                for k in ("initial", "best")}
