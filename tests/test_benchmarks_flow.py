@@ -238,3 +238,31 @@ def test_geneval_on_flux_with_a_16_channel_latent_clip(flux, flux_latent_clip, t
         assert r["iterations"] == 4 and r["time"]["unet"] > 0 and r["time"]["reward"] > 0
         assert r["losses"]["latent_clip"]["best"] <= r["losses"]["latent_clip"]["initial"] + 1e-6
     assert (out / "summary.json").is_file()
+
+
+def test_final_steps_render_the_noise_with_more_steps(flux, flux_latent_clip, tmp_path):
+    """ReNO's multi-apply (FLUX-schnell: optimise with 1 step, save a 4-step render): the recorded
+    baseline reward is the reward of the N-step render of the seed's noise."""
+    from latent_clip.rewards import latent_alignment
+    from train.benchmarks import geneval
+    from train.benchmarks.pipelines import load_pipeline, make_generator
+    from train.benchmarks.runner import render_steps
+
+    common = ["--pipeline", str(flux), "--resolution", "64", "--max-sequence-length", "32", "--limit", "1",
+              "--latent-clip", str(flux_latent_clip), "--latent-weight", "1.0", "--device", "cpu",
+              "--summary-wait", "60", "--seed", "4"]
+    geneval.main([*common, "--iterations", "0", "--final-steps", "3", "--outdir", str(tmp_path / "base")])
+    geneval.main([*common, "--iterations", "3", "--final-steps", "3", "--outdir", str(tmp_path / "reno")])
+    base, reno = ([json.loads(line) for p in (tmp_path / d).glob("results.rank*.jsonl")
+                   for line in p.read_text().splitlines()][0] for d in ("base", "reno"))
+    gen = make_generator(load_pipeline(flux), "cpu", 64, max_sequence_length=32)
+    prompt = (geneval.default_metadata().read_text().splitlines()[0])
+    prompt = json.loads(prompt)["prompt"]
+    cond = gen.condition(prompt)
+    three, one = render_steps(gen, cond, gen.noise([4]), 3, 0.0), render_steps(gen, cond, gen.noise([4]), 1, 0.0)
+    assert not torch.allclose(three, one, atol=1e-3)
+    model = latent_clip.load_model(flux_latent_clip, vae_encoder=False).eval()
+    with torch.no_grad():
+        expected = latent_alignment(model, prompt)(three).item()
+    assert base["losses"]["latent_clip"]["initial"] == pytest.approx(expected, abs=1e-3)
+    assert reno["losses"]["latent_clip"]["initial"] == pytest.approx(expected, abs=1e-3)  # same seed, same render

@@ -94,6 +94,9 @@ def add_common_args(p: argparse.ArgumentParser, reno: bool = True) -> None:
         o.add_argument("--momentum", type=float, default=0.9)
         o.add_argument("--grad-clip", type=float, default=0.1)
         o.add_argument("--reg-weight", type=float, default=0.01)
+        o.add_argument("--final-steps", type=int, default=1,
+                       help="render the initial and the optimised noise with this many steps for the saved images "
+                            "and recorded rewards (ReNO's multi-apply; FLUX-schnell: 4); ReNO itself uses 1 step")
         o.add_argument("--baseline-dir", help="also save the iteration-0 (no-ReNO) images here, same layout")
 
 
@@ -180,9 +183,17 @@ class Rendered:
     best_iteration: list
 
 
+def render_steps(gen: Generator, cond, noise: torch.Tensor, steps: int, guidance_scale: float) -> torch.Tensor:
+    """Raw latents of a ``steps``-step deterministic render of ``noise`` (no gradients)."""
+    timesteps = gen.timesteps(steps)
+    with torch.no_grad():
+        return gen.to_raw(gen.sample(gen.start(noise, timesteps), timesteps, cond, guidance_scale))
+
+
 def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
     """One-step generation for ``seeds`` with ReNO on the weighted rewards (``--iterations 0``:
-    the one-step baseline, same seeds)."""
+    the one-step baseline, same seeds). With ``--final-steps N > 1`` the initial and the optimised
+    noise are then rendered with N steps, and those renders are what is returned and scored."""
     gen = s.gen
     cond = gen.condition(prompt, args.cfg, args.negative_prompt)
     generate = gen.one_step(cond, guidance_scale=args.cfg)
@@ -203,10 +214,14 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
                                 callback=keep_first)
         best, initial = result.best_latent.float(), first["latent"].float()
         iterations, best_it = int(result.history.shape[0]), result.best_iteration.tolist()
+        best_noise = result.best_noise
     else:
         with torch.no_grad():
             best = initial = generate(noise).float()
-        iterations, best_it = 0, [0] * len(seeds)
+        iterations, best_it, best_noise = 0, [0] * len(seeds), noise
+    if getattr(args, "final_steps", 1) > 1:
+        initial = render_steps(gen, cond, noise, args.final_steps, args.cfg)
+        best = render_steps(gen, cond, best_noise, args.final_steps, args.cfg) if args.iterations > 0 else initial
     losses = {}
     t0 = s.timer.now()
     with torch.no_grad():
