@@ -1,13 +1,14 @@
 """GenEval runs end to end on tiny local pipelines: folder layout, ReNO records, resume, sharding."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from PIL import Image
 
-import train.benchmarks.runner as runner
 from train.benchmarks.runner import DATA
 from test_benchmarks_fixtures import REPO, SHARED, build_all
 from train.benchmarks import main
@@ -65,26 +66,30 @@ def test_baseline_without_reno_uses_the_same_seeds(tiny, tmp_path):
     assert records(tmp_path / "a")[0]["iterations"] == 0
 
 
-def test_resume_after_a_kill_skips_finished_prompts(tiny, tmp_path, monkeypatch):
+def test_resume_after_kill_9_skips_finished_prompts(tiny, tmp_path):
+    """A real SIGKILL once the first prompt is recorded: the rerun keeps prompt 0's files untouched
+    and renders only the rest."""
     out = tmp_path / "g"
-    real_append, calls = runner.append_records, []
-
-    def killed_after_first(path, recs):
-        if calls:
-            raise KeyboardInterrupt  # the process dies while prompt 1 is being recorded
-        calls.append(1)
-        real_append(path, recs)
-    monkeypatch.setattr(runner, "append_records", killed_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        main(args(tiny, out, "--limit", "3", "--iterations", "2"))
-    assert {r["item"] for r in records(out)} == {0}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "train.benchmarks", *args(tiny, out, "--limit", "6", "--iterations", "4")]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not records(out) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done = {r["item"] for r in records(out)}
+    assert 0 in done and len(done) < 6
     first = (out / "00000/samples/0000.png").stat().st_mtime_ns
-    monkeypatch.setattr(runner, "append_records", real_append)
-    summary = main(args(tiny, out, "--limit", "3", "--iterations", "2"))
+    summary = main(args(tiny, out, "--limit", "6", "--iterations", "4"))
     recs = records(out)
-    assert sorted((r["item"], r["sample"]) for r in recs) == [(i, j) for i in range(3) for j in range(2)]
+    assert sorted((r["item"], r["sample"]) for r in recs) == [(i, j) for i in range(6) for j in range(2)]
     assert (out / "00000/samples/0000.png").stat().st_mtime_ns == first  # not redone
-    assert summary["items_done"] == 3 and summary["images"] == 6
+    assert not list(out.rglob("*.tmp"))  # a PNG cut off by the kill was replaced, never kept under its name
+    assert summary["items_done"] == 6 and summary["images"] == 12
 
 
 @pytest.mark.slow
