@@ -153,7 +153,8 @@ def test_sd3_generator_reproduces_the_pipeline_loop_with_cfg(tmp_path):
     from train.benchmarks.pipelines import SD3Generator, load_pipeline, make_generator
 
     pipe = load_pipeline(build_sd3(tmp_path / "sd3"))
-    gen = make_generator(pipe, "cpu", 64, max_sequence_length=32, embedded_guidance=3.5)  # FLUX-only option dropped
+    with pytest.warns(UserWarning, match="embedded_guidance does not apply to StableDiffusion3Pipeline"):
+        gen = make_generator(pipe, "cpu", 64, max_sequence_length=32, embedded_guidance=3.5)
     assert isinstance(gen, SD3Generator)
     timesteps = gen.timesteps(2)
     noise = gen.noise([2, 3])

@@ -473,14 +473,17 @@ def generator_class(pipe) -> type[Generator]:
 def make_generator(pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None,
                    **options) -> Generator:
     """The generator for ``pipe``'s family; ``options`` go to its constructor (FLUX:
-    ``max_sequence_length``, ``embedded_guidance``; SD3: ``max_sequence_length``); options a family
-    does not take are dropped (``None`` means the family's default)."""
+    ``max_sequence_length``, ``embedded_guidance``; SD3: ``max_sequence_length``). ``None`` means the
+    family's default; an option the family does not take is dropped with a warning."""
     import inspect
+    import warnings
 
     cls = generator_class(pipe)
     accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
-    return cls(pipe, device, resolution, timer, **kwargs)
+    given = {k: v for k, v in options.items() if v is not None}
+    for name in sorted(set(given) - set(accepted)):
+        warnings.warn(f"{name} does not apply to {type(pipe).__name__}; ignored", stacklevel=2)
+    return cls(pipe, device, resolution, timer, **{k: v for k, v in given.items() if k in accepted})
 
 
 def add_pipeline_args(group) -> None:
