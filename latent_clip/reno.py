@@ -17,10 +17,12 @@ Usage::
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from torch import nn
 
 from .rewards import norm_regulariser
 
@@ -72,6 +74,80 @@ def _take_best(best: torch.Tensor | None, new: torch.Tensor, mask: torch.Tensor)
     return torch.where(mask.to(new.device).view(-1, *([1] * (new.ndim - 1))), new, best)
 
 
+class _Saved:
+    """A tensor autograd saved, and its contents at save time once something writes to it."""
+
+    __slots__ = ("tensor", "version", "copy")
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor, self.version, self.copy = tensor, tensor._version, None
+
+
+def _storage(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # no storage (meta, sparse, ...): never saved data to protect
+        return None
+
+
+def _written(func, args: tuple, kwargs: dict | None) -> torch.Tensor | None:
+    """The tensor an in-place op (``add_``, ``x += y``, ``x[i] = y``, ``out=``) writes to, else None."""
+    if kwargs and isinstance(kwargs.get("out"), torch.Tensor):
+        return kwargs["out"]
+    name = getattr(func, "__name__", "")
+    writes = name == "__setitem__" or (name.endswith("_") and not name.startswith("_")
+                                       and name not in ("requires_grad_", "share_memory_"))
+    return args[0] if writes and args and isinstance(args[0], torch.Tensor) else None
+
+
+@contextmanager
+def private_saved_tensors():
+    """Differentiate generators that update activations in place after using them (ComfyUI's FLUX
+    blocks do ``x += gate * out`` after ``norm(x)`` saved ``x``), which plain autograd refuses.
+
+    Copy-on-write: tensors autograd saves inside this context are recorded by storage; just before
+    an in-place op writes to such a storage, the saved tensors on it are copied, and backward reads
+    the copies. Models that never do this pay no memory and only a per-op dispatch; gradients equal
+    those of the same model written out of place. Only forward calls need the context."""
+    from torch.overrides import TorchFunctionMode
+
+    saved: dict[int, list[_Saved]] = {}
+
+    def pack(t: torch.Tensor):
+        key = _storage(t)
+        if key is None or isinstance(t, nn.Parameter):
+            return t
+        entry = _Saved(t)
+        saved.setdefault(key, []).append(entry)
+        return entry
+
+    def unpack(entry) -> torch.Tensor:
+        if isinstance(entry, torch.Tensor):
+            return entry
+        if entry.copy is not None:
+            return entry.copy
+        if entry.tensor._version != entry.version:  # written by something the mode did not see
+            raise RuntimeError("a tensor saved for backward was modified in place outside private_saved_tensors' "
+                               f"view (shape {tuple(entry.tensor.shape)}); the gradient would be wrong")
+        return entry.tensor
+
+    class CopyBeforeWrite(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            target = _written(func, args, kwargs)
+            if target is not None and saved:
+                for entry in saved.get(_storage(target), ()):
+                    if entry.copy is None:
+                        with torch.no_grad():
+                            entry.copy = entry.tensor.detach().clone()
+            return func(*args, **(kwargs or {}))
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack), CopyBeforeWrite():
+            yield
+    finally:
+        saved.clear()
+
+
 def optimize_noise(generate: Generate, reward: Reward, noise: torch.Tensor, *, iterations: int = 50,
                    lr: float = 5.0, momentum: float = 0.9, grad_clip: float = 0.1, reg_weight: float = 0.01,
                    callback: Callable[[RenoProgress], bool | None] | None = None) -> RenoResult:
@@ -82,7 +158,8 @@ def optimize_noise(generate: Generate, reward: Reward, noise: torch.Tensor, *, i
     items independently: the loss is a sum over samples, gradients are clipped per sample,
     SGD is elementwise, and the best iterate is tracked per sample. ``lr`` 5 suits 512 px (ReNO
     uses 10 at 1024 px). Runs with autograd on even when called under ``torch.inference_mode``;
-    making the generator's weights autograd-safe is the caller's job.
+    making the generator's weights autograd-safe is the caller's job (and, for generators that
+    update activations in place, running it under :func:`private_saved_tensors`).
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")

@@ -28,7 +28,7 @@ from torch import nn
 
 from . import _convert
 from ..latent_clip import rewards
-from ..latent_clip.reno import RenoProgress, optimize_noise
+from ..latent_clip.reno import RenoProgress, optimize_noise, private_saved_tensors
 from .loaders import LatentClip
 
 Reward = io.Custom("LATENT_CLIP_REWARD")
@@ -199,7 +199,9 @@ class RenoSampler(comfy.samplers.KSAMPLER):
         s_in = noise.new_ones(noise.shape[0])
 
         def generate(e):  # model-space x0 of one step from sigma_max, CFG included
-            return model_k(base.model_sampling.noise_scaling(sigma, e, latent_image, max_denoise), sigma * s_in, **args)
+            with private_saved_tensors():
+                x = base.model_sampling.noise_scaling(sigma, e, latent_image, max_denoise)
+                return model_k(x, sigma * s_in, **args)
 
         result = optimize_noise(generate, lambda x0: reward(base.process_latent_out(x0)), noise,
                                 callback=self._progress(model_wrap), **self.options)

@@ -127,3 +127,31 @@ def test_runs_under_inference_mode_and_rejects_bad_rewards():
         optimize_noise(generate, lambda z: reward(z).sum(), noise, iterations=2)
     with pytest.raises(ValueError):
         optimize_noise(generate, reward, noise, iterations=0)
+
+
+def test_private_saved_tensors_gives_the_out_of_place_gradient():
+    """A forward that updates saved activations in place (as ComfyUI's FLUX blocks do) fails
+    backward as it is; under private_saved_tensors its gradient equals the out-of-place
+    computation's, also when one tensor is saved by several ops and changed between them."""
+    from latent_clip.reno import private_saved_tensors
+
+    def forward(x, in_place: bool):
+        y = x * 2
+        z = torch.nn.functional.layer_norm(y, (4,))
+        w = y * z                     # y saved by layer_norm and by mul: one shared copy
+        if in_place:
+            y += z                    # changes y after both saved it
+            y *= z
+            y[:, :1] = z[:, :1]       # __setitem__ writes too
+        else:
+            y = (y + z) * z
+            y = torch.cat([z[:, :1], y[:, 1:]], dim=1)
+        return w.sum() + (y * z).sum() + torch.nn.functional.layer_norm(y, (4,)).square().sum()
+
+    x = torch.randn(3, 4, requires_grad=True)
+    (expected,) = torch.autograd.grad(forward(x, False), x)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(forward(x, True), x)
+    with private_saved_tensors():
+        loss = forward(x, True)
+    torch.testing.assert_close(torch.autograd.grad(loss, x)[0], expected)

@@ -4,6 +4,8 @@ A tiny SD1.5-shaped UNet in a real ModelPatcher (COMFYUI.md A8), run under
 ``torch.inference_mode()`` like ComfyUI's executor, through CFGGuider.sample with eps,
 v-prediction and flow (CONST) model_sampling.
 """
+import contextlib
+
 import pytest
 import torch
 
@@ -243,3 +245,103 @@ def test_progress_bar_shows_iterations_and_latent_previews(comfy_inprocess, reno
         guider.sample(torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16), sampler, sigmas, seed=0)
     assert [(v, t) for v, t, _ in seen[:3]] == [(1, 3), (2, 3), (3, 3)]
     assert all(p is not None and p[0] == "JPEG" for _, _, p in seen[:3])
+
+
+TINY_FLUX = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
+             "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+             "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": False}
+
+
+def tiny_flux_patcher(comfy, seed: int = 0):
+    """A real FLUX.1-schnell MODEL (comfy.supported_models.FluxSchnell: flow model_sampling with
+    shift 1, FLUX latent format, 2x2 patchify inside the model), tiny widths, N(0, 1/fan_in)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        model = comfy.supported_models.FluxSchnell(dict(TINY_FLUX)).get_model({})
+        for name, p in model.diffusion_model.named_parameters():
+            p.copy_(torch.randn_like(p) / p[0].numel() ** 0.5 if p.ndim > 1 else
+                    (torch.ones_like(p) if "norm" in name or "scale" in name else 0.01 * torch.randn_like(p)))
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def tiny_flux_latent_clip_patcher(inprocess):
+    import comfy.model_patcher
+    from comfy_harness import TINY_CONFIG
+
+    import latent_clip
+    convert = __import__(f"{inprocess.pack.__name__}.nodes._convert", fromlist=["_convert"])
+    cfg = {**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "latent_family": "flux",
+                                         "latent_n_channels": 16}}
+    torch.manual_seed(0)
+    clip = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(cfg)).eval()
+    return comfy.model_patcher.ModelPatcher(convert.ModelHolder(clip), load_device=torch.device("cpu"),
+                                            offload_device=torch.device("cpu"))
+
+
+def test_reno_sampler_on_a_flux_schnell_model(comfy_inprocess, reno):
+    """FLUX.1-schnell in ComfyUI: 16-channel latents, flow sampling, the FLUX latent format
+    (scale 0.3611, shift 0.1159) between model space and the raw latents Latent-CLIP reads; the
+    1-step result is the best iterate, and a 4-step render from the optimised noise also runs."""
+    import comfy.samplers
+    from latent_clip.rewards import latent_alignment
+
+    model = tiny_flux_patcher(comfy_inprocess.comfy)
+    lclip = tiny_flux_latent_clip_patcher(comfy_inprocess)
+    reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
+    sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=5, lr=5.0, grad_clip=0.1, reg_weight=0.01,
+                                                 momentum=0.9).result[0]
+    g = torch.Generator().manual_seed(3)
+    positive = [[torch.randn(2, 8, 32, generator=g), {"pooled_output": torch.randn(2, 32, generator=g)}]]
+    ms = model.get_model_object("model_sampling")
+    latent = torch.zeros(2, 16, 8, 8)
+    noise = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds(positive, [])
+        guider.set_cfg(1.0)
+        out = guider.sample(noise, latent, sampler, comfy.samplers.calculate_sigmas(ms, "simple", 1), seed=0,
+                            disable_pbar=True)
+    result = sampler.last_result
+    assert float(ms.sigma_max) == 1.0 and out.shape == (2, 16, 8, 8) and torch.isfinite(out).all()
+    assert (result.best_loss < result.initial_loss).all()
+    fmt = model.model.latent_format
+    assert fmt.scale_factor == pytest.approx(0.3611) and fmt.shift_factor == pytest.approx(0.1159)
+    assert torch.allclose(out, fmt.process_out(result.best_latent).float(), atol=1e-4)
+    with torch.no_grad():  # the reward saw raw latents: (model-space / 0.3611) + 0.1159
+        raw = result.best_latent.float() / 0.3611 + 0.1159
+        assert torch.allclose(latent_alignment(lclip.model.clip, "a red apple")(raw), result.best_loss, atol=1e-4)
+    with torch.inference_mode():  # ReNO's multi-apply: the optimised noise rendered with 4 steps
+        four = guider.sample(result.best_noise, latent, comfy.samplers.sampler_object("euler"),
+                             comfy.samplers.calculate_sigmas(ms, "simple", 4), seed=0, disable_pbar=True)
+    assert torch.isfinite(four).all() and not torch.allclose(four, out, atol=1e-3)
+
+
+def test_comfy_flux_needs_private_saved_tensors_and_the_unet_is_unchanged_by_them(comfy_inprocess, reno):
+    """ComfyUI's FLUX cannot be differentiated as it is (its blocks add residuals in place after
+    saving them); under private_saved_tensors it can, and on a model without in-place updates (the
+    SD1.5 UNet) the gradient is the same with and without."""
+    from latent_clip.reno import private_saved_tensors
+
+    def grad_of_model(patcher, shape, context, wrap):
+        model = patcher.model
+        reno.autograd_safe_(model)
+        e = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+        with wrap():
+            out = model.apply_model(e, torch.tensor([0.9]), c_crossattn=context[0], **context[1])
+        return torch.autograd.grad(out.square().sum(), e)[0]
+
+    g = torch.Generator().manual_seed(1)
+    flux = tiny_flux_patcher(comfy_inprocess.comfy)
+    flux_ctx = (torch.randn(1, 8, 32, generator=g), {"y": torch.randn(1, 32, generator=g)})
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        grad_of_model(flux, (1, 16, 8, 8), flux_ctx, contextlib.nullcontext)
+    assert torch.isfinite(grad_of_model(flux, (1, 16, 8, 8), flux_ctx, private_saved_tensors)).all()
+    unet = tiny_model_patcher(comfy_inprocess.comfy)
+    unet_ctx = (torch.randn(1, 77, 768, generator=g), {})
+    torch.testing.assert_close(grad_of_model(unet, (1, 4, 16, 16), unet_ctx, private_saved_tensors),
+                               grad_of_model(unet, (1, 4, 16, 16), unet_ctx, contextlib.nullcontext))
