@@ -203,8 +203,11 @@ class RenoSampler(comfy.samplers.KSAMPLER):
                 x = base.model_sampling.noise_scaling(sigma, e, latent_image, max_denoise)
                 return model_k(x, sigma * s_in, **args)
 
-        result = optimize_noise(generate, lambda x0: reward(base.process_latent_out(x0)), noise,
-                                callback=self._progress(model_wrap), **self.options)
+        def score(x0):  # raw latents; a pixel term decodes with ComfyUI's VAE, which may write in place too
+            with private_saved_tensors():
+                return reward(base.process_latent_out(x0))
+
+        result = optimize_noise(generate, score, noise, callback=self._progress(model_wrap), **self.options)
         self.last_result = result
         log.info("ReNO: %d iterations in %.1f s (%d weight tensors made autograd-safe); reward loss %s -> %s",
                  len(result.history), result.seconds, replaced, _fmt(result.initial_loss), _fmt(result.best_loss))
