@@ -25,6 +25,7 @@ every family.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,9 @@ MODULES = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text
 def load_pipeline(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32, config: str | None = None):
     """A diffusers text-to-image pipeline from local files only: a diffusers folder
     (``model_index.json``) or a single-file checkpoint plus ``config``, the model's diffusers folder
-    holding its configs (its ``model_index.json`` names the pipeline class). Parameters are frozen; the VAE is kept in fp32 when ``dtype`` is fp16 (SDXL's VAE
-    overflows in fp16 unless it is the fp16-fix one)."""
+    holding its configs (its ``model_index.json`` names the pipeline class). Parameters are frozen;
+    the VAE is kept in fp32 when ``dtype`` is fp16 (SDXL's VAE overflows in fp16 unless it is the
+    fp16-fix one)."""
     import diffusers
 
     path = Path(path)
@@ -64,8 +66,6 @@ def load_pipeline(path: str | Path, device="cpu", dtype: torch.dtype = torch.flo
 
 
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | None):
-    import json
-
     import diffusers
 
     if config is None:
