@@ -66,6 +66,21 @@ def tiny_latent_clip_patcher(inprocess):
                                             offload_device=torch.device("cpu"))
 
 
+def guided_sample(model, sampler, positive, noise, latent, negative=None, cfg: float = 1.0, steps: int = 1):
+    """What SamplerCustomAdvanced runs, under inference_mode like ComfyUI's executor: a CFGGuider over
+    ``model`` (positive only when ``negative`` is None) samples ``noise`` from ``latent`` with
+    ``sampler`` on the "simple" schedule of ``steps`` steps."""
+    import comfy.samplers
+
+    with torch.inference_mode():
+        guider = comfy.samplers.CFGGuider(model)
+        guider.inner_set_conds({"positive": positive} if negative is None else
+                               {"positive": positive, "negative": negative})
+        guider.set_cfg(cfg)
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps)
+        return guider.sample(noise, latent, sampler, sigmas, seed=0, disable_pbar=True)
+
+
 def conds(batch=1, seed=1):
     g = torch.Generator().manual_seed(seed)
     return [[torch.randn(batch, 77, 768, generator=g), {}]], [[torch.randn(batch, 77, 768, generator=g), {}]]
@@ -85,22 +100,14 @@ def guidance(comfy_inprocess):
 
 @pytest.mark.parametrize("sampling", ["eps", "v", "flow"])
 def test_reno_sampler_lowers_the_reward_loss(comfy_inprocess, reno, sampling):
-    import comfy.samplers
-
     model = tiny_model_patcher(comfy_inprocess.comfy, sampling)
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
     reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=6, lr=5.0, grad_clip=0.1, reg_weight=0.01,
                                                  momentum=0.9).result[0]
     positive, negative = conds()
-    with torch.inference_mode():
-        guider = comfy.samplers.CFGGuider(model)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(2.0)
-        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 1)
-        latent = torch.zeros(2, 4, 16, 16)
-        noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-        out = guider.sample(noise, latent, sampler, sigmas, seed=0, disable_pbar=True)
+    noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = guided_sample(model, sampler, positive, noise, torch.zeros(2, 4, 16, 16), negative, cfg=2.0)
     result = sampler.last_result
     assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all()
     assert result.history.shape == (6, 2)
@@ -152,17 +159,13 @@ def test_reno_stops_cleanly_on_interrupt(comfy_inprocess, reno):
     positive, negative = conds()
     mm.interrupt_current_processing(True)
     try:
-        with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
-            guider = comfy.samplers.CFGGuider(model)
-            guider.set_conds(positive, negative)
-            sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 1)
-            guider.sample(torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16), sampler, sigmas, seed=0)
+        with pytest.raises(mm.InterruptProcessingException):
+            guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16), negative)
     finally:
         mm.interrupt_current_processing(False)
     # the model still samples afterwards (weights were replaced by equal normal tensors)
-    with torch.inference_mode():
-        out = guider.sample(torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16), comfy.samplers.ksampler("euler"),
-                            sigmas, seed=0)
+    out = guided_sample(model, comfy.samplers.ksampler("euler"), positive, torch.randn(1, 4, 16, 16),
+                        torch.zeros(1, 4, 16, 16), negative)
     assert torch.isfinite(out).all()
 
 
@@ -215,11 +218,7 @@ def test_pixel_reward_term_through_a_comfy_vae(comfy_inprocess, reno):
               reno.RewardTerm("prompt", 0.5, lclip, "a red apple"))
     sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=3)
     positive, _ = conds()
-    with torch.inference_mode():
-        guider = comfy.samplers.CFGGuider(model)
-        guider.inner_set_conds({"positive": positive})
-        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 1)
-        out = guider.sample(torch.randn(1, 4, 8, 8), torch.zeros(1, 4, 8, 8), sampler, sigmas, seed=0)
+    out = guided_sample(model, sampler, positive, torch.randn(1, 4, 8, 8), torch.zeros(1, 4, 8, 8))
     assert torch.isfinite(out).all() and sampler.last_result.history.shape == (3, 1)
     assert (sampler.last_result.best_loss <= sampler.last_result.initial_loss).all()
 
@@ -238,11 +237,7 @@ def test_progress_bar_shows_iterations_and_latent_previews(comfy_inprocess, reno
     reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=3)
     positive, _ = conds()
-    with torch.inference_mode():
-        guider = comfy.samplers.CFGGuider(model)
-        guider.inner_set_conds({"positive": positive})
-        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 1)
-        guider.sample(torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16), sampler, sigmas, seed=0)
+    guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16))
     assert [(v, t) for v, t, _ in seen[:3]] == [(1, 3), (2, 3), (3, 3)]
     assert all(p is not None and p[0] == "JPEG" for _, _, p in seen[:3])
 
@@ -300,12 +295,7 @@ def test_reno_sampler_on_a_flux_schnell_model(comfy_inprocess, reno):
     ms = model.get_model_object("model_sampling")
     latent = torch.zeros(2, 16, 8, 8)
     noise = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        guider = comfy.samplers.CFGGuider(model)
-        guider.set_conds(positive, [])
-        guider.set_cfg(1.0)
-        out = guider.sample(noise, latent, sampler, comfy.samplers.calculate_sigmas(ms, "simple", 1), seed=0,
-                            disable_pbar=True)
+    out = guided_sample(model, sampler, positive, noise, latent)
     result = sampler.last_result
     assert float(ms.sigma_max) == 1.0 and out.shape == (2, 16, 8, 8) and torch.isfinite(out).all()
     assert (result.best_loss < result.initial_loss).all()
@@ -315,9 +305,8 @@ def test_reno_sampler_on_a_flux_schnell_model(comfy_inprocess, reno):
     with torch.no_grad():  # the reward saw raw latents: (model-space / 0.3611) + 0.1159
         raw = result.best_latent.float() / 0.3611 + 0.1159
         assert torch.allclose(latent_alignment(lclip.model.clip, "a red apple")(raw), result.best_loss, atol=1e-4)
-    with torch.inference_mode():  # ReNO's multi-apply: the optimised noise rendered with 4 steps
-        four = guider.sample(result.best_noise, latent, comfy.samplers.sampler_object("euler"),
-                             comfy.samplers.calculate_sigmas(ms, "simple", 4), seed=0, disable_pbar=True)
+    # ReNO's multi-apply: the optimised noise rendered with 4 steps
+    four = guided_sample(model, comfy.samplers.sampler_object("euler"), positive, result.best_noise, latent, steps=4)
     assert torch.isfinite(four).all() and not torch.allclose(four, out, atol=1e-3)
 
 
