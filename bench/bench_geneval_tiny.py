@@ -25,15 +25,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 def build(root: Path) -> dict[str, tuple[Path, Path]]:
     """{family: (pipeline folder, Latent-CLIP weights of that latent family)}."""
-    import latent_clip
-    from test_benchmarks_fixtures import TINY_LATENT_CLIP, build_latent_clip, build_sd
+    from test_benchmarks_fixtures import build_latent_clip, build_sd
     from test_benchmarks_flow import build_flux
 
-    flux_cfg = {**TINY_LATENT_CLIP, "vision_cfg": {**TINY_LATENT_CLIP["vision_cfg"], "latent_family": "flux",
-                                                   "latent_n_channels": 16}}
-    torch.manual_seed(0)
-    flux_clip = latent_clip.save_export(latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(flux_cfg)).eval(),
-                                        root / "latent_clip_flux.safetensors")
+    flux_clip = build_latent_clip(root / "latent_clip_flux.safetensors", family="flux", channels=16)
     return {"sd-turbo-shaped UNet": (build_sd(root / "sd"), build_latent_clip(root / "latent_clip.safetensors")),
             "flux-schnell-shaped transformer": (build_flux(root / "flux"), flux_clip)}
 

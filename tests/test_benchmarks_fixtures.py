@@ -55,13 +55,14 @@ def text_encoder(tok, projection: int | None = None, hidden: int = 32, seed: int
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
 
 
-def tiny_vae(seed: int = 0):
+def tiny_vae(seed: int = 0, **config):
+    """A tiny AutoencoderKL (f=8): 4 latent channels, scaling 0.5 unless ``config`` says otherwise."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4,
-                         norm_num_groups=4, sample_size=64, scaling_factor=0.5)
+    return AutoencoderKL(**{"block_out_channels": (8, 8, 8, 8), "down_block_types": ("DownEncoderBlock2D",) * 4,
+                            "up_block_types": ("UpDecoderBlock2D",) * 4, "layers_per_block": 1, "latent_channels": 4,
+                            "norm_num_groups": 4, "sample_size": 64, "scaling_factor": 0.5, **config})
 
 
 def tiny_scheduler():
@@ -107,11 +108,12 @@ def build_sdxl(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def build_latent_clip(path: Path, seed: int = 0) -> Path:
+def build_latent_clip(path: Path, seed: int = 0, family: str = "sdxl", channels: int = 4) -> Path:
+    """The tiny Latent-CLIP (random) of latent ``family``, exported to ``path``."""
+    cfg = {**TINY_LATENT_CLIP, "vision_cfg": {**TINY_LATENT_CLIP["vision_cfg"], "latent_family": family,
+                                              "latent_n_channels": channels}}
     torch.manual_seed(seed)
-    model = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(TINY_LATENT_CLIP)).eval()
-    latent_clip.save_export(model, path)
-    return path
+    return latent_clip.save_export(latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(cfg)).eval(), path)
 
 
 def build_all(root: Path) -> dict[str, Path]:

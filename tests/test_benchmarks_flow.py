@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import latent_clip
-from test_benchmarks_fixtures import text_encoder, write_tokenizer
+from test_benchmarks_fixtures import build_latent_clip, text_encoder, tiny_vae, write_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -43,13 +43,8 @@ def t5_encoder(tok, seed: int = 0):
 
 def vae16(scaling: float, shift: float, seed: int = 0):
     """A 16-channel VAE (f=8) without quant convs, as FLUX's and SD3's."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=16,
-                         norm_num_groups=4, sample_size=64, scaling_factor=scaling, shift_factor=shift,
-                         use_quant_conv=False, use_post_quant_conv=False)
+    return tiny_vae(seed, latent_channels=16, scaling_factor=scaling, shift_factor=shift, use_quant_conv=False,
+                    use_post_quant_conv=False)
 
 
 def build_flux(folder: Path, dev: bool = False, seed: int = 0) -> Path:
@@ -196,12 +191,7 @@ def test_img2img_start_is_the_schedulers_noising(flux):
 @pytest.fixture(scope="module")
 def flux_latent_clip(tmp_path_factory):
     """A tiny Latent-CLIP of the flux latent family (16 channels, scaling 0.3611, shift 0.1159)."""
-    torch.manual_seed(0)
-    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 1,
-                                           "latent_family": "flux", "latent_n_channels": 16, "latent_factor": 8},
-           "text_cfg": {"width": 64, "heads": 1, "layers": 1}}
-    model = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(cfg)).eval()
-    return latent_clip.save_export(model, tmp_path_factory.mktemp("lc") / "lc_flux.safetensors")
+    return build_latent_clip(tmp_path_factory.mktemp("lc") / "lc_flux.safetensors", family="flux", channels=16)
 
 
 def test_i2p_guidance_on_flux(flux, flux_latent_clip, tmp_path):
