@@ -65,7 +65,7 @@ class Rank:
 
 
 # ---------------------------------------------------------------- arguments
-def add_common_args(p: argparse.ArgumentParser, reno: bool = True) -> None:
+def add_common_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generator")
     add_pipeline_args(g)
     g.add_argument("--resolution", type=int, help="pixels (default: the model's native size)")
@@ -87,17 +87,16 @@ def add_common_args(p: argparse.ArgumentParser, reno: bool = True) -> None:
     r.add_argument("--avoid", help="concepts to avoid, one per line or ';'-separated ('name | counter')")
     r.add_argument("--avoid-weight", type=float, default=1.0)
     pixel_rewards.add_args(r)
-    if reno:
-        o = p.add_argument_group("ReNO (latent_clip.reno.optimize_noise)")
-        o.add_argument("--iterations", type=int, default=50, help="0: no ReNO (baseline, same seeds)")
-        o.add_argument("--lr", type=float, default=5.0)
-        o.add_argument("--momentum", type=float, default=0.9)
-        o.add_argument("--grad-clip", type=float, default=0.1)
-        o.add_argument("--reg-weight", type=float, default=0.01)
-        o.add_argument("--final-steps", type=int, default=1,
-                       help="render the initial and the optimised noise with this many steps for the saved images "
-                            "and recorded rewards (ReNO's multi-apply; FLUX-schnell: 4); ReNO itself uses 1 step")
-        o.add_argument("--baseline-dir", help="also save the iteration-0 (no-ReNO) images here, same layout")
+    o = p.add_argument_group("ReNO (latent_clip.reno.optimize_noise)")
+    o.add_argument("--iterations", type=int, default=50, help="0: no ReNO (baseline, same seeds)")
+    o.add_argument("--lr", type=float, default=5.0)
+    o.add_argument("--momentum", type=float, default=0.9)
+    o.add_argument("--grad-clip", type=float, default=0.1)
+    o.add_argument("--reg-weight", type=float, default=0.01)
+    o.add_argument("--final-steps", type=int, default=1,
+                   help="render the initial and the optimised noise with this many steps for the saved images "
+                        "and recorded rewards (ReNO's multi-apply; FLUX-schnell: 4); ReNO itself uses 1 step")
+    o.add_argument("--baseline-dir", help="also save the iteration-0 (no-ReNO) images here, same layout")
 
 
 def concepts_text(spec: str | None) -> str | None:
@@ -121,9 +120,9 @@ class Setup:
 def setup(args) -> Setup:
     rank = Rank.from_env()
     device = rank.device(args.device)
-    gen = generator_from_args(args, device, args.resolution, getattr(args, "grad_checkpointing", False))
+    gen = generator_from_args(args, device, args.resolution, args.grad_checkpointing)
     latent = None
-    if getattr(args, "latent_clip", None):
+    if args.latent_clip:
         latent = load_model(args.latent_clip, config=args.latent_clip_config, device=device, vae_encoder=False)
         latent.eval().requires_grad_(False)
         channels = latent.config.vision.family.channels
@@ -145,7 +144,7 @@ def reward_terms(s: Setup, args, prompt: str) -> tuple[dict, dict]:
     terms, weights = {}, {}
     if s.latent_clip is not None and args.latent_weight:
         terms["latent_clip"], weights["latent_clip"] = latent_alignment(s.latent_clip, prompt), args.latent_weight
-    if s.latent_clip is not None and getattr(args, "avoid", None) and args.avoid_weight:
+    if s.latent_clip is not None and args.avoid and args.avoid_weight:
         terms["avoid"], weights["avoid"] = latent_avoid(s.latent_clip, concepts_text(args.avoid)), args.avoid_weight
     if s.pixel:
         timer = s.timer
@@ -219,7 +218,7 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
         with torch.no_grad():
             best = initial = generate(noise).float()
         iterations, best_it, best_noise = 0, [0] * len(seeds), noise
-    if getattr(args, "final_steps", 1) > 1:
+    if args.final_steps > 1:
         initial = render_steps(gen, cond, noise, args.final_steps, args.cfg)
         best = render_steps(gen, cond, best_noise, args.final_steps, args.cfg) if args.iterations > 0 else initial
     losses = {}
