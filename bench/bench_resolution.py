@@ -27,7 +27,7 @@ from PIL import Image
 
 from latent_clip import LatentCLIP, get_model_config, load_model
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "images"
+IMAGES = Path(__file__).resolve().parents[1] / "tests" / "data" / "images"  # 15 real images (see its README)
 SMALL_VAE = dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                  block_out_channels=(32, 64, 128, 128), layers_per_block=1, latent_channels=4, norm_num_groups=32)
 

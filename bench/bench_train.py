@@ -18,7 +18,7 @@ from open_clip.loss import ClipLoss
 
 from latent_clip import LatentCLIP, ModelConfig, get_model_config
 from train.main import param_groups
-from train.models import ContrastiveForward, set_grad_checkpointing
+from train.models import ContrastiveForward
 
 SMALL = {"embed_dim": 256, "vision_cfg": {"image_size": 512, "layers": 4, "width": 256, "patch_size": 8,
                                           "latent_family": "sdxl", "latent_n_channels": 4, "latent_factor": 8},
@@ -29,7 +29,7 @@ def throughput(config: ModelConfig, batch: int, steps: int, device: torch.device
     torch.manual_seed(0)
     model = LatentCLIP(config).to(device)
     if grad_ckpt:
-        set_grad_checkpointing(model)
+        model.set_grad_checkpointing(True)
     forward = ContrastiveForward(model).train()
     opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = ClipLoss()

@@ -185,7 +185,7 @@ def on_decoded(rewards: Mapping[str, ImageRewardFn], decode: Callable[[torch.Ten
 def pixel_alignment(clip_model, tokenizer, prompt: str, decode: Callable[[torch.Tensor], torch.Tensor]) -> RewardFn:
     """The pixel path, for comparisons: ``decode`` (raw latents -> images in [-1, 1]), then an
     open_clip model's image tower and ReNO's CLIPScore loss. Costs a VAE decode forward and
-    backward per call (see PERF-ANCHORS.md: ~2.4x an SD-Turbo UNet step on CPU)."""
+    backward per call (on CPU about 2.4x an SD-Turbo UNet step: ``bench/bench_reno.py``)."""
     return on_decoded({"clip": clip_image_reward(clip_model, tokenizer, prompt)}, decode)["clip"]
 
 

@@ -98,7 +98,8 @@ def pixel_reward(source: PixelClip, prompt: str) -> rewards.RewardFn:
 
 def autograd_safe_(module: nn.Module) -> int:
     """Replace inference-tensor parameters and buffers by normal copies and freeze them
-    (COMFYUI.md A7/A9, option 1). Call once per run; returns how many tensors were replaced."""
+    (ComfyUI loads weights under inference mode, and autograd refuses to save inference tensors for
+    backward). Call once per run; returns how many tensors were replaced."""
     replaced = 0
     with torch.inference_mode(False):
         for m in module.modules():
@@ -308,7 +309,7 @@ class LatentCLIPRewardPixelCLIP(io.ComfyNode):
             category="latent_clip/reno",
             description="ReNO's pixel-space CLIPScore: VAE-decodes every iterate and scores it with an open_clip "
                         "model from models/open_clip. For side-by-side comparisons with the latent reward: the "
-                        "decode forward+backward costs more than the UNet step itself (PERF-ANCHORS.md) and its "
+                        "decode forward+backward costs more than the UNet step itself and its "
                         "activations dominate memory (~6 GiB at 512 px fp32).",
             inputs=[io.Vae.Input("vae", tooltip="The VAE of the diffusion model (decodes each iterate, with gradient)."),
                     io.Combo.Input("clip_name", options=folder_paths.get_filename_list(OPEN_CLIP_FOLDER),

@@ -1,6 +1,6 @@
 """Synthesise checkpoints in the exact layout of the official Latent-CLIP releases, and an
 independent reference forward built from plain open_clip / diffusers modules (as the authors'
-fork composes them), for parity tests. Layout facts: ../shared/latent-clip-layout/."""
+fork composes them), for parity tests. Layout facts: tests/data/latent-clip-layout/README.md."""
 from __future__ import annotations
 
 import json
@@ -13,14 +13,14 @@ from diffusers import AutoencoderKL
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
+from fixtures import LAYOUT
 from latent_clip import LatentCLIP, ModelConfig, get_model_config
 from latent_clip.factory import official_state_dict
 
-LAYOUT_DIR = Path(__file__).resolve().parents[2] / "shared" / "latent-clip-layout"
 
 
 def manifest(name: str) -> dict:
-    return json.loads((LAYOUT_DIR / f"manifest-{name}.json").read_text())
+    return json.loads((LAYOUT / f"manifest-{name}.json").read_text())
 
 
 def reduced_config(name: str) -> ModelConfig:

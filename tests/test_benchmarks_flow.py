@@ -10,83 +10,9 @@ import pytest
 import torch
 
 import latent_clip
-from test_benchmarks_fixtures import build_latent_clip, text_encoder, tiny_vae, write_tokenizer
+from train.benchmarks.tiny_pipelines import build_flux, build_latent_clip, build_sd3
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
-
-
-def write_t5_tokenizer(folder: Path):
-    """A T5 (Unigram, SentencePiece-style) fast tokenizer built offline: letters, digits, punctuation."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [(c, -3.0) for c in string.ascii_letters + string.digits + string.punctuation]
-    pieces += [("▁" + c, -2.5) for c in string.ascii_lowercase]
-    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                       special_tokens=[("</s>", 1)])
-    t5 = T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0)
-    t5.save_pretrained(str(folder))
-    return T5TokenizerFast.from_pretrained(str(folder), local_files_only=True)
-
-
-def t5_encoder(tok, seed: int = 0):
-    from transformers import T5Config, T5EncoderModel
-
-    torch.manual_seed(seed)
-    return T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
-                                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
-
-
-def vae16(scaling: float, shift: float, seed: int = 0):
-    """A 16-channel VAE (f=8) without quant convs, as FLUX's and SD3's."""
-    return tiny_vae(seed, latent_channels=16, scaling_factor=scaling, shift_factor=shift, use_quant_conv=False,
-                    use_post_quant_conv=False)
-
-
-def build_flux(folder: Path, dev: bool = False, seed: int = 0) -> Path:
-    """FLUX.1-schnell-shaped (``dev``: guidance embedding + resolution-dependent shift, as -dev):
-    CLIP + T5 text encoders, a 1+1-block transformer on 2x2-packed 16-channel latents,
-    FLUX's VAE scaling (0.3611) and shift (0.1159)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-
-    clip_tok = write_tokenizer(folder / "_tok")
-    t5_tok = write_t5_tokenizer(folder / "_t5tok")
-    torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
-                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                         pooled_projection_dim=32, guidance_embeds=dev, axes_dims_rope=(4, 6, 6))
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=dev,
-                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
-                                                max_image_seq_len=4096)
-    pipe = FluxPipeline(scheduler=scheduler, vae=vae16(0.3611, 0.1159, seed), text_encoder=text_encoder(clip_tok),
-                        tokenizer=clip_tok, text_encoder_2=t5_encoder(t5_tok, seed), tokenizer_2=t5_tok,
-                        transformer=transformer)
-    pipe.save_pretrained(str(folder))
-    return folder
-
-
-def build_sd3(folder: Path, seed: int = 0) -> Path:
-    """SD3-shaped: two projected CLIPs + T5, a 1-block MMDiT (patch 2), shift 3, SD3's VAE factors."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-
-    clip_tok = write_tokenizer(folder / "_tok")
-    t5_tok = write_t5_tokenizer(folder / "_t5tok")
-    torch.manual_seed(seed)
-    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, num_layers=1,
-                                        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
-                                        caption_projection_dim=16, pooled_projection_dim=32, out_channels=16,
-                                        pos_embed_max_size=16)
-    pipe = StableDiffusion3Pipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0), vae=vae16(1.5305, 0.0609, seed),
-        text_encoder=text_encoder(clip_tok, projection=16, hidden=16, seed=seed), tokenizer=clip_tok,
-        text_encoder_2=text_encoder(clip_tok, projection=16, hidden=16, seed=seed + 1), tokenizer_2=clip_tok,
-        text_encoder_3=t5_encoder(t5_tok, seed), tokenizer_3=t5_tok, transformer=transformer)
-    pipe.save_pretrained(str(folder))
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from train.benchmarks.runner import DATA
-from test_benchmarks_fixtures import REPO, SHARED, build_all
+from fixtures import REPO
+from train.benchmarks.tiny_pipelines import build_all
 from train.benchmarks import main
 
 METADATA = DATA / "geneval/evaluation_metadata.jsonl"

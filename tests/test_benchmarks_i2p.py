@@ -4,7 +4,7 @@ import json
 import pytest
 
 from train.benchmarks.runner import DATA
-from test_benchmarks_fixtures import SHARED, build_all
+from train.benchmarks.tiny_pipelines import build_all
 from train.benchmarks import main
 from train.benchmarks.i2p import CATEGORIES, load_items
 

@@ -5,7 +5,8 @@ import shutil
 import pytest
 from safetensors import safe_open
 
-from test_benchmarks_fixtures import SHARED, build_all
+from fixtures import IMAGES
+from train.benchmarks.tiny_pipelines import build_all
 from train.benchmarks import main
 
 CLASSES = {"cat": "skimage/chelsea.png", "coffee": "skimage/coffee.png", "rocket": "skimage/rocket.jpg"}
@@ -20,7 +21,7 @@ def test_generate_and_zeroshot_real_vs_generated(tiny, tmp_path):
     for name, rel in CLASSES.items():
         (tmp_path / "val" / name).mkdir(parents=True)
         for k in range(2):
-            shutil.copy(SHARED / "images" / rel, tmp_path / "val" / name / f"{k}{(SHARED / 'images' / rel).suffix}")
+            shutil.copy(IMAGES / rel, tmp_path / "val" / name / f"{k}{(IMAGES / rel).suffix}")
     out = tmp_path / "gen"
     argv = ["imagenet-gen", "--data", str(tmp_path / "val"), "--pipeline", str(tiny["sd"]), "--outdir", str(out),
             "--size", "64", "--device", "cpu", "--chunk", "4", "--batch-size", "2", "--save-images",

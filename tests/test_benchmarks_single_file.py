@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from test_benchmarks_fixtures import write_tokenizer
+from train.benchmarks.tiny_pipelines import write_tokenizer
 from test_reno_http import sd15_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.comfyui, pytest.mark.filterwarnings("ignore::FutureWarning")]

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from train.benchmarks.runner import DATA
-from test_benchmarks_fixtures import SHARED, build_all
+from train.benchmarks.tiny_pipelines import build_all
 from train.benchmarks import main
 from train.benchmarks.t2i_compbench import CATEGORIES, PLUS, read_prompts
 

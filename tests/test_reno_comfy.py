@@ -1,6 +1,6 @@
 """ReNO sampler, reward nodes and safety guider with real ComfyUI 0.3.75 modules, in-process.
 
-A tiny SD1.5-shaped UNet in a real ModelPatcher (COMFYUI.md A8), run under
+A tiny SD1.5-shaped UNet in a real ModelPatcher, run under
 ``torch.inference_mode()`` like ComfyUI's executor, through CFGGuider.sample with eps,
 v-prediction and flow (CONST) model_sampling.
 """

@@ -1,5 +1,5 @@
 """ReNO and safety-guidance workflows end to end over HTTP, through CheckpointLoaderSimple on a
-full-size random SD1.5 checkpoint (COMFYUI.md A8) at 64 px, with the tiny Latent-CLIP weights.
+full-size random SD1.5 checkpoint (original single-file layout, built by the test) at 64 px, with the tiny Latent-CLIP weights.
 
 Slow: the 2 GB checkpoint is built once (~30 s, cached in build/test_models/) and every UNet
 step runs the real 860 M-parameter UNet on the CPU.

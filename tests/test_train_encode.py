@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
+from fixtures import IMAGES
 from train.data import ImageTransform, SIZES_FILE, expand_shards, open_shard
 from train.encode import main as encode
 from train.synthetic import write_image_shards
 
-IMAGES = Path(__file__).parents[2] / "shared/benchmarks/images"
 N_IMAGES = len([p for p in IMAGES.rglob("*") if p.suffix.lower() in (".png", ".jpg")])
 
 

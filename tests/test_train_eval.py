@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from fixtures import IMAGES
 import latent_clip
 from train.data import write_latent_shard
 from train.evaluate import main as evaluate
 from train.models import build_model, pixel_transform
 from train.synthetic import TINY_LATENT_CFG, TINY_PIXEL_CFG, NAMES
 
-IMAGES = Path(__file__).parents[2] / "shared/benchmarks/images"
 TINY, TINY_PIXEL = TINY_LATENT_CFG, TINY_PIXEL_CFG
 CLASSES = list(NAMES[:6])  # alphabetical, so folder order == class index
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fixtures import IMAGES
 import latent_clip
 from train import checkpoint
 from train.main import main as fit
@@ -18,7 +19,6 @@ from train.models import build_model
 from train.synthetic import TINY_LATENT_CFG, TINY_PIXEL_CFG, write_image_shards, write_synthetic_latents
 
 REPO = Path(__file__).parents[1]
-IMAGES = Path(__file__).parents[2] / "shared/benchmarks/images"
 TINY, TINY_PIXEL = TINY_LATENT_CFG, TINY_PIXEL_CFG
 
 

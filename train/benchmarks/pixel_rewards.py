@@ -1,4 +1,4 @@
-"""ReNO's pixel rewards for the benchmarks (PAPER.md 5.2), loaded from local files only.
+"""ReNO's pixel rewards for the benchmarks (ReNO, arXiv 2406.04312, Eq. 6 and its ``rewards/``), loaded from local files only.
 
 - ``pixel_clip``: open_clip CLIP (``--pixel-clip``, ``--pixel-checkpoint``), ``100 - exp(logit_scale) cos``, w 0.01
 - ``hps``: open_clip ViT-H-14 + ``HPS_v2.1_compressed.pt`` (``--hps-checkpoint``), ``1 - cos``, w 5.0

@@ -72,7 +72,7 @@ def read_latent_shards(directory: Path) -> tuple[torch.Tensor, list[str]]:
 # ---------------------------------------------------------------- training
 
 def fit(kind: str, cfg: dict, data: Path, out: Path, steps: int, batch: int, lr: float = 2e-3,
-        grad_clip: float = 1.0) -> Path:
+        grad_clip: float = 1.0, seed: int = 0) -> Path:
     """``python -m train fit`` as a user calls it; returns the final checkpoint. Warmup is a
     tenth of the steps and gradients are clipped: without both, the pixel CLIP at lr 5e-3
     collapsed to constant features (loss stuck at log(batch))."""
@@ -82,7 +82,7 @@ def fit(kind: str, cfg: dict, data: Path, out: Path, steps: int, batch: int, lr:
             "--lr", str(lr), "--warmup", str(max(1, steps // 10)), "--grad-clip", str(grad_clip),
             "--wd", "0.1", "--precision", "fp32",
             "--grad-checkpointing", "false", "--workers", "0", "--device", "cpu", "--out-dir", str(out),
-            "--name", kind, "--log-every", str(max(1, steps // 5)), "--save-every", str(steps), "--seed", "0"]
+            "--name", kind, "--log-every", str(max(1, steps // 5)), "--save-every", str(steps), "--seed", str(seed)]
     fit_main(argv)
     return out / kind / "checkpoints" / "epoch_latest.pt"
 

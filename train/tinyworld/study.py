@@ -32,6 +32,11 @@ FORBIDDEN = "red"
 SEEDS = {"train": 0, "zeroshot": 1, "reno": 2, "guidance": 3, "noise": 4}
 
 
+def run_seeds(seed: int) -> dict[str, int]:
+    """World, held-out, prompt and noise seeds of a study run (``--seed``; 0 gives the published table)."""
+    return {stage: base + 10 * seed for stage, base in SEEDS.items()}
+
+
 @dataclass
 class Preset:
     vae_steps: int            # 0: use the embedded VAE
@@ -74,15 +79,17 @@ class Clock:
 
 # ---------------------------------------------------------------- training (steps 1-4, 6)
 
-def train_all(p: Preset, out: Path, clock: Clock, weights: Path = ASSETS) -> dict:
-    """Steps 1-4 and 6; with ``p.vae_steps == 0`` the VAE comes from ``weights``."""
+def train_all(p: Preset, out: Path, clock: Clock, weights: Path = ASSETS, seed: int = 0) -> dict:
+    """Steps 1-4 and 6; with ``p.vae_steps == 0`` the VAE comes from ``weights``. ``seed`` picks the
+    training world and every optimiser's initialisation and batches."""
+    seeds = run_seeds(seed)
     t = time.time()
-    clips.write_image_shards(out / "data" / "images", SEEDS["train"], p.train_samples)
+    clips.write_image_shards(out / "data" / "images", seeds["train"], p.train_samples)
     clock.lap("world shards", t)
 
     t = time.time()
     if p.vae_steps:
-        vae, _ = tiny_vae.train_vae(p.vae_steps, seed=SEEDS["train"])
+        vae, _ = tiny_vae.train_vae(p.vae_steps, seed=seeds["train"])
     else:
         vae = tiny_vae.load(weights / "vae")
     tiny_vae.save(vae, out / "models" / "vae")
@@ -98,13 +105,14 @@ def train_all(p: Preset, out: Path, clock: Clock, weights: Path = ASSETS) -> dic
     models = {"vae": vae}
     for kind, cfg, data in (("latent", clips.latent_cfg(), "latents"), ("pixel", clips.pixel_cfg(), "images")):
         t = time.time()
-        ckpt = clips.fit(kind, cfg, out / "data" / data, out / "fit", p.clip_steps, p.clip_batch, p.clip_lr)
+        ckpt = clips.fit(kind, cfg, out / "data" / data, out / "fit", p.clip_steps, p.clip_batch, p.clip_lr,
+                         seed=seed)
         models[kind] = (clips.load_latent_checkpoint if kind == "latent" else clips.load_pixel)(ckpt, cfg)
         clock.lap(f"fit {kind} clip", t)
 
     t = time.time()
     raw, captions = clips.read_latent_shards(out / "data" / "latents")
-    models["generator"], _ = train_generator(raw * tiny_vae.SCALING_FACTOR, captions, p.generator_steps)
+    models["generator"], _ = train_generator(raw * tiny_vae.SCALING_FACTOR, captions, p.generator_steps, seed=seed)
     clock.lap("generator", t)
     save_models(models, out / "models")
     return models
@@ -144,13 +152,14 @@ def prompts_for(seed: int, n: int, categories: Sequence[str]) -> list:
     return [make_sample(seed, i, categories[i % len(categories)], prefix=False) for i in range(n)]
 
 
-def measure(models: dict, p: Preset, out: Path, clock: Clock) -> dict:
+def measure(models: dict, p: Preset, out: Path, clock: Clock, seed: int = 0) -> dict:
     vae, latent, pixel, generator = models["vae"], models["latent"], models["pixel"], models["generator"]
     results: dict = {}
 
     # 5. zero-shot on held-out samples
     t = time.time()
-    data = clips.held_out(vae, SEEDS["zeroshot"], p.zeroshot_per_category)
+    seeds = run_seeds(seed)
+    data = clips.held_out(vae, seeds["zeroshot"], p.zeroshot_per_category)
     results["zeroshot"] = {"latent": clips.zero_shot("latent", latent, data),
                            "pixel": clips.zero_shot("pixel", pixel, data), "chance": clips.CHANCE,
                            "n_per_category": p.zeroshot_per_category}
@@ -161,10 +170,10 @@ def measure(models: dict, p: Preset, out: Path, clock: Clock) -> dict:
 
     # 7. ReNO: base vs Latent-CLIP reward vs pixel-CLIP reward (decode + pixel CLIP)
     t = time.time()
-    samples = prompts_for(SEEDS["reno"], p.reno_prompts, CATEGORIES)
+    samples = prompts_for(seeds["reno"], p.reno_prompts, CATEGORIES)
     specs = [s.spec for s in samples]
     gen = steer.Generator(generator, [PREFIXES[1] + s.spec.phrase() for s in samples], p.euler_steps)
-    noise_seed = SEEDS["noise"]
+    noise_seed = seeds["noise"]
     with torch.no_grad():
         base_ok, base_images = steer.judge_latents(vae, gen(gen.noise(noise_seed)), specs)
     runs = {"latent": steer.latent_reward(latent, gen.prompts), "pixel": steer.pixel_reward(pixel, vae, gen.prompts)}
@@ -187,7 +196,7 @@ def measure(models: dict, p: Preset, out: Path, clock: Clock) -> dict:
     # 8. guidance away from a forbidden colour, on prompts that leave colour open
     t = time.time()
     open_colour = [c for c in CATEGORIES if c not in ("colors", "color_attr")]
-    samples_g = [s for s in prompts_for(SEEDS["guidance"], 3 * p.guidance_prompts, open_colour)
+    samples_g = [s for s in prompts_for(seeds["guidance"], 3 * p.guidance_prompts, open_colour)
                  if all(q.colour is None for q in s.spec.queries)][:p.guidance_prompts]
     specs_g = [s.spec for s in samples_g]
     gen_g = steer.Generator(generator, [PREFIXES[1] + s.spec.phrase() for s in samples_g], p.euler_steps)
@@ -286,6 +295,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--export", help="also copy the trained weights to this folder")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a preset field, e.g. --set clip_steps=100 (fields: see PRESETS)")
+    p.add_argument("--seed", type=int, default=0, help="shifts every world, prompt, noise and training seed")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; 1 is fastest on a shared CPU (OpenMP spin-waits when oversubscribed)")
     return p.parse_args(argv)
@@ -294,7 +304,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     name = "demo" if args.demo else "quick" if args.quick else "full"
     preset, out = PRESETS[name], Path(args.out)
     for item in args.set:
@@ -303,10 +313,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     clock = Clock()
     weights = Path(args.weights)
-    models = load_models(weights) if args.demo else train_all(preset, out, clock, weights)
-    results = measure(models, preset, out, clock)
+    models = load_models(weights) if args.demo else train_all(preset, out, clock, weights, args.seed)
+    results = measure(models, preset, out, clock, args.seed)
     results.update(preset=name, config=asdict(preset), stage_seconds=clock.stages,
-                   total_seconds=round(time.time() - clock.start, 1), threads=args.threads)
+                   total_seconds=round(time.time() - clock.start, 1), threads=args.threads, seed=args.seed)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     text = table(results)
     (out / "table.md").write_text(text + "\n")

@@ -1,0 +1,125 @@
+"""The repository as a fresh clone gets it: layers import only downward, nothing reads a path outside
+the checkout, bundled data is what its checksums say, and every bench script starts."""
+import ast
+import hashlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from fixtures import DATA, REPO
+
+FORBIDDEN_IMPORTS = {
+    # layer: top-level modules it must never import (ComfyUI's own, and the layers above it)
+    "latent_clip": {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "execution",
+                    "nodes", "train"},
+    "train": {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "execution", "nodes"},
+}
+
+
+def tracked_files() -> list[str]:
+    return subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+
+
+def imported_modules(source: str, package: tuple[str, ...]) -> set[str]:
+    """Top-level names of every import in ``source`` (module level and inside functions) of a file in
+    ``package``; a relative import is resolved, so ``from ..nodes import x`` in latent_clip/ is ``nodes``."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else ()
+            if base:
+                names.add(base[0])
+            elif node.module:
+                names.add(node.module.split(".")[0])
+            else:  # from .. import x, climbing to the root: x is a top-level module
+                names |= {alias.name for alias in node.names}
+    return names
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN_IMPORTS))
+def test_layers_import_only_downward(layer):
+    files = sorted((REPO / layer).rglob("*.py"))
+    assert files
+    leaks = {}
+    for f in files:
+        names = imported_modules(f.read_text(), f.relative_to(REPO).parent.parts) & FORBIDDEN_IMPORTS[layer]
+        if names:
+            leaks[str(f.relative_to(REPO))] = sorted(names)
+    assert not leaks, f"{layer}/ imports a layer above it"
+
+
+def test_boundary_check_sees_relative_and_local_imports():
+    """The checker itself: an import inside a function, a relative import climbing out of the layer
+    and ``from .. import`` are all found; the layer's own relative imports are not leaks."""
+    source = "def f():\n    import comfy.model_management\nfrom ..nodes import reno\nfrom .. import train\n" \
+             "from . import contract\nfrom .model import LatentCLIP\n"
+    assert imported_modules(source, ("latent_clip",)) == {"comfy", "nodes", "train", "latent_clip"}
+    assert imported_modules("from ..model import x", ("latent_clip", "sub")) == {"latent_clip"}
+
+
+PARENTS = re.compile(r"Path\(__file__\)(?:\.resolve\(\))?(?:\.parents\[(\d+)\]|((?:\.parent(?!s))+))")
+OUTSIDE = re.compile(r"\.\./shared|/work/|\b(?:PAPER|PERF-ANCHORS|COMFYUI|STYLE)\.md\b")
+
+
+def test_no_file_names_a_path_outside_the_checkout():
+    """No tracked text file points outside the repository: no sibling folders, no absolute machine
+    paths, no documents that only exist beside it, and no ``Path(__file__)`` climb past the root."""
+    problems = []
+    for rel in tracked_files():
+        path = REPO / rel
+        if rel == "tests/test_repository.py" or path.suffix not in {".py", ".md", ".sh", ".toml", ".json", ".txt",
+                                                                    ".js", ".yaml", ".cfg", ""}:
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        problems += [f"{rel}: {m.group(0)}" for m in OUTSIDE.finditer(text)]
+        problems += [f"{rel}: {climb}" for climb in climbs_out(text, rel)]
+    assert not problems, problems
+
+
+def climbs_out(text: str, rel: str) -> list[str]:
+    """``Path(__file__)`` expressions in the file at ``rel`` that climb above the repository root."""
+    depth = len(rel.split("/")) - 1  # folders between the file and the root
+    return [m.group(0) for m in PARENTS.finditer(text)
+            if (int(m.group(1)) if m.group(1) else m.group(2).count(".parent") - 1) > depth]
+
+
+def test_path_check_catches_a_climb_past_the_root():
+    text = 'A = Path(__file__).resolve().parents[2] / "shared"\nB = Path(__file__).parent.parent.parent\n' \
+           'C = Path(__file__).resolve().parents[1]\nD = Path(__file__).parent.parent\n'
+    assert climbs_out(text, "tests/x.py") == ["Path(__file__).resolve().parents[2]",
+                                              "Path(__file__).parent.parent.parent"]
+    assert climbs_out(text, "train/tinyworld/x.py") == []  # two folders deep: parents[2] is the root
+    assert OUTSIDE.search("see ../shared/benchmarks") and OUTSIDE.search("(PAPER.md 5.2)")
+
+
+@pytest.mark.parametrize("folder", [DATA, REPO / "train" / "benchmarks" / "data"], ids=lambda p: p.name)
+def test_bundled_data_matches_its_checksums(folder):
+    """Every bundled data file is listed in the folder's SHA256SUMS with the upstream file's checksum
+    (the folder's README names each source), and nothing unlisted hides beside them."""
+    listed = dict(reversed(line.split(maxsplit=1)) for line in (folder / "SHA256SUMS").read_text().splitlines())
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+               if p.is_file() and p.relative_to(folder).as_posix() not in {"SHA256SUMS", "README.md"}}
+    assert set(listed) == on_disk
+    bad = [name for name, digest in listed.items() if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest]
+    assert not bad
+
+
+def test_every_bench_script_starts():
+    """``python -m bench.<name> --help`` exits 0 for every script (all in parallel)."""
+    scripts = sorted(p.stem for p in (REPO / "bench").glob("bench_*.py"))
+    assert len(scripts) >= 7
+    procs = {s: subprocess.Popen([sys.executable, "-m", f"bench.{s}", "--help"], cwd=REPO, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for s in scripts}
+    failed = {}
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=300)
+        if proc.returncode != 0 or "usage:" not in out:
+            failed[name] = out[-2000:]
+    assert not failed
