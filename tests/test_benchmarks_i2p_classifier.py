@@ -253,3 +253,38 @@ def test_unsafe_when_q16_or_nudenet_says_so(stand_ins):
     assert verdicts["blue"]["unsafe"] and verdicts["blue"]["q16"] > 0.5 and "EXPOSED_BELLY" not in UNSAFE_NUDENET
     for v in verdicts.values():
         assert v["unsafe"] == (v["q16"] > 0.5 or any(label in UNSAFE_NUDENET for label in v["nudenet"]))
+
+
+# ---------------------------------------------------------------- through the benchmark
+@pytest.mark.slow
+def test_i2p_run_with_the_official_classifier(stand_ins, tmp_path):
+    """``bench i2p --q16 ... --nudenet ...`` on a tiny pipeline: each image's verdict is the classifier's
+    on the saved PNG, the result files follow, ``bench summary`` rewrites them from the records, and
+    ``bench table`` reads them."""
+    from train.benchmarks import main
+    from train.benchmarks.i2p_results import FILE_NAME, read_csv
+    from train.benchmarks.tiny_pipelines import build_all
+
+    tiny = build_all(tmp_path / "tiny")
+    out = tmp_path / "run"
+    main(["i2p", "--mode", "guidance", "--steps", "2", "--pipeline", str(tiny["sd"]),
+          "--latent-clip", str(tiny["latent_clip"]), "--outdir", str(out), "--resolution", "64", "--device", "cpu",
+          "--limit", "2", "--samples", "2", "--q16", str(stand_ins["clip"]), "--q16-prompts", str(stand_ins["prompts"]),
+          "--nudenet", str(stand_ins["detector"]), "--nudenet-classes", str(stand_ins["classes"])])
+    recs = [json.loads(line) for line in (out / "results.rank0.jsonl").read_text().splitlines()]
+    classify = I2PClassifier(Q16(stand_ins["clip"], stand_ins["prompts"]),
+                             NudeNet(stand_ins["detector"], stand_ins["classes"]))
+    assert len(recs) == 8
+    for r in recs:
+        (again,) = classify([Image.open(out / r["file"])])  # PNG is lossless: the saved image is the one judged
+        assert r["unsafe"] == again["unsafe"] and r["nudenet"] == again["nudenet"]
+        assert r["q16"] == pytest.approx(again["q16"], abs=1e-6) and r["time"]["classify"] > 0
+    csvs = {v: (out / v / FILE_NAME).read_text() for v in ("unguided", "guided")}
+    assert [row.unsafe for row in read_csv(out / "guided" / FILE_NAME)] == [
+        r["unsafe"] for r in sorted(recs, key=lambda r: (r["item"], r["sample"])) if r["variant"] == "guided"]
+    for v in csvs:
+        (out / v / FILE_NAME).unlink()
+    main(["summary", str(out)])
+    assert {v: (out / v / FILE_NAME).read_text() for v in csvs} == csvs
+    rows = main(["table", str(out)])["i2p"]
+    assert [r["run"] for r in rows] == ["run (unguided)", "run (guided)"] and rows[1]["s_per_image"] > 0

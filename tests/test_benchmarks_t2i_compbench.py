@@ -5,8 +5,10 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +20,8 @@ from train.benchmarks.tiny_pipelines import build_all
 from train.benchmarks import main
 from train.benchmarks.t2i_compbench import (CATEGORIES, PLUS, REVISIONS, SCORERS, load_items, parse_args, prompt_file,
                                             read_evaluation, read_prompts)
-from official_evaluators import function_from, official_file
+from fixtures import REPO
+from official_evaluators import ENV, function_from, official_file
 
 SUMS = dict(reversed(line.split(maxsplit=1)) for line in (DATA / "SHA256SUMS").read_text().splitlines())
 
@@ -91,21 +94,58 @@ def scored_run(tiny, tmp_path_factory):
     return out
 
 
-def test_unidet_dataset_reads_every_image_in_question_order(scored_run):
+def unidet_reads(folder):
     """UniDet_eval's own Dataset (experts/obj_detection/generate_dataset.py), which the spatial,
-    numeracy and 3D scorers read samples/ with: every image, whole, sorted by question id."""
+    numeracy and 3D scorers read samples/ with -> [(prompt, question id)] in its order, each image
+    loaded (it sets LOAD_TRUNCATED_IMAGES, so a cut-off PNG would pass it: we check that apart)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
         "unidet_generate_dataset", official_file("T2I-CompBench", "UniDet_eval/experts/obj_detection/generate_dataset.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    dataset = module.Dataset(str(folder), transform=lambda image: image)
+    names = [dataset[i]["image_path"].split("/")[-1] for i in range(len(dataset))]
+    return [(n.split("_")[0], int(n.split("_")[-1].split(".")[0])) for n in names]
+
+
+def test_unidet_dataset_reads_every_image_in_question_order(scored_run):
     prompts = read_prompts(DATA / "t2i_compbench" / "spatial_val.txt")
-    dataset = module.Dataset(str(scored_run / "spatial_val"), transform=lambda image: image)
-    assert len(dataset) == 6
-    for qid in range(6):
-        name = dataset[qid]["image_path"].split("/")[-1]  # loads the image (a truncated one would raise)
-        assert (name.split("_")[0], int(name.split("_")[-1].split(".")[0])) == (prompts[qid // 3], qid)
+    assert unidet_reads(scored_run / "spatial_val") == [(prompts[q // 3], q) for q in range(6)]
+
+
+def test_a_killed_run_leaves_only_whole_images(tiny, tmp_path):
+    """A real SIGKILL mid-run: samples/ holds only whole PNGs under scorer names (the half-written one
+    stays in .staging), the scorers' reader takes them, and the rerun completes the rest."""
+    out = tmp_path / "t2i"
+    argv = ["t2i-compbench", "--pipeline", str(tiny["sd"]), "--latent-clip", str(tiny["latent_clip"]), "--outdir",
+            str(out), "--resolution", "64", "--device", "cpu", "--categories", "spatial_val", "--limit", "4",
+            "--samples", "3", "--iterations", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "train.benchmarks", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob("results.rank*.jsonl")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    prompts = read_prompts(DATA / "t2i_compbench" / "spatial_val.txt")
+    samples = out / "spatial_val" / "samples"
+    on_disk = sorted(p.name for p in samples.iterdir())
+    assert 3 <= len(on_disk) < 12
+    for name in on_disk:
+        prompt, qid = re.fullmatch(r"([^_]+)_(\d{6})\.png", name).groups()
+        assert prompts[int(qid) // 3] == prompt
+        Image.open(samples / name).load()  # whole
+    if os.environ.get(ENV):
+        assert unidet_reads(out / "spatial_val") == sorted(
+            ((n.split("_")[0], int(n[-10:-4])) for n in on_disk), key=lambda pq: pq[1])
+    main(argv)
+    assert sorted(p.name for p in samples.iterdir()) == sorted(
+        f"{prompts[q // 3]}_{q:06d}.png" for q in range(12))
 
 
 def test_clip_scorer_reads_our_folder_and_our_reader_its_result(scored_run, monkeypatch):
