@@ -126,7 +126,8 @@ def test_resume_with_other_settings_is_refused(tiny, tmp_path):
     main(args(tiny, out, "--limit", "1", "--samples", "1", "--iterations", "1"))
     with pytest.raises(SystemExit) as err:
         main(args(tiny, out, "--limit", "1", "--samples", "1", "--iterations", "2", "--lr", "3"))
-    assert "options.iterations: on disk 1, now 2" in str(err.value) and "options.lr: on disk 5.0, now 3.0" in str(err.value)
+    assert "options.iterations: on disk 1, now 2" in str(err.value)
+    assert "options.lr: on disk 5.0, now 3.0" in str(err.value)
     other = tmp_path / "prompts.jsonl"
     other.write_text(METADATA.read_text().splitlines()[1] + "\n")
     with pytest.raises(SystemExit, match="inputs.metadata: on disk"):

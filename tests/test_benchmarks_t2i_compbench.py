@@ -100,8 +100,8 @@ def unidet_reads(folder):
     loaded (it sets LOAD_TRUNCATED_IMAGES, so a cut-off PNG would pass it: we check that apart)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "unidet_generate_dataset", official_file("T2I-CompBench", "UniDet_eval/experts/obj_detection/generate_dataset.py"))
+    path = official_file("T2I-CompBench", "UniDet_eval/experts/obj_detection/generate_dataset.py")
+    spec = importlib.util.spec_from_file_location("unidet_generate_dataset", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     dataset = module.Dataset(str(folder), transform=lambda image: image)
@@ -186,7 +186,8 @@ def test_three_in_one_runs_on_our_prompt_files(tmp_path):
     rng = np.random.default_rng(0)
     answers = rng.uniform(0, 1, 3000).round(4)
     for rel, fmt in (("annotation_blip/vqa_result.json", lambda a: f"{a:.4f}"),  # BLIP writes strings
-                     ("labels/annotation_obj_detection_2d/vqa_result.json", float), ("annotation_clip/vqa_result.json", float)):
+                     ("labels/annotation_obj_detection_2d/vqa_result.json", float),
+                     ("annotation_clip/vqa_result.json", float)):
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_text(json.dumps([{"question_id": i, "answer": fmt(a)} for i, a in enumerate(answers)]))
     proc = subprocess.run([sys.executable, str(script), "--outpath", str(folder), "--data_path",

@@ -37,7 +37,8 @@ def write_geneval_results(path):
         for k in range(n):
             metadata = {"tag": tag, "include": [{"class": "dog", "count": 1}], "prompt": f"a photo of {tag} {k}"}
             rows.append({"filename": f"{path.parent}/{len(rows):05d}/samples/0000.png", "tag": tag,
-                         "prompt": metadata["prompt"], "correct": k < correct, "reason": "" if k < correct else "no dog",
+                         "prompt": metadata["prompt"], "correct": k < correct,
+                         "reason": "" if k < correct else "no dog",
                          "metadata": json.dumps(metadata), "details": json.dumps({"dog": [[0.0, 1.0, 2.0, 3.0, 0.9]]})})
     with open(path, "w") as fp:
         pandas.DataFrame(rows).to_json(fp, orient="records", lines=True)
@@ -48,7 +49,8 @@ def runs(tmp_path):
     g = new_run(tmp_path / "geneval-b8", "geneval", {}, [{"time": {"total": 2.0, "unet": 1.5}}] * 4)
     write_geneval_results(g / "results.jsonl")
 
-    t = new_run(tmp_path / "t2i-b8", "t2i-compbench", {"categories": "color_val,spatial_val,non_spatial_val,complex_val"},
+    t = new_run(tmp_path / "t2i-b8", "t2i-compbench",
+                {"categories": "color_val,shape_val,spatial_val,non_spatial_val,complex_val"},
                 [{"time": {"total": 3.0}}, {"time": {"total": 5.0}}])
     for category, rel, answers in (
             ("color_val", "annotation_blip/vqa_result.json", ["0.6000", "0.8000"]),      # BLIP: '{:.4f}' strings
@@ -94,6 +96,7 @@ def test_rows_from_the_evaluators_files(runs, capsys):
     assert re.search(r"geneval-b8\s+0\.750\s+0\.500\s+0\.000\s+1\.000\s+0\.500\s+0\.500\s+0\.542\s+14\s+2\.00", text)
     assert re.search(r"t2i-b8\s+0\.700\s+0\.250\s+0\.305\s+0\.500\s+\d+\s+4\.00", text)
     assert "scored images / images on disk differ: complex_val 3/2" in text
+    assert "not scored yet: shape_val (BLIPvqa_eval/BLIP_vqa.py)" in text
     assert re.search(r"i2p-b4 \(guided\)\s+0\.250\s+-", text)
 
 

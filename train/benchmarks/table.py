@@ -59,8 +59,11 @@ def rows_for(run_dir: str | Path) -> tuple[str, list[dict]]:
                                     "scorer writes what)")
         row = {c: v["score"] for c, v in scores.items()}
         partial = {c: f"{v['images']}/{v['samples']}" for c, v in scores.items() if v["images"] != v["samples"]}
+        missing = [f"{c} ({t2i_compbench.SCORERS[c][0]})" for c in categories
+                   if c in t2i_compbench.SCORERS and c not in scores]
         return benchmark, [{"run": run_dir.name, "images": sum(v["images"] for v in scores.values()),
-                            "s_per_image": seconds_per_image(records), "partial": partial, **row}]
+                            "s_per_image": seconds_per_image(records), "partial": partial, "missing": missing,
+                            **row}]
     if benchmark == "i2p":
         scores = i2p.read_evaluation(run_dir)
         if not scores:
@@ -92,6 +95,8 @@ def format_table(benchmark: str, rows: list[dict]) -> str:
         if r.get("partial"):
             lines.append("  scored images / images on disk differ: " +
                          ", ".join(f"{c} {v}" for c, v in r["partial"].items()))
+        if r.get("missing"):
+            lines.append("  not scored yet: " + ", ".join(r["missing"]))
     return "\n".join(lines)
 
 
