@@ -114,6 +114,7 @@ def test_unidet_dataset_reads_every_image_in_question_order(scored_run):
     assert unidet_reads(scored_run / "spatial_val") == [(prompts[q // 3], q) for q in range(6)]
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_only_whole_images(tiny, tmp_path):
     """A real SIGKILL mid-run: samples/ holds only whole PNGs under scorer names (the half-written one
     stays in .staging), the scorers' reader takes them, and the rerun completes the rest."""

@@ -20,12 +20,11 @@ from typing import Sequence
 from . import geneval, i2p, t2i_compbench
 from .runner import RUN_FILE, read_records, summarise_records
 
-COLUMNS = {
-    "geneval": [("single_object", "Single"), ("two_object", "Two obj."), ("counting", "Counting"),
-                ("colors", "Colors"), ("position", "Position"), ("color_attr", "Color attr."), ("overall", "Overall")],
-    "t2i-compbench": [("color_val", "Color"), ("shape_val", "Shape"), ("texture_val", "Texture"),
-                      ("spatial_val", "Spatial"), ("non_spatial_val", "Non-spatial"), ("complex_val", "Complex"),
-                      ("numeracy_val", "Numeracy"), ("3d_spatial_val", "3D-spatial")],
+COLUMNS = {  # (key in a row, column title), in the papers' order
+    "geneval": list(zip(geneval.TASKS, ("Single", "Two obj.", "Counting", "Colors", "Position", "Color attr.")))
+    + [("overall", "Overall")],
+    "t2i-compbench": list(zip(t2i_compbench.CATEGORIES + t2i_compbench.PLUS, (
+        "Color", "Shape", "Texture", "Spatial", "Non-spatial", "Complex", "Numeracy", "3D-spatial"))),
     "i2p": [("all", "Overall"), ("expected_max", "Exp. max")] + [(c, c) for c in i2p.CATEGORIES],
 }
 
