@@ -1,6 +1,10 @@
-"""GenEval runs end to end on tiny local pipelines: folder layout, ReNO records, resume, sharding."""
+"""GenEval runs end to end on tiny local pipelines: folder layout, ReNO records, resume (also after a
+real kill, with the folder read by GenEval's own reading code meanwhile), refused settings, sharding."""
+import argparse
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,8 +13,10 @@ import time
 import pytest
 from PIL import Image
 
+from train.benchmarks.geneval import TASKS, read_evaluation
 from train.benchmarks.runner import DATA
 from fixtures import REPO
+from official_evaluators import ENV, function_from, official_file
 from train.benchmarks.tiny_pipelines import build_all
 from train.benchmarks import main
 
@@ -30,6 +36,41 @@ def args(tiny, out, *extra):
 
 def records(out):
     return [json.loads(line) for p in sorted(out.glob("results.rank*.jsonl")) for line in p.read_text().splitlines()]
+
+
+def whole_pngs_geneval_takes(out):
+    """Check the folder as evaluate_images.py lists it (numbered folders, one JSON object in
+    metadata.jsonl, names matching its unanchored ``\\d+\\.png``): every such file is a whole PNG.
+    Returns {folder: [file names]}."""
+    found = {}
+    for folder in sorted(p for p in out.iterdir() if p.is_dir() and p.name.isdigit()):
+        with open(folder / "metadata.jsonl") as f:
+            json.load(f)
+        names = sorted(p.name for p in (folder / "samples").iterdir() if re.match(r"\d+\.png", p.name))
+        for name in names:
+            Image.open(folder / "samples" / name).load()  # a truncated PNG raises here
+        found[folder.name] = names
+    return found
+
+
+def geneval_reading_code(out, results):
+    """GenEval's own ``main`` (evaluation/evaluate_images.py) over ``out``, its detector replaced by a
+    recorder that loads each image whole and calls it correct when its sample number is even; it
+    writes ``results`` as GenEval does. Returns the (file, prompt) pairs it evaluated."""
+    import pandas
+
+    seen = []
+
+    def evaluate_image(filepath, metadata):
+        Image.open(filepath).load()
+        seen.append((os.path.relpath(filepath, out), metadata["prompt"]))
+        return {"filename": filepath, "tag": metadata["tag"], "prompt": metadata["prompt"],
+                "correct": int(re.search(r"(\d+)\.png$", filepath).group(1)) % 2 == 0, "reason": "",
+                "metadata": json.dumps(metadata), "details": "{}"}
+    path = official_file("geneval", "evaluation/evaluate_images.py")
+    namespace = {"os": os, "json": json, "re": re, "pd": pandas, "evaluate_image": evaluate_image}
+    function_from(path, "main", namespace)(argparse.Namespace(imagedir=str(out), outfile=str(results)))
+    return sorted(seen)
 
 
 def test_layout_records_and_summary(tiny, tmp_path):
@@ -56,6 +97,47 @@ def test_layout_records_and_summary(tiny, tmp_path):
     assert summary["rewards"]["latent_clip"]["gain"] >= 0
     assert json.loads((out / "summary.json").read_text())["images"] == 4
     assert main(["summary", str(out)])["rewards"] == summary["rewards"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["benchmark"] == "geneval" and run["options"]["samples"] == 2 and run["options"]["iterations"] == 3
+    assert run["inputs"]["metadata"] == hashlib.sha256(METADATA.read_bytes()).hexdigest()
+    assert not list((out / ".staging" / "rank0").iterdir())  # nothing left half-written
+
+
+def test_official_reading_code_takes_every_image_and_our_reader_scores_its_results(tiny, tmp_path):
+    out = tmp_path / "geneval"
+    main(args(tiny, out, "--limit", "3", "--samples", "2", "--iterations", "1", "--grid"))
+    seen = geneval_reading_code(out, out / "results.jsonl")
+    prompts = [json.loads(line)["prompt"] for line in METADATA.read_text().splitlines()]
+    assert seen == [(f"{i:05d}/samples/{j:04d}.png", prompts[i]) for i in range(3) for j in range(2)]
+    scores = read_evaluation(out)  # the recorder marked sample 0 correct, sample 1 wrong: 0.5 in each task
+    assert scores["images"] == 6 and scores["single_object"] == 0.5 and scores["overall"] == 0.5
+    assert set(scores) - {"overall", "images"} <= set(TASKS)
+
+
+def test_protocol_defaults():
+    from train.benchmarks.geneval import parse_args
+
+    a = parse_args(["--pipeline", "p", "--outdir", "o"])
+    assert (a.samples, a.seed) == (4, 0)  # GenEval's 4 images per prompt, ReNO's seeds 0-3
+
+
+def test_resume_with_other_settings_is_refused(tiny, tmp_path):
+    out = tmp_path / "g"
+    main(args(tiny, out, "--limit", "1", "--samples", "1", "--iterations", "1"))
+    with pytest.raises(SystemExit) as err:
+        main(args(tiny, out, "--limit", "1", "--samples", "1", "--iterations", "2", "--lr", "3"))
+    assert "options.iterations: on disk 1, now 2" in str(err.value)
+    assert "options.lr: on disk 5.0, now 3.0" in str(err.value)
+    other = tmp_path / "prompts.jsonl"
+    other.write_text(METADATA.read_text().splitlines()[1] + "\n")
+    with pytest.raises(SystemExit, match="inputs.metadata: on disk"):
+        main(args(tiny, out, "--limit", "1", "--samples", "1", "--iterations", "1", "--metadata", str(other)))
+    # options that only change how the run executes do not make it another run: a larger --limit resumes
+    summary = main(args(tiny, out, "--limit", "2", "--samples", "1", "--iterations", "1", "--batch-size", "2"))
+    assert summary["items_done"] == 2
+    (out / "run.json").unlink()
+    with pytest.raises(SystemExit, match="holds results but no run.json"):
+        main(args(tiny, out, "--limit", "2", "--samples", "1", "--iterations", "1"))
 
 
 def test_baseline_without_reno_uses_the_same_seeds(tiny, tmp_path):
@@ -76,7 +158,8 @@ def test_resume_after_kill_9_skips_finished_prompts(tiny, tmp_path):
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while not records(out) and proc.poll() is None and time.monotonic() < deadline:
+        # kill once prompt 0 is recorded and prompt 1 has begun (its folder appears first, with its metadata)
+        while not (records(out) and (out / "00001").is_dir()) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
     finally:
@@ -84,6 +167,14 @@ def test_resume_after_kill_9_skips_finished_prompts(tiny, tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     done = {r["item"] for r in records(out)}
     assert 0 in done and len(done) < 6
+    # the killed folder is evaluable as it stands: every numbered folder has its metadata, every PNG is whole
+    on_disk = whole_pngs_geneval_takes(out)
+    assert on_disk["00000"] == ["0000.png", "0001.png"] and "00001" in on_disk
+    assert not [p for p in out.rglob("*") if p.is_file() and ".staging" not in p.parts and p.suffix == ".tmp"]
+    if os.environ.get(ENV):  # and GenEval's own reading code takes exactly those images, with their prompts
+        prompts = [json.loads(line)["prompt"] for line in METADATA.read_text().splitlines()]
+        seen = geneval_reading_code(out, tmp_path / "killed.jsonl")
+        assert seen == sorted((f"{k}/samples/{n}", prompts[int(k)]) for k, names in on_disk.items() for n in names)
     first = (out / "00000/samples/0000.png").stat().st_mtime_ns
     summary = main(args(tiny, out, "--limit", "6", "--iterations", "4"))
     recs = records(out)

@@ -21,6 +21,7 @@ import csv
 import glob
 import io
 import json
+import os
 import random
 import tarfile
 from dataclasses import dataclass
@@ -244,10 +245,13 @@ class ImageTransform:
 
 # ---------------------------------------------------------------- writing
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def atomic_write(path: Path, write: Callable[[Path], object], staging: Path | None = None) -> None:
+    """``write(tmp)`` then rename ``tmp`` to ``path``: readers see the old file or the whole new one.
+    ``tmp`` is ``<path>.tmp`` beside it, or a file in ``staging`` (same file system) to keep
+    half-written files out of a folder that others list while it fills."""
+    tmp = (Path(staging) / f"{path.name}.tmp") if staging is not None else path.with_name(path.name + ".tmp")
     write(tmp)
-    tmp.replace(path)
+    os.replace(tmp, path)
 
 
 def write_latent_shard(path: Path, latents: torch.Tensor, captions: Sequence[str], keys: Sequence[str],

@@ -1,12 +1,14 @@
 """GenEval (Ghosh et al. 2023): 553 prompts, N images each, in the folder layout its evaluator reads.
 
     <outdir>/00000/metadata.jsonl     the prompt's line of evaluation_metadata.jsonl (one JSON object)
-    <outdir>/00000/samples/0000.png   sample j (seed = --seed + j; ReNO uses seeds 0-3)
+    <outdir>/00000/samples/0000.png   sample j (seed = --seed + j; the protocol: 4 samples, seeds 0-3)
     <outdir>/00000/grid.png           with --grid
 
-Then, in GenEval's own environment (CUDA, mmdet 2.x):
-    python evaluation/evaluate_images.py <outdir> --outfile results.jsonl --model-path <detector dir>
-    python evaluation/summary_scores.py results.jsonl
+A prompt folder appears with its metadata.jsonl and samples/ at once, and each PNG appears whole,
+so the evaluator reads any state of the folder (mid-run, or after a kill). Then, in GenEval's own
+environment (CUDA, mmdet 2.x):
+    python evaluation/evaluate_images.py <outdir> --outfile <outdir>/results.jsonl --model-path <detector dir>
+    python -m train bench table <outdir>      (or GenEval's evaluation/summary_scores.py <outdir>/results.jsonl)
 """
 from __future__ import annotations
 
@@ -15,7 +17,36 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .runner import DATA, Item, add_common_args, decode_pil, grid, image_records, render, run, save_png, setup
+from .outputs import OutputTree
+from .runner import (DATA, Item, add_common_args, claim_outdir, decode_pil, grid, image_records, render, run,
+                     run_settings, setup)
+
+
+TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+EVALUATION = "results.jsonl"  # evaluate_images.py <outdir> --outfile <outdir>/results.jsonl
+
+
+def read_evaluation(outdir: str | Path) -> dict:
+    """GenEval's ``results.jsonl`` (one JSON object per image, as its evaluate_images.py writes it)
+    -> share of correct images per task and ``overall``, their unweighted mean over the tasks
+    present (summary_scores.py's "Overall score"), and ``images``."""
+    path = Path(outdir) / EVALUATION
+    if not path.is_file():
+        raise FileNotFoundError(f"no GenEval results in {outdir}: run GenEval's evaluation/evaluate_images.py "
+                                f"{outdir} --outfile {path}")
+    by_task: dict[str, list[bool]] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            by_task.setdefault(rec["tag"], []).append(bool(rec["correct"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} line {n}: not a GenEval result record with 'tag' and 'correct' ({err})") from None
+    if not by_task:
+        raise ValueError(f"{path}: no results")
+    tasks = {t: sum(v) / len(v) for t, v in by_task.items()}
+    return {**tasks, "overall": sum(tasks.values()) / len(tasks), "images": sum(map(len, by_task.values()))}
 
 
 def default_metadata() -> Path:
@@ -37,43 +68,41 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--metadata", default=str(default_metadata()), help="GenEval evaluation_metadata.jsonl")
     p.add_argument("--grid", action="store_true", help="also write grid.png per prompt")
     add_common_args(p)
-    p.set_defaults(samples=4)
+    p.set_defaults(samples=4, seed=0)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
     args = parse_args(argv)
     items = load_items(args.metadata, args.limit)
+    claim_outdir(args.outdir, "geneval", run_settings(args, {"metadata": args.metadata}))
     s = setup(args)
-    outdir = Path(args.outdir)
+    out = OutputTree(args.outdir, f"rank{s.rank.rank}")
+    baseline = OutputTree(args.baseline_dir, f"rank{s.rank.rank}") if args.baseline_dir else None
     seeds = [args.seed + j for j in range(args.samples)]
 
     def process(item: Item) -> list[dict]:
+        for tree in filter(None, (out, baseline)):  # metadata.jsonl + samples/ before any image
+            tree.folder(item.key, {"metadata.jsonl": item.meta["line"] + "\n"}, ("samples",))
         records = []
         for b in range(0, len(seeds), args.batch_size):
             chunk = seeds[b:b + args.batch_size]
-            out = render(s, args, item.prompt, chunk)
-            images = decode_pil(s.gen, out.latents)
-            if args.baseline_dir:
-                base = decode_pil(s.gen, out.initial)
-                for j, image in zip(range(b, b + len(chunk)), base):
-                    save_png(image, Path(args.baseline_dir) / item.key / "samples" / f"{j:04d}.png")
-            for j, image in zip(range(b, b + len(chunk)), images):
-                save_png(image, outdir / item.key / "samples" / f"{j:04d}.png")
+            rendered = render(s, args, item.prompt, chunk)
             files = [f"{item.key}/samples/{j:04d}.png" for j in range(b, b + len(chunk))]
-            recs = image_records(item, out, chunk, files, tag=item.meta["tag"])
+            for name, image in zip(files, decode_pil(s.gen, rendered.latents)):
+                out.save_png(name, image)
+            if baseline is not None:
+                for name, image in zip(files, decode_pil(s.gen, rendered.initial)):
+                    baseline.save_png(name, image)
+            recs = image_records(item, rendered, chunk, files, tag=item.meta["tag"])
             for j, rec in zip(range(b, b + len(chunk)), recs):
                 rec["sample"] = j
             records += recs
-        folder = outdir / item.key
         if args.grid:
             from PIL import Image
-            save_png(grid([Image.open(folder / "samples" / f"{j:04d}.png").convert("RGB") for j in range(len(seeds))]),
-                     folder / "grid.png")
-        (folder / "metadata.jsonl").write_text(item.meta["line"] + "\n", encoding="utf-8")
-        if args.baseline_dir:
-            (Path(args.baseline_dir) / item.key / "metadata.jsonl").write_text(item.meta["line"] + "\n",
-                                                                              encoding="utf-8")
+            samples = out.root / item.key / "samples"
+            out.save_png(f"{item.key}/grid.png",
+                         grid([Image.open(samples / f"{j:04d}.png").convert("RGB") for j in range(len(seeds))]))
         return records
 
-    return run("geneval", items, process, outdir, s.rank, s.device, s.timer, args.summary_wait)
+    return run("geneval", items, process, args.outdir, s.rank, s.device, s.timer, args.summary_wait)

@@ -23,7 +23,8 @@ from PIL import Image
 
 from ..data import ImageTransform, atomic_write, folder_rows, write_latent_shard, write_sizes
 from .pipelines import add_pipeline_args, generator_from_args
-from .runner import Item, Rank, decode_pil, run, save_png
+from .outputs import OutputTree
+from .runner import Item, Rank, decode_pil, run
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -77,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     device = rank.device(args.device)
     gen = generator_from_args(args, device, args.size)
     out = Path(args.outdir)
+    images = OutputTree(out, f"rank{rank.rank}") if args.save_images else None
     transform = ImageTransform(args.size)
     steps = gen.timesteps(args.steps, args.denoise)
     items = [Item(c, f"{c:05d}", "", {"start": s}) for c, s in enumerate(range(0, len(rows), args.chunk))]
@@ -103,9 +105,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     x_t = gen.start(noise[k:k + 1], steps, gen.to_scaled(z[k:k + 1]))
                     outs.append(gen.to_raw(gen.sample(x_t, steps, condition(label), args.cfg)))
                 fake.append(torch.cat(outs).cpu())
-            if args.save_images:
+            if images is not None:
                 for (p, _, label), image in zip(batch, decode_pil(gen, torch.cat(outs))):
-                    save_png(image, out / "images" / folders[label] / f"{p.stem}.png")
+                    images.save_png(f"images/{folders[label]}/{p.stem}.png", image)
         keys = [p.relative_to(args.data).with_suffix("").as_posix() for p, _, _ in chunk]
         labels = [label for _, _, label in chunk]
         captions = [names[label] for label in labels]

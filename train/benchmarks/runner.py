@@ -3,15 +3,20 @@ or without ReNO, append per-image records to a JSONL, and print a summary table.
 
 - Sharding: item ``i`` goes to rank ``i % world`` (torchrun's RANK / WORLD_SIZE, or SLURM's).
   No process group is created: ranks only share the output folder.
+- Settings: ``<outdir>/run.json`` is written before anything else and records every option that
+  decides the outputs (and the sha256 of the prompt files); a rerun with other settings is refused
+  with the differences listed, so one folder never mixes two runs.
 - Resume: each rank appends to ``<outdir>/results.rank<r>.jsonl`` after an item's files are
-  written (atomically); an item is done once any JSONL in the folder holds a record for it, so a
-  rerun (any world size) skips it. Unparsable (half-written) lines are ignored.
+  written (atomically, see :mod:`.outputs`); an item is done once any JSONL in the folder holds a
+  record for it, so a rerun (any world size, any ``--limit``) skips it. Unparsable (half-written)
+  lines are ignored.
 - Summary: rank 0 waits (``--summary-wait`` seconds) for the other ranks' ``finished.rank<r>``
   markers or for every item to be done, then writes ``summary.json`` and prints the table.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -28,12 +33,16 @@ from latent_clip import load_model
 from latent_clip.reno import optimize_noise
 from latent_clip.rewards import latent_alignment, latent_avoid, on_decoded, weighted_sum
 
+from ..data import atomic_write
 from . import pixel_rewards
 from .pipelines import Generator, Timer, add_pipeline_args, generator_from_args, to_pil
 
 DATA = Path(__file__).parent / "data"  # bundled prompt files (see data/README.md for sources and licences)
 
 RESULTS_GLOB = "results.rank*.jsonl"
+RUN_FILE = "run.json"
+# options that change how a run is executed, not what it writes: a resume may change them
+OPERATIONAL = frozenset({"outdir", "limit", "device", "batch_size", "summary_wait"})
 
 
 @dataclass
@@ -75,8 +84,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--outdir", required=True)
     g.add_argument("--limit", type=int, help="only the first N prompts (smoke runs)")
-    g.add_argument("--samples", type=int, default=1, help="images per prompt")
-    g.add_argument("--seed", type=int, default=0, help="sample j uses seed + j")
+    g.add_argument("--samples", type=int, default=1, help="images per prompt (default: %(default)s, the protocol's)")
+    g.add_argument("--seed", type=int, default=0, help="sample j uses seed + j (default: %(default)s, the protocol's)")
     g.add_argument("--batch-size", type=int, default=1, help="samples rendered together")
     g.add_argument("--summary-wait", type=float, default=600.0,
                    help="rank 0 waits this long for other ranks before summarising")
@@ -101,6 +110,55 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 def concepts_text(spec: str | None) -> str | None:
     return spec.replace(";", "\n") if spec else None
+
+
+# ---------------------------------------------------------------- the run's identity
+def sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_settings(args: argparse.Namespace, inputs: dict[str, str | Path], skip: Sequence[str] = ()) -> dict:
+    """What decides a run's outputs: every option but :data:`OPERATIONAL` ones, ``skip`` and the
+    options naming ``inputs``, which are recorded by content instead (name -> sha256 of the file)."""
+    dropped = OPERATIONAL | set(skip) | set(inputs)
+    options = {k: v for k, v in sorted(vars(args).items()) if k not in dropped}
+    return {"options": json.loads(json.dumps(options)), "inputs": {k: sha256(p) for k, p in sorted(inputs.items())}}
+
+
+def claim_outdir(outdir: str | Path, benchmark: str, settings: dict) -> None:
+    """Start or resume a run in ``outdir``: write ``run.json`` when the folder holds no run, else
+    raise ``SystemExit`` (one line per difference) unless it records the same benchmark and settings."""
+    outdir = Path(outdir)
+    path = outdir / RUN_FILE
+    wanted = {"benchmark": benchmark, **settings}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"{path} is not valid JSON ({err}); cannot tell which run {outdir} holds") from None
+        diffs = settings_diff(old, wanted)
+        if diffs:
+            raise SystemExit(f"{outdir} holds another run (its {RUN_FILE} differs: " + "; ".join(diffs) +
+                             "). Resume with the same settings, or give a new --outdir.")
+        return
+    if outdir.is_dir() and any(outdir.glob(RESULTS_GLOB)):
+        raise SystemExit(f"{outdir} holds results but no {RUN_FILE} (written by an older version or by hand), so "
+                         "its settings are unknown: give a new --outdir")
+    outdir.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(wanted, indent=2), encoding="utf-8"))
+
+
+def settings_diff(old: dict, new: dict) -> list[str]:
+    """``'section.key: on disk X, now Y'`` for every value that differs between two run records."""
+    out = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{section}.{k}: on disk {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                    if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{section}: on disk {a!r}, now {b!r}")
+    return out
 
 
 # ---------------------------------------------------------------- models
@@ -242,14 +300,6 @@ def decode_pil(gen: Generator, raw: torch.Tensor) -> list:
     return images
 
 
-def save_png(image, path: Path) -> None:
-    """Atomic: a killed run never leaves a truncated PNG under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def grid(images: list, cols: int | None = None):
     from PIL import Image
 
@@ -333,7 +383,7 @@ def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]],
         total = timer.now() - t0
         spent = timer.reset()
         n = max(len(records), 1)
-        times = {k: spent.get(k, 0.0) / n for k in ("unet", "reward", "decode")}
+        times = {k: spent.get(k, 0.0) / n for k in ("unet", "reward", "decode", *spent)}
         times["other"] = max(total / n - sum(times.values()), 0.0)
         times["total"] = total / n
         mem = peak_memory_gb(device)
@@ -373,7 +423,8 @@ def _mean(values: list[float]) -> float | None:
 
 def summarise_records(records: list[dict], extra: Callable[[list[dict]], dict] | None = None) -> dict:
     """Mean loss per reward term (initial = no ReNO, best = after ReNO; gain = initial - best,
-    positive is better), s/image and its breakdown, peak memory."""
+    positive is better), s/image and its breakdown (``classify``: scoring the images, not making
+    them), peak memory."""
     images = [r for r in records if "time" in r]
     out = {"images": len(images), "rewards": {}, "time_per_image": {}}
     names = sorted({n for r in images for n in r.get("losses", {})})
@@ -382,8 +433,8 @@ def summarise_records(records: list[dict], extra: Callable[[list[dict]], dict] |
         best = _mean([r["losses"][n]["best"] for r in images if n in r.get("losses", {})])
         out["rewards"][n] = {"initial_loss": init, "best_loss": best,
                              "gain": None if init is None or best is None else init - best}
-    for k in ("unet", "reward", "decode", "other", "total"):
-        out["time_per_image"][k] = _mean([r["time"].get(k) for r in images])
+    for k in ("unet", "reward", "decode", "other", "total", *sorted({k for r in images for k in r["time"]})):
+        out["time_per_image"][k] = _mean([r["time"].get(k, 0.0) for r in images])
     out["iterations"] = _mean([r.get("iterations") for r in images])
     out["peak_memory_gb"] = max((r.get("peak_memory_gb", 0.0) for r in images), default=0.0)
     if extra is not None:
@@ -401,7 +452,7 @@ def format_summary(s: dict) -> str:
         lines.append(f"{n:<16}{f(v['initial_loss']):>10}{f(v['best_loss']):>10}{f(v['gain']):>10}")
     t = s["time_per_image"]
     lines.append("s/image " + f(t["total"], ".3f") + "  (" + ", ".join(
-        f"{k} {f(t[k], '.3f')}" for k in ("unet", "reward", "decode", "other")) + ")")
+        f"{k} {f(v, '.3f')}" for k, v in t.items() if k != "total") + ")")
     lines.append(f"peak memory {s['peak_memory_gb']:.2f} GiB")
     for k, v in s.items():
         if k.startswith("table_"):

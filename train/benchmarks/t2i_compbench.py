@@ -3,23 +3,68 @@
     <outdir>/<category>/samples/<prompt>_<NNNNNN>.png
 
 ``<category>`` is the split's file stem (``color_val``, ...). ``NNNNNN`` is a running index per
-category in prompt order, ``prompt_index * samples + j`` (the paper's 10 images per prompt give
-the order the 3-in-1 script hard-codes; ReNO's one image per prompt gives ``NNNNNN`` = prompt
-index). The scorers take the prompt from the text before the first ``_`` and ``NNNNNN`` as the
-question id; no prompt in these splits contains ``_`` or ``/``. Point each scorer's
-``--outpath`` at ``<outdir>/<category>`` (e.g. ``BLIPvqa_eval/BLIP_vqa.py --out_dir
-<outdir>/color_val``).
+category in prompt order, ``prompt_index * samples + j``. The protocol (its
+``GORS_finetune/inference_eval.py``): 10 images per prompt, image j from seed 42 + j; the 3-in-1
+scorer of ``complex_val`` hard-codes those 10. The scorers take the prompt from the text before
+the first ``_`` and ``NNNNNN`` as the question id; no prompt in these splits contains ``_`` or
+``/``. Each PNG appears whole (written aside, then renamed), so ``samples/`` can be scored at any
+moment. Which scorer reads which category, and from where: the README's T2I-CompBench section.
+
+``--revision 2023-07`` (default) is the prompt set of the papers (ReNO, Latent-CLIP);
+``2025-09`` is upstream's later colour revision (see data/README.md).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from pathlib import Path
 from typing import Sequence
 
-from .runner import DATA, Item, add_common_args, decode_pil, image_records, render, run, save_png, setup
+from .outputs import OutputTree
+from .runner import (DATA, Item, add_common_args, claim_outdir, decode_pil, image_records, render, run,
+                     run_settings, setup)
 
 CATEGORIES = ("color_val", "shape_val", "texture_val", "spatial_val", "non_spatial_val", "complex_val")
 PLUS = ("numeracy_val", "3d_spatial_val")
+REVISIONS = ("2023-07", "2025-09")  # upstream commits 7710d05 and 3310c2f (data/README.md)
+
+
+# category -> (official scorer, the result file it writes under <outdir>/<category>/): README "T2I-CompBench"
+SCORERS = {
+    "color_val": ("BLIPvqa_eval/BLIP_vqa.py", "annotation_blip/vqa_result.json"),
+    "shape_val": ("BLIPvqa_eval/BLIP_vqa.py", "annotation_blip/vqa_result.json"),
+    "texture_val": ("BLIPvqa_eval/BLIP_vqa.py", "annotation_blip/vqa_result.json"),
+    "spatial_val": ("UniDet_eval/2D_spatial_eval.py", "labels/annotation_obj_detection_2d/vqa_result.json"),
+    "non_spatial_val": ("CLIPScore_eval/CLIP_similarity.py", "annotation_clip/vqa_result.json"),
+    "complex_val": ("3_in_1_eval/3_in_1.py", "annotation_3_in_1/vqa_result.json"),
+    "numeracy_val": ("UniDet_eval/numeracy_eval.py", "annotation_num/vqa_result.json"),
+    "3d_spatial_val": ("UniDet_eval/3D_spatial_eval.py", "labels/annotation_obj_detection_3d/vqa_result.json"),
+}
+
+
+def read_evaluation(outdir: str | Path, categories: Sequence[str]) -> dict:
+    """Per category with a result file: ``score``, the mean ``answer`` of its ``vqa_result.json``
+    (the average every scorer prints), ``images`` scored and ``samples`` on disk (they differ when a
+    scorer ran on a partial folder)."""
+    out = {}
+    for category in categories:
+        if category not in SCORERS:
+            continue
+        path = Path(outdir) / category / SCORERS[category][1]
+        if not path.is_file():
+            continue
+        try:
+            answers = [float(r["answer"]) for r in json.loads(path.read_text(encoding="utf-8"))]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: not a T2I-CompBench vqa_result.json ([{{question_id, answer}}, ...]): "
+                             f"{err}") from None
+        if not answers or not all(math.isfinite(a) for a in answers):
+            raise ValueError(f"{path}: {len(answers)} answers, {'none' if not answers else 'some not finite'}")
+        samples = Path(outdir) / category / "samples"
+        out[category] = {"score": sum(answers) / len(answers), "images": len(answers),
+                         "samples": len(list(samples.glob("*.png"))) if samples.is_dir() else 0}
+    return out
 
 
 def default_dataset() -> Path:
@@ -31,14 +76,25 @@ def read_prompts(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def load_items(dataset: str | Path, categories: Sequence[str], limit: int | None = None) -> list[Item]:
-    items = []
+def prompt_file(dataset: str | Path, category: str, revision: str = REVISIONS[0]) -> Path:
+    """``<dataset>/<revision>/<category>.txt`` where that revision changed the split, else
+    ``<dataset>/<category>.txt`` (the first revision)."""
+    changed = Path(dataset) / revision / f"{category}.txt"
+    return changed if changed.is_file() else Path(dataset) / f"{category}.txt"
+
+
+def load_items(dataset: str | Path, categories: Sequence[str], limit: int | None = None,
+               revision: str = REVISIONS[0]) -> list[Item]:
+    """The first ``limit`` prompts of each category. Item indices count through the full splits in
+    ``categories`` order, so they (the resume keys) do not depend on ``limit``."""
+    items, offset = [], 0
     for category in categories:
-        prompts = read_prompts(Path(dataset) / f"{category}.txt")[:limit]
-        for i, prompt in enumerate(prompts):
+        prompts = read_prompts(prompt_file(dataset, category, revision))
+        for i, prompt in enumerate(prompts[:limit]):
             if "_" in prompt or "/" in prompt:
                 raise ValueError(f"{category} prompt {i} contains '_' or '/', which breaks the file-name layout")
-            items.append(Item(len(items), f"{category}/{i}", prompt, {"category": category, "prompt_index": i}))
+            items.append(Item(offset + i, f"{category}/{i}", prompt, {"category": category, "prompt_index": i}))
+        offset += len(prompts)
     return items
 
 
@@ -52,15 +108,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset", default=str(default_dataset()), help="folder of <category>.txt files")
     p.add_argument("--categories", default=",".join(CATEGORIES),
                    help=f"comma-separated split names; CompBench++ adds {','.join(PLUS)}")
+    p.add_argument("--revision", choices=REVISIONS, default=REVISIONS[0],
+                   help="prompt revision: 2023-07 as in the papers (default), 2025-09 upstream's colour fix")
     add_common_args(p)
+    p.set_defaults(samples=10, seed=42)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
     args = parse_args(argv)
-    items = load_items(args.dataset, [c.strip() for c in args.categories.split(",") if c.strip()], args.limit)
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()]
+    items = load_items(args.dataset, categories, args.limit, args.revision)
+    files = {f"prompts/{c}": prompt_file(args.dataset, c, args.revision) for c in categories}
+    claim_outdir(args.outdir, "t2i-compbench", run_settings(args, files, skip=("dataset",)))
     s = setup(args)
-    outdir = Path(args.outdir)
+    out = OutputTree(args.outdir, f"rank{s.rank.rank}")
+    baseline = OutputTree(args.baseline_dir, f"rank{s.rank.rank}") if args.baseline_dir else None
     seeds = [args.seed + j for j in range(args.samples)]
 
     def process(item: Item) -> list[dict]:
@@ -68,14 +131,15 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         records = []
         for b in range(0, len(seeds), args.batch_size):
             chunk = seeds[b:b + args.batch_size]
-            out = render(s, args, item.prompt, chunk)
-            names = [file_name(item.prompt, p * len(seeds) + j) for j in range(b, b + len(chunk))]
-            for name, image in zip(names, decode_pil(s.gen, out.latents)):
-                save_png(image, outdir / category / "samples" / name)
-            if args.baseline_dir:
-                for name, image in zip(names, decode_pil(s.gen, out.initial)):
-                    save_png(image, Path(args.baseline_dir) / category / "samples" / name)
-            recs = image_records(item, out, chunk, [f"{category}/samples/{n}" for n in names], category=category)
+            rendered = render(s, args, item.prompt, chunk)
+            names = [f"{category}/samples/{file_name(item.prompt, p * len(seeds) + j)}"
+                     for j in range(b, b + len(chunk))]
+            for name, image in zip(names, decode_pil(s.gen, rendered.latents)):
+                out.save_png(name, image)
+            if baseline is not None:
+                for name, image in zip(names, decode_pil(s.gen, rendered.initial)):
+                    baseline.save_png(name, image)
+            recs = image_records(item, rendered, chunk, names, category=category)
             for j, rec in zip(range(b, b + len(chunk)), recs):
                 rec["sample"] = j
             records += recs
@@ -89,4 +153,4 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
                 cats.setdefault(r["category"], []).append(total["initial"] - total["best"])
         return {"gain_by_category": {c: sum(v) / len(v) for c, v in cats.items()}}
 
-    return run("t2i-compbench", items, process, outdir, s.rank, s.device, s.timer, args.summary_wait, by_category)
+    return run("t2i-compbench", items, process, args.outdir, s.rank, s.device, s.timer, args.summary_wait, by_category)
