@@ -18,8 +18,8 @@ from PIL import Image
 from train.benchmarks.runner import DATA
 from train.benchmarks.tiny_pipelines import build_all
 from train.benchmarks import main
-from train.benchmarks.t2i_compbench import (CATEGORIES, PLUS, REVISIONS, SCORERS, load_items, parse_args, prompt_file,
-                                            read_evaluation, read_prompts)
+from train.benchmarks.t2i_compbench import (CATEGORIES, PLUS, REVISIONS, SCORERS, load_items, parse_args,
+                                            prompt_bytes, read_evaluation, read_prompts)
 from fixtures import REPO
 from official_evaluators import ENV, function_from, official_file
 
@@ -37,7 +37,7 @@ def tiny(tmp_path_factory):
 def test_every_split_parses_and_suits_the_file_name_layout():
     for revision in REVISIONS:
         for category in CATEGORIES + PLUS:
-            prompts = read_prompts(prompt_file(DATA / "t2i_compbench", category, revision))
+            prompts = read_prompts(prompt_bytes(DATA / "t2i_compbench", category, revision))
             assert len(prompts) == 300 and all(p == p.strip() and "_" not in p and "/" not in p for p in prompts)
 
 
@@ -45,13 +45,28 @@ def test_protocol_defaults_and_revisions():
     a = parse_args(["--pipeline", "p", "--outdir", "o"])
     assert (a.samples, a.seed, a.revision) == (10, 42, "2023-07")  # inference_eval.py: 10 images, seeds 42, 43, ...
     dataset = DATA / "t2i_compbench"
-    paper, later = (prompt_file(dataset, "color_val", r) for r in REVISIONS)
-    assert SUMS[paper.relative_to(DATA).as_posix()] == hashlib.sha256(paper.read_bytes()).hexdigest() == \
-        "1e37a12c1861bf6b11623eaffb0bf6d6eeea9702caf45b95d040f1721bba7f4f"  # upstream 7710d05's color_val.txt
-    assert later == dataset / "2025-09" / "color_val.txt"
-    changed = [i for i, (x, y) in enumerate(zip(read_prompts(paper), read_prompts(later))) if x != y]
-    assert changed == [227, 228, 271, 287, 299]
-    assert prompt_file(dataset, "shape_val", "2025-09") == dataset / "shape_val.txt"  # unchanged splits are shared
+    paper, later = (prompt_bytes(dataset, "color_val", r) for r in REVISIONS)
+    # the bundled file is upstream's 2025-09 revision (3310c2f); the 2023-07 one (7710d05) is rebuilt byte for byte
+    assert hashlib.sha256(later).hexdigest() == SUMS["t2i_compbench/color_val.txt"] == \
+        "1634259756dbc77d13093d907d414480080ec9790a8c97ad09efaea7b2534f2d"
+    assert hashlib.sha256(paper).hexdigest() == "1e37a12c1861bf6b11623eaffb0bf6d6eeea9702caf45b95d040f1721bba7f4f"
+    old, new = read_prompts(paper), read_prompts(later)
+    changed = [i for i, (x, y) in enumerate(zip(old, new)) if x != y]
+    assert changed == [227, 228, 271, 287, 299] and len(old) == len(new) == 300
+    assert all(old.count(old[i]) == 2 for i in changed)  # each a repeat of another 2023 prompt
+    assert prompt_bytes(dataset, "shape_val", "2023-07") == (dataset / "shape_val.txt").read_bytes()
+
+
+def test_a_foreign_colour_file_is_refused_for_the_2023_revision(tmp_path):
+    """Another --dataset: upstream's 2023 file is read as it is; anything else cannot be rebuilt and
+    is refused (one line, with the way out) instead of being altered."""
+    dataset = DATA / "t2i_compbench"
+    (tmp_path / "color_val.txt").write_bytes(prompt_bytes(dataset, "color_val", "2023-07"))
+    assert prompt_bytes(tmp_path, "color_val", "2023-07") == prompt_bytes(dataset, "color_val", "2023-07")
+    (tmp_path / "color_val.txt").write_text("a red cube\na blue ball\n")
+    with pytest.raises(ValueError, match="cannot be rebuilt.*--revision 2025-09"):
+        prompt_bytes(tmp_path, "color_val", "2023-07")
+    assert read_prompts(prompt_bytes(tmp_path, "color_val", "2025-09")) == ["a red cube", "a blue ball"]
 
 
 def test_item_indices_do_not_depend_on_the_limit():
@@ -70,7 +85,7 @@ def test_layout_and_rewards(tiny, tmp_path):
                     "--categories", "color_val,spatial_val", "--limit", "2", "--samples", "2", "--iterations", "2",
                     "--batch-size", "2"])
     for category in ("color_val", "spatial_val"):
-        prompts = read_prompts(DATA / "t2i_compbench" / f"{category}.txt")[:2]
+        prompts = read_prompts((DATA / "t2i_compbench" / f"{category}.txt").read_bytes())[:2]
         names = sorted(p.name for p in (out / category / "samples").iterdir())
         assert names == sorted(f"{p}_{i * 2 + j:06d}.png" for i, p in enumerate(prompts) for j in range(2))
         for name in names:  # what the scorers recover: prompt before the first '_', 6-digit question id
@@ -110,7 +125,7 @@ def unidet_reads(folder):
 
 
 def test_unidet_dataset_reads_every_image_in_question_order(scored_run):
-    prompts = read_prompts(DATA / "t2i_compbench" / "spatial_val.txt")
+    prompts = read_prompts((DATA / "t2i_compbench" / "spatial_val.txt").read_bytes())
     assert unidet_reads(scored_run / "spatial_val") == [(prompts[q // 3], q) for q in range(6)]
 
 
@@ -133,7 +148,7 @@ def test_a_killed_run_leaves_only_whole_images(tiny, tmp_path):
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    prompts = read_prompts(DATA / "t2i_compbench" / "spatial_val.txt")
+    prompts = read_prompts((DATA / "t2i_compbench" / "spatial_val.txt").read_bytes())
     samples = out / "spatial_val" / "samples"
     on_disk = sorted(p.name for p in samples.iterdir())
     assert 3 <= len(on_disk) < 12
@@ -172,7 +187,7 @@ def test_clip_scorer_reads_our_folder_and_our_reader_its_result(scored_run, monk
     function_from(path, "parse_args", namespace)
     monkeypatch.setattr(sys, "argv", ["CLIP_similarity.py", "--outpath", str(scored_run / "non_spatial_val")])
     function_from(path, "main", namespace)()
-    prompts = read_prompts(DATA / "t2i_compbench" / "non_spatial_val.txt")
+    prompts = read_prompts((DATA / "t2i_compbench" / "non_spatial_val.txt").read_bytes())
     assert seen == [prompts[i // 3] for i in range(6)]
     result = read_evaluation(scored_run, ["non_spatial_val"])["non_spatial_val"]
     assert result["images"] == result["samples"] == 6 and result["score"] == pytest.approx(0.25)

@@ -113,13 +113,14 @@ def concepts_text(spec: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------- the run's identity
-def sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def sha256(source: str | Path | bytes) -> str:
+    """Of a file's bytes, or of ``bytes`` themselves."""
+    return hashlib.sha256(source if isinstance(source, bytes) else Path(source).read_bytes()).hexdigest()
 
 
-def run_settings(args: argparse.Namespace, inputs: dict[str, str | Path], skip: Sequence[str] = ()) -> dict:
+def run_settings(args: argparse.Namespace, inputs: dict[str, str | Path | bytes], skip: Sequence[str] = ()) -> dict:
     """What decides a run's outputs: every option but :data:`OPERATIONAL` ones, ``skip`` and the
-    options naming ``inputs``, which are recorded by content instead (name -> sha256 of the file)."""
+    options naming ``inputs``, which are recorded by content instead (name -> sha256 of the file or bytes)."""
     dropped = OPERATIONAL | set(skip) | set(inputs)
     options = {k: v for k, v in sorted(vars(args).items()) if k not in dropped}
     return {"options": json.loads(json.dumps(options)), "inputs": {k: sha256(p) for k, p in sorted(inputs.items())}}

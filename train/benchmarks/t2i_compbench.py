@@ -11,11 +11,12 @@ the first ``_`` and ``NNNNNN`` as the question id; no prompt in these splits con
 moment. Which scorer reads which category, and from where: the README's T2I-CompBench section.
 
 ``--revision 2023-07`` (default) is the prompt set of the papers (ReNO, Latent-CLIP);
-``2025-09`` is upstream's later colour revision (see data/README.md).
+``2025-09`` is upstream's later colour revision, the bundled file (see data/README.md).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -28,6 +29,11 @@ from .runner import (DATA, Item, add_common_args, claim_outdir, decode_pil, imag
 CATEGORIES = ("color_val", "shape_val", "texture_val", "spatial_val", "non_spatial_val", "complex_val")
 PLUS = ("numeracy_val", "3d_spatial_val")
 REVISIONS = ("2023-07", "2025-09")  # upstream commits 7710d05 and 3310c2f (data/README.md)
+# Upstream changed one split after the papers: 3310c2f ("remove duplicates", the bundled color_val.txt) rewrote five
+# prompts that its first revision 7710d05 repeated. Per split: {line: the line it repeated in 2023} (1-based), and
+# the sha256 of the 2023 file, which restoring the repeats reproduces byte for byte.
+REPEATS_2023 = {"color_val": ({228: 207, 229: 208, 272: 271, 288: 287, 300: 299},
+                              "1e37a12c1861bf6b11623eaffb0bf6d6eeea9702caf45b95d040f1721bba7f4f")}
 
 
 # category -> (official scorer, the result file it writes under <outdir>/<category>/): README "T2I-CompBench"
@@ -71,16 +77,33 @@ def default_dataset() -> Path:
     return DATA / "t2i_compbench"
 
 
-def read_prompts(path: Path) -> list[str]:
-    """Mixed CRLF/LF, some without a final newline: splitlines + strip."""
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_prompts(data: bytes) -> list[str]:
+    """A split file's prompts. Mixed CRLF/LF, some without a final newline: splitlines + strip."""
+    return [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
-def prompt_file(dataset: str | Path, category: str, revision: str = REVISIONS[0]) -> Path:
-    """``<dataset>/<revision>/<category>.txt`` where that revision changed the split, else
-    ``<dataset>/<category>.txt`` (the first revision)."""
-    changed = Path(dataset) / revision / f"{category}.txt"
-    return changed if changed.is_file() else Path(dataset) / f"{category}.txt"
+def prompt_bytes(dataset: str | Path, category: str, revision: str = REVISIONS[0]) -> bytes:
+    """``<dataset>/<category>.txt`` as ``revision`` had it. For 2023-07, a split that upstream changed
+    later gets its repeated lines back (each keeps its own line ending); a file that is neither
+    revision of that split is refused rather than altered."""
+    path = Path(dataset) / f"{category}.txt"
+    data = path.read_bytes()
+    if revision != "2023-07" or category not in REPEATS_2023:
+        return data
+    repeats, digest = REPEATS_2023[category]
+    if hashlib.sha256(data).hexdigest() == digest:
+        return data
+    lines = data.splitlines(keepends=True)
+    for line, source in repeats.items():
+        if line <= len(lines):
+            text = lines[line - 1].rstrip(b"\r\n")
+            lines[line - 1] = lines[source - 1].rstrip(b"\r\n") + lines[line - 1][len(text):]
+    rebuilt = b"".join(lines)
+    if hashlib.sha256(rebuilt).hexdigest() != digest:
+        raise ValueError(f"{path} is neither revision of upstream's {category}.txt, so its 2023-07 prompts cannot "
+                         f"be rebuilt (expected sha256 {digest} after restoring lines {sorted(repeats)}); "
+                         "pass --revision 2025-09 to read the file as it is")
+    return rebuilt
 
 
 def load_items(dataset: str | Path, categories: Sequence[str], limit: int | None = None,
@@ -89,7 +112,7 @@ def load_items(dataset: str | Path, categories: Sequence[str], limit: int | None
     ``categories`` order, so they (the resume keys) do not depend on ``limit``."""
     items, offset = [], 0
     for category in categories:
-        prompts = read_prompts(prompt_file(dataset, category, revision))
+        prompts = read_prompts(prompt_bytes(dataset, category, revision))
         for i, prompt in enumerate(prompts[:limit]):
             if "_" in prompt or "/" in prompt:
                 raise ValueError(f"{category} prompt {i} contains '_' or '/', which breaks the file-name layout")
@@ -119,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     args = parse_args(argv)
     categories = [c.strip() for c in args.categories.split(",") if c.strip()]
     items = load_items(args.dataset, categories, args.limit, args.revision)
-    files = {f"prompts/{c}": prompt_file(args.dataset, c, args.revision) for c in categories}
+    files = {f"prompts/{c}": prompt_bytes(args.dataset, c, args.revision) for c in categories}
     claim_outdir(args.outdir, "t2i-compbench", run_settings(args, files, skip=("dataset",)))
     s = setup(args)
     out = OutputTree(args.outdir, f"rank{s.rank.rank}")
