@@ -10,6 +10,7 @@ import pytest
 
 from fixtures import DATA, REPO
 
+OWN = {"latent_clip", "train", "bench", "nodes", "tests", "fixtures"}
 FORBIDDEN_IMPORTS = {
     # layer: top-level modules it must never import (ComfyUI's own, and the layers above it)
     "latent_clip": {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "execution",
@@ -20,6 +21,64 @@ FORBIDDEN_IMPORTS = {
 
 def tracked_files() -> list[str]:
     return subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+
+
+def third_party_imports(layers) -> dict[str, set[str]]:
+    """Top-level modules imported anywhere under ``layers`` that are not our own: {module: files}."""
+    found: dict[str, set[str]] = {}
+    for layer in layers:
+        for f in (REPO / layer).rglob("*.py"):
+            for name in imported_modules(f.read_text(), f.relative_to(REPO).parent.parts):
+                if name and name not in OWN and name not in sys.stdlib_module_names:
+                    found.setdefault(name, set()).add(str(f.relative_to(REPO)))
+    return found
+
+
+def declared_closure(roots: set[str]) -> set[str]:
+    """The installed distributions that ``roots`` (distribution names) pull in, transitively."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    seen, todo = set(), {canonical(r) for r in roots}
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.add(canonical(req.name))
+    return seen
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_third_party_import_is_declared():
+    """What latent_clip/, train/ and bench/ import comes from what scripts/setup.sh installs without
+    --dev: requirements.txt, pyproject's train extra and torch/torchvision (or what those pull in)."""
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    roots = {"torch", "torchvision"}
+    roots |= {Requirement(line).name for line in (REPO / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    roots |= {Requirement(line).name for line in pyproject["project"]["optional-dependencies"]["train"]}
+    installed = declared_closure(roots)
+    providers = metadata.packages_distributions()
+    undeclared = {module: sorted(files) for module, files in third_party_imports(("latent_clip", "train", "bench")).items()
+                  if not {canonical(d) for d in providers.get(module, [])} & installed}
+    assert not undeclared, "imported but not installed by scripts/setup.sh"
 
 
 def imported_modules(source: str, package: tuple[str, ...]) -> set[str]:
