@@ -21,7 +21,6 @@ import csv
 import glob
 import io
 import json
-import os
 import random
 import tarfile
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import IterableDataset, get_worker_info
+
+from latent_clip.factory import atomic_write
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SHARD_EXTS = (".tar", ".safetensors")
@@ -244,15 +245,6 @@ class ImageTransform:
 
 
 # ---------------------------------------------------------------- writing
-
-def atomic_write(path: Path, write: Callable[[Path], object], staging: Path | None = None) -> None:
-    """``write(tmp)`` then rename ``tmp`` to ``path``: readers see the old file or the whole new one.
-    ``tmp`` is ``<path>.tmp`` beside it, or a file in ``staging`` (same file system) to keep
-    half-written files out of a folder that others list while it fills."""
-    tmp = (Path(staging) / f"{path.name}.tmp") if staging is not None else path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
 
 def write_latent_shard(path: Path, latents: torch.Tensor, captions: Sequence[str], keys: Sequence[str],
                        labels: Sequence[int] | None = None) -> None:
