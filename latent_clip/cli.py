@@ -10,13 +10,15 @@ DEBUG_FLAG = "--debug"
 ERROR_EXIT = 2
 # Errors whose message is written for the user (the project's own errors derive from these); any
 # other exception is a surprise, so its type is named too.
-EXPLAINED = (ValueError, OSError, RuntimeError, LookupError)
+EXPLAINED = (ValueError, OSError, RuntimeError)
 
 
 def describe(err: BaseException) -> str:
-    """``err`` as one line."""
+    """``err`` as one line (for an error re-raised from a DataLoader worker, the worker's own line)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     text = lines[0] if lines else ""
+    if text.startswith("Caught ") and "Original Traceback" in str(err):
+        text = lines[-1].removeprefix(f"{type(err).__name__}: ")
     return text if isinstance(err, EXPLAINED) and text else f"{type(err).__name__}: {text}".rstrip(": ")
 
 
