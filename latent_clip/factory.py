@@ -387,15 +387,34 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         write(tmp)
         tmp.replace(path)
     except BaseException as err:
-        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else None
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             raise
-        full = free is not None and (getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err)
-                                     or free < 1 << 20)  # torch's zip writer reports ENOSPC as "unexpected pos"
-        reason = f"no space left on its disk ({free:,} bytes free)" if full else _first_line(err)
         kept = " (the previous version is intact)" if path.exists() else ""
-        raise OSError(f"could not write {path}: {reason}{kept}") from None
+        raise OSError(f"could not write {path}: {_why_write_failed(err, path.parent, written)}{kept}") from None
+
+
+def _why_write_failed(err: BaseException, directory: Path, written: int) -> str:
+    """torch's zip writer reports a full disk or a file size limit as "unexpected pos": read the cause
+    off the disk and the process limits."""
+    code = getattr(err, "errno", None)
+    free = shutil.disk_usage(directory).free if directory.is_dir() else None
+    if free is not None and (code == errno.ENOSPC or "No space left" in str(err) or free < 1 << 20):
+        return f"no space left on its disk ({free:,} bytes free)"
+    limit = _file_size_limit()
+    if limit is not None and (code == errno.EFBIG or written >= limit):
+        return f"the file reached the size limit (ulimit -f) of {limit:,} bytes"
+    return _first_line(err)
+
+
+def _file_size_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def convert(src: str | Path, dst: str | Path, config: Any = None, dtype: str | None = None,
