@@ -16,6 +16,8 @@ import math
 import pickle
 import re
 import shutil
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -107,7 +109,7 @@ def load_pickle_safely(path: Path) -> Any:
     try:
         with open(path, "rb") as f:
             zipped = f.read(4) == ZIP_MAGIC
-        with torch.serialization.safe_globals(SAFE_GLOBALS):  # mmap needs the zip format; legacy files are read
+        with only_our_safe_globals():  # mmap needs the zip format; legacy files are read
             return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as err:
         reason = _unpickler_reason(str(err))
@@ -121,6 +123,26 @@ def load_pickle_safely(path: Path) -> Any:
     except (EOFError, OSError, RuntimeError, ValueError, KeyError, IndexError, TypeError) as err:
         raise CheckpointError(f"cannot read {path}: truncated or not a PyTorch checkpoint "
                               f"({_first_line(err)})") from None
+
+
+_SAFE_GLOBALS_LOCK = threading.Lock()
+
+
+@contextmanager
+def only_our_safe_globals():
+    """The ``weights_only`` unpickler with exactly :data:`SAFE_GLOBALS` beside torch's own. Globals that
+    others allow process-wide are set aside meanwhile and put back after: ComfyUI allows numpy's
+    unbounded ``scalar`` and ``dtype`` under the same names, and which of two same-named entries the
+    unpickler picks is arbitrary."""
+    with _SAFE_GLOBALS_LOCK:
+        saved = torch.serialization.get_safe_globals()
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(SAFE_GLOBALS)
+        try:
+            yield
+        finally:
+            torch.serialization.clear_safe_globals()
+            torch.serialization.add_safe_globals(saved)
 
 
 def _unpickler_reason(message: str) -> str:

@@ -168,3 +168,16 @@ def test_divergence_stops_before_the_optimiser_applies_nan(tmp_path):
         fit(fit_args(data, tmp_path, "diverge", **{"lr": 1e30, "max-steps": 10, "save-every": 1}))
     assert not (tmp_path / "diverge/model.safetensors").exists()
     latent_clip.load_model(tmp_path / "diverge/checkpoints/epoch_latest.pt")  # the last checkpoint is finite
+
+
+def test_zeroshot_eval_names_the_samples_with_nan_latents(tmp_path):
+    from hostile_files import tiny_model
+    from train.evaluate import main as evaluate
+    latent_clip.save_official_checkpoint(tmp_path / "model.pt", tiny_model(), epoch=1, name="tiny")
+    z = torch.randn(4, 4, 16, 16)
+    z[2, 1, 0, 0] = float("inf")
+    write_latent_shard(tmp_path / "val/000000.tar", z, ["?"] * 4, [f"k{i}" for i in range(4)], [0, 1, 0, 1])
+    (tmp_path / "val/classnames.txt").write_text("cat\ndog\n")
+    with pytest.raises(ValueError, match=r"stored latents of samples \['k2'\] contain NaN/Inf"):
+        evaluate(["zeroshot", "--data", str(tmp_path / "val"), "--model", str(tmp_path / "model.pt"),
+                  "--templates", "identity", "--device", "cpu"])

@@ -138,3 +138,23 @@ def test_writers_refuse_non_finite_weights(tmp_path):
         model.logit_scale.fill_(1e5)  # finite in fp32, Inf in fp16
     with pytest.raises(latent_clip.CheckpointError, match="logit_scale contains NaN or Inf"):
         latent_clip.save_export(model, tmp_path / "overflow.safetensors", dtype="fp16")
+
+
+def test_process_wide_allow_lists_do_not_widen_ours(corpus):
+    """ComfyUI (comfy/utils.py) allows numpy's unbounded ``scalar`` and ``dtype`` process-wide under the
+    names official checkpoints use; ours still decide during a load, and theirs are back after it."""
+    import numpy as np
+    from latent_clip.factory import load_pickle_safely
+
+    def scalar(*args, **kwargs):
+        return np._core.multiarray.scalar(*args, **kwargs)
+    scalar.__module__ = "numpy.core.multiarray"
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals([scalar, np.dtype])
+    try:
+        with pytest.raises(latent_clip.CheckpointError, match="numpy dtype 'V1000000000' refused"):
+            load_pickle_safely(corpus[1]["numpy-void-bomb"])
+        assert scalar in torch.serialization.get_safe_globals() and np.dtype in torch.serialization.get_safe_globals()
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
