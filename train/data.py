@@ -246,16 +246,18 @@ class ProblemLog:
                 if p.where in self.shards[p.kind]:
                     continue
                 self.shards[p.kind].add(p.where)
-                print(f"{self.prefix}: {p.kind.replace('_', ' ')} {p.where}: {p.detail}", flush=True)
+                self._print(p)
             else:
                 self.rows[p.kind] += 1
                 self.printed += 1
                 if self.printed <= self.shown:
-                    print(f"{self.prefix}: {p.kind.replace('_', ' ')} {p.where}: {p.detail}"
-                          + (" (further ones are counted, not printed)" if self.printed == self.shown else ""),
-                          flush=True)
+                    self._print(p, " (further ones are counted, not printed)" if self.printed == self.shown else "")
             changed = True
         return changed
+
+    def _print(self, p: Problem, suffix: str = "") -> None:
+        where = "" if p.detail.startswith(p.where) else f"{p.where}: "
+        print(f"{self.prefix}: {p.kind.replace('_', ' ')}: {where}{p.detail}{suffix}", flush=True)
 
     def counts(self) -> dict[str, int]:
         """``corrupt_shards``, ``stale_sizes``, ``skipped_samples``, ``bad_captions``."""
@@ -265,31 +267,45 @@ class ProblemLog:
         return {**{k: sorted(v) for k, v in self.shards.items()}, **self.rows}
 
 
+TAR_BLOCK = 512  # every member of a tar takes at least one header block, so a row takes at least this
+
+
 def shard_sizes(shards: Sequence[Path]) -> tuple[list[int], list[Problem]]:
-    """Rows per shard: from the ``sizes.json`` beside it when that lists the shard, else from the
-    shard itself. An unreadable shard has 0 rows (and a problem); so does an unreadable cache."""
+    """Rows per shard. A safetensors shard's header says (cheap), checked against the ``sizes.json``
+    beside it; a tar's row count comes from that cache when it lists the shard with a count the file
+    can hold (at most a row per 512 bytes), else from a scan. A cache that disagrees is a
+    ``stale_size`` problem; an unreadable shard has 0 rows and a ``corrupt_shard`` problem."""
     caches: dict[Path, dict] = {}
     sizes, problems = [], []
     for path in map(Path, shards):
         cache_path = path.parent / SIZES_FILE
         if cache_path.parent not in caches:
-            caches[cache_path.parent] = {}
-            if cache_path.is_file():
-                try:
-                    cache = json.loads(cache_path.read_text(encoding="utf-8"))
-                    caches[cache_path.parent] = {k: v for k, v in cache.items() if isinstance(v, int) and v >= 0}
-                except (ValueError, AttributeError) as err:
-                    problems.append(Problem("stale_size", str(cache_path), f"unreadable size cache, ignored ({err})"))
+            caches[cache_path.parent] = _read_size_cache(cache_path, problems)
         cached = caches[cache_path.parent].get(path.name)
-        if cached is not None:
-            sizes.append(cached)
-            continue
         try:
+            if path.suffix == ".tar" and cached is not None and cached <= path.stat().st_size // TAR_BLOCK:
+                sizes.append(cached)  # a wrong count within that bound is found when the shard is opened
+                continue
             sizes.append(shard_len(path))
         except ShardError as err:
             sizes.append(0)
             problems.append(Problem("corrupt_shard", str(path), str(err)))
+            continue
+        if cached is not None and cached != sizes[-1]:
+            problems.append(Problem("stale_size", str(path), f"{SIZES_FILE} says {cached} rows, the shard has "
+                                                             f"{sizes[-1]}"))
     return sizes, problems
+
+
+def _read_size_cache(path: Path, problems: list[Problem]) -> dict[str, int]:
+    if not path.is_file():
+        return {}
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+        return {k: v for k, v in cache.items() if isinstance(v, int) and v >= 0}
+    except (ValueError, AttributeError) as err:
+        problems.append(Problem("stale_size", str(path), f"unreadable size cache, ignored ({err})"))
+        return {}
 
 
 def write_sizes(directory: Path) -> dict[str, int]:

@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     if env.is_master:
         checkpoint.trim_log(log_path, step)
     problems = ProblemLog(ckpt.get("data_problems") if ckpt else None)
-    problems.add(startup_problems if env.is_master else ())
+    data_changed = problems.add(startup_problems if env.is_master else ())  # logged with the next step
 
     # 6. DDP: unwrap once, keep `model` for saving
     forward = ContrastiveForward(model)
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
         for group in optimizer.param_groups:
             group["lr"] = lr
         fetched = [next(loader) for _ in range(plan.accum)]
-        data_changed = problems.add([p for b in fetched for p in b.problems])
+        data_changed = problems.add([p for b in fetched for p in b.problems]) or data_changed
         for b in fetched:
             check_finite_inputs(b, step + 1)
         micro_batches = [(b.inputs.to(env.device, non_blocking=True),
@@ -222,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
             record = {"step": step, "loss": loss_value, "lr": lr, **({"data": problems.counts()} if data_changed else {})}
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            data_changed = False
             if step % cfg.log_every == 0 or step == total_steps:
                 rate = cfg.batch_size * len(losses) / (time.time() - tic)
                 print(f"step {step}/{total_steps} loss {loss_value:.4f} lr {lr:.2e} "
