@@ -67,6 +67,7 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> np.generic:
 SAFE_GLOBALS = [(_numpy_scalar, "numpy.core.multiarray.scalar"), (_numpy_scalar, "numpy._core.multiarray.scalar"),
                 (_numpy_dtype, "numpy.dtype"), *{type(d) for d in REAL_NUMPY_DTYPES}]
 ZIP_MAGIC = b"PK\x03\x04"
+MAX_SIDECAR_BYTES = 1 << 20  # an export's JSON config
 
 
 class CheckpointError(RuntimeError):
@@ -195,9 +196,6 @@ def read_state_dict(path: str | Path, vae_encoder: bool = True) -> tuple[dict[st
         state = {k: v for k, v in state.items() if not is_vae_key(k)}
     check_tensors(state, path)
     return state, None
-
-
-MAX_SIDECAR_BYTES = 1 << 20
 
 
 def read_export_config(path: Path) -> dict | None:

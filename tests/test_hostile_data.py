@@ -214,3 +214,12 @@ def test_zeroshot_eval_names_the_samples_with_nan_latents(tmp_path):
     with pytest.raises(ValueError, match=r"stored latents of samples \['k2'\] contain NaN/Inf"):
         evaluate(["zeroshot", "--data", str(tmp_path / "val"), "--model", str(tmp_path / "model.pt"),
                   "--templates", "identity", "--device", "cpu"])
+
+
+def test_train_cli_traceback_only_with_debug(tmp_path):
+    argv = ["fit", *fit_args(tmp_path / "no_such_shards.tar", tmp_path, "missing")]
+    plain = run_cli(*argv)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.splitlines() == [f"error: shards not found: {tmp_path / 'no_such_shards.tar'}"]
+    debug = run_cli(*argv, "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr

@@ -19,8 +19,8 @@ from latent_clip.__main__ import main as cli
 
 # Bounds, per load, in a process that already imported torch. Before, the attacks cost 3.8 GB / 9 s (numpy
 # void bomb), 4.8 GB / 128 s (block 99999) and +1 GB (16,000-token context). Measured over 3 runs on a shared
-# 2-core machine: the valid tiny load +24 MB in 0.09..0.14 s; the worst hostile file +16 MB
-# (text-context-16000), the slowest 0.15 s.
+# 2-core machine: the valid tiny load +24 MB in 0.09..0.15 s; the worst hostile file +17 MB
+# (text-context-16000), the slowest 0.16 s.
 MEMORY_BOUND = 128 << 20
 TIME_BOUND = 5.0
 

@@ -4,7 +4,6 @@ resume never overwrites a checkpoint, the log has one record per step after any 
 resumes, and a full disk gives one readable line and leaves no temporary behind."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

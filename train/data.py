@@ -216,8 +216,9 @@ def shard_len(path: Path) -> int:
 @dataclass(frozen=True)
 class Problem:
     """Bad data met and skipped: ``kind`` is ``corrupt_shard`` (counted once per shard),
-    ``stale_size`` (a size cache disagreeing with a shard, once per shard) or ``skipped_sample``
-    (a row that could not be read, counted per row); ``where`` names the file (and row)."""
+    ``stale_size`` (a size cache disagreeing with a shard, once per shard), ``skipped_sample`` (a row
+    that could not be read) or ``bad_caption`` (a caption that is not UTF-8, a caption-file line that
+    does not parse), counted per row; ``where`` names the file (and row)."""
 
     kind: str
     where: str
