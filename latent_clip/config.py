@@ -176,7 +176,7 @@ class ModelConfig:
                 ("vision_cfg.latent_factor", v.latent_factor, "latent_factor"),
                 ("vision_cfg.mlp_ratio", v.mlp_ratio, "mlp_ratio"), ("text_cfg.mlp_ratio", t.mlp_ratio, "mlp_ratio")):
             if value > LIMITS[limit]:
-                raise ConfigError(f"{label}: {what} is {value}, above the limit of {LIMITS[limit]} "
+                raise ConfigError(f"{label}: {what} is {str(value)[:20]}, above the limit of {LIMITS[limit]} "
                                   f"(latent_clip.config.LIMITS)")
 
     def with_name(self, name: str | None) -> "ModelConfig":
@@ -186,7 +186,7 @@ class ModelConfig:
 def _check_number(label: str, what: str, value: Any, kind: type) -> None:
     """``value`` must be a positive (finite) ``kind``; ints count as floats, bools as nothing."""
     ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:
+    if not ok or (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
         raise ConfigError(f"{label}: {what} must be a positive {kind.__name__}, got {value!r} "
                           f"({type(value).__name__})")
 
@@ -213,7 +213,7 @@ def resolve_config(config: "ModelConfig | Mapping[str, Any] | str | Path") -> Mo
     if path.suffix == ".json" and path.is_file():
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        except ValueError as err:  # also not UTF-8, or a number too long to parse
             raise ConfigError(f"{path}: not valid JSON ({err})") from None
         return ModelConfig.from_dict(data.get("model_cfg", data) if isinstance(data, dict) else data, name=path.stem)
     return get_model_config(str(config))

@@ -207,7 +207,7 @@ def read_export_config(path: Path) -> dict | None:
                               f"{MAX_SIDECAR_BYTES:,} a model config needs")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except ValueError as err:  # also not UTF-8, or a number too long to parse
         raise CheckpointError(f"{path}: config sidecar is not valid JSON ({err})") from None
     if not isinstance(data, dict) or not isinstance(data.get("model_cfg", {}), dict):
         raise CheckpointError(f"{path}: config sidecar must be a JSON object {{\"model_cfg\": {{...}}}}, "

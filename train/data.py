@@ -128,7 +128,7 @@ class TarShard:
         try:
             caption = g.get("txt", b"").decode("utf-8")
             label = int(g["cls"].decode()) if "cls" in g else -1
-        except (UnicodeDecodeError, ValueError) as err:
+        except ValueError as err:  # not UTF-8, or a label that is not a number
             raise CaptionError(f"{self.path} sample {key}: caption or label is not UTF-8 text ({err})") from None
         if "latent.pt" in g:
             return Sample(key, caption, label, latent=_read_latent(g["latent.pt"], f"{self.path} sample {key}"))
@@ -257,7 +257,7 @@ class ProblemLog:
         return changed
 
     def _print(self, p: Problem, suffix: str = "") -> None:
-        where = "" if p.detail.startswith(p.where) else f"{p.where}: "
+        where = "" if p.where in p.detail else f"{p.where}: "
         print(f"{self.prefix}: {p.kind.replace('_', ' ')}: {where}{p.detail}{suffix}", flush=True)
 
     def counts(self) -> dict[str, int]:

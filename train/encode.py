@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                  bad_captions=counts["bad_captions"])
     print(f"encode rank {env.rank}: {json.dumps(stats)}", flush=True)
     if env.distributed:
-        totals = torch.tensor(list(stats.values()), dtype=torch.long)
+        totals = torch.tensor(list(stats.values()), dtype=torch.long, device=env.device)  # nccl: on the GPU
         torch.distributed.all_reduce(totals)
         stats = dict(zip(stats, totals.tolist()))
     barrier(env)
