@@ -398,11 +398,13 @@ def refuse_non_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
             raise CheckpointError(f"{path}: tensor {key} contains NaN or Inf; refusing non-finite weights")
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` then rename ``tmp`` to ``path``: readers see the old file or the new one, never
-    half of one. On failure the temporary is removed and the error says why (a full disk, by name)."""
+def atomic_write(path: Path, write: Callable[[Path], object], staging: Path | None = None) -> None:
+    """``write(tmp)`` then rename ``tmp`` to ``path``: readers see the old file or the whole new one.
+    ``tmp`` is ``<path>.tmp`` beside it, or a file in ``staging`` (same file system) to keep
+    half-written files out of a folder that others list while it fills. On failure the temporary is
+    removed and the error says why (a full disk, by name)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = Path(staging) / f"{path.name}.tmp" if staging is not None else path.with_name(path.name + ".tmp")
     try:
         write(tmp)
         tmp.replace(path)
