@@ -3,6 +3,8 @@
   python -m latent_clip list
   python -m latent_clip info epoch_34.pt
   python -m latent_clip convert epoch_34.pt latent-clip-b8.safetensors --dtype fp16 [--no-vae-encoder]
+
+An error is one line on stderr (exit status 2); add --debug for the traceback.
 """
 from __future__ import annotations
 
@@ -10,12 +12,18 @@ import argparse
 import json
 import sys
 
+from . import cli
 from .config import list_models
-from .factory import DTYPES, CheckpointError, convert, load_model
+from .factory import DTYPES, convert, load_model
 from .pretrained import list_pretrained
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; returns the exit status (errors as one line, see :mod:`latent_clip.cli`)."""
+    return cli.run(_command, argv)
+
+
+def _command(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m latent_clip", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -30,26 +38,19 @@ def main(argv: list[str] | None = None) -> int:
                       help="leave out the bundled VAE encoder (latent path only; smaller file)")
     conv.add_argument("--config", default=None, help="architecture name or JSON (default: infer)")
     args = parser.parse_args(argv)
-
-    try:
-        if args.command == "list":
-            print("architectures:", *list_models(), sep="\n  ")
-            print("known weights (download them yourself; nothing is fetched):")
-            for w in list_pretrained():
-                print(f"  {w.name}: {w.hf_repo} {w.hf_file} [{w.config}, {w.latent_family} latents]")
-        elif args.command == "info":
-            model = load_model(args.path)
-            n = sum(p.numel() for p in model.parameters())
-            print(json.dumps(model.config.to_dict(), indent=2))
-            print(f"parameters: {n:,}  vae_encoder: {model.has_vae_encoder}")
-        else:
-            out = convert(args.src, args.dst, config=args.config, dtype=args.dtype,
-                          vae_encoder=not args.no_vae_encoder)
-            print(f"wrote {out} and {out.with_suffix('.json')}")
-    except (CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    if args.command == "list":
+        print("architectures:", *list_models(), sep="\n  ")
+        print("known weights (download them yourself; nothing is fetched):")
+        for w in list_pretrained():
+            print(f"  {w.name}: {w.hf_repo} {w.hf_file} [{w.config}, {w.latent_family} latents]")
+    elif args.command == "info":
+        model = load_model(args.path)
+        n = sum(p.numel() for p in model.parameters())
+        print(json.dumps(model.config.to_dict(), indent=2))
+        print(f"parameters: {n:,}  vae_encoder: {model.has_vae_encoder}")
+    else:
+        out = convert(args.src, args.dst, config=args.config, dtype=args.dtype, vae_encoder=not args.no_vae_encoder)
+        print(f"wrote {out} and {out.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Nothing in code hard-codes a channel count or a VAE scale.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,6 +18,13 @@ from typing import Any, Mapping
 _HERE = Path(__file__).parent
 CONFIG_DIR = _HERE / "model_configs"
 FAMILIES_FILE = _HERE / "latent_families.json"
+
+
+# What a config may ask for, checked before any module is built: far above every released Latent-CLIP
+# (ViT-B: width 768, 12 layers, 77 text tokens, a 16x16 token grid), far below what would cost gigabytes
+# before a weight is read (a 16,000-token context's causal mask alone is 1 GB).
+LIMITS = {"layers": 64, "width": 4096, "embed_dim": 4096, "context_length": 1024, "vocab_size": 1 << 20,
+          "grid_size": 128, "patch_size": 64, "latent_factor": 64, "mlp_ratio": 16}
 
 
 class ConfigError(ValueError):
@@ -103,13 +111,20 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], name: str | None = None) -> "ModelConfig":
-        """Parse the official schema (``embed_dim``, ``vision_cfg``, ``text_cfg``)."""
-        try:
-            vision_cfg = dict(data["vision_cfg"])
-            text_cfg = dict(data.get("text_cfg", {}))
-            embed_dim = int(data["embed_dim"])
-        except (KeyError, TypeError) as err:
-            raise ConfigError(f"config {name or ''} needs 'embed_dim' and 'vision_cfg': {err}") from err
+        """Parse the official schema (``embed_dim``, ``vision_cfg``, ``text_cfg``); raises
+        :class:`ConfigError` on anything malformed or beyond :data:`LIMITS`."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config {name or '(unnamed)'}: expected a JSON object with 'embed_dim' and "
+                              f"'vision_cfg', got {type(data).__name__}")
+        name = data.get("name", name)
+        label = f"config {name or '(unnamed)'}"
+        if "embed_dim" not in data or "vision_cfg" not in data:
+            raise ConfigError(f"{label} needs 'embed_dim' and 'vision_cfg', has {sorted(map(str, data))[:8]}")
+        sections = {"vision_cfg": data["vision_cfg"], "text_cfg": data.get("text_cfg", {})}
+        for key, section in sections.items():
+            if not isinstance(section, Mapping):
+                raise ConfigError(f"{label}: {key} must be an object, got {type(section).__name__}")
+        vision_cfg, text_cfg = dict(sections["vision_cfg"]), dict(sections["text_cfg"])
         if vision_cfg.pop("latent_n_decoding_layers", 0):
             raise ConfigError(
                 "partial-decoder variants (latent_n_decoding_layers > 0, e.g. Latent-ViT-B-8-D-1) are not "
@@ -118,8 +133,8 @@ class ModelConfig:
             vision = VisionConfig(**vision_cfg)
             text = TextConfig(**text_cfg)
         except TypeError as err:
-            raise ConfigError(f"config {name or ''}: {err}") from err
-        config = cls(embed_dim=embed_dim, vision=vision, text=text, name=data.get("name", name))
+            raise ConfigError(f"{label}: {err}") from None
+        config = cls(embed_dim=data["embed_dim"], vision=vision, text=text, name=name)
         config.validate()
         return config
 
@@ -129,18 +144,51 @@ class ModelConfig:
                 "vision_cfg": asdict(self.vision), "text_cfg": asdict(self.text)}
 
     def validate(self) -> None:
-        v, family = self.vision, self.vision.family
+        """Types, :data:`LIMITS` and consistency; raises :class:`ConfigError`."""
+        label = f"config {self.name or '(unnamed)'}"
+        _check_number(label, "embed_dim", self.embed_dim, int)
+        for section, cfg in (("vision_cfg", self.vision), ("text_cfg", self.text)):
+            for f in fields(cfg):
+                kind = {"int": int, "float": float}.get(str(f.type))
+                if kind is not None:
+                    _check_number(label, f"{section}.{f.name}", getattr(cfg, f.name), kind)
+                elif str(f.type).startswith("str") and not isinstance(getattr(cfg, f.name), (str, type(None))):
+                    raise ConfigError(f"{label}: {section}.{f.name} must be a string")
+        v, t = self.vision, self.text
+        if v.latent_family not in latent_families():
+            raise ConfigError(f"{label}: unknown latent family {v.latent_family!r}; known: "
+                              f"{', '.join(latent_families())}")
+        family = v.family
         if v.latent_n_channels != family.channels:
-            raise ConfigError(f"latent_n_channels={v.latent_n_channels} but family {family.name!r} "
+            raise ConfigError(f"{label}: latent_n_channels={v.latent_n_channels} but family {family.name!r} "
                               f"has {family.channels} channels")
         if v.image_size % v.latent_factor or v.latent_size % v.patch_size or v.grid_size < 1:
-            raise ConfigError(f"image_size {v.image_size} / latent_factor {v.latent_factor} = latent "
+            raise ConfigError(f"{label}: image_size {v.image_size} / latent_factor {v.latent_factor} = latent "
                               f"{v.latent_size} is not a positive multiple of patch_size {v.patch_size}")
-        if v.width % v.head_width or self.text.width % self.text.heads:
-            raise ConfigError("widths must be divisible by the head counts")
+        if v.width % v.head_width or t.width % t.heads:
+            raise ConfigError(f"{label}: widths must be divisible by the head counts")
+        for what, value, limit in (
+                ("embed_dim", self.embed_dim, "embed_dim"), ("vision_cfg.width", v.width, "width"),
+                ("text_cfg.width", t.width, "width"), ("vision_cfg.layers", v.layers, "layers"),
+                ("text_cfg.layers", t.layers, "layers"), ("text_cfg.context_length", t.context_length, "context_length"),
+                ("text_cfg.vocab_size", t.vocab_size, "vocab_size"), ("the vision token grid", v.grid_size, "grid_size"),
+                ("vision_cfg.patch_size", v.patch_size, "patch_size"),
+                ("vision_cfg.latent_factor", v.latent_factor, "latent_factor"),
+                ("vision_cfg.mlp_ratio", v.mlp_ratio, "mlp_ratio"), ("text_cfg.mlp_ratio", t.mlp_ratio, "mlp_ratio")):
+            if value > LIMITS[limit]:
+                raise ConfigError(f"{label}: {what} is {str(value)[:20]}, above the limit of {LIMITS[limit]} "
+                                  f"(latent_clip.config.LIMITS)")
 
     def with_name(self, name: str | None) -> "ModelConfig":
         return replace(self, name=name)
+
+
+def _check_number(label: str, what: str, value: Any, kind: type) -> None:
+    """``value`` must be a positive (finite) ``kind``; ints count as floats, bools as nothing."""
+    ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    if not ok or (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+        raise ConfigError(f"{label}: {what} must be a positive {kind.__name__}, got {value!r} "
+                          f"({type(value).__name__})")
 
 
 def list_models() -> list[str]:
@@ -163,6 +211,9 @@ def resolve_config(config: "ModelConfig | Mapping[str, Any] | str | Path") -> Mo
         return ModelConfig.from_dict(config)
     path = Path(config)
     if path.suffix == ".json" and path.is_file():
-        data = json.loads(path.read_text())
-        return ModelConfig.from_dict(data.get("model_cfg", data), name=path.stem)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:  # also not UTF-8, or a number too long to parse
+            raise ConfigError(f"{path}: not valid JSON ({err})") from None
+        return ModelConfig.from_dict(data.get("model_cfg", data) if isinstance(data, dict) else data, name=path.stem)
     return get_model_config(str(config))

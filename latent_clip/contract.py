@@ -66,10 +66,24 @@ def check_latents(z: object, family: LatentFamily, min_size: int) -> torch.Tenso
     if min(z.shape[-2:]) < min_size:
         raise LatentContractError(
             f"latent spatial size {tuple(z.shape[-2:])} is smaller than one patch ({min_size})")
-    if z.device.type != "meta" and not torch.isfinite(z).all():  # meta: shape/FLOP analysis only
-        bad = (~torch.isfinite(z)).flatten(1).any(1).nonzero().flatten().tolist()
-        raise LatentContractError(f"latents contain NaN or Inf (batch items {bad})")
+    if z.device.type != "meta" and non_finite_items(z):  # meta: shape/FLOP analysis only
+        raise LatentContractError(f"latents contain NaN or Inf (batch items {non_finite_items(z)})")
     return z
+
+
+def non_finite_items(x: torch.Tensor) -> list[int]:
+    """Indices along the first dimension of ``x`` (B, ...) whose entries include NaN or Inf."""
+    return (~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero().flatten().tolist()
+
+
+def check_finite_result(x: torch.Tensor, what: str) -> torch.Tensor:
+    """Raise ``ValueError`` when a (B, ...) result of finite latents is not finite (NaN weights, or an
+    fp16 overflow inside the model); returns ``x`` unchanged."""
+    bad = non_finite_items(x)
+    if bad:
+        raise ValueError(f"Latent-CLIP gave NaN/Inf {what} for batch items {bad} of finite latents: the model's "
+                         f"weights are not finite, or it overflows in fp16/bf16 (load it in fp32)")
+    return x
 
 
 def fit_latents(z: torch.Tensor, size: int, patch: int, policy: ResizePolicy) -> torch.Tensor:

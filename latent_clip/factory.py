@@ -10,37 +10,64 @@ Formats read by :func:`load_model`:
 """
 from __future__ import annotations
 
+import errno
 import json
+import math
 import pickle
 import re
+import shutil
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import ConfigError, ModelConfig, TextConfig, VisionConfig, latent_families, list_models, \
+from .config import LIMITS, ConfigError, ModelConfig, TextConfig, VisionConfig, latent_families, list_models, \
     get_model_config, resolve_config
 from .model import LatentCLIP
 
 PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 VAE_PREFIXES = ("visual.vae_encoder.", "visual.vae_quant_conv.")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
+VISION_BLOCKS, TEXT_BLOCKS = "visual.latent_vit.transformer.resblocks.", "transformer.resblocks."
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# The only globals an official open_clip checkpoint needs besides tensors: numpy scalars/dtypes that
-# open_clip's cosine LR schedule leaves in the optimizer's param_groups. Pickled under numpy 1 names
-# (numpy.core) and numpy 2 names (numpy._core).
-SAFE_GLOBALS = [
-    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-    np._core.multiarray.scalar,
-    np.dtype,
-    type(np.dtype(np.float64)),
-    type(np.dtype(np.float32)),
-    type(np.dtype(np.int64)),
-]
+# Real-number numpy dtypes: open_clip's cosine LR schedule leaves np.float64 learning rates in the
+# optimizer's param_groups, so official checkpoints pickle numpy scalars of these dtypes (and nothing else).
+REAL_NUMPY_DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                                                np.uint32, np.uint64, np.float16, np.float32, np.float64))
+_DTYPE_SPECS = {d.__reduce__()[1][0] for d in REAL_NUMPY_DTYPES}  # what np.dtype.__reduce__ pickles: "f8", ...
+PICKLE_REFUSED = ("Unsupported global", "Can only build", "Can only create new object", "Trying to call reduce",
+                  "is blocked", "refused: only")
+
+
+def _numpy_dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    """``numpy.dtype`` as an unpickler calls it, for real-number dtypes only (a void dtype such as
+    ``V1000000000`` would let a 500-byte file allocate gigabytes)."""
+    if not (isinstance(spec, str) and spec in _DTYPE_SPECS) or align is not False or copy is not True:
+        raise pickle.UnpicklingError(f"numpy dtype {str(spec)[:40]!r} refused: only bool/int/uint/float dtypes")
+    return np.dtype(spec, False, True)  # a copy: the unpickler then sets its byte order (BUILD)
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> np.generic:
+    """``numpy.core.multiarray.scalar(dtype, bytes)`` for real-number scalars whose bytes are all given."""
+    if not (isinstance(dtype, np.dtype) and dtype.kind in "biuf" and dtype.fields is None and dtype.itemsize <= 8
+            and isinstance(data, bytes) and len(data) == dtype.itemsize):
+        raise pickle.UnpicklingError(f"numpy scalar of dtype {str(dtype)[:40]} refused: only real-number scalars "
+                                     f"with their bytes")
+    return np.frombuffer(data, dtype=dtype)[0]
+
+
+# The only globals allowed besides tensors and plain data, under numpy 1 (numpy.core) and 2 (numpy._core)
+# names; the dtype classes are listed because the unpickler sets a dtype's byte order on it (BUILD).
+SAFE_GLOBALS = [(_numpy_scalar, "numpy.core.multiarray.scalar"), (_numpy_scalar, "numpy._core.multiarray.scalar"),
+                (_numpy_dtype, "numpy.dtype"), *{type(d) for d in REAL_NUMPY_DTYPES}]
+ZIP_MAGIC = b"PK\x03\x04"
+MAX_SIDECAR_BYTES = 1 << 20  # an export's JSON config
 
 
 class CheckpointError(RuntimeError):
@@ -66,94 +93,197 @@ def export_config_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
+def is_safetensors(path: Path) -> bool:
+    """By content: an 8-byte little-endian header length, then a JSON object, within the file."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
+
+
 def load_pickle_safely(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True`` (tensors, plain data and :data:`SAFE_GLOBALS` only),
-    memory-mapped when the file allows it; anything else raises :class:`CheckpointError`."""
+    """``torch.load`` with ``weights_only=True`` (tensors, plain data and real-number numpy scalars
+    only), memory-mapped when the file allows it. A file with other pickled objects, or one that is
+    empty, truncated or not a PyTorch file, raises :class:`CheckpointError`; nothing in it is run."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read {path}: the file is empty (0 bytes)")
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as err:
-                if "mmap" not in str(err):
-                    raise
-                return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        with open(path, "rb") as f:
+            zipped = f.read(4) == ZIP_MAGIC
+        with only_our_safe_globals():  # mmap needs the zip format; legacy files are read
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0]
+        reason = _unpickler_reason(str(err))
+        if not any(marker in reason for marker in PICKLE_REFUSED):
+            raise CheckpointError(f"cannot read {path}: not a valid PyTorch checkpoint ({reason})") from None
         raise CheckpointError(
-            f"refusing to load {path}: it contains pickled objects other than tensors and plain data, "
-            f"which could run arbitrary code ({first_line}). Only official checkpoints, state dicts and "
-            f"safetensors exports are accepted.") from None
+            f"refusing to load {path}: it contains pickled objects other than tensors, plain data and "
+            f"real-number numpy scalars, which could run arbitrary code or allocate without bound ({reason}); "
+            f"nothing in it was run. Only official checkpoints, state dicts and safetensors exports are "
+            f"accepted.") from None
+    except (EOFError, OSError, RuntimeError, ValueError, KeyError, IndexError, TypeError) as err:
+        raise CheckpointError(f"cannot read {path}: truncated or not a PyTorch checkpoint "
+                              f"({_first_line(err)})") from None
+
+
+_SAFE_GLOBALS_LOCK = threading.Lock()
+
+
+@contextmanager
+def only_our_safe_globals():
+    """The ``weights_only`` unpickler with exactly :data:`SAFE_GLOBALS` beside torch's own. Globals that
+    others allow process-wide are set aside meanwhile and put back after: ComfyUI allows numpy's
+    unbounded ``scalar`` and ``dtype`` under the same names, and which of two same-named entries the
+    unpickler picks is arbitrary."""
+    with _SAFE_GLOBALS_LOCK:
+        saved = torch.serialization.get_safe_globals()
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(SAFE_GLOBALS)
+        try:
+            yield
+        finally:
+            torch.serialization.clear_safe_globals()
+            torch.serialization.add_safe_globals(saved)
+
+
+def _unpickler_reason(message: str) -> str:
+    """The unpickler's own line inside torch's long ``weights_only`` message."""
+    tail = message.rsplit("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in tail.split("Check the documentation of torch.load")[0].splitlines()]
+    return next((line for line in reversed(lines) if line), message.strip()[:200])
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
 
 
 def read_state_dict(path: str | Path, vae_encoder: bool = True) -> tuple[dict[str, torch.Tensor], dict | None]:
     """Read weights from ``path`` -> (state dict with prefixes stripped, config dict or None).
 
+    The format is read from the content (a safetensors file named ``.pt`` is read as safetensors).
     The config is the ``model_cfg`` of a safetensors export's JSON. ``vae_encoder=False`` skips the
-    bundled VAE encoder keys without reading them.
+    bundled VAE encoder keys without reading them. Every tensor is checked before use
+    (:func:`check_tensors`): the cost of anything the file asks for is bounded by its size.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no such weights file: {path}")
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            state = {k: f.get_tensor(k) for k in f.keys() if vae_encoder or not is_vae_key(k)}
-        cfg_path = export_config_path(path)
-        config = json.loads(cfg_path.read_text()).get("model_cfg") if cfg_path.is_file() else None
-        return state, config
-    if path.suffix not in PT_SUFFIXES:
+    if path.suffix not in (".safetensors", *PT_SUFFIXES):
         raise CheckpointError(f"unsupported weights file {path.name}: expected .safetensors or one of {PT_SUFFIXES}")
+    if is_safetensors(path):
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                state = {k: f.get_tensor(k) for k in f.keys() if vae_encoder or not is_vae_key(k)}
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own untyped errors
+            raise CheckpointError(f"cannot read {path}: not a valid safetensors file ({_first_line(err)})") from None
+        check_tensors(state, path)
+        return state, read_export_config(export_config_path(path))
+    if path.suffix == ".safetensors":
+        raise CheckpointError(f"cannot read {path}: not a valid safetensors file (no safetensors header)")
     obj = load_pickle_safely(path)
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds no state dict (expected a dict of tensors or an open_clip "
                               f"checkpoint with a 'state_dict' entry)")
+    bad_key = next((k for k in obj if not isinstance(k, str)), None)
+    if bad_key is not None:
+        raise CheckpointError(f"{path}: state dict key {bad_key!r} is not a string ({type(bad_key).__name__}); "
+                              f"expected parameter names")
     state = {strip_prefixes(k): v for k, v in obj.items()}
     if not vae_encoder:
         state = {k: v for k, v in state.items() if not is_vae_key(k)}
+    check_tensors(state, path)
     return state, None
 
 
-def _shape(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+def read_export_config(path: Path) -> dict | None:
+    """The ``model_cfg`` of an export's JSON sidecar; None when there is no sidecar or it has none."""
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_SIDECAR_BYTES:
+        raise CheckpointError(f"{path}: config sidecar is {path.stat().st_size:,} bytes, more than the "
+                              f"{MAX_SIDECAR_BYTES:,} a model config needs")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # also not UTF-8, or a number too long to parse
+        raise CheckpointError(f"{path}: config sidecar is not valid JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_cfg", {}), dict):
+        raise CheckpointError(f"{path}: config sidecar must be a JSON object {{\"model_cfg\": {{...}}}}, "
+                              f"got {type(data).__name__}")
+    return data.get("model_cfg")
+
+
+def check_tensors(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse tensors that cost more than the file holds or carry no usable values: meta or sparse
+    tensors, views whose data exceed the file (stride-0 expansions, overlapping views), NaN/Inf."""
+    budget = path.stat().st_size
+    total = 0
+    for key, t in state.items():
+        if t.device.type != "cpu" or t.layout != torch.strided:
+            layout = str(t.layout).removeprefix("torch.")
+            raise CheckpointError(f"{path}: tensor {key} is a {t.device.type} {layout} tensor, expected dense "
+                                  f"weights with data")
+        total += t.numel() * t.element_size()
+        if total > budget:
+            raise CheckpointError(
+                f"{path}: tensor {key} {tuple(t.shape)} (strides {t.stride()}) brings the tensors' data to more "
+                f"than the file's {budget:,} bytes: expanded or overlapping views are refused")
+    refuse_non_finite(state, path)
+
+
+def _shape(state: Mapping[str, torch.Tensor], key: str, ndim: int) -> tuple[int, ...]:
     if key not in state:
         raise CheckpointError(f"not a Latent-CLIP state dict: missing {key!r} "
                               f"(found e.g. {', '.join(list(state)[:5])})")
-    return tuple(state[key].shape)
+    shape = tuple(state[key].shape)
+    if len(shape) != ndim:
+        raise CheckpointError(f"{key} has shape {shape}, expected {ndim} dimensions")
+    return shape
 
 
 def _count_layers(state: Mapping[str, torch.Tensor], prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    """Number of residual blocks under ``prefix``: indices must be 0..n-1, n within the config limit."""
+    pattern = re.compile(re.escape(prefix) + r"(\d{1,9})\.")
     indices = {int(m.group(1)) for k in state if (m := pattern.match(k))}
-    return max(indices) + 1 if indices else 0
+    n = max(indices) + 1 if indices else 0
+    if n > LIMITS["layers"] or len(indices) != n:
+        raise CheckpointError(f"{prefix}*: block indices run to {n - 1} over {len(indices)} distinct blocks; "
+                              f"expected blocks 0..n-1 with n <= {LIMITS['layers']}")
+    return n
 
 
 def infer_config(state: Mapping[str, torch.Tensor]) -> ModelConfig:
     """Architecture from tensor shapes; a bundled config with the same shapes lends its name,
     latent family and VAE name. Heads are width // 64, as in every official config."""
     v = "visual.latent_vit."
-    width, channels, patch, _ = _shape(state, v + "conv1.weight")
-    tokens, _ = _shape(state, v + "positional_embedding")
-    grid = int(round((tokens - 1) ** 0.5))
-    if grid * grid != tokens - 1:
+    width, channels, patch, _ = _shape(state, v + "conv1.weight", 4)
+    tokens, _ = _shape(state, v + "positional_embedding", 2)
+    grid = math.isqrt(max(tokens - 1, 0))
+    if grid * grid != tokens - 1 or grid < 1:
         raise CheckpointError(f"vision positional embedding has {tokens} tokens, not a square grid + 1")
-    text_ctx, text_width = _shape(state, "positional_embedding")
-    vocab, _ = _shape(state, "token_embedding.weight")
-    embed_dim = _shape(state, "visual.latent_vit.proj")[1]
+    text_ctx, text_width = _shape(state, "positional_embedding", 2)
+    vocab, _ = _shape(state, "token_embedding.weight", 2)
+    embed_dim = _shape(state, "visual.latent_vit.proj", 2)[1]
     families = [f for f in latent_families().values() if f.channels == channels]
     if not families:
         raise CheckpointError(f"no known latent family has {channels} channels")
     family = families[0]
     vision = VisionConfig(image_size=grid * patch * family.downscale, patch_size=patch, width=width,
-                          layers=_count_layers(state, v + "transformer.resblocks."),
+                          layers=_count_layers(state, VISION_BLOCKS),
                           latent_factor=family.downscale, latent_n_channels=channels, latent_family=family.name)
     text = TextConfig(context_length=text_ctx, vocab_size=vocab, width=text_width, heads=text_width // 64,
-                      layers=_count_layers(state, "transformer.resblocks."))
+                      layers=_count_layers(state, TEXT_BLOCKS))
     inferred = ModelConfig(embed_dim=embed_dim, vision=vision, text=text)
+    try:
+        inferred.validate()
+    except ConfigError as err:
+        raise CheckpointError(f"the tensors describe an unsupported architecture: {err}") from None
     for name in list_models():
         known = get_model_config(name)
         if (known.embed_dim, known.text) == (embed_dim, text) and _same_shape(known.vision, vision):
             return known
-    inferred.validate()
     return inferred
 
 
@@ -175,21 +305,32 @@ def load_model(path: str | Path, config: ModelConfig | Mapping | str | Path | No
     if config is not None:
         cfg = resolve_config(config)
     elif stored is not None:
-        cfg = ModelConfig.from_dict(stored)
+        try:
+            cfg = ModelConfig.from_dict(stored)
+        except ConfigError as err:
+            raise CheckpointError(f"{export_config_path(Path(path))}: {err}") from None
     else:
-        cfg = infer_config(state)
+        try:
+            cfg = infer_config(state)
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from None
+    for prefix, layers in ((VISION_BLOCKS, cfg.vision.layers), (TEXT_BLOCKS, cfg.text.layers)):
+        found = _count_layers(state, prefix)
+        if found != layers:  # checked before anything is built from the config
+            raise CheckpointError(f"{path} has {found} blocks under {prefix}*, config "
+                                  f"{cfg.name or '(inferred)'} expects {layers}")
     with_vae = any(is_vae_key(k) for k in state)
-    with torch.device("meta"):
+    with torch.device("meta"):  # bounded: the config passed its limits
         model = LatentCLIP(cfg, vae_encoder=with_vae)
     missing, unexpected = _diff_keys(model.state_dict(), state)
     if missing or unexpected:
         raise CheckpointError(
-            f"{Path(path).name} does not match config {cfg.name or '(inferred)'}: "
+            f"{path} does not match config {cfg.name or '(inferred)'}: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
     for key, tensor in model.state_dict().items():
         if tuple(state[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"{key}: checkpoint has shape {tuple(state[key].shape)}, config "
+            raise CheckpointError(f"{path}: {key} has shape {tuple(state[key].shape)}, config "
                                   f"{cfg.name or '(inferred)'} expects {tuple(tensor.shape)}")
     model.load_state_dict(state, assign=True)
     model.attn_mask = _causal_mask(cfg.text.context_length)  # non-persistent: built on meta above
@@ -222,11 +363,12 @@ def save_export(model: LatentCLIP, path: str | Path, dtype: torch.dtype | str | 
     target = resolve_dtype(dtype)
     state = {k: (v.to(target) if target else v).detach().contiguous().cpu()
              for k, v in model.state_dict().items() if vae_encoder or not is_vae_key(k)}
+    refuse_non_finite(state, path)  # after the cast: fp16 overflows to Inf
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     meta = {"model_cfg": model.config.to_dict(), "vae_encoder": any(is_vae_key(k) for k in state),
             "dtype": str(next(iter(state.values())).dtype).removeprefix("torch.")}
-    _atomic(export_config_path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(export_config_path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
     return path
 
 
@@ -238,20 +380,63 @@ def official_state_dict(model: LatentCLIP) -> dict[str, torch.Tensor]:
 def save_official_checkpoint(path: str | Path, model: LatentCLIP, epoch: int, name: str,
                              optimizer: Mapping | None = None, **extra: Any) -> Path:
     """Write an open_clip training checkpoint ``{epoch, name, state_dict, optimizer, ...}``
-    atomically (temp file + rename)."""
+    atomically (temp file + rename); non-finite weights are refused."""
     path = Path(path)
     payload = {"epoch": epoch, "name": name, "state_dict": official_state_dict(model), **extra}
+    refuse_non_finite(payload["state_dict"], path)
     if optimizer is not None:
         payload["optimizer"] = optimizer
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
+def refuse_non_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Raise :class:`CheckpointError` if any floating-point tensor of ``state`` holds NaN or Inf."""
+    for key, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: tensor {key} contains NaN or Inf; refusing non-finite weights")
+
+
+def atomic_write(path: Path, write: Callable[[Path], object], staging: Path | None = None) -> None:
+    """``write(tmp)`` then rename ``tmp`` to ``path``: readers see the old file or the whole new one.
+    ``tmp`` is ``<path>.tmp`` beside it, or a file in ``staging`` (same file system) to keep
+    half-written files out of a folder that others list while it fills. On failure the temporary is
+    removed and the error says why (a full disk, by name)."""
+    path = Path(path)
+    tmp = Path(staging) / f"{path.name}.tmp" if staging is not None else path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException as err:
+        written = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        kept = " (the previous version is intact)" if path.exists() else ""
+        raise OSError(f"could not write {path}: {_why_write_failed(err, path.parent, written)}{kept}") from None
+
+
+def _why_write_failed(err: BaseException, directory: Path, written: int) -> str:
+    """torch's zip writer reports a full disk or a file size limit as "unexpected pos": read the cause
+    off the disk and the process limits."""
+    code = getattr(err, "errno", None)
+    free = shutil.disk_usage(directory).free if directory.is_dir() else None
+    if free is not None and (code == errno.ENOSPC or "No space left" in str(err) or free < 1 << 20):
+        return f"no space left on its disk ({free:,} bytes free)"
+    limit = _file_size_limit()
+    if limit is not None and (code == errno.EFBIG or written >= limit):
+        return f"the file reached the size limit (ulimit -f) of {limit:,} bytes"
+    return _first_line(err)
+
+
+def _file_size_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def convert(src: str | Path, dst: str | Path, config: Any = None, dtype: str | None = None,

@@ -40,12 +40,14 @@ class Concept:
 
 @dataclass(frozen=True)
 class SafetyResult:
-    """``probs`` (B, K) p(concept) per latent; ``flagged`` (B,) bool; ``worst`` (B,) argmax concept."""
+    """``probs`` (B, K) p(concept) per latent; ``flagged`` (B,) bool; ``worst`` (B,) argmax concept;
+    ``non_finite`` (B,) bool: no verdict could be computed (NaN/Inf), so the latent is flagged."""
 
     concepts: tuple[Concept, ...]
     probs: torch.Tensor
     flagged: torch.Tensor
     threshold: float
+    non_finite: torch.Tensor
 
     @property
     def worst(self) -> torch.Tensor:
@@ -93,10 +95,12 @@ def check(model: LatentCLIP, latents: torch.Tensor, concepts: Sequence[Concept],
 
 
 def flag(probs: torch.Tensor, concepts: Sequence[Concept], threshold: float) -> SafetyResult:
-    """The verdict on (B, K) concept probabilities: flagged where any reaches ``threshold``."""
+    """The verdict on (B, K) concept probabilities: flagged where any reaches ``threshold``, and
+    where any is NaN/Inf (fails closed: a latent that cannot be judged is not let through)."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    return SafetyResult(tuple(concepts), probs, (probs >= threshold).any(dim=-1), threshold)
+    non_finite = ~torch.isfinite(probs).all(dim=-1)
+    return SafetyResult(tuple(concepts), probs, (probs >= threshold).any(dim=-1) | non_finite, threshold, non_finite)
 
 
 def report(result: SafetyResult) -> str:
@@ -104,9 +108,10 @@ def report(result: SafetyResult) -> str:
     names = [c.name for c in result.concepts]
     lines = [f"threshold {result.threshold:.2f}; flagged {int(result.flagged.sum())}/{len(result.flagged)}",
              "  #  " + "  ".join(f"{n[:12]:>12}" for n in names) + "  verdict"]
-    for i, (row, hit) in enumerate(zip(result.probs.tolist(), result.flagged.tolist())):
+    for i, (row, hit, bad) in enumerate(zip(result.probs.tolist(), result.flagged.tolist(),
+                                            result.non_finite.tolist())):
         cells = "  ".join(f"{p:12.3f}" for p in row)
-        lines.append(f"{i:3d}  {cells}  {'BLOCKED' if hit else 'ok'}")
+        lines.append(f"{i:3d}  {cells}  {'BLOCKED (NaN/Inf: no verdict)' if bad else 'BLOCKED' if hit else 'ok'}")
     return "\n".join(lines)
 
 

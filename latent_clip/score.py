@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from .contract import check_finite_result
 from .model import LatentCLIP
 
 
@@ -21,8 +22,8 @@ class Scores:
 
 
 def similarity(model: LatentCLIP, latent_features: torch.Tensor, text_features: torch.Tensor) -> Scores:
-    """Normalised (B, E) and (P, E) features -> :class:`Scores`."""
-    cosine = latent_features.float() @ text_features.float().T
+    """Normalised (B, E) and (P, E) features -> :class:`Scores`; raises on a NaN/Inf score."""
+    cosine = check_finite_result(latent_features.float() @ text_features.float().T, "scores")
     return Scores(cosine=cosine, logits=model.logit_scale.exp().float() * cosine)
 
 

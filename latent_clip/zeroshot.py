@@ -10,6 +10,7 @@ import torch
 from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
+from .contract import check_finite_result
 from .model import LatentCLIP
 
 __all__ = ["IMAGENET_CLASSNAMES", "OPENAI_IMAGENET_TEMPLATES", "SIMPLE_IMAGENET_TEMPLATES",
@@ -35,7 +36,7 @@ def build_classifier(model: LatentCLIP, classnames: Sequence[str],
 
 
 def classify(model: LatentCLIP, latents: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
-    """Class probabilities (B, K), float32: softmax of ``logit_scale.exp() * cos``."""
+    """Class probabilities (B, K), float32: softmax of ``logit_scale.exp() * cos``; raises on NaN/Inf."""
     features = model.encode_latents(latents).float()
     logits = model.logit_scale.exp().float() * features @ classifier.float()
-    return logits.softmax(dim=-1)
+    return check_finite_result(logits.softmax(dim=-1), "class probabilities")

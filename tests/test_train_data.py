@@ -59,8 +59,9 @@ def test_batches_do_not_depend_on_workers_or_on_where_we_start(tmp_path):
     loader = torch.utils.data.DataLoader(TrainBatches(shards, plan, seed=0), batch_size=None, num_workers=2)
     with_workers = [b for b, _ in zip(loader, range(10))]
     late = iter(TrainBatches(shards, plan, seed=0, start_step=3))
-    for (x, c), (y, d) in zip(first, with_workers):
-        assert torch.equal(x, y) and list(c) == list(d)
-    for (x, c) in first[6:]:
-        y, d = next(late)
-        assert torch.equal(x, y) and c == d
+    for a, b in zip(first, with_workers):
+        assert torch.equal(a.inputs, b.inputs) and list(a.captions) == list(b.captions)
+        assert list(a.sources) == list(b.sources) and not a.problems and not b.problems
+    for a in first[6:]:
+        b = next(late)
+        assert torch.equal(a.inputs, b.inputs) and a.captions == b.captions and a.sources == b.sources

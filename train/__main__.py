@@ -1,7 +1,10 @@
 """``python -m train {encode,fit,eval,bench,tinyworld} ...`` (also under torchrun / accelerate launch)."""
 from __future__ import annotations
 
+import sys
 from typing import Sequence
+
+from latent_clip import cli
 
 from .cli import dispatch
 
@@ -12,6 +15,8 @@ USAGE = """usage: python -m train {encode,fit,eval zeroshot,bench,tinyworld} [--
   eval zeroshot   top-1/top-5 zero-shot accuracy, Latent-CLIP and a pixel CLIP side by side
   bench           GenEval / T2I-CompBench / I2P / generated-ImageNet runs with ReNO and guidance
   tinyworld       the paper's three claims reproduced in a procedural world on one CPU (--demo: embedded weights)
+
+An error is one line on stderr (exit status 2); add --debug for the traceback.
 """
 COMMANDS = {"encode": ".encode", "fit": ".main", "eval": ".evaluate", "bench": ".benchmarks",
             "tinyworld": ".tinyworld"}
@@ -22,4 +27,4 @@ def main(argv: Sequence[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -2,11 +2,14 @@
 
 A checkpoint is what the authors' open_clip fork writes, ``{epoch, name, state_dict (module.-
 prefixed), optimizer}``, so :func:`latent_clip.load_model` reads it, plus what resuming needs:
-``step``, ``config`` (the resolved FitConfig), ``model_cfg``, ``model_kind``, ``samples_seen``
-and the RNG states. Files are written to a temp name and renamed (never half-written).
+``step``, ``config`` (the resolved FitConfig), ``model_cfg``, ``model_kind``, ``samples_seen``,
+the RNG states and the bad-data counts. Files are written to a temp name and renamed (never
+half-written); resuming falls back past unreadable ones and never overwrites a kept one.
 """
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,8 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from latent_clip import save_official_checkpoint
-from latent_clip.factory import load_pickle_safely, read_state_dict, strip_prefixes
+from latent_clip.factory import (CheckpointError, atomic_write, check_tensors, load_pickle_safely, read_state_dict,
+                                 strip_prefixes)
 
 LATEST = "epoch_latest.pt"
 
@@ -24,17 +28,75 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """``"latest"`` -> the run's latest checkpoint if one exists (else start fresh); a path -> itself."""
+def kept_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """step -> the ``step_{N}.pt`` files kept in the run's checkpoint folder."""
+    found = {}
+    for path in checkpoint_dir(run_dir).glob("step_*.pt"):
+        number = path.stem.removeprefix("step_")
+        if number.isdigit():
+            found[int(number)] = path
+    return found
+
+
+def find_resume(resume: str | None, run_dir: Path) -> tuple[Path, dict] | None:
+    """(path, checkpoint) to resume from, or None for a fresh start.
+
+    No ``resume``: a fresh start, refused when the run folder holds checkpoints (it would overwrite
+    them). ``"latest"``: the newest readable of ``epoch_latest.pt`` and the kept ``step_N.pt`` (a
+    warning names each unreadable one); an error when none is readable. A path: that checkpoint.
+    Resuming before a readable kept checkpoint is refused (the run would overwrite it).
+    """
+    directory, kept = checkpoint_dir(run_dir), kept_checkpoints(run_dir)
     if not resume:
+        existing = [p.name for p in [directory / LATEST, *kept.values()] if p.is_file()]
+        if existing:
+            raise FileExistsError(f"{directory} already holds checkpoints ({', '.join(sorted(existing)[:4])}); "
+                                  f"pass --resume latest to continue that run, or another --name / --out-dir")
         return None
-    if resume == "latest":
-        path = checkpoint_dir(run_dir) / LATEST
-        return path if path.is_file() else None
-    path = Path(resume)
+    if resume != "latest":
+        if not Path(resume).is_file():
+            raise FileNotFoundError(f"no checkpoint to resume from at {resume}")
+        chosen = (Path(resume), load(Path(resume)))
+    else:
+        candidates = [directory / LATEST, *(kept[n] for n in sorted(kept, reverse=True))]
+        readable = []
+        for path in (c for c in candidates if c.is_file()):
+            try:
+                readable.append((path, load(path)))
+            except CheckpointError as err:
+                print(f"warning: cannot resume from {path}, skipping it: {err}", flush=True)
+        if not readable:
+            raise FileNotFoundError(f"--resume latest: no readable checkpoint in {directory} "
+                                    f"(looked for {LATEST} and step_N.pt)")
+        chosen = max(readable, key=lambda pc: pc[1]["step"])
+        if chosen[0].name != LATEST:
+            print(f"warning: resuming from {chosen[0]} (step {chosen[1]['step']}), the newest readable checkpoint",
+                  flush=True)
+    step = chosen[1]["step"]
+    for later in (kept[n] for n in sorted(kept) if n > step):
+        try:
+            load(later)
+        except CheckpointError:
+            continue  # unreadable: replacing it loses nothing
+        raise FileExistsError(f"resuming at step {step} would overwrite the kept checkpoint {later}; resume from "
+                              f"it (--resume latest) or move it away")
+    return chosen
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Keep only the records of steps <= ``step`` in the JSONL log at ``path`` (and no torn last line),
+    so that the steps a resumed run redoes are logged once."""
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint to resume from at {path}")
-    return path
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a torn last line
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    atomic_write(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in kept)))
 
 
 def rng_state() -> dict[str, Any]:
@@ -51,23 +113,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, step: int, epoch: int,
-         samples_seen: int, config: dict, model_cfg: dict, model_kind: str, keep: bool = False) -> Path:
+         samples_seen: int, config: dict, model_cfg: dict, model_kind: str, keep: bool = False,
+         **extra: Any) -> Path:
     directory = checkpoint_dir(run_dir)
     extra = dict(step=step, samples_seen=samples_seen, config=config, model_cfg=model_cfg,
-                 model_kind=model_kind, rng=rng_state())
+                 model_kind=model_kind, rng=rng_state(), **extra)
     path = save_official_checkpoint(directory / LATEST, model, epoch=epoch, name=config["name"],
                                     optimizer=optimizer.state_dict(), **extra)
     if keep:
-        kept = directory / f"step_{step}.pt"
-        kept.with_name(kept.name + ".tmp").write_bytes(path.read_bytes())
-        kept.with_name(kept.name + ".tmp").replace(kept)
+        atomic_write(directory / f"step_{step}.pt", lambda tmp: shutil.copyfile(path, tmp))
     return path
 
 
+REQUIRED = ("state_dict", "optimizer", "step", "rng", "config")
+
+
 def load(path: Path) -> dict[str, Any]:
-    """The whole checkpoint (weights_only: tensors, plain data, numpy scalars), prefixes stripped."""
-    ckpt = load_pickle_safely(Path(path))
-    ckpt["state_dict"] = {strip_prefixes(k): v for k, v in ckpt["state_dict"].items()}
+    """The whole checkpoint (weights_only: tensors, plain data, numpy scalars), prefixes stripped;
+    raises :class:`CheckpointError` when it is unreadable, incomplete or its weights are not finite."""
+    path = Path(path)
+    ckpt = load_pickle_safely(path)
+    missing = [k for k in REQUIRED if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint of this trainer: it lacks {missing}")
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()) or not isinstance(ckpt["step"], int):
+        raise CheckpointError(f"{path}: expected a state_dict of named tensors and an integer step")
+    ckpt["state_dict"] = {strip_prefixes(k): v for k, v in state.items()}
+    check_tensors(ckpt["state_dict"], path)
     return ckpt
 
 

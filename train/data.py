@@ -21,19 +21,20 @@ import csv
 import glob
 import io
 import json
-import os
 import random
 import tarfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import IterableDataset, get_worker_info
+
+from latent_clip.factory import atomic_write
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SHARD_EXTS = (".tar", ".safetensors")
@@ -85,17 +86,36 @@ def _split_key(name: str) -> tuple[str, str]:
     return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
+class ShardError(ValueError):
+    """A shard, or a row of one, cannot be read: truncated, corrupt or not in the expected format."""
+
+
+class CaptionError(ShardError):
+    """A row's caption (or label) is not UTF-8 text."""
+
+
+MAX_MEMBER_BYTES = 1 << 28  # one file inside a tar shard (an image, a latent, a caption)
+
+
 class TarShard:
-    """All samples of one webdataset tar, in file order; decoding happens per row."""
+    """All samples of one webdataset tar, in file order; decoding happens per row. A truncated or
+    corrupt tar raises :class:`ShardError` when opened, a corrupt row when read."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         groups: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(self.path, "r:") as tar:
-            for member in tar:
-                if member.isfile():
+        try:
+            with tarfile.open(self.path, "r:") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    if member.size > MAX_MEMBER_BYTES:
+                        raise ShardError(f"{self.path}: member {member.name} is {member.size:,} bytes, more than "
+                                         f"{MAX_MEMBER_BYTES:,}")
                     key, ext = _split_key(member.name)
                     groups.setdefault(key, {})[ext] = tar.extractfile(member).read()
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise ShardError(f"{self.path}: truncated or corrupt tar ({err})") from None
         self.keys = list(groups)
         self.groups = groups
 
@@ -105,34 +125,61 @@ class TarShard:
     def __getitem__(self, i: int) -> Sample:
         key = self.keys[i]
         g = self.groups[key]
-        caption = g.get("txt", b"").decode("utf-8", "replace")
-        label = int(g["cls"].decode()) if "cls" in g else -1
+        try:
+            caption = g.get("txt", b"").decode("utf-8")
+            label = int(g["cls"].decode()) if "cls" in g else -1
+        except ValueError as err:  # not UTF-8, or a label that is not a number
+            raise CaptionError(f"{self.path} sample {key}: caption or label is not UTF-8 text ({err})") from None
         if "latent.pt" in g:
-            latent = torch.load(io.BytesIO(g["latent.pt"]), map_location="cpu", weights_only=True).float()
-            return Sample(key, caption, label, latent=latent)
+            return Sample(key, caption, label, latent=_read_latent(g["latent.pt"], f"{self.path} sample {key}"))
         image = next((g[e] for e in ("jpg", "jpeg", "png", "webp", "bmp") if e in g), None)
         return Sample(key, caption, label, image_bytes=image)
 
 
+def _read_latent(data: bytes, where: str) -> torch.Tensor:
+    """A ``latent.pt`` member: a dense float tensor no larger than its bytes (tensors, plain data only)."""
+    try:
+        latent = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable member is one corrupt row
+        raise ShardError(f"{where}: latent.pt is not a readable tensor ({type(err).__name__})") from None
+    if (not isinstance(latent, torch.Tensor) or not latent.is_floating_point() or latent.layout != torch.strided
+            or latent.numel() * latent.element_size() > len(data)):
+        raise ShardError(f"{where}: latent.pt is not a dense float tensor stored in the file")
+    return latent.float()
+
+
 class SafetensorsShard:
-    """Our tensor-native latent shard; rows are read lazily from the file."""
+    """Our tensor-native latent shard; rows are read lazily from the file. A truncated file or
+    inconsistent metadata raises :class:`ShardError` when opened."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._file = safe_open(str(self.path), framework="pt", device="cpu")
-        meta = self._file.metadata() or {}
-        self.captions = json.loads(meta.get("captions", "[]"))
-        self.keys = json.loads(meta.get("keys", "[]")) or [str(i) for i in range(len(self.captions))]
-        self.labels = json.loads(meta.get("labels", "[]"))
-        self._latents = self._file.get_slice("latents")
+        try:
+            self._file = safe_open(str(self.path), framework="pt", device="cpu")
+            meta = self._file.metadata() or {}
+            self._latents = self._file.get_slice("latents")
+            self.captions = json.loads(meta.get("captions", "[]"))
+            self.keys = json.loads(meta.get("keys", "[]"))
+            self.labels = json.loads(meta.get("labels", "[]"))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own untyped errors
+            raise ShardError(f"{self.path}: truncated or corrupt safetensors shard ({err})") from None
+        shape = self._latents.get_shape()
+        self.rows = shape[0] if len(shape) == 4 else -1
+        lists = {"captions": self.captions, "keys": self.keys, "labels": self.labels}
+        bad = {k: len(v) if isinstance(v, list) else type(v).__name__ for k, v in lists.items()
+               if not isinstance(v, list) or len(v) not in (0, self.rows)}
+        if self.rows < 0 or bad:
+            raise ShardError(f"{self.path}: latents {shape} and metadata {bad} do not describe the same "
+                             f"(N, C, H, W) rows")
+        self.keys = self.keys or [str(i) for i in range(self.rows)]
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return self.rows
 
     def __getitem__(self, i: int) -> Sample:
         latent = self._latents[i:i + 1][0].float()
         label = self.labels[i] if self.labels else -1
-        return Sample(self.keys[i], self.captions[i] if self.captions else "", label, latent=latent)
+        return Sample(str(self.keys[i]), str(self.captions[i]) if self.captions else "", int(label), latent=latent)
 
 
 class FolderShard:
@@ -154,71 +201,206 @@ def open_shard(path: Path):
 
 
 def shard_len(path: Path) -> int:
+    """Rows of one shard, from its header (safetensors) or by scanning the member names (tar);
+    raises :class:`ShardError` on a truncated or corrupt shard."""
     path = Path(path)
-    sizes = path.parent / SIZES_FILE
-    if sizes.is_file():
-        known = json.loads(sizes.read_text())
-        if path.name in known:
-            return int(known[path.name])
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return f.get_slice("latents").get_shape()[0]
-    with tarfile.open(path, "r:") as tar:
-        return len({_split_key(m.name)[0] for m in tar if m.isfile()})
+        return len(SafetensorsShard(path))
+    try:
+        with tarfile.open(path, "r:") as tar:
+            return len({_split_key(m.name)[0] for m in tar if m.isfile()})
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise ShardError(f"{path}: truncated or corrupt tar ({err})") from None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Bad data met and skipped: ``kind`` is ``corrupt_shard`` (counted once per shard),
+    ``stale_size`` (a size cache disagreeing with a shard, once per shard), ``skipped_sample`` (a row
+    that could not be read) or ``bad_caption`` (a caption that is not UTF-8, a caption-file line that
+    does not parse), counted per row; ``where`` names the file (and row)."""
+
+    kind: str
+    where: str
+    detail: str
+
+
+class ProblemLog:
+    """What bad data a job met and skipped: counted (shard problems once per shard, row problems per
+    row) and printed (each shard problem, the first :attr:`shown` row problems). ``state()`` goes into
+    checkpoints so that a resumed run keeps counting."""
+
+    SHARD_KINDS = ("corrupt_shard", "stale_size")
+    shown = 10
+
+    def __init__(self, state: dict | None = None, prefix: str = "warning"):
+        state = state or {}
+        self.shards = {k: set(state.get(k, ())) for k in self.SHARD_KINDS}
+        self.rows = {k: int(state.get(k, 0)) for k in ("skipped_sample", "bad_caption")}
+        self.prefix, self.printed = prefix, 0
+
+    def add(self, problems: Sequence[Problem]) -> bool:
+        """Count ``problems``; True when a count changed."""
+        changed = False
+        for p in problems:
+            if p.kind in self.shards:
+                if p.where in self.shards[p.kind]:
+                    continue
+                self.shards[p.kind].add(p.where)
+                self._print(p)
+            else:
+                self.rows[p.kind] += 1
+                self.printed += 1
+                if self.printed <= self.shown:
+                    self._print(p, " (further ones are counted, not printed)" if self.printed == self.shown else "")
+            changed = True
+        return changed
+
+    def _print(self, p: Problem, suffix: str = "") -> None:
+        where = "" if p.where in p.detail else f"{p.where}: "
+        print(f"{self.prefix}: {p.kind.replace('_', ' ')}: {where}{p.detail}{suffix}", flush=True)
+
+    def counts(self) -> dict[str, int]:
+        """``corrupt_shards``, ``stale_sizes``, ``skipped_samples``, ``bad_captions``."""
+        return {**{k + "s": len(v) for k, v in self.shards.items()}, **{k + "s": v for k, v in self.rows.items()}}
+
+    def state(self) -> dict:
+        return {**{k: sorted(v) for k, v in self.shards.items()}, **self.rows}
+
+
+TAR_BLOCK = 512  # every member of a tar takes at least one header block, so a row takes at least this
+
+
+def shard_sizes(shards: Sequence[Path]) -> tuple[list[int], list[Problem]]:
+    """Rows per shard. A safetensors shard's header says (cheap), checked against the ``sizes.json``
+    beside it; a tar's row count comes from that cache when it lists the shard with a count the file
+    can hold (at most a row per 512 bytes), else from a scan. A cache that disagrees is a
+    ``stale_size`` problem; an unreadable shard has 0 rows and a ``corrupt_shard`` problem."""
+    caches: dict[Path, dict] = {}
+    sizes, problems = [], []
+    for path in map(Path, shards):
+        cache_path = path.parent / SIZES_FILE
+        if cache_path.parent not in caches:
+            caches[cache_path.parent] = _read_size_cache(cache_path, problems)
+        cached = caches[cache_path.parent].get(path.name)
+        try:
+            if path.suffix == ".tar" and cached is not None and cached <= path.stat().st_size // TAR_BLOCK:
+                sizes.append(cached)  # a wrong count within that bound is found when the shard is opened
+                continue
+            sizes.append(shard_len(path))
+        except ShardError as err:
+            sizes.append(0)
+            problems.append(Problem("corrupt_shard", str(path), str(err)))
+            continue
+        if cached is not None and cached != sizes[-1]:
+            problems.append(Problem("stale_size", str(path), f"{SIZES_FILE} says {cached} rows, the shard has "
+                                                             f"{sizes[-1]}"))
+    return sizes, problems
+
+
+def _read_size_cache(path: Path, problems: list[Problem]) -> dict[str, int]:
+    if not path.is_file():
+        return {}
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+        return {k: v for k, v in cache.items() if isinstance(v, int) and v >= 0}
+    except (ValueError, AttributeError) as err:
+        problems.append(Problem("stale_size", str(path), f"unreadable size cache, ignored ({err})"))
+        return {}
 
 
 def write_sizes(directory: Path) -> dict[str, int]:
-    """``sizes.json`` (shard name -> rows), as webdataset's wids uses, so readers skip the scan."""
+    """``sizes.json`` (shard name -> rows), as webdataset's wids uses, so readers skip the scan.
+    Unreadable shards are left out."""
     directory = Path(directory)
-    sizes = {p.name: shard_len_scan(p) for p in expand_shards(directory)}
+    sizes = {}
+    for path in expand_shards(directory):
+        try:
+            sizes[path.name] = shard_len(path)
+        except ShardError:
+            continue
     atomic_write(directory / SIZES_FILE, lambda tmp: tmp.write_text(json.dumps(sizes, indent=1)))
     return sizes
 
 
-def shard_len_scan(path: Path) -> int:
-    if Path(path).suffix == ".safetensors":
-        return shard_len(path)
-    with tarfile.open(path, "r:") as tar:
-        return len({_split_key(m.name)[0] for m in tar if m.isfile()})
-
-
 # ---------------------------------------------------------------- image folders
 
-def _read_captions(folder: Path, captions: Path | None) -> dict[str, str]:
+FILE_COLUMNS, CAPTION_COLUMNS = ("file", "image", "filepath", "path"), ("caption", "text", "title")
+
+
+def _caption_rows(captions: Path, problems: list[Problem]) -> list[tuple[object, object]]:
+    """(file, caption) pairs of a captions.jsonl / .csv; undecodable lines and rows are skipped and
+    recorded in ``problems``; a CSV without the columns raises ``ValueError``."""
+    text = captions.read_bytes().decode("utf-8", "surrogateescape")  # bad bytes kept to find their rows
+    if captions.suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                line.encode("utf-8")  # bytes that were not UTF-8 became surrogates, which do not encode
+                row = json.loads(line)
+                rows.append((_pick(row, FILE_COLUMNS), _pick(row, CAPTION_COLUMNS)))
+            except (UnicodeError, ValueError, AttributeError, StopIteration) as err:
+                problems.append(Problem("bad_caption", f"{captions}:{number}",
+                                        f"not a JSON object with {FILE_COLUMNS[0]!r} and {CAPTION_COLUMNS[0]!r} "
+                                        f"in UTF-8 ({type(err).__name__})"))
+        return rows
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = reader.fieldnames or []
+    if not set(columns) & set(FILE_COLUMNS) or not set(columns) & set(CAPTION_COLUMNS):
+        raise ValueError(f"{captions} has columns {columns}; expected one of {list(FILE_COLUMNS)} and one of "
+                         f"{list(CAPTION_COLUMNS)}")
+    rows = []
+    for row in reader:
+        try:
+            pair = (_pick(row, FILE_COLUMNS), _pick(row, CAPTION_COLUMNS))
+            for value in pair:
+                str(value).encode("utf-8")
+            rows.append(pair)
+        except (UnicodeError, StopIteration):
+            problems.append(Problem("bad_caption", f"{captions}:{reader.line_num}", "row not UTF-8 or incomplete"))
+    return rows
+
+
+def _pick(row: dict, names: Sequence[str]):
+    """The first of ``names`` present in ``row`` with a value (StopIteration when none is)."""
+    return next(row[n] for n in names if row.get(n) is not None)
+
+
+def _read_captions(folder: Path, captions: Path | None, problems: list[Problem]) -> dict[str, str]:
     if captions is None:
         captions = next((folder / n for n in CAPTION_FILES if (folder / n).is_file()), None)
     if captions is None:
         return {}
-    if captions.suffix == ".jsonl":
-        rows = [json.loads(line) for line in captions.read_text().splitlines() if line.strip()]
-    else:
-        with open(captions, newline="") as f:
-            rows = list(csv.DictReader(f))
-    def pick(row, *names):
-        return next(row[n] for n in names if n in row)
-    return {str(pick(r, "file", "image", "filepath", "path")): str(pick(r, "caption", "text", "title"))
-            for r in rows}
+    return {str(f): str(c) for f, c in _caption_rows(captions, problems)}
 
 
-def folder_rows(folder: str | Path, captions: str | Path | None = None,
-                labels_from_folders: bool = False) -> tuple[list[tuple[Path, str, int]], list[str]]:
+def folder_rows(folder: str | Path, captions: str | Path | None = None, labels_from_folders: bool = False,
+                problems: list[Problem] | None = None) -> tuple[list[tuple[Path, str, int]], list[str]]:
     """Rows (path, caption, label) of an image folder, sorted; and the class names (sub-folders)
-    when ``labels_from_folders`` (ImageNet style; the caption is then the class name)."""
+    when ``labels_from_folders`` (ImageNet style; the caption is then the class name). Captions
+    that are not UTF-8 or lines that do not parse are skipped and appended to ``problems``."""
     folder = Path(folder)
+    problems = [] if problems is None else problems
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     if labels_from_folders:
         classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
         index = {c: i for i, c in enumerate(classes)}
         return [(p, p.parent.name.replace("_", " "), index[p.parent.name]) for p in files
                 if p.parent.name in index], classes
-    table = _read_captions(folder, Path(captions) if captions else None)
+    table = _read_captions(folder, Path(captions) if captions else None, problems)
     rows = []
     for p in files:
         rel = p.relative_to(folder).as_posix()
         txt = p.with_suffix(".txt")
         caption = table.get(rel, table.get(p.name))
         if caption is None and txt.is_file():
-            caption = txt.read_text().strip()
+            try:
+                caption = txt.read_bytes().decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                problems.append(Problem("bad_caption", str(txt), f"not UTF-8 ({err.reason} at byte {err.start})"))
+                continue
         if caption is not None:
             rows.append((p, caption, -1))
     return rows, []
@@ -244,15 +426,6 @@ class ImageTransform:
 
 
 # ---------------------------------------------------------------- writing
-
-def atomic_write(path: Path, write: Callable[[Path], object], staging: Path | None = None) -> None:
-    """``write(tmp)`` then rename ``tmp`` to ``path``: readers see the old file or the whole new one.
-    ``tmp`` is ``<path>.tmp`` beside it, or a file in ``staging`` (same file system) to keep
-    half-written files out of a folder that others list while it fills."""
-    tmp = (Path(staging) / f"{path.name}.tmp") if staging is not None else path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
 
 def write_latent_shard(path: Path, latents: torch.Tensor, captions: Sequence[str], keys: Sequence[str],
                        labels: Sequence[int] | None = None) -> None:
@@ -359,36 +532,96 @@ class BatchPlan:
         return list(shards)
 
 
+class MicroBatch(NamedTuple):
+    """``inputs`` (B, ...) stacked latents or images; ``captions`` and ``sources`` ("shard key", the
+    row that filled each slot) per sample; ``problems`` met building it (see :class:`Problem`)."""
+
+    inputs: torch.Tensor
+    captions: list[str]
+    sources: list[str]
+    problems: list[Problem]
+
+
+MAX_REPLACEMENTS = 16
+
+
 class TrainBatches(IterableDataset):
-    """Micro-batches ``(inputs, captions)`` for steps ``start_step, start_step+1, ...`` in order.
+    """Micro-batches (:class:`MicroBatch`) for steps ``start_step, start_step+1, ...`` in order.
     Inputs are stacked latents, or images through ``transform`` for a pixel model. With DataLoader
     workers, worker w builds micro-batches k with k % workers == w (the loader interleaves them
-    back in order), so the order never depends on the number of workers."""
+    back in order), so the order never depends on the number of workers.
+
+    A row that cannot be read (its shard is truncated or corrupt, the size cache promised more rows
+    than the shard has, the row itself is corrupt) is replaced by the row at the same position one
+    epoch later, and so on: still a pure function of (seed, step) and the data, so resuming replays it.
+    """
 
     def __init__(self, shards: Sequence[Path], plan: BatchPlan, seed: int, start_step: int = 0,
-                 transform: Callable[[Image.Image], torch.Tensor] | None = None):
-        self.shards = plan.my_shards(shards)
-        self.stream = SampleStream([shard_len(p) for p in self.shards], seed=seed)
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None, sizes: Sequence[int] | None = None):
+        sizes = shard_sizes(shards)[0] if sizes is None else sizes
+        mine = plan.my_shards(list(zip(shards, sizes)))
+        self.shards, self.sizes = [Path(p) for p, _ in mine], [n for _, n in mine]
+        self.stream = SampleStream(self.sizes, seed=seed)
         self.plan, self.start_step, self.transform = plan, start_step, transform
         self._open: dict[int, object] = {}
 
-    def _sample(self, position: int) -> Sample:
-        shard, row = self.stream.locate(position)
-        if shard not in self._open:
+    def _shard(self, index: int, problems: list[Problem]):
+        """The open shard ``index`` (the last two are kept), or why it could not be opened."""
+        if index not in self._open:
             if len(self._open) >= 2:
                 self._open.pop(next(iter(self._open)))
-            self._open[shard] = open_shard(self.shards[shard])
-        return self._open[shard][row]
+            path = self.shards[index]
+            try:
+                shard = open_shard(path)
+            except ShardError as err:
+                problems.append(Problem("corrupt_shard", str(path), str(err)))
+                shard = str(err)  # the reason, for each of its rows
+            else:
+                if len(shard) != self.sizes[index]:
+                    problems.append(Problem("stale_size", str(path), f"{SIZES_FILE} says {self.sizes[index]} rows, "
+                                                                     f"the shard has {len(shard)}"))
+            self._open[index] = shard
+        return self._open[index]
 
-    def batch(self, step: int, micro: int) -> tuple[torch.Tensor, list[str]]:
-        samples = [self._sample(p) for p in self.plan.positions(step, micro)]
+    def _row(self, index: int, row: int, problems: list[Problem]) -> tuple[torch.Tensor, str, str]:
+        shard = self._shard(index, problems)
+        if isinstance(shard, str):
+            raise ShardError(shard)
+        if row >= len(shard):
+            raise ShardError(f"{self.shards[index]} row {row}: the shard has only {len(shard)} rows")
+        sample = shard[row]
         if self.transform is None:
-            inputs = torch.stack([s.latent for s in samples])
+            x = sample.latent
         else:
-            inputs = torch.stack([self.transform(s.image()) for s in samples])
-        return inputs, [s.caption for s in samples]
+            try:
+                x = self.transform(sample.image())
+            except Exception as err:  # noqa: BLE001 - any undecodable image is one corrupt row
+                raise ShardError(f"{self.shards[index]} sample {sample.key}: unreadable image "
+                                 f"({type(err).__name__})") from None
+        return x, sample.caption, f"{self.shards[index]} sample {sample.key}"
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    def _read(self, position: int, problems: list[Problem]) -> tuple[torch.Tensor, str, str]:
+        for attempt in range(MAX_REPLACEMENTS):
+            index, row = self.stream.locate(position + attempt * self.stream.total)
+            try:
+                return self._row(index, row, problems)
+            except ShardError as err:
+                problems.append(Problem("skipped_sample", f"{self.shards[index]} row {row}", str(err)))
+        raise ShardError(f"{MAX_REPLACEMENTS} rows in a row could not be read in place of stream position "
+                         f"{position}: most of the data is unreadable (last: {problems[-1].detail})")
+
+    def batch(self, step: int, micro: int) -> MicroBatch:
+        problems: list[Problem] = []
+        rows = [self._read(p, problems) for p in self.plan.positions(step, micro)]
+        first = rows[0]
+        odd = next(((x, s) for x, _, s in rows if x.shape != first[0].shape), None)
+        if odd is not None:
+            raise ShardError(f"step {step}: {odd[1]} has shape {tuple(odd[0].shape)} but {first[2]} has "
+                             f"{tuple(first[0].shape)}; all samples must have one shape")
+        return MicroBatch(torch.stack([x for x, _, _ in rows]), [c for _, c, _ in rows], [s for _, _, s in rows],
+                          problems)
+
+    def __iter__(self) -> Iterator[MicroBatch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         step, k = self.start_step, 0

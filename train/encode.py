@@ -8,7 +8,10 @@ Images: shorter side resized to ``--size`` (bicubic, antialiased), centre-croppe
 for a posterior sample), raw (no scaling factor), as ``--store-dtype``.
 
 Output shard i (one per input shard, or per ``--shard-size`` folder images) is written
-atomically, so a rerun skips finished shards. Under torchrun rank r encodes shards i % world == r:
+atomically, so a rerun skips finished shards. Bad data is skipped, counted and reported (the
+summary line, ``encode.json``): undecodable images, captions that are not UTF-8 or lines of a
+caption file that do not parse, and truncated or corrupt input tars (no output, so a rerun
+retries them). Under torchrun rank r encodes shards i % world == r:
 
     python -m train encode --input 'laion/{00000..00999}.tar' --vae sdxl-vae/ --out latents/
     torchrun --nproc_per_node 8 -m train encode --input imgs/ --vae vae.safetensors --vae-config sdxl-vae/ \\
@@ -24,8 +27,8 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from .data import (SIZES_FILE, FolderShard, ImageTransform, TarShard, atomic_write, expand_shards, folder_rows,
-                   write_latent_shard, write_sizes)
+from .data import (SIZES_FILE, CaptionError, FolderShard, ImageTransform, Problem, ProblemLog, ShardError, TarShard,
+                   atomic_write, expand_shards, folder_rows, write_latent_shard, write_sizes)
 from .distributed import barrier, cleanup, init_distributed
 from .models import load_vae
 
@@ -55,20 +58,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def input_shards(args: argparse.Namespace) -> tuple[list[tuple[str, object]], list[str]]:
-    """(output stem, reader factory) per output shard, and class names for labelled folders."""
+def input_shards(args: argparse.Namespace, problems: list[Problem]) -> tuple[list[tuple[str, object]], list[str]]:
+    """(output stem, reader factory) per output shard, and class names for labelled folders.
+    Captions that cannot be read are skipped and appended to ``problems``."""
     src = Path(args.input)
     if src.is_dir() and not any(p.suffix == ".tar" for p in src.iterdir()):
-        rows, classes = folder_rows(src, args.captions, args.labels_from_folders)
+        rows, classes = folder_rows(src, args.captions, args.labels_from_folders, problems)
         chunks = [rows[i:i + args.shard_size] for i in range(0, len(rows), args.shard_size)]
         return [(f"{i:06d}", lambda c=c: FolderShard(c)) for i, c in enumerate(chunks)], classes
     return [(p.stem, lambda p=p: TarShard(p)) for p in expand_shards(args.input) if p.suffix == ".tar"], []
 
 
 @torch.no_grad()
-def encode_shard(reader, vae, transform: ImageTransform, args, generator) -> tuple[dict, int]:
-    """Encode every readable image of one shard -> (columns, number of corrupt images)."""
-    latents, captions, keys, labels, corrupt = [], [], [], [], 0
+def encode_shard(reader, vae, transform: ImageTransform, args, generator, problems: list[Problem]) -> dict:
+    """Encode every readable image of one shard -> columns; unreadable images and captions are
+    skipped and appended to ``problems``."""
+    latents, captions, keys, labels = [], [], [], []
     batch: list[tuple[torch.Tensor, object]] = []
 
     def flush():
@@ -81,43 +86,67 @@ def encode_shard(reader, vae, transform: ImageTransform, args, generator) -> tup
         batch.clear()
 
     for i in range(len(reader)):
-        sample = reader[i]
+        try:
+            sample = reader[i]
+        except ShardError as err:
+            problems.append(Problem("bad_caption" if isinstance(err, CaptionError) else "skipped_sample",
+                                    f"{getattr(reader, 'path', 'folder')} row {i}", str(err)))
+            continue
         try:
             batch.append((transform(sample.image()), sample))
-        except Exception:  # noqa: BLE001 - any undecodable image is counted and skipped
-            corrupt += 1
+        except Exception as err:  # noqa: BLE001 - any undecodable image is counted and skipped
+            problems.append(Problem("skipped_sample", str(sample.image_path or f"{reader.path} sample {sample.key}"),
+                                    f"unreadable image ({type(err).__name__})"))
             continue
         if len(batch) == args.batch_size:
             flush()
     if batch:
         flush()
     z = torch.cat(latents) if latents else torch.empty(0)
-    return {"latents": z, "captions": captions, "keys": keys, "labels": labels}, corrupt
+    return {"latents": z, "captions": captions, "keys": keys, "labels": labels}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    """Encode; returns the counts (summed over ranks): shards written / already there, samples,
+    and what was skipped: ``corrupt`` images, ``corrupt_shards``, ``bad_captions``."""
     args = parse_args(argv)
     env = init_distributed(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    units, classes = input_shards(args)
+    log = ProblemLog(prefix=f"encode rank {env.rank} warning")
+    found: list[Problem] = []
+    units, classes = input_shards(args, found)
+    log.add(found if env.is_master else ())  # every rank lists the same folder
     mine = [(i, stem, make) for i, (stem, make) in enumerate(units) if i % env.world_size == env.rank]
     vae = load_vae(args.vae, env.device, DTYPES[args.compute_dtype], args.vae_config)
     transform = ImageTransform(args.size)
-    stats = {"written": 0, "skipped": 0, "samples": 0, "corrupt": 0}
+    stats = {"written": 0, "skipped": 0, "samples": 0}
     for i, stem, make in tqdm(mine, desc=f"encode rank {env.rank}", disable=not env.is_master, unit="shard"):
         target = out / (stem + SUFFIX[args.format])
         if target.is_file():
             stats["skipped"] += 1
             continue
         generator = torch.Generator(env.device).manual_seed(args.seed + i) if args.sample else None
-        cols, corrupt = encode_shard(make(), vae, transform, args, generator)
-        stats["corrupt"] += corrupt
+        try:
+            reader = make()
+        except ShardError as err:  # no output: fixing the shard and rerunning encodes it
+            log.add([Problem("corrupt_shard", stem, f"{err}; not encoded")])
+            continue
+        found = []
+        cols = encode_shard(reader, vae, transform, args, generator, found)
+        log.add(found)
         if len(cols["keys"]):
             write_latent_shard(target, cols["latents"], cols["captions"], cols["keys"], cols["labels"])
             stats["written"] += 1
             stats["samples"] += len(cols["keys"])
+    counts = log.counts()
+    stats.update(corrupt=counts["skipped_samples"], corrupt_shards=counts["corrupt_shards"],
+                 bad_captions=counts["bad_captions"])
     print(f"encode rank {env.rank}: {json.dumps(stats)}", flush=True)
+    if env.distributed:
+        totals = torch.tensor(list(stats.values()), dtype=torch.long, device=env.device)  # nccl: on the GPU
+        torch.distributed.all_reduce(totals)
+        stats = dict(zip(stats, totals.tolist()))
     barrier(env)
     if env.is_master:
         write_sizes(out)
@@ -126,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             atomic_write(out / "classnames.txt", lambda t: t.write_text(names))
         meta = {"vae": str(args.vae), "size": args.size, "posterior": "sample" if args.sample else "mean",
                 "store_dtype": args.store_dtype, "format": args.format, "scaling": "raw (unscaled)",
-                "latent_channels": vae.config.latent_channels, "sizes": SIZES_FILE}
+                "latent_channels": vae.config.latent_channels, "sizes": SIZES_FILE, "last_run": stats}
         atomic_write(out / "encode.json", lambda t: t.write_text(json.dumps(meta, indent=2)))
     cleanup(env)
     return stats

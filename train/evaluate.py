@@ -24,6 +24,7 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TE
 from torch import nn
 
 from latent_clip import LatentCLIP, load_model
+from latent_clip.contract import non_finite_items
 
 from .data import FolderShard, ImageTransform, Sample, expand_shards, folder_rows, open_shard
 from .models import DecodedTeacher, load_pixel_model, load_vae, pixel_transform
@@ -101,13 +102,18 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
 def zeroshot(features: Callable[[list[Sample]], torch.Tensor | None], weights: torch.Tensor,
              shards: Sequence, batch_size: int = 64) -> ZeroShotResult:
     """Run ``features`` (samples -> normalised image features) over labelled data and count
-    top-1/top-5 hits against the classifier ``weights`` (embed_dim, classes)."""
+    top-1/top-5 hits against the classifier ``weights`` (embed_dim, classes); NaN/Inf features
+    raise, naming the samples."""
     hits1 = hits5 = n = 0
     for batch in batches(shards, batch_size):
         for s in batch:
             if s.label < 0:
                 raise ValueError(f"sample {s.key} has no label (cls)")
         f = features(batch)
+        bad = non_finite_items(f)
+        if bad:
+            raise ValueError(f"NaN/Inf features for samples {[batch[i].key for i in bad][:5]}: the model's weights "
+                             f"are not finite or overflow in its dtype")
         labels = torch.tensor([s.label for s in batch], device=f.device)
         logits = f.float() @ weights.float().to(f.device)
         hits1 += topk_correct(logits, labels, 1)
@@ -127,6 +133,9 @@ class LatentFeatures:
     def __call__(self, batch: list[Sample]) -> torch.Tensor:
         if batch[0].latent is not None:
             z = torch.stack([s.latent for s in batch])
+            bad = non_finite_items(z)
+            if bad:
+                raise ValueError(f"stored latents of samples {[batch[i].key for i in bad][:5]} contain NaN/Inf")
         else:
             if self.vae is None:
                 raise ValueError("image data needs --vae to be encoded to latents")

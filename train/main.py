@@ -27,9 +27,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from latent_clip import LatentCLIP, save_export
+from latent_clip.contract import non_finite_items
+from latent_clip.factory import atomic_write
 
 from . import checkpoint
-from .data import BatchPlan, TrainBatches, expand_shards, shard_len
+from .data import BatchPlan, MicroBatch, ProblemLog, ShardError, TrainBatches, expand_shards, shard_sizes
 from .distributed import barrier, cleanup, init_distributed, mean_across
 from .models import (ContrastiveForward, DecodedTeacher, build_model, load_pixel_model, load_vae, model_cfg_dict,
                      pixel_transform)
@@ -57,12 +59,26 @@ def cosine_lr(step: int, cfg: FitConfig, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress)) * cfg.lr
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on without feeding or producing NaN/Inf."""
+
+
+def check_finite_inputs(batch: MicroBatch, step: int) -> None:
+    """Raise :class:`TrainingError` naming the first sample of ``batch`` with NaN/Inf values."""
+    bad = non_finite_items(batch.inputs)
+    if bad:
+        raise TrainingError(f"step {step}: {batch.sources[bad[0]]} has NaN/Inf values ({len(bad)} such sample(s) "
+                            f"in this micro-batch); nothing was trained on them: fix or remove the data, then "
+                            f"--resume latest")
+
+
 def main(argv: Sequence[str] | None = None) -> list[float]:
     """Train; returns this process's logged global-batch losses (one per step run)."""
     # 1. config, processes, seeds
     cfg = parse_fit_args(argv)
     env = init_distributed(cfg.device)
     run_dir = cfg.run_dir
+    resume = checkpoint.find_resume(cfg.resume, run_dir)  # before anything is written into the run folder
     if env.is_master:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -92,18 +108,21 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
         teacher = DecodedTeacher(load_pixel_model(cfg.teacher_model, cfg.teacher_checkpoint, env.device),
                                  load_vae(cfg.vae, env.device))
 
-    # 4. optimiser and schedule
+    # 4. optimiser, data sizes (unreadable shards count 0 rows) and schedule
     optimizer = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     shards = expand_shards(cfg.train_data)
-    dataset_size = sum(shard_len(p) for p in shards)
+    sizes, startup_problems = shard_sizes(shards)
+    dataset_size = sum(sizes)
+    if not dataset_size:
+        raise ShardError(f"no readable samples in the {len(shards)} shards of {cfg.train_data}"
+                         + (f" (e.g. {startup_problems[0].detail})" if startup_problems else ""))
     samples_per_epoch = cfg.samples_per_epoch or dataset_size
     total_steps = cfg.max_steps or cfg.epochs * samples_per_epoch // cfg.batch_size
 
-    # 5. resume: weights, optimiser, step (= data position), RNG
-    step = 0
-    resume = checkpoint.resolve_resume(cfg.resume, run_dir)
+    # 5. resume: weights, optimiser, step (= data position), RNG, bad-data counts; the log cut back to it
+    step, ckpt = 0, None
     if resume is not None:
-        ckpt = checkpoint.load(resume)
+        resume_path, ckpt = resume
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
@@ -112,9 +131,14 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
         if env.is_master:
             changed = {k: (v, getattr(cfg, k)) for k, v in ckpt["config"].items()
                        if k in EXACT_RESUME_KEYS and v != getattr(cfg, k)}
-            print(f"resumed from {resume} at step {step}"
+            print(f"resumed from {resume_path} at step {step}"
                   + (f"; WARNING: settings differ from the checkpoint's, the run will not replay exactly: {changed}"
                      if changed else ""), flush=True)
+    log_path = run_dir / "log.jsonl"
+    if env.is_master:
+        checkpoint.trim_log(log_path, step)
+    problems = ProblemLog(ckpt.get("data_problems") if ckpt else None)
+    data_changed = problems.add(startup_problems if env.is_master else ())  # logged with the next step
 
     # 6. DDP: unwrap once, keep `model` for saving
     forward = ContrastiveForward(model)
@@ -125,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     # 7. data: micro-batches for steps step, step+1, ... (a pure function of seed and step)
     plan = BatchPlan(cfg.batch_size, cfg.micro_batch_size, env.world_size, env.rank, cfg.data_split)
     transform = pixel_transform(model) if cfg.model_kind == "pixel" else None
-    batches = TrainBatches(shards, plan, seed=cfg.seed, start_step=step, transform=transform)
+    batches = TrainBatches(shards, plan, seed=cfg.seed, start_step=step, transform=transform, sizes=sizes)
     loader = iter(DataLoader(batches, batch_size=None, num_workers=cfg.workers,
                              pin_memory=env.device.type == "cuda") if cfg.workers else batches)
 
@@ -136,9 +160,8 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
     context_length = model.context_length
 
-    # 9. loop
+    # 9. loop; non-finite inputs, loss or gradients stop it before the optimiser applies anything
     losses: list[float] = []
-    log_path = run_dir / "log.jsonl"
     if env.is_master:
         print(f"fit: {total_steps} steps from {step}, global batch {cfg.batch_size} = {env.world_size} ranks x "
               f"{plan.accum} accum x {cfg.micro_batch_size}, {dataset_size} samples in {len(shards)} shards",
@@ -149,10 +172,13 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
         lr = cosine_lr(step, cfg, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        micro_batches = [next(loader) for _ in range(plan.accum)]
-        micro_batches = [(x.to(env.device, non_blocking=True),
-                          open_clip.tokenize(c, context_length=context_length).to(env.device))
-                         for x, c in micro_batches]
+        fetched = [next(loader) for _ in range(plan.accum)]
+        data_changed = problems.add([p for b in fetched for p in b.problems]) or data_changed
+        for b in fetched:
+            check_finite_inputs(b, step + 1)
+        micro_batches = [(b.inputs.to(env.device, non_blocking=True),
+                          open_clip.tokenize(b.captions, context_length=context_length).to(env.device))
+                         for b in fetched]
         cached, contrastive, distilled = None, 0.0, 0.0
         if plan.accum > 1:  # open_clip's accum-freq: features of the whole batch first, without grad
             with torch.no_grad(), autocast():
@@ -177,19 +203,26 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
                     loss = loss + distill
                     distilled = distilled + distill.detach()
             loss.backward()
-        step_loss = torch.as_tensor(contrastive + distilled, device=env.device)
+        loss_value = mean_across(env, torch.as_tensor(contrastive + distilled, device=env.device))
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):  # the same on every rank (all-reduced)
+            raise TrainingError(
+                f"step {step + 1}: loss {loss_value}, gradient norm {grad_norm:.4g}: training diverged; nothing of "
+                f"this step was applied and no checkpoint holds it (lower --lr, set --grad-clip, or "
+                f"--precision fp32), then --resume latest")
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grads_with_norm_(model.parameters(), cfg.grad_clip, grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))  # as open_clip
         step += 1
-        loss_value = mean_across(env, step_loss)
         losses.append(loss_value)
         if env.is_master:
+            record = {"step": step, "loss": loss_value, "lr": lr, **({"data": problems.counts()} if data_changed else {})}
             with open(log_path, "a") as f:
-                f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr}) + "\n")
+                f.write(json.dumps(record) + "\n")
+            data_changed = False
             if step % cfg.log_every == 0 or step == total_steps:
                 rate = cfg.batch_size * len(losses) / (time.time() - tic)
                 print(f"step {step}/{total_steps} loss {loss_value:.4f} lr {lr:.2e} "
@@ -210,12 +243,18 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
                 checkpoint.save(run_dir, model, optimizer, step=step, samples_seen=step * cfg.batch_size,
                                 epoch=step * cfg.batch_size // samples_per_epoch, config=cfg.to_dict(),
                                 model_cfg=model_cfg_dict(model), model_kind=cfg.model_kind,
-                                keep=bool(cfg.keep_every) and step % cfg.keep_every == 0)
+                                keep=bool(cfg.keep_every) and step % cfg.keep_every == 0,
+                                data_problems=problems.state())
             barrier(env)
 
-    # 10. done: the inference export (safetensors + JSON) that the ComfyUI loader reads
-    if env.is_master and isinstance(model, LatentCLIP) and step == total_steps:
-        save_export(model, run_dir / "model.safetensors")
+    # 10. done: the inference export (safetensors + JSON) that the ComfyUI loader reads, and the summary
+    if env.is_master:
+        if isinstance(model, LatentCLIP) and step == total_steps:
+            save_export(model, run_dir / "model.safetensors")
+        summary = {"steps": step, "total_steps": total_steps, "final_loss": losses[-1] if losses else None,
+                   "data": problems.counts()}
+        atomic_write(run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+        print(f"fit: done at step {step}/{total_steps}; bad data skipped: {json.dumps(problems.counts())}", flush=True)
     cleanup(env)
     return losses
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,7 @@ def fit(kind: str, cfg: dict, data: Path, out: Path, steps: int, batch: int, lr:
     tenth of the steps and gradients are clipped: without both, the pixel CLIP at lr 5e-3
     collapsed to constant features (loss stuck at log(batch))."""
     from train.main import main as fit_main
+    shutil.rmtree(out / kind, ignore_errors=True)  # the study retrains from scratch; fit refuses to overwrite a run
     argv = ["--model", json.dumps(cfg), "--model-kind", kind, "--train-data", str(data),
             "--batch-size", str(batch), "--micro-batch-size", str(batch), "--max-steps", str(steps),
             "--lr", str(lr), "--warmup", str(max(1, steps // 10)), "--grad-clip", str(grad_clip),

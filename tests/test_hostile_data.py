@@ -1,0 +1,225 @@
+"""Bad data in encode and fit: truncated tars and safetensors, bad captions, stale size caches are
+skipped and counted (summary, log) while healthy shards are still processed; NaN data stops fit
+with a clear error naming the step, shard and sample, and nothing NaN is exported."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import latent_clip
+from fixtures import IMAGES, REPO
+from test_train_encode import N_IMAGES, vae_dir  # noqa: F401 - the tiny on-disk VAE fixture
+from train.data import SIZES_FILE, expand_shards, shard_sizes, write_latent_shard
+from train.encode import main as encode
+from train.main import TrainingError, main as fit
+from train.synthetic import write_image_shards, write_synthetic_latents
+
+IMAGE_FILES = sorted(p for p in IMAGES.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
+
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+def run_cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "train", *argv], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def encode_args(src: Path, out: Path, vae: Path, *extra: str) -> list[str]:
+    return ["--input", str(src), "--vae", str(vae), "--out", str(out), "--size", "32", "--device", "cpu", *extra]
+
+
+# ---------------------------------------------------------------- encode
+
+def test_encode_skips_a_truncated_tar_encodes_the_others_and_retries_it(vae_dir, tmp_path):
+    shards = write_image_shards(IMAGES, tmp_path / "images", n_shards=3)
+    whole = shards[1].read_bytes()
+    truncate(shards[1])
+    argv = encode_args(tmp_path / "images", tmp_path / "lat", vae_dir)
+    stats = encode(argv)
+    assert stats["corrupt_shards"] == 1 and stats["written"] == 2
+    assert sorted(p.name for p in expand_shards(tmp_path / "lat")) == ["00000.tar", "00002.tar"]
+    assert json.loads((tmp_path / "lat/encode.json").read_text())["last_run"] == stats
+    assert sorted(json.loads((tmp_path / "lat" / SIZES_FILE).read_text())) == ["00000.tar", "00002.tar"]
+    again = encode(argv)  # a rerun skips the finished shards and tries the broken one again
+    assert (again["skipped"], again["written"], again["corrupt_shards"]) == (2, 0, 1)
+    shards[1].write_bytes(whole)  # repaired
+    fixed = encode(argv)
+    assert (fixed["skipped"], fixed["written"], fixed["corrupt_shards"]) == (2, 1, 0)
+    assert sum(json.loads((tmp_path / "lat" / SIZES_FILE).read_text()).values()) == N_IMAGES
+
+
+def test_encode_skips_and_counts_bad_captions(vae_dir, tmp_path):
+    """A latin-1 caption file, a captions.jsonl line that is not JSON and one that is not UTF-8: each
+    image loses only its own caption (counted); the rest are encoded."""
+    folder = tmp_path / "txt"
+    folder.mkdir()
+    for i, src in enumerate(IMAGE_FILES[:4]):
+        shutil.copy(src, folder / f"img{i}{src.suffix}")
+        (folder / f"img{i}.txt").write_bytes("café crème".encode("latin-1") if i == 2 else f"caption {i}".encode())
+    stats = encode(encode_args(folder, tmp_path / "lat_txt", vae_dir))
+    assert (stats["samples"], stats["bad_captions"]) == (3, 1)
+
+    folder = tmp_path / "jsonl"
+    folder.mkdir()
+    lines = []
+    for i, src in enumerate(IMAGE_FILES[:5]):
+        shutil.copy(src, folder / f"img{i}{src.suffix}")
+        lines.append(json.dumps({"file": f"img{i}{src.suffix}", "caption": f"caption {i}"}).encode())
+    lines[1] = b'{"file": "img1.png", "caption": '                                   # cut off
+    lines[3] = json.dumps({"file": f"img3{IMAGE_FILES[3].suffix}", "caption": "x"}).encode().replace(
+        b'"x"', '"über"'.encode("latin-1"))                                          # not UTF-8
+    (folder / "captions.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    stats = encode(encode_args(folder, tmp_path / "lat_jsonl", vae_dir))
+    assert (stats["samples"], stats["bad_captions"]) == (3, 2)
+
+
+def test_a_csv_without_the_columns_is_one_clear_error(tmp_path):
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    shutil.copy(IMAGE_FILES[0], folder / IMAGE_FILES[0].name)
+    (folder / "captions.csv").write_text(f"name,description\n{IMAGE_FILES[0].name},a photo\n")
+    proc = run_cli("encode", *encode_args(folder, tmp_path / "lat", tmp_path / "no_vae_needed_yet"))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: {folder / 'captions.csv'} has columns ['name', 'description']; expected one of "
+        f"['file', 'image', 'filepath', 'path'] and one of ['caption', 'text', 'title']"]
+
+
+# ---------------------------------------------------------------- fit
+
+def fit_args(data: Path, out: Path, name: str, **over) -> list[str]:
+    values = {"config": "smoke", "train-data": str(data), "out-dir": str(out), "name": name, "max-steps": 6,
+              "save-every": 3, **over}
+    return [x for k, v in values.items() for x in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "wds"])
+def test_fit_skips_truncated_shards_and_stale_sizes_and_counts_them(fmt, tmp_path):
+    data = write_synthetic_latents(tmp_path / "data", n_classes=4, per_class=16, n_shards=4, fmt=fmt)
+    shards = expand_shards(data)
+    truncate(shards[1])                                       # sizes.json still lists its 16 rows
+    sizes = json.loads((data / SIZES_FILE).read_text())
+    sizes[shards[2].name] += 5                                # stale: 5 rows that do not exist
+    (data / SIZES_FILE).write_text(json.dumps(sizes))
+    losses = fit(fit_args(data, tmp_path, "bad", **{"keep-every": 3}))
+    assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
+    summary = json.loads((tmp_path / "bad/summary.json").read_text())
+    data_counts = summary["data"]
+    assert (data_counts["corrupt_shards"], data_counts["stale_sizes"]) == (1, 1)
+    # safetensors headers are read at the start (both problems found there); a tar is trusted to its
+    # cached count until it is opened, so its rows are replaced as they come up
+    assert data_counts["skipped_samples"] > 0 if fmt == "wds" else data_counts["skipped_samples"] == 0
+    logged = [r for r in records(tmp_path / "bad") if "data" in r]
+    assert logged and logged[-1]["data"] == data_counts
+    # the replacements are a pure function of (seed, step) and the data: resuming at step 3 replays them
+    (tmp_path / "resumed/checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "bad/checkpoints/step_3.pt", tmp_path / "resumed/checkpoints/epoch_latest.pt")
+    resumed = fit(fit_args(data, tmp_path, "resumed", resume="latest"))
+    assert resumed == pytest.approx(losses[3:], rel=1e-6)
+    assert json.loads((tmp_path / "resumed/summary.json").read_text())["data"] == data_counts
+
+
+def test_a_size_cache_cannot_ask_for_more_rows_than_the_file_holds(tmp_path):
+    """A sizes.json claiming 10^12 rows would make fit build a 10^12-entry permutation: not trusted."""
+    data = write_synthetic_latents(tmp_path / "data", n_shards=2, fmt="wds")
+    shards = expand_shards(data)
+    (data / SIZES_FILE).write_text(json.dumps({shards[0].name: 10 ** 12, shards[1].name: 32}))
+    sizes, problems = shard_sizes(shards)
+    assert sizes == [32, 32]
+    assert [(p.kind, p.where) for p in problems] == [("stale_size", str(shards[0]))]
+    assert f"says {10 ** 12} rows, the shard has 32" in problems[0].detail
+
+
+def test_a_stray_latent_bomb_in_a_tar_is_one_skipped_sample(tmp_path):
+    """A latent.pt that is a stride-0 view (a few hundred bytes, 1.6 GB once materialised) is refused
+    like any corrupt row, and counted."""
+    import io
+    import tarfile
+    data = write_synthetic_latents(tmp_path / "data", n_shards=2, fmt="wds")
+    shard = expand_shards(data)[0]
+    buf = io.BytesIO()
+    torch.save(torch.zeros(1).expand(4, 10000, 10000), buf)
+    with tarfile.open(shard, "a") as tar:
+        for name, payload in (("bomb.latent.pt", buf.getvalue()), ("bomb.txt", b"a bomb")):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    (data / SIZES_FILE).unlink()
+    fit(fit_args(data, tmp_path, "bomb", **{"max-steps": 9}))  # 65 rows: every row is read at least once
+    counts = json.loads((tmp_path / "bomb/summary.json").read_text())["data"]
+    assert counts["skipped_samples"] >= 1 and counts["corrupt_shards"] == 0
+
+
+def test_fit_with_no_readable_shard_is_an_error(tmp_path):
+    data = write_synthetic_latents(tmp_path / "data", n_shards=2)
+    (data / SIZES_FILE).unlink()
+    for shard in expand_shards(data):
+        truncate(shard)
+    with pytest.raises(ValueError, match=r"no readable samples in the 2 shards .*truncated or corrupt safetensors"):
+        fit(fit_args(data, tmp_path, "none"))
+
+
+def test_a_nan_latent_stops_fit_naming_step_shard_and_sample(tmp_path):
+    data = write_synthetic_latents(tmp_path / "data", n_classes=4, per_class=16, n_shards=2)
+    shard = expand_shards(data)[1]
+    from train.data import open_shard
+    rows = open_shard(shard)
+    latents = torch.stack([rows[i].latent for i in range(len(rows))])
+    latents[5, 0, 3, 3] = float("nan")
+    write_latent_shard(shard, latents, [rows[i].caption for i in range(len(rows))],
+                       [rows[i].key for i in range(len(rows))], [rows[i].label for i in range(len(rows))])
+    proc = run_cli("fit", *fit_args(data, tmp_path, "nan", **{"max-steps": 16, "save-every": 1}))
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr[-3000:]
+    error = proc.stderr.splitlines()[0]
+    assert error.startswith("error: step ") and f"{shard} sample {rows[5].key} has NaN/Inf values" in error, error
+    step = int(error.split()[2].rstrip(":"))
+    assert not (tmp_path / "nan/model.safetensors").exists()
+    ckpt = tmp_path / "nan/checkpoints/epoch_latest.pt"
+    assert torch.load(ckpt, weights_only=True)["step"] == step - 1  # checkpoints up to the step before
+    latent_clip.load_model(ckpt)  # finite (the loader refuses NaN)
+    assert [r["step"] for r in records(tmp_path / "nan")] == list(range(1, step))
+
+
+def test_divergence_stops_before_the_optimiser_applies_nan(tmp_path):
+    data = write_synthetic_latents(tmp_path / "data", n_shards=2)
+    with pytest.raises(TrainingError, match=r"^step \d+: loss nan, gradient norm .*training diverged"):
+        fit(fit_args(data, tmp_path, "diverge", **{"lr": 1e30, "max-steps": 10, "save-every": 1}))
+    assert not (tmp_path / "diverge/model.safetensors").exists()
+    latent_clip.load_model(tmp_path / "diverge/checkpoints/epoch_latest.pt")  # the last checkpoint is finite
+
+
+def test_zeroshot_eval_names_the_samples_with_nan_latents(tmp_path):
+    from hostile_files import tiny_model
+    from train.evaluate import main as evaluate
+    latent_clip.save_official_checkpoint(tmp_path / "model.pt", tiny_model(), epoch=1, name="tiny")
+    z = torch.randn(4, 4, 16, 16)
+    z[2, 1, 0, 0] = float("inf")
+    write_latent_shard(tmp_path / "val/000000.tar", z, ["?"] * 4, [f"k{i}" for i in range(4)], [0, 1, 0, 1])
+    (tmp_path / "val/classnames.txt").write_text("cat\ndog\n")
+    with pytest.raises(ValueError, match=r"stored latents of samples \['k2'\] contain NaN/Inf"):
+        evaluate(["zeroshot", "--data", str(tmp_path / "val"), "--model", str(tmp_path / "model.pt"),
+                  "--templates", "identity", "--device", "cpu"])
+
+
+def test_train_cli_traceback_only_with_debug(tmp_path):
+    argv = ["fit", *fit_args(tmp_path / "no_such_shards.tar", tmp_path, "missing")]
+    plain = run_cli(*argv)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.splitlines() == [f"error: shards not found: {tmp_path / 'no_such_shards.tar'}"]
+    debug = run_cli(*argv, "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr

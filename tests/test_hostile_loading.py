@@ -1,0 +1,160 @@
+"""Hostile weight files (tests/hostile_files.py, one per attack of the README's reliability table):
+each gets one clear line, from the library, the CLI and the ComfyUI loader alike, within a stated
+time and memory bound measured in a fresh process, and nothing in any of them runs."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import latent_clip
+from fixtures import REPO
+from hostile_files import CASES, MARKER, tiny_model
+from latent_clip.__main__ import main as cli
+
+# Bounds, per load, in a process that already imported torch. Before, the attacks cost 3.8 GB / 9 s (numpy
+# void bomb), 4.8 GB / 128 s (block 99999) and +1 GB (16,000-token context). Measured over 3 runs on a shared
+# 2-core machine: the valid tiny load +24 MB in 0.09..0.15 s; the worst hostile file +17 MB
+# (text-context-16000), the slowest 0.16 s.
+MEMORY_BOUND = 128 << 20
+TIME_BOUND = 5.0
+
+PROBE = r"""
+import json, re, sys, time, traceback
+import latent_clip
+from latent_clip.cli import describe
+
+def status(field):
+    return int(re.search(field + r':\s+(\d+)', open('/proc/self/status').read()).group(1)) * 1024
+
+results = {}
+for name, path in json.loads(sys.argv[1]).items():
+    open('/proc/self/clear_refs', 'w').write('5')  # reset the peak (VmHWM) to the current RSS
+    base, tic = status('VmRSS'), time.perf_counter()
+    try:
+        model = latent_clip.load_model(path)
+        error = None
+        del model
+    except Exception as err:
+        error = describe(err)
+    results[name] = {'seconds': time.perf_counter() - tic, 'peak': status('VmHWM') - base, 'error': error}
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile")
+    files = {name: case.build(folder) for name, case in CASES.items()}
+    valid = latent_clip.save_export(tiny_model(), folder / "valid.safetensors")
+    return folder, files, valid
+
+
+@pytest.fixture(scope="module")
+def measured(corpus):
+    """One fresh process loads a valid tiny export (twice: warm-up, then the reference) and every
+    hostile file, recording the peak RSS above the RSS before each load, and the time."""
+    folder, files, valid = corpus
+    order = {"warm-up": str(valid), "valid": str(valid), **{k: str(v) for k, v in files.items()}}
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(order)], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_file_gets_a_clear_error_within_bounds(name, corpus, measured):
+    folder, _, _ = corpus
+    result, case = measured[name], CASES[name]
+    if case.error is None:
+        assert result["error"] is None, result
+    else:
+        assert result["error"] and re.search(case.error, result["error"]), result["error"]
+    assert result["peak"] < MEMORY_BOUND, (result, measured["valid"])
+    assert result["seconds"] < TIME_BOUND, (result, measured["valid"])
+    assert not (folder / MARKER).exists()
+
+
+def test_the_valid_reference_load_is_within_the_same_bounds(measured):
+    """The bounds are not vacuous: they are sized above a valid load, not above anything."""
+    assert measured["valid"]["error"] is None
+    assert measured["valid"]["peak"] < MEMORY_BOUND and measured["valid"]["seconds"] < TIME_BOUND
+
+
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.error])
+def test_cli_prints_the_same_single_line(name, corpus, measured, capsys):
+    _, files, _ = corpus
+    assert cli(["info", str(files[name])]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {measured[name]['error']}\n"
+
+
+def test_cli_traceback_only_with_debug(corpus):
+    _, files, _ = corpus
+    cmd = [sys.executable, "-m", "latent_clip", "info", str(files["numpy-void-bomb"])]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    plain = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert plain.returncode == 2 and len(plain.stderr.splitlines()) == 1 and "Traceback" not in plain.stderr
+    debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=env, timeout=120)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "CheckpointError" in debug.stderr
+
+
+def test_safetensors_named_pt_loads_the_same_weights(corpus):
+    _, files, valid = corpus
+    a, b = latent_clip.load_model(files["safetensors-named-pt"]), latent_clip.load_model(valid)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_numpy_scalars_of_real_dtypes_still_load(tmp_path):
+    """The bounded allow-list still reads what open_clip writes: np.float64 learning rates, and the
+    other real-number scalars and dtypes, under both byte orders."""
+    import numpy as np
+    from latent_clip.factory import REAL_NUMPY_DTYPES, load_pickle_safely
+    values = {str(d): np.array([1], dtype=d)[0] for d in REAL_NUMPY_DTYPES}
+    payload = {"lr": np.float64(9.5e-4), "big_endian": np.dtype(">f8"), "values": values, "dtypes": list(REAL_NUMPY_DTYPES)}
+    torch.save(payload, tmp_path / "np.pt")
+    loaded = load_pickle_safely(tmp_path / "np.pt")
+    assert loaded["lr"] == np.float64(9.5e-4) and type(loaded["lr"]) is np.float64
+    assert loaded["values"] == values and loaded["dtypes"] == list(REAL_NUMPY_DTYPES)
+    assert loaded["big_endian"] == np.dtype(">f8")
+
+
+def test_writers_refuse_non_finite_weights(tmp_path):
+    model = tiny_model()
+    with torch.no_grad():
+        model.logit_scale.fill_(float("nan"))
+    with pytest.raises(latent_clip.CheckpointError, match="logit_scale contains NaN or Inf"):
+        latent_clip.save_export(model, tmp_path / "nan.safetensors")
+    with pytest.raises(latent_clip.CheckpointError, match="logit_scale contains NaN or Inf"):
+        latent_clip.save_official_checkpoint(tmp_path / "nan.pt", model, 1, "nan")
+    assert not list(tmp_path.iterdir())
+    with torch.no_grad():
+        model.logit_scale.fill_(1e5)  # finite in fp32, Inf in fp16
+    with pytest.raises(latent_clip.CheckpointError, match="logit_scale contains NaN or Inf"):
+        latent_clip.save_export(model, tmp_path / "overflow.safetensors", dtype="fp16")
+
+
+def test_process_wide_allow_lists_do_not_widen_ours(corpus):
+    """ComfyUI (comfy/utils.py) allows numpy's unbounded ``scalar`` and ``dtype`` process-wide under the
+    names official checkpoints use; ours still decide during a load, and theirs are back after it."""
+    import numpy as np
+    from latent_clip.factory import load_pickle_safely
+
+    def scalar(*args, **kwargs):
+        return np._core.multiarray.scalar(*args, **kwargs)
+    scalar.__module__ = "numpy.core.multiarray"
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals([scalar, np.dtype])
+    try:
+        with pytest.raises(latent_clip.CheckpointError, match="numpy dtype 'V1000000000' refused"):
+            load_pickle_safely(corpus[1]["numpy-void-bomb"])
+        assert scalar in torch.serialization.get_safe_globals() and np.dtype in torch.serialization.get_safe_globals()
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
