@@ -71,6 +71,16 @@ def test_embedded_weights_load_in_the_library():
 
 @pytest.mark.slow
 def test_demo_runs_on_embedded_weights(tmp_path):
+    """The README's main command. Spread of each asserted figure over 10 runs (``--seed`` 0-4 x
+    ``--threads`` 1, 2; measured 2026-12-01; threads change nothing here, seeds change the held-out
+    data, prompts and noise), as mean +- std [min]:
+
+        figure                      latent                  pixel                   bound
+        18-way object top-1         0.325 +- 0.065 [0.250]  0.315 +- 0.049 [0.275]  3 x chance = 0.167
+        mean top-1, 6 categories    0.592 +- 0.028 [0.558]  0.458 +- 0.017 [0.433]  chance + 0.1 = 0.406
+        red rate, base - guided     0.342 +- 0.041 [0.292]                          > 0
+
+    Every bound sits at least twice the spread below the mean and below every run."""
     results = study.main(["--demo", "--out", str(tmp_path)])
     assert (tmp_path / "results.json").is_file() and (tmp_path / "reward_curves.png").is_file()
     z = results["zeroshot"]
@@ -82,15 +92,29 @@ def test_demo_runs_on_embedded_weights(tmp_path):
 
 @pytest.mark.slow
 def test_quick_study_learns(tmp_path):
+    """The CI preset trains every model from scratch in a few minutes. What it learns, over 10 runs
+    (``--seed`` 0-4 x ``--threads`` 1, 2, measured 2026-12-01 on a 2-core machine), mean +- std [min]:
+
+        figure                        latent                  pixel                   bound (margin, worse model)
+        colour top-1 (6-way)          0.763 +- 0.100 [0.600]  0.708 +- 0.113 [0.445]  2 x chance = 0.333 (3.3 std)
+        18-way object top-1           0.252 +- 0.046 [0.170]  0.226 +- 0.039 [0.150]  2 x chance = 0.111 (2.9 std)
+        mean top-1, 6 categories      0.409 +- 0.015 [0.384]  0.384 +- 0.022 [0.342]  chance + 0.02 = 0.326 (2.6 std)
+        ReNO reward loss, start-best  1.705 +- 0.593 [0.943]                          > 0 (2.9 std)
+        red rate, base - guided       0.158 +- 0.049 [0.083]                          > 0 (3.2 std)
+        ReNO judge gain over base     0.008 +- 0.067 [-0.083]                         not asserted: within noise
+
+    In 300 steps both CLIPs learn colour well, shape and the 18-way object task weakly, and the other
+    categories hardly (``--quick`` vs the full study: README). Every bound sits at least twice the
+    spread below the mean and below every run; 3 x chance for the object task (0.167) did not (two
+    runs at 0.150 and 0.170), nor did ReNO's judge gain, so neither is asserted here."""
     results = study.main(["--quick", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["preset"] == "quick"
     z = results["zeroshot"]
-    for kind in ("latent", "pixel"):   # held-out data, well above chance
-        assert z[kind]["object"] > 3 * z["chance"]["object"], (kind, z[kind])
-        assert z[kind]["colors"] > 2.5 * z["chance"]["colors"], (kind, z[kind])
-        assert z[kind]["mean"] > z["chance"]["mean"] + 0.05, (kind, z[kind])
+    for kind in ("latent", "pixel"):   # held-out data
+        assert z[kind]["colors"] > 2 * z["chance"]["colors"], (kind, z[kind])
+        assert z[kind]["object"] > 2 * z["chance"]["object"], (kind, z[kind])
+        assert z[kind]["mean"] > z["chance"]["mean"] + 0.02, (kind, z[kind])
     r, g = results["reno"], results["guidance"]
-    assert r["latent"]["judge"] >= r["base"]["judge"]
     assert r["latent"]["reward_best"] < r["latent"]["reward_start"]
     assert g["forbidden_rate_guided"] < g["forbidden_rate_base"]

@@ -57,7 +57,7 @@ class Preset:
 
 PRESETS = {
     "quick": Preset(vae_steps=0, train_samples=4000, clip_steps=300, clip_batch=128, generator_steps=500,
-                    zeroshot_per_category=40, reno_prompts=24, reno_iterations=12, guidance_prompts=24,
+                    zeroshot_per_category=200, reno_prompts=24, reno_iterations=12, guidance_prompts=24,
                     guidance_iterations=8),
     "full": Preset(vae_steps=1500, train_samples=10000, clip_steps=1500, clip_batch=128, generator_steps=1500,
                    zeroshot_per_category=100, reno_prompts=36, reno_iterations=25, guidance_prompts=48,
