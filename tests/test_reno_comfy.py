@@ -51,17 +51,19 @@ def tiny_model_patcher(comfy, sampling: str = "eps", seed: int = 0):
     return patcher
 
 
-def tiny_latent_clip_patcher(inprocess):
-    from comfy_harness import TINY_CONFIG  # noqa: F401 - same tiny config as the harness weights
+def tiny_latent_clip_patcher(inprocess, family: str = "sd15", channels: int = 4):
+    """The harness's tiny Latent-CLIP config for latent ``family`` (default: the tiny SD1.5 UNet's,
+    a valid pairing), weights as inference tensors as when the loader node runs."""
     import comfy.model_patcher
-    from comfy_harness import tiny_model
+    from comfy_harness import TINY_CONFIG
 
+    import latent_clip
     convert = __import__(f"{inprocess.pack.__name__}.nodes._convert", fromlist=["_convert"])
-    with torch.inference_mode():  # weights become inference tensors, as when the loader node runs
-        clip = tiny_model()
-        clip = clip.to(torch.float32)
-        for p in clip.parameters():
-            p.data = p.data.clone()
+    cfg = {**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "latent_family": family,
+                                         "latent_n_channels": channels}}
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        clip = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(cfg)).eval()
     return comfy.model_patcher.ModelPatcher(convert.ModelHolder(clip), load_device=torch.device("cpu"),
                                             offload_device=torch.device("cpu"))
 
@@ -84,6 +86,13 @@ def guided_sample(model, sampler, positive, noise, latent, negative=None, cfg: f
 def conds(batch=1, seed=1):
     g = torch.Generator().manual_seed(seed)
     return [[torch.randn(batch, 77, 768, generator=g), {}]], [[torch.randn(batch, 77, 768, generator=g), {}]]
+
+
+def pack_errors(inprocess):
+    """The contract's exceptions as the pack raises them (its latent_clip is imported inside the pack)."""
+    import importlib
+    lc = importlib.import_module(f"{inprocess.pack.__name__}.latent_clip")
+    return lc.LatentContractError, lc.LatentFamilyMismatch
 
 
 @pytest.fixture
@@ -121,16 +130,69 @@ def test_reward_reads_raw_latents_not_model_space(comfy_inprocess, reno):
     """The reward must see process_out(x0) (raw), not x0 * scale: check against the library."""
     from latent_clip.rewards import latent_alignment
 
+    import comfy.latent_formats
+
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
     term = reno.RewardTerm("prompt", 1.0, lclip, "a cat")
     with torch.inference_mode(False):
-        fn = reno.build_reward((term,), channels=4)
+        fn = reno.build_reward((term,), comfy.latent_formats.SD15())
         z = torch.randn(1, 4, 16, 16)
         expected = latent_alignment(lclip.model.clip, "a cat")(z)
     assert torch.allclose(fn(z), expected)
-    with pytest.raises(ValueError, match="16"):
-        with torch.inference_mode(False):
-            reno.build_reward((term,), channels=16)
+
+
+def test_only_valid_pairings_run_and_an_allowed_mismatch_is_shown_on_the_node(comfy_inprocess, reno, guidance):
+    """An SDXL Latent-CLIP with an SD1.5 model: an error naming both families in the ReNO sampler,
+    the all-in-one node and the safety guider; allow_family_mismatch runs it with the warning kept
+    above the progress line of the node text. Another channel count is an error even then."""
+    import comfy.samplers
+
+    LatentContractError, LatentFamilyMismatch = pack_errors(comfy_inprocess)
+    model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
+    sdxl = tiny_latent_clip_patcher(comfy_inprocess, "sdxl")
+    positive, negative = conds()
+    both = r"SDXL / SDXL-Turbo VAE.*\('sdxl'\).*SD 1.x / 2.x / SD-Turbo VAE latents \('sd15'\).*allow_family_mismatch"
+    reward = reno.LatentCLIPRewardPrompt.execute(sdxl, "a red apple", 0.01).result[0]
+    for allow in (False, True):
+        sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=2, lr=5.0, grad_clip=0.1, reg_weight=0.01,
+                                                     momentum=0.9, allow_family_mismatch=allow).result[0]
+        with pytest.raises(LatentFamilyMismatch, match=both) if not allow else contextlib.nullcontext():
+            guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16))
+    lines = sampler.text.shown.splitlines()
+    assert lines[0].startswith("⚠ Latent-CLIP: this Latent-CLIP reads SDXL") and "is set" in lines[0]
+    assert lines[-1].startswith("ReNO 2/2: reward loss")
+    with torch.inference_mode():
+        latent = {"samples": torch.zeros(1, 4, 16, 16)}
+        with pytest.raises(LatentFamilyMismatch, match=both):
+            reno.LatentCLIPReno.execute(model, positive, sdxl, "a red apple", latent, seed=0, iterations=2, lr=5.0,
+                                        steps=1, cfg=1.0)
+        reno.LatentCLIPReno.execute(model, positive, sdxl, "a red apple", latent, seed=0, iterations=2, lr=5.0,
+                                    steps=1, cfg=1.0, allow_family_mismatch=True)
+        with pytest.raises(LatentFamilyMismatch, match=both):
+            guidance.LatentCLIPAvoidGuider.execute(model, positive, negative, 2.0, sdxl, "gore", 0.5, 0.0, 1.0)
+        guidance.LatentCLIPAvoidGuider.execute(model, positive, negative, 2.0, sdxl, "gore", 0.5, 0.0, 1.0,
+                                               allow_family_mismatch=True)
+    flux = tiny_latent_clip_patcher(comfy_inprocess, "flux", 16)
+    reward = reno.LatentCLIPRewardPrompt.execute(flux, "a red apple", 0.01).result[0]
+    sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=2, allow_family_mismatch=True)
+    with pytest.raises(LatentContractError, match="reads 16-channel FLUX.1 VAE latents.*makes 4-channel"):
+        guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16))
+
+
+def test_a_latent_of_another_channel_count_gets_the_packs_message(comfy_inprocess, reno):
+    """A 16-channel latent (SD3/FLUX) into the ReNO sampler on a 4-channel model: the pack's
+    message, not the first conv's "expected 4 channels"."""
+    import comfy.samplers
+
+    LatentContractError, _ = pack_errors(comfy_inprocess)
+    model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
+    reward = reno.LatentCLIPRewardPrompt.execute(tiny_latent_clip_patcher(comfy_inprocess), "a cat", 0.01).result[0]
+    sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=2)
+    positive, _ = conds()
+    message = (r"ReNO: this diffusion model makes SD 1.x / 2.x / SD-Turbo VAE latents \('sd15'\); start from an "
+               r"empty latent of this model, got 16 channels — a SD3 / SD3.5 VAE or FLUX.1 VAE latent\?")
+    with pytest.raises(LatentContractError, match=message):
+        guided_sample(model, sampler, positive, torch.randn(1, 16, 16, 16), torch.randn(1, 16, 16, 16))
 
 
 def test_reno_all_in_one_and_chained_rewards(comfy_inprocess, reno):
@@ -264,20 +326,6 @@ def tiny_flux_patcher(comfy, seed: int = 0):
                                             offload_device=mm.unet_offload_device())
 
 
-def tiny_flux_latent_clip_patcher(inprocess):
-    import comfy.model_patcher
-    from comfy_harness import TINY_CONFIG
-
-    import latent_clip
-    convert = __import__(f"{inprocess.pack.__name__}.nodes._convert", fromlist=["_convert"])
-    cfg = {**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "latent_family": "flux",
-                                         "latent_n_channels": 16}}
-    torch.manual_seed(0)
-    clip = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(cfg)).eval()
-    return comfy.model_patcher.ModelPatcher(convert.ModelHolder(clip), load_device=torch.device("cpu"),
-                                            offload_device=torch.device("cpu"))
-
-
 def test_reno_sampler_on_a_flux_schnell_model(comfy_inprocess, reno):
     """FLUX.1-schnell in ComfyUI: 16-channel latents, flow sampling, the FLUX latent format
     (scale 0.3611, shift 0.1159) between model space and the raw latents Latent-CLIP reads; the
@@ -286,7 +334,7 @@ def test_reno_sampler_on_a_flux_schnell_model(comfy_inprocess, reno):
     from latent_clip.rewards import latent_alignment
 
     model = tiny_flux_patcher(comfy_inprocess.comfy)
-    lclip = tiny_flux_latent_clip_patcher(comfy_inprocess)
+    lclip = tiny_latent_clip_patcher(comfy_inprocess, "flux", 16)
     reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=5, lr=5.0, grad_clip=0.1, reg_weight=0.01,
                                                  momentum=0.9).result[0]
