@@ -382,3 +382,86 @@ def test_comfy_flux_needs_private_saved_tensors_and_the_unet_is_unchanged_by_the
     unet_ctx = (torch.randn(1, 77, 768, generator=g), {})
     torch.testing.assert_close(grad_of_model(unet, (1, 4, 16, 16), unet_ctx, private_saved_tensors),
                                grad_of_model(unet, (1, 4, 16, 16), unet_ctx, contextlib.nullcontext))
+
+
+def schema_defaults(node) -> dict:
+    """{input id: default} of a V3 node, as the canvas fills a fresh node."""
+    return {i.id: i.default for i in node.define_schema().inputs if getattr(i, "default", None) is not None}
+
+
+def test_default_objective_gradient_and_first_step_are_renos(comfy_inprocess, reno):
+    """The nodes' defaults against one ReNO step written out as ExplainableML/ReNO does it
+    (training/trainer.py, training/optim.py, rewards/clip.py, arguments.py): loss
+    0.01 * (100 - exp(logit_scale) * cos) + 0.01 * (0.5 |e|^2 - (d - 1) log |e|), backward,
+    clip_grad_norm_(0.1), SGD(lr 5, momentum 0.9, nesterov). The generator is the model's one-step
+    x0 (what ReNO's pipeline computes before decoding), read as raw latents."""
+    import math
+
+    import comfy.sample
+    import torch.nn.functional as F
+
+    sampler_defaults = schema_defaults(reno.LatentCLIPRenoSampler)
+    reward_defaults = schema_defaults(reno.LatentCLIPRewardPrompt)
+    renos = {"iterations": 50, "lr": 5.0, "grad_clip": 0.1, "reg_weight": 0.01, "momentum": 0.9}
+    assert {k: sampler_defaults[k] for k in renos} == renos and reward_defaults["weight"] == 0.01
+    all_in_one = schema_defaults(reno.LatentCLIPReno)
+    assert (all_in_one["iterations"], all_in_one["lr"]) == (50, 5.0)
+
+    model = tiny_model_patcher(comfy_inprocess.comfy, "eps", seed=2)
+    lclip = tiny_latent_clip_patcher(comfy_inprocess)
+    positive, _ = conds(seed=3)
+    prompt, seed = "a red apple", 7
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+    noise = comfy.sample.prepare_noise(latent["samples"], seed)  # what the all-in-one node draws
+
+    # one ReNO step, by hand
+    base, clip = model.model, lclip.model.clip
+    ms = base.model_sampling
+    with torch.inference_mode(False):
+        reno.autograd_safe_(base)
+        reno.autograd_safe_(clip)
+        sigma, cond = ms.sigma_max.clone().reshape(1), positive[0][0].clone()
+        text = F.normalize(clip.encode_text([prompt]), dim=-1).detach()
+
+        def one_step(e):
+            x = ms.noise_scaling(sigma, e, torch.zeros_like(e), max_denoise=True)
+            return base.process_latent_out(base.apply_model(x, sigma, c_crossattn=cond))
+
+        def clip_loss(e):  # rewards/clip.py CLIPLoss.compute_loss, features normalised by BaseRewardLoss
+            features = F.normalize(clip.encode_latents(one_step(e), normalize=False), dim=-1)
+            return 100 - (features @ text.T).mean() * clip.logit_scale.exp()
+
+        latents = torch.nn.Parameter(noise.clone(), requires_grad=True)
+        optimizer = torch.optim.SGD([latents], lr=5.0, nesterov=True, momentum=0.9)
+        latent_dim = math.prod(latents.shape[1:])
+        optimizer.zero_grad()
+        total_loss = clip_loss(latents) * 0.01
+        first_loss = total_loss.item()
+        latent_norm = torch.linalg.vector_norm(latents).to(torch.float32)
+        total_loss = total_loss + 0.01 * (0.5 * latent_norm ** 2 - (latent_dim - 1) * torch.log(latent_norm))
+        total_loss.backward()
+        torch.nn.utils.clip_grad_norm_(latents, 0.1)
+        clipped = latents.grad.detach().clone()
+        optimizer.step()
+        stepped = latents.detach().clone()
+        second_loss = (clip_loss(stepped) * 0.01).item()
+        expected_out = one_step(stepped).detach()
+    assert second_loss < first_loss, "test setup: the first step must improve, so the best iterate is the stepped one"
+
+    # the ReNO sampler built from its nodes' defaults
+    reward = reno.LatentCLIPRewardPrompt.execute(lclip, prompt, reward_defaults["weight"]).result[0]
+    options = {k: sampler_defaults[k] for k in ("lr", "grad_clip", "reg_weight", "momentum")}
+    sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=2, **options).result[0]
+    out = guided_sample(model, sampler, positive, noise, latent["samples"])
+    result = sampler.last_result
+    assert result.best_iteration.item() == 1
+    torch.testing.assert_close(result.history[:, 0], torch.tensor([first_loss, second_loss]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close((noise - result.best_noise) / (5.0 * (1 + 0.9)), clipped, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(result.best_noise, stepped, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, expected_out, rtol=1e-4, atol=1e-4)
+    # the all-in-one node with its defaults (2 evaluations to see the first step)
+    with torch.inference_mode():
+        node_out = reno.LatentCLIPReno.execute(model, positive, lclip, prompt, latent, seed=seed, iterations=2,
+                                               lr=all_in_one["lr"], steps=all_in_one["steps"],
+                                               cfg=all_in_one["cfg"]).result[0]
+    torch.testing.assert_close(node_out["samples"], expected_out, rtol=1e-4, atol=1e-4)
