@@ -465,3 +465,42 @@ def test_default_objective_gradient_and_first_step_are_renos(comfy_inprocess, re
                                                lr=all_in_one["lr"], steps=all_in_one["steps"],
                                                cfg=all_in_one["cfg"]).result[0]
     torch.testing.assert_close(node_out["samples"], expected_out, rtol=1e-4, atol=1e-4)
+
+
+def test_a_nan_iterate_is_skipped_with_a_warning_on_the_node_and_a_nan_start_is_an_error(comfy_inprocess, reno):
+    """The UNet (through ComfyUI's own unet wrapper hook) returns NaN for one sample at one
+    evaluation: the run ends with the best finite iterate, the output is finite, and the warning is
+    on the node text above the progress line; NaN at the first evaluation is a clear error."""
+    import comfy.samplers
+
+    def nan_at(calls: set[int]):
+        seen = []
+
+        def wrapper(apply_model, args):
+            out = apply_model(args["input"], args["timestep"], **args["c"])
+            seen.append(None)
+            if len(seen) - 1 in calls:
+                out = out.clone()
+                out[1] = float("nan")
+            return out
+        return wrapper
+
+    lclip = tiny_latent_clip_patcher(comfy_inprocess)
+    positive, _ = conds(batch=2)
+    reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
+    noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    model = tiny_model_patcher(comfy_inprocess.comfy, "eps").clone()
+    model.set_model_unet_function_wrapper(nan_at({2}))  # evaluation 2 of 4 (the final 1-step sample is call 4)
+    sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=4)
+    out = guided_sample(model, sampler, positive, noise, torch.zeros(2, 4, 16, 16))
+    result = sampler.last_result
+    assert torch.isfinite(out).all() and result.nonfinite.tolist() == [0, 1]
+    assert torch.isnan(result.history[2, 1]) and result.best_iteration[1] != 2
+    lines = sampler.text.shown.splitlines()
+    assert lines[0].startswith("⚠ ReNO: NaN/Inf latents, rewards or gradients") and "{1: 1} of 4" in lines[0]
+    assert lines[-1].startswith("ReNO 4/4:")
+    model = tiny_model_patcher(comfy_inprocess.comfy, "eps").clone()
+    model.set_model_unet_function_wrapper(nan_at({0}))
+    with pytest.raises(ValueError, match=r"first iterate's latent or reward loss is NaN/Inf for batch items \[1\]"):
+        guided_sample(model, reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=4), positive,
+                      noise, torch.zeros(2, 4, 16, 16))
