@@ -17,6 +17,7 @@ reward is a random Latent-ViT-B-8-512 of the model's latent family at ReNO's def
 variant runs in its own child process, one after the other (peak RSS is per process), 1 thread.
 
     .venv/bin/python -m bench.bench_reno_comfy --model sdxl-turbo --size 512 --iterations 2 [--comfyui build/ComfyUI]
+        [--comfy-args=--use-pytorch-cross-attention]
 """
 from __future__ import annotations
 
@@ -72,12 +73,12 @@ def live_tensor_bytes() -> dict[int, int]:
     return out
 
 
-def comfy_with_pack(comfy_dir: Path):
-    """ComfyUI's modules in this process (``--cpu``) and this repository imported as the pack ComfyUI
-    loads: its ``nodes.reno``, ``nodes._convert`` and ``latent_clip``."""
+def comfy_with_pack(comfy_dir: Path, comfy_args: list[str]):
+    """ComfyUI's modules in this process (``--cpu`` and ``comfy_args``) and this repository imported as
+    the pack ComfyUI loads: its ``nodes.reno``, ``nodes._convert`` and ``latent_clip``."""
     sys.path.insert(0, str(comfy_dir))
     sys.modules.pop("nodes", None)  # ComfyUI's nodes.py, not this repository's nodes/
-    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
+    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu", *comfy_args]
     try:
         import comfy.options
         comfy.options.enable_args_parsing()
@@ -93,9 +94,10 @@ def comfy_with_pack(comfy_dir: Path):
                                                                                        "latent_clip"))
 
 
-def child(variant: str, model_name: str, size: int, iterations: int, threads: int, comfy_dir: Path) -> dict:
+def child(variant: str, model_name: str, size: int, iterations: int, threads: int, comfy_dir: Path,
+          comfy_args: list[str]) -> dict:
     torch.set_num_threads(threads)
-    reno, convert, latent_clip = comfy_with_pack(comfy_dir)
+    reno, convert, latent_clip = comfy_with_pack(comfy_dir, comfy_args)
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.samplers
@@ -154,21 +156,24 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--comfyui", type=Path, default=Path(os.environ.get("LATENT_CLIP_COMFYUI_DIR") or
                                                          ROOT / "build" / "ComfyUI"), help="ComfyUI 0.3.75 folder")
+    ap.add_argument("--comfy-args", default="", help="ComfyUI options besides --cpu, e.g. "
+                                                   "'--use-pytorch-cross-attention' (CPU default: sub-quadratic)")
     ap.add_argument("--json", help="write the raw numbers here")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not (args.comfyui / "main.py").is_file():
         sys.exit(f"bench_reno_comfy: no ComfyUI at {args.comfyui} (bash scripts/install_comfyui.sh, or --comfyui)")
     if args.child:
-        print(json.dumps(child(args.child, args.model, args.size, args.iterations, args.threads, args.comfyui)))
+        print(json.dumps(child(args.child, args.model, args.size, args.iterations, args.threads, args.comfyui,
+                               args.comfy_args.split())))
         return {}
-    print(f"torch {torch.__version__}, ComfyUI at {args.comfyui}, {args.model} UNet, {args.size} px, batch 1, "
-          f"{args.iterations} ReNO evaluations, {args.threads} thread(s)", flush=True)
+    print(f"torch {torch.__version__}, ComfyUI at {args.comfyui} (--cpu {args.comfy_args}), {args.model} UNet, "
+          f"{args.size} px, batch 1, {args.iterations} ReNO evaluations, {args.threads} thread(s)", flush=True)
     runs = {}
     for variant in VARIANTS:
         cmd = [sys.executable, "-m", "bench.bench_reno_comfy", "--child", variant, "--model", args.model,
                "--size", str(args.size), "--iterations", str(args.iterations), "--threads", str(args.threads),
-               "--comfyui", str(args.comfyui)]
+               "--comfyui", str(args.comfyui), f"--comfy-args={args.comfy_args}"]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
         runs[variant] = r = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{variant:5s}: {r['seconds']:.1f} s; RSS with models loaded {r['rss_loaded_gb']:.2f} GB, peak "

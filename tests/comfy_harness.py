@@ -16,7 +16,8 @@ Fixtures (registered in tests/conftest.py; mark tests ``comfyui``):
 
 Helpers: ``post_prompt(server, graph) -> prompt_id`` (raises :class:`PromptRejected` with the
 server's node errors on a 4xx), ``wait_history(server, prompt_id) -> history entry``,
-``run_graph(server, graph)`` (both, asserting success), ``load_api_workflow(name)``.
+``run_graph(server, graph)`` (both, asserting success), ``run_graph_with_texts(server, graph)`` (as the
+frontend: the history entry and the progress texts shown under each node), ``load_api_workflow(name)``.
 
 Without build/ComfyUI (or $LATENT_CLIP_COMFYUI_DIR) these fixtures skip, or fail when
 LATENT_CLIP_REQUIRE_COMFYUI=1.
