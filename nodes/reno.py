@@ -45,10 +45,11 @@ Reward = io.Custom("LATENT_CLIP_REWARD")
 log = logging.getLogger(__name__)
 
 MEMORY_NOTE = (
-    "Memory: one UNet forward+backward at the image size per iteration (activations of the whole "
-    "one-step graph, about 1.4 GiB for SD-Turbo and 2.6 GiB for SDXL-Turbo at 512 px, batch 1, fp32; "
-    "roughly half in fp16) plus the small Latent-CLIP tower; the diffusion model's weights are used in "
-    "place, not copied, and nothing is kept between runs. No VAE decode: the reward reads latents.")
+    "Memory: one UNet forward+backward at the image size per iteration plus the small Latent-CLIP tower "
+    "(measured at 512 px, batch 1, fp32 on the CPU: +3.1 GB over a plain sample's peak for SDXL-Turbo, +1.6 GB "
+    "for SD-Turbo, with --use-pytorch-cross-attention; ComfyUI's default CPU attention needs about 2x more); the "
+    "diffusion model's weights are used in place, not copied, and nothing is kept between runs. No VAE decode: "
+    "the reward reads latents.")
 OVERRIDE = "allow_family_mismatch"
 OVERRIDE_TIP = ("Run even when the Latent-CLIP was trained on another VAE's latents than the diffusion model makes "
                 "(an experiment: its rewards then read an unknown latent space). Off: such a pairing is an error.")
