@@ -1,15 +1,16 @@
 """Latent-CLIP: CLIP on VAE latents, as a torch-only library (never imports ComfyUI)."""
 from .config import ConfigError, LatentFamily, ModelConfig, get_latent_family, get_model_config, \
     latent_families, list_models
-from .contract import LatentContractError, raw_to_scaled, scaled_to_raw
+from .contract import LatentContractError, LatentFamilyMismatch, check_family, family_of, raw_to_scaled, \
+    scaled_to_raw
 from .factory import CheckpointError, convert, infer_config, load_model, save_export, save_official_checkpoint
 from .model import LatentCLIP
 from .score import Scores, rank_by_prompt, score_latents
 from .zeroshot import build_classifier, classify
 
 __all__ = [
-    "CheckpointError", "ConfigError", "LatentCLIP", "LatentContractError", "LatentFamily", "ModelConfig", "Scores",
-    "build_classifier", "classify", "convert", "get_latent_family", "get_model_config", "infer_config",
-    "latent_families", "list_models", "load_model", "rank_by_prompt", "raw_to_scaled", "save_export",
-    "save_official_checkpoint", "scaled_to_raw", "score_latents",
+    "CheckpointError", "ConfigError", "LatentCLIP", "LatentContractError", "LatentFamily", "LatentFamilyMismatch",
+    "ModelConfig", "Scores", "build_classifier", "check_family", "classify", "convert", "family_of",
+    "get_latent_family", "get_model_config", "infer_config", "latent_families", "list_models", "load_model",
+    "rank_by_prompt", "raw_to_scaled", "save_export", "save_official_checkpoint", "scaled_to_raw", "score_latents",
 ]

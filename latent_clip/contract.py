@@ -4,9 +4,15 @@ Latent-CLIP reads **raw** (unscaled) VAE latents, NCHW float, exactly what a Com
 ``samples`` holds and what ``vae.encode(x).latent_dist.mean`` returns in diffusers.
 Latents in diffusers' UNet space (``raw * scaling_factor``, e.g. pipeline ``output_type="latent"``)
 must go through :func:`scaled_to_raw` first.
+
+Pairing rule: a Latent-CLIP only reads the latents of the VAE it was trained on. A generator's
+latents are known by their channel count and VAE scaling/shift (:func:`family_of`);
+:func:`check_family` is the one place that decides whether a Latent-CLIP and a generator belong
+together.
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -32,9 +38,63 @@ def raw_to_scaled(latents: torch.Tensor, family: LatentFamily) -> torch.Tensor:
     return (latents - family.shift_factor) * family.scaling_factor
 
 
+class LatentFamilyMismatch(LatentContractError):
+    """A Latent-CLIP paired with a generator whose latents come from another VAE."""
+
+
 def _families_with(channels: int) -> str:
     names = [f.description for f in latent_families().values() if f.channels == channels]
     return " or ".join(names)
+
+
+def family_of(channels: int, scaling_factor: float, shift_factor: float | None = 0.0) -> LatentFamily | None:
+    """The registered family whose latents have ``channels`` and this VAE ``scaling_factor`` /
+    ``shift_factor`` (a diffusers VAE config's, a ComfyUI latent format's), else None."""
+    for family in latent_families().values():
+        if (family.channels == channels and math.isclose(family.scaling_factor, scaling_factor, rel_tol=1e-4)
+                and math.isclose(family.shift_factor, shift_factor or 0.0, rel_tol=1e-4, abs_tol=1e-6)):
+            return family
+    return None
+
+
+def describe_latents(channels: int, scaling_factor: float, shift_factor: float | None = 0.0) -> str:
+    """What a generator makes, for messages: "SD 1.x / 2.x / SD-Turbo VAE latents ('sd15')", or the
+    numbers of an unregistered VAE."""
+    family = family_of(channels, scaling_factor, shift_factor)
+    if family is not None:
+        return f"{family.description} latents ('{family.name}')"
+    return (f"latents of an unregistered VAE ({channels} channels, scaling {scaling_factor:g}, "
+            f"shift {shift_factor or 0.0:g})")
+
+
+def channel_error(expected: str, got: int) -> LatentContractError:
+    """``"<expected>, got N channels — a <family> latent?"``: the one wording of a channel mismatch."""
+    guess = _families_with(got)
+    return LatentContractError(f"{expected}, got {got} channels" + (f" — a {guess} latent?" if guess else ""))
+
+
+def check_family(family: LatentFamily, channels: int, scaling_factor: float, shift_factor: float | None = 0.0, *,
+                 allow_mismatch: bool = False, override: str = "allow_mismatch") -> str | None:
+    """The pairing rule between a Latent-CLIP that reads ``family`` and a generator whose latents
+    have ``channels``, ``scaling_factor`` and ``shift_factor``.
+
+    Same family: returns None. Other channel counts: :class:`LatentContractError` (nothing can
+    run). Same channels, another VAE: :class:`LatentFamilyMismatch` naming both families, or,
+    with ``allow_mismatch``, that message returned so that the caller shows it as a warning.
+    ``override`` names the switch that allows the pairing, for the message."""
+    reads = f"{family.description} latents ('{family.name}')"
+    makes = describe_latents(channels, scaling_factor, shift_factor)
+    if channels != family.channels:
+        raise LatentContractError(f"this Latent-CLIP reads {family.channels}-channel {reads}; the diffusion model "
+                                  f"makes {channels}-channel {makes}")
+    if getattr(family_of(channels, scaling_factor, shift_factor), "name", None) == family.name:
+        return None
+    message = (f"this Latent-CLIP reads {reads} but the diffusion model makes {makes}: its rewards would read "
+               f"another VAE's latent space")
+    if not allow_mismatch:
+        raise LatentFamilyMismatch(f"{message}. Use a Latent-CLIP trained on that model's latents, or set "
+                                   f"{override} to experiment anyway")
+    return message + f" ({override} is set)"
 
 
 def check_latents(z: object, family: LatentFamily, min_size: int) -> torch.Tensor:
@@ -59,10 +119,7 @@ def check_latents(z: object, family: LatentFamily, min_size: int) -> torch.Tenso
             raise LatentContractError(
                 f"latents look channels-last (NHWC) {tuple(z.shape)}; this model reads NCHW "
                 f"(B, {c}, H, W): use z.permute(0, 3, 1, 2)")
-        guess = _families_with(z.shape[1])
-        raise LatentContractError(
-            f"this model reads {c}-channel {family.description} latents, got {z.shape[1]} channels"
-            + (f" — a {guess} latent?" if guess else ""))
+        raise channel_error(f"this model reads {c}-channel {family.description} latents", z.shape[1])
     if min(z.shape[-2:]) < min_size:
         raise LatentContractError(
             f"latent spatial size {tuple(z.shape[-2:])} is smaller than one patch ({min_size})")

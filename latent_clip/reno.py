@@ -3,7 +3,8 @@
 The initial noise is the only trainable tensor. Each iteration generates a latent from it,
 scores the latent with a reward loss (lower is better), adds the noise-norm regulariser, and
 takes a clipped, Nesterov-momentum SGD step on the noise. The result is the iterate with the
-lowest *reward* loss (regulariser excluded), tracked per sample.
+lowest *reward* loss (regulariser excluded), tracked per sample. :data:`RENO` holds ReNO's constants;
+with the rewards at :data:`latent_clip.rewards.CLIP_SCORE_WEIGHT` they are ReNO's objective.
 
 This module knows nothing of ComfyUI or diffusers: it sees two callables,
 ``generate(noise) -> latent`` and ``reward(latent) -> per-sample loss (B,)``. Nothing is
@@ -17,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -28,6 +30,26 @@ from .rewards import norm_regulariser
 
 Generate = Callable[[torch.Tensor], torch.Tensor]
 Reward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RenoSettings:
+    """ReNO's optimiser (ExplainableML/ReNO ``arguments.py``, ``training/trainer.py``): 50 evaluations,
+    SGD with Nesterov momentum 0.9 at lr 5 (512 px; 10 at 1024 px), gradient-norm clip 0.1 applied to
+    the summed loss, noise-norm regulariser weight 0.01."""
+
+    iterations: int = 50
+    lr: float = 5.0
+    momentum: float = 0.9
+    grad_clip: float = 0.1
+    reg_weight: float = 0.01
+
+
+RENO = RenoSettings()
+
+
+class NonFiniteError(ValueError):
+    """ReNO has no finite iterate to start from."""
 
 
 @dataclass
@@ -48,7 +70,8 @@ class RenoResult:
     best_latent: torch.Tensor      # (B, ...) generate(best_noise), detached
     best_loss: torch.Tensor        # (B,) reward loss of best_latent, fp32, CPU
     best_iteration: torch.Tensor   # (B,) index into history
-    history: torch.Tensor          # (iterations run, B) reward loss per evaluation, fp32, CPU
+    history: torch.Tensor          # (iterations run, B) reward loss per evaluation, fp32, CPU (NaN/Inf kept)
+    nonfinite: torch.Tensor        # (B,) evaluations with a NaN/Inf latent, loss or gradient (never chosen, no step)
     stopped: bool = False          # True when the callback stopped the loop early
     seconds: float = 0.0           # wall time of the loop
     iteration_seconds: list[float] = field(default_factory=list)
@@ -80,7 +103,8 @@ class _Saved:
     __slots__ = ("tensor", "version", "copy")
 
     def __init__(self, tensor: torch.Tensor):
-        self.tensor, self.version, self.copy = tensor, tensor._version, None
+        # detached: a saved output keeps no link to the node saving it (no uncollectable cycle)
+        self.tensor, self.version, self.copy = tensor.detach(), tensor._version, None
 
 
 def _storage(t: torch.Tensor) -> int | None:
@@ -148,18 +172,34 @@ def private_saved_tensors():
         saved.clear()
 
 
-def optimize_noise(generate: Generate, reward: Reward, noise: torch.Tensor, *, iterations: int = 50,
-                   lr: float = 5.0, momentum: float = 0.9, grad_clip: float = 0.1, reg_weight: float = 0.01,
+def _per_sample(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.to(like.device).view(-1, *([1] * (like.ndim - 1)))
+
+
+def _finite(t: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: every value of sample i is finite."""
+    return torch.isfinite(t.detach()).flatten(1).all(1)
+
+
+def optimize_noise(generate: Generate, reward: Reward, noise: torch.Tensor, *, iterations: int = RENO.iterations,
+                   lr: float = RENO.lr, momentum: float = RENO.momentum, grad_clip: float = RENO.grad_clip,
+                   reg_weight: float = RENO.reg_weight,
                    callback: Callable[[RenoProgress], bool | None] | None = None) -> RenoResult:
     """Optimise ``noise`` (B, ...) so that ``reward(generate(noise))`` is low, per sample.
 
     ``iterations`` counts evaluations: the last one is evaluated, not stepped (ReNO's
     ``n_iters``). Samples are independent as long as ``generate`` and ``reward`` treat batch
     items independently: the loss is a sum over samples, gradients are clipped per sample,
-    SGD is elementwise, and the best iterate is tracked per sample. ``lr`` 5 suits 512 px (ReNO
-    uses 10 at 1024 px). Runs with autograd on even when called under ``torch.inference_mode``;
+    SGD is elementwise, and the best iterate is tracked per sample. Defaults are ReNO's
+    (:data:`RENO`). Runs with autograd on even when called under ``torch.inference_mode``;
     making the generator's weights autograd-safe is the caller's job (and, for generators that
     update activations in place, running it under :func:`private_saved_tensors`).
+
+    Non-finite values: a sample whose latent, loss or gradient is NaN/Inf at an iterate is
+    never chosen there and takes no gradient step from it (its latent is not passed to
+    ``reward``); the run ends with each sample's best finite iterate and a ``RuntimeWarning``
+    (counts in :attr:`RenoResult.nonfinite`). A non-finite first iterate raises
+    :class:`NonFiniteError`: that sample has nothing to start from.
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
@@ -171,18 +211,29 @@ def optimize_noise(generate: Generate, reward: Reward, noise: torch.Tensor, *, i
         n = e.shape[0]
         best_loss = torch.full((n,), float("inf"))
         best_iteration = torch.zeros(n, dtype=torch.long)
+        nonfinite = torch.zeros(n, dtype=torch.long)
         best_noise = best_latent = None
         history, seconds, stopped = [], [], False
         for it in range(iterations):
             t0 = time.perf_counter()
-            # 2. generate and score
+            # 2. generate and score (a non-finite latent is never shown to the reward)
             latent = generate(e)
+            finite = _finite(latent)
+            if not finite.all():
+                latent = torch.where(_per_sample(finite, latent), latent, torch.zeros((), dtype=latent.dtype,
+                                                                                        device=latent.device))
             loss = reward(latent)
             if loss.shape != (n,):
                 raise ValueError(f"reward must return one loss per sample, shape ({n},); got {tuple(loss.shape)}")
-            # 3. track the best iterate per sample (reward only; NaN never wins)
-            value = loss.detach().float().cpu()
-            better = value < best_loss
+            value = torch.where(finite.cpu(), loss.detach().float().cpu(), float("nan"))
+            ok = torch.isfinite(value)
+            if it == 0 and not ok.all():
+                raise NonFiniteError(
+                    f"ReNO: the first iterate's latent or reward loss is NaN/Inf for batch items "
+                    f"{(~ok).nonzero().flatten().tolist()}, so there is nothing to optimise from; check the "
+                    "generator's dtype (fp16 overflow?) and its inputs")
+            # 3. track the best iterate per sample (reward only; a non-finite loss never wins)
+            better = ok & (value < best_loss)
             best_loss = torch.where(better, value, best_loss)
             best_iteration[better] = it
             best_noise = _take_best(best_noise, e, better)
@@ -191,15 +242,24 @@ def optimize_noise(generate: Generate, reward: Reward, noise: torch.Tensor, *, i
             if callback is not None and callback(RenoProgress(it, iterations, value, best_loss.clone(), best_latent)):
                 stopped = it < iterations - 1
             if stopped or it == iterations - 1:
+                nonfinite += ~ok
                 seconds.append(time.perf_counter() - t0)
                 break
-            # 4. regularise, backprop to the noise, clip per sample, step
-            total = loss.float().sum() + norm_regulariser(e, reg_weight).sum()
+            # 4. regularise, backprop to the noise, clip per sample, step (no step from a non-finite sample)
+            total = torch.where(ok.to(loss.device), loss.float(), 0.0).sum() + norm_regulariser(e, reg_weight).sum()
             opt.zero_grad(set_to_none=True)
             total.backward()
+            ok &= _finite(e.grad).cpu()
+            nonfinite += ~ok
+            e.grad.masked_fill_(~_per_sample(ok, e.grad), 0.0)
             clip_grad_norm_per_sample_(e.grad, grad_clip)
             opt.step()
             seconds.append(time.perf_counter() - t0)
+    if nonfinite.any():
+        bad = {i: int(c) for i, c in enumerate(nonfinite.tolist()) if c}
+        warnings.warn(f"ReNO: NaN/Inf latents, rewards or gradients at some iterates (batch item: count {bad} of "
+                      f"{len(history)}); those iterates were never chosen and took no step, so the result is each "
+                      "sample's best finite iterate", RuntimeWarning, stacklevel=2)
     return RenoResult(best_noise=best_noise, best_latent=best_latent, best_loss=best_loss,
-                      best_iteration=best_iteration, history=torch.stack(history), stopped=stopped,
-                      seconds=time.perf_counter() - start, iteration_seconds=seconds)
+                      best_iteration=best_iteration, history=torch.stack(history), nonfinite=nonfinite,
+                      stopped=stopped, seconds=time.perf_counter() - start, iteration_seconds=seconds)

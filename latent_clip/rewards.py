@@ -8,6 +8,9 @@ downloaded here), device and dtype come from the inputs, weights are a dict
 Losses follow ReNO (arXiv 2406.04312, ``rewards/*.py``): CLIPScore is
 ``100 - exp(logit_scale) * cos``, PickScore ``30 - exp(logit_scale) * cos``, HPSv2 ``1 - cos``, so
 weights are comparable with ReNO's (``w = 0.01`` CLIPScore, ``0.05`` PickScore, ``5.0`` HPS).
+ReNO's objective for one CLIP reward is :data:`CLIP_SCORE_WEIGHT` times its loss plus
+:func:`norm_regulariser` at ``latent_clip.reno.RENO.reg_weight``, clipped after summing: the weight
+is not a free scale, it sets how hard the noise norm is held against the reward.
 
 Pixel rewards are :data:`ImageRewardFn` (images in [0, 1] -> (B,)); :func:`on_decoded` turns several
 of them into latent rewards that share one VAE decode per latents tensor.
@@ -24,6 +27,11 @@ from .safety import Concept, parse_concepts
 
 RewardFn = Callable[[torch.Tensor], torch.Tensor]
 ImageRewardFn = Callable[[torch.Tensor], torch.Tensor]  # images in [0, 1] (B, 3, H, W) -> (B,) loss
+
+# ReNO's CLIPScore weight (ExplainableML/ReNO arguments.py, --clip_weighting; the authors' Latent-CLIP demo
+# uses it too). concept_loss is a logit_scale * cos difference like CLIPScore, so the same weight pushes
+# as hard per unit of cosine.
+CLIP_SCORE_WEIGHT = 0.01
 
 # open_clip's OPENAI_DATASET_MEAN/STD, the default when a model does not carry its own
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

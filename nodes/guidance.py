@@ -3,6 +3,7 @@
 At each step inside a sigma window, the CFG prediction of the clean latent x0 is moved down the
 gradient of Latent-CLIP's "avoid these concepts" loss (``latent_clip.rewards.step_away``). The
 gradient is taken w.r.t. x0 only, through the Latent-CLIP tower: no UNet backward, no decode.
+The Latent-CLIP must read the model's latent family (``nodes.reno.check_pairing``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from comfy_api.latest import io
 from . import _convert
 from ..latent_clip import rewards
 from .loaders import LatentClip
-from .reno import autograd_safe_
+from ._ui import NodeText
+from .reno import autograd_safe_, check_pairing, override_input
 
 
 class AvoidGuider(comfy.samplers.CFGGuider):
@@ -73,13 +75,15 @@ class LatentCLIPAvoidGuider(io.ComfyNode):
                                    tooltip="Start of the guided window, as a fraction of the schedule (0 = first, "
                                            "noisiest step)."),
                     io.Float.Input("end_percent", default=0.8, min=0.0, max=1.0, step=0.01,
-                                   tooltip="End of the guided window (1 = last step).")],
+                                   tooltip="End of the guided window (1 = last step)."),
+                    override_input()],
             outputs=[io.Guider.Output(tooltip="Connect to SamplerCustomAdvanced.")])
 
     @classmethod
     def execute(cls, model, positive, negative, cfg: float, latent_clip, concepts: str, strength: float,
-                start_percent: float, end_percent: float) -> io.NodeOutput:
+                start_percent: float, end_percent: float, allow_family_mismatch: bool = False) -> io.NodeOutput:
         _convert.lines(concepts, "concepts")
+        check_pairing(latent_clip, model.get_model_object("latent_format"), allow_family_mismatch, NodeText())
         guider = AvoidGuider(model, latent_clip, concepts, strength, start_percent, end_percent)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)

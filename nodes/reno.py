@@ -9,8 +9,16 @@
 * ``LatentCLIPReno`` ("ReNO with this prompt") wires all of it for one prompt.
 
 The loop itself is ``latent_clip.reno.optimize_noise``; here is only the ComfyUI glue:
-model space -> raw latents through the model's ``latent_format``, autograd-safe weights once per
-run (ComfyUI loads weights as inference tensors), progress, previews and interrupts.
+model space -> raw latents through the model's ``latent_format``, the pairing rule
+(``latent_clip.check_family``: a Latent-CLIP of another latent family is an error unless
+``allow_family_mismatch``), autograd-safe weights once per run (ComfyUI loads weights as
+inference tensors; made usable in place, never copied), progress, previews, interrupts and the
+warnings shown on the node (``nodes._ui``). Defaults are ReNO's objective
+(``latent_clip.reno.RENO`` and ``latent_clip.rewards.CLIP_SCORE_WEIGHT``).
+
+Nothing of a run outlives it but ``RenoSampler.last_result`` (best noise/latent and the loss
+history, a few KB): the reward closures and the loop's autograd graphs are released when the
+sampler returns, and the weights keep their own storage.
 """
 from __future__ import annotations
 
@@ -28,18 +36,23 @@ from torch import nn
 
 from . import _convert
 from ..latent_clip import rewards
-from ..latent_clip.reno import RenoProgress, optimize_noise, private_saved_tensors
+from ..latent_clip.contract import channel_error, check_family, describe_latents
+from ..latent_clip.reno import RENO, RenoProgress, optimize_noise, private_saved_tensors
+from ._ui import NodeText
 from .loaders import LatentClip
 
 Reward = io.Custom("LATENT_CLIP_REWARD")
 log = logging.getLogger(__name__)
 
 MEMORY_NOTE = (
-    "Memory: one UNet forward+backward at the image size per iteration (activations of the whole "
-    "one-step graph, about 1.4 GiB for SD-Turbo and 2.6 GiB for SDXL-Turbo at 512 px, batch 1, fp32; "
-    "roughly half in fp16), plus a one-off copy of the diffusion model's weights so autograd can use "
-    "them (ComfyUI loads weights as inference tensors; the copy replaces them, peak +1 tensor), plus "
-    "the small Latent-CLIP tower. No VAE decode: the reward reads latents.")
+    "Memory: one UNet forward+backward at the image size per iteration plus the small Latent-CLIP tower "
+    "(measured at 512 px, batch 1, fp32 on the CPU: +3.1 GB over a plain sample's peak for SDXL-Turbo, +1.6 GB "
+    "for SD-Turbo, with --use-pytorch-cross-attention; ComfyUI's default CPU attention needs about 2x more); the "
+    "diffusion model's weights are used in place, not copied, and nothing is kept between runs. No VAE decode: "
+    "the reward reads latents.")
+OVERRIDE = "allow_family_mismatch"
+OVERRIDE_TIP = ("Run even when the Latent-CLIP was trained on another VAE's latents than the diffusion model makes "
+                "(an experiment: its rewards then read an unknown latent space). Off: such a pairing is an error.")
 
 
 OPEN_CLIP_FOLDER = "open_clip"
@@ -97,22 +110,31 @@ def pixel_reward(source: PixelClip, prompt: str) -> rewards.RewardFn:
 
 
 def autograd_safe_(module: nn.Module) -> int:
-    """Replace inference-tensor parameters and buffers by normal copies and freeze them
-    (ComfyUI loads weights under inference mode, and autograd refuses to save inference tensors for
-    backward). Call once per run; returns how many tensors were replaced."""
+    """Make ``module``'s inference-tensor parameters and buffers usable by autograd, in place and
+    without copying: each is replaced by a normal tensor on the same storage, and the module is
+    frozen. (ComfyUI loads weights under inference mode, and autograd refuses to save inference
+    tensors for backward.) Tensor subclasses (quantised weights) are cloned instead. Call once per
+    run; returns how many tensors were replaced."""
     replaced = 0
     with torch.inference_mode(False):
         for m in module.modules():
-            for key, p in m._parameters.items():
-                if p is not None and p.is_inference():
-                    m._parameters[key] = nn.Parameter(p.clone(), requires_grad=False)
-                    replaced += 1
-            for key, b in m._buffers.items():
-                if b is not None and b.is_inference():
-                    m._buffers[key] = b.clone()
-                    replaced += 1
+            for tensors, wrap in ((m._parameters, lambda t: nn.Parameter(t, requires_grad=False)),
+                                  (m._buffers, lambda t: t)):
+                for key, t in tensors.items():
+                    if t is not None and t.is_inference():
+                        tensors[key] = wrap(_normal_view(t))
+                        replaced += 1
     module.requires_grad_(False)
     return replaced
+
+
+def _normal_view(t: torch.Tensor) -> torch.Tensor:
+    """A normal tensor on ``t``'s storage (a clone for tensor subclasses). Call outside inference mode."""
+    data = t.data if isinstance(t, nn.Parameter) else t
+    if type(data) is not torch.Tensor:
+        return data.clone()
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), t.shape,
+                                                               t.stride())
 
 
 def clone_tensors_(obj):
@@ -132,51 +154,49 @@ def clone_tensors_(obj):
     return obj
 
 
-def build_reward(terms: tuple[RewardTerm, ...], channels: int, scale_factor: float | None = None) -> rewards.RewardFn:
-    """The weighted sum of ``terms`` on raw latents; loads each Latent-CLIP and makes it
-    autograd-safe. Call under ``inference_mode(False)``. ``scale_factor`` (the model's
-    latent_format) only serves a warning when the VAEs differ (e.g. SD-Turbo with SDXL weights)."""
+def check_pairing(latent_clip, latent_format, allow_mismatch: bool, text: NodeText) -> None:
+    """The pack's pairing rule (:func:`latent_clip.check_family`) between a LATENT_CLIP wire and a
+    ComfyUI model's ``latent_format``: raises on a mismatch; an allowed one becomes a node warning."""
+    family = latent_clip.model.clip.config.vision.family
+    message = check_family(family, latent_format.latent_channels, latent_format.scale_factor,
+                           getattr(latent_format, "shift_factor", 0.0), allow_mismatch=allow_mismatch,
+                           override=OVERRIDE)
+    if message:
+        text.warn(f"Latent-CLIP: {message}")
+
+
+def build_reward(terms: tuple[RewardTerm, ...], latent_format, allow_mismatch: bool = False,
+                 text: NodeText | None = None) -> rewards.RewardFn:
+    """The weighted sum of ``terms`` on raw latents of a model with ``latent_format``: checks each
+    Latent-CLIP's pairing, loads it and makes it autograd-safe. Call under ``inference_mode(False)``."""
+    text = text or NodeText()
     fns, weights = {}, {}
     for i, term in enumerate(terms):
         if term.kind == "pixel":
             fns[f"{i}:pixel"], weights[f"{i}:pixel"] = pixel_reward(term.source, term.text), term.weight
             continue
+        check_pairing(term.source, latent_format, allow_mismatch, text)
         model = _convert.model_of(term.source)
-        if model.config.vision.family.channels != channels:
-            raise ValueError(f"this Latent-CLIP reads {model.config.vision.family.channels}-channel "
-                             f"{model.config.vision.family.description} latents; the model makes {channels}")
-        family = model.config.vision.family
-        if scale_factor is not None and abs(scale_factor - family.scaling_factor) > 1e-6:
-            log.warning("ReNO: this Latent-CLIP was trained on %s latents but the model's latent format has "
-                        "scale %.5f (another VAE); rewards still run but read latents out of distribution",
-                        family.description, scale_factor)
         autograd_safe_(model)
         make = rewards.latent_alignment if term.kind == "prompt" else rewards.latent_avoid
         fns[f"{i}:{term.kind}"], weights[f"{i}:{term.kind}"] = make(model, term.text), term.weight
     return rewards.weighted_sum(fns, weights)
 
 
-def _progress_text(text: str) -> None:
-    try:
-        from comfy_execution.utils import get_executing_context
-        from server import PromptServer
-        context = get_executing_context()
-        if PromptServer.instance is not None and context is not None:
-            PromptServer.instance.send_progress_text(text, context.node_id)
-    except Exception:  # noqa: BLE001 - progress text is cosmetic (absent outside a server)
-        pass
-
-
 class RenoSampler(comfy.samplers.KSAMPLER):
     """Optimises the noise with ReNO through the guider's one-step x0, then runs ``inner``."""
 
-    def __init__(self, inner: comfy.samplers.KSAMPLER, reward: tuple[RewardTerm, ...], iterations: int = 50,
-                 lr: float = 5.0, momentum: float = 0.9, grad_clip: float = 0.1, reg_weight: float = 0.01):
+    def __init__(self, inner: comfy.samplers.KSAMPLER, reward: tuple[RewardTerm, ...],
+                 iterations: int = RENO.iterations, lr: float = RENO.lr, momentum: float = RENO.momentum,
+                 grad_clip: float = RENO.grad_clip, reg_weight: float = RENO.reg_weight,
+                 allow_family_mismatch: bool = False):
         super().__init__(inner.sampler_function, inner.extra_options, inner.inpaint_options)
         self.inner, self.reward = inner, tuple(reward)
         self.options = dict(iterations=iterations, lr=lr, momentum=momentum, grad_clip=grad_clip,
                             reg_weight=reg_weight)
+        self.allow_family_mismatch = allow_family_mismatch
         self.last_result = None
+        self.text: NodeText | None = None  # the last run's node text (warnings + progress)
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -187,13 +207,18 @@ class RenoSampler(comfy.samplers.KSAMPLER):
 
     def optimise(self, model_wrap, sigmas, extra_args, noise, latent_image, denoise_mask) -> torch.Tensor:
         base = model_wrap.inner_model  # comfy.model_base.BaseModel
+        fmt = base.latent_format
+        self.text = NodeText()  # the node executing now (SamplerCustomAdvanced, or ReNO with this prompt)
+        if noise.shape[1] != fmt.latent_channels:
+            raise channel_error("ReNO: this diffusion model makes " + describe_latents(
+                fmt.latent_channels, fmt.scale_factor, getattr(fmt, "shift_factor", 0.0)) + "; start from an "
+                "empty latent of this model", noise.shape[1])
         with torch.inference_mode(False):
+            reward = build_reward(self.reward, fmt, self.allow_family_mismatch, self.text)
             replaced = autograd_safe_(base)
             clone_tensors_(model_wrap.conds)
             sigmas, noise, latent_image = sigmas.clone(), noise.clone(), latent_image.clone()
             args = {**extra_args, "denoise_mask": None if denoise_mask is None else denoise_mask.clone()}
-            reward = build_reward(self.reward, base.latent_format.latent_channels,
-                                  getattr(base.latent_format, "scale_factor", None))
         model_k = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
         model_k.latent_image, model_k.noise = latent_image, noise
         sigma, max_denoise = sigmas[0], self.max_denoise(model_wrap, sigmas)
@@ -208,7 +233,8 @@ class RenoSampler(comfy.samplers.KSAMPLER):
             with private_saved_tensors():
                 return reward(base.process_latent_out(x0))
 
-        result = optimize_noise(generate, score, noise, callback=self._progress(model_wrap), **self.options)
+        with self.text.forward_warnings():
+            result = optimize_noise(generate, score, noise, callback=self._progress(model_wrap), **self.options)
         self.last_result = result
         log.info("ReNO: %d iterations in %.1f s (%d weight tensors made autograd-safe); reward loss %s -> %s",
                  len(result.history), result.seconds, replaced, _fmt(result.initial_loss), _fmt(result.best_loss))
@@ -223,8 +249,8 @@ class RenoSampler(comfy.samplers.KSAMPLER):
             mm.throw_exception_if_processing_interrupted()
             preview = previewer.decode_latent_to_preview_image("JPEG", p.best_latent) if previewer else None
             bar.update_absolute(p.iteration + 1, p.iterations, preview)
-            _progress_text(f"ReNO {p.iteration + 1}/{p.iterations}: reward loss {_fmt(p.loss)}, "
-                           f"best {_fmt(p.best_loss)}")
+            self.text.status(f"ReNO {p.iteration + 1}/{p.iterations}: reward loss {_fmt(p.loss)}, "
+                             f"best {_fmt(p.best_loss)}")
 
         return progress
 
@@ -234,7 +260,7 @@ def _fmt(losses: torch.Tensor) -> str:
 
 
 def reno_sample(model, positive, negative, reward, latent: dict, seed: int, iterations: int, steps: int,
-                cfg: float, lr: float, sampler_name: str = "euler") -> dict:
+                cfg: float, lr: float, allow_family_mismatch: bool = False, sampler_name: str = "euler") -> dict:
     """What SamplerCustomAdvanced does, with a ReNO sampler and the "simple" schedule."""
     guider = comfy.samplers.CFGGuider(model)
     guider.inner_set_conds({"positive": positive} if negative is None else {"positive": positive, "negative": negative})
@@ -242,7 +268,8 @@ def reno_sample(model, positive, negative, reward, latent: dict, seed: int, iter
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps).cpu()
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
-    sampler = RenoSampler(comfy.samplers.ksampler(sampler_name), reward, iterations=iterations, lr=lr)
+    sampler = RenoSampler(comfy.samplers.ksampler(sampler_name), reward, iterations=iterations, lr=lr,
+                          allow_family_mismatch=allow_family_mismatch)
     callback = latent_preview.prepare_callback(model, steps)
     samples = guider.sample(noise, latent_image, sampler, sigmas, denoise_mask=latent.get("noise_mask"),
                             callback=callback, disable_pbar=True, seed=seed)
@@ -252,8 +279,10 @@ def reno_sample(model, positive, negative, reward, latent: dict, seed: int, iter
     return out
 
 
-WEIGHT_TIP = ("Weight of this term in the summed loss. With the default gradient clipping only the ratio between "
-              "terms matters much; ReNO weights CLIPScore 0.01 next to its other rewards.")
+WEIGHT_TIP = (f"Weight of this term in the summed loss. {rewards.CLIP_SCORE_WEIGHT} (default) is ReNO's CLIPScore "
+              f"weight: with the noise-norm regulariser at {RENO.reg_weight} that is ReNO's objective. The gradient "
+              "is clipped after the terms and the regulariser are summed, so larger weights loosen the hold on the "
+              "noise norm (the regulariser is one of the terms).")
 CHAIN_TIP = "Optional reward to add this term to (chain reward nodes to combine them)."
 
 
@@ -268,7 +297,8 @@ class LatentCLIPRewardPrompt(io.ComfyNode):
                                                              "diffusion model's latent family."),
                     io.String.Input("prompt", multiline=True, default="a photo of a cat",
                                     tooltip="What the image should show (usually the generation prompt)."),
-                    io.Float.Input("weight", default=1.0, min=-100.0, max=100.0, step=0.01, tooltip=WEIGHT_TIP),
+                    io.Float.Input("weight", default=rewards.CLIP_SCORE_WEIGHT, min=-100.0, max=100.0, step=0.001,
+                                   tooltip=WEIGHT_TIP),
                     Reward.Input("reward", optional=True, tooltip=CHAIN_TIP)],
             outputs=[Reward.Output(display_name="reward", tooltip="Weighted reward terms for the ReNO nodes.")])
 
@@ -289,7 +319,9 @@ class LatentCLIPRewardAvoid(io.ComfyNode):
                     io.String.Input("concepts", multiline=True, default="nudity\nviolence",
                                     tooltip="One concept per line: 'name' or 'name | counter-prompt' (as in the "
                                             "safety filter node)."),
-                    io.Float.Input("weight", default=1.0, min=0.0, max=100.0, step=0.01, tooltip=WEIGHT_TIP),
+                    io.Float.Input("weight", default=rewards.CLIP_SCORE_WEIGHT, min=0.0, max=100.0, step=0.001,
+                                   tooltip=WEIGHT_TIP + " The concept loss is a logit_scale * cos difference like "
+                                                        "CLIPScore, so the same weight pushes as hard."),
                     Reward.Input("reward", optional=True, tooltip=CHAIN_TIP)],
             outputs=[Reward.Output(display_name="reward", tooltip="Weighted reward terms for the ReNO nodes.")])
 
@@ -319,7 +351,8 @@ class LatentCLIPRewardPixelCLIP(io.ComfyNode):
                                     tooltip="open_clip architecture name of those weights (open_clip.list_models())."),
                     io.String.Input("prompt", multiline=True, default="a photo of a cat",
                                     tooltip="What the image should show."),
-                    io.Float.Input("weight", default=1.0, min=-100.0, max=100.0, step=0.01, tooltip=WEIGHT_TIP),
+                    io.Float.Input("weight", default=rewards.CLIP_SCORE_WEIGHT, min=-100.0, max=100.0, step=0.001,
+                                   tooltip=WEIGHT_TIP),
                     Reward.Input("reward", optional=True, tooltip=CHAIN_TIP)],
             outputs=[Reward.Output(display_name="reward", tooltip="Weighted reward terms for the ReNO nodes.")])
 
@@ -347,11 +380,15 @@ class LatentCLIPRewardCombine(io.ComfyNode):
 
 
 def _reno_inputs() -> list:
-    return [io.Int.Input("iterations", default=50, min=1, max=1000,
+    return [io.Int.Input("iterations", default=RENO.iterations, min=1, max=1000,
                          tooltip="ReNO evaluations (the last is evaluated, not stepped). Each costs one UNet "
                                  "forward+backward."),
-            io.Float.Input("lr", default=5.0, min=0.0, max=100.0, step=0.1,
+            io.Float.Input("lr", default=RENO.lr, min=0.0, max=100.0, step=0.1,
                            tooltip="SGD learning rate on the noise: 5 at 512 px, ReNO uses 10 at 1024 px.")]
+
+
+def override_input() -> io.Boolean.Input:
+    return io.Boolean.Input(OVERRIDE, default=False, optional=True, tooltip=OVERRIDE_TIP)
 
 
 class LatentCLIPRenoSampler(io.ComfyNode):
@@ -368,21 +405,23 @@ class LatentCLIPRenoSampler(io.ComfyNode):
                                      tooltip="Sampler run on the optimised noise (default euler; with 1 step it "
                                              "returns the one-step image that was optimised)."),
                     *_reno_inputs(),
-                    io.Float.Input("grad_clip", default=0.1, min=0.0, max=10.0, step=0.01,
-                                   tooltip="Per-sample gradient-norm clip (ReNO: 0.1)."),
-                    io.Float.Input("reg_weight", default=0.01, min=0.0, max=10.0, step=0.001,
+                    io.Float.Input("grad_clip", default=RENO.grad_clip, min=0.0, max=10.0, step=0.01,
+                                   tooltip="Gradient-norm clip per sample, applied to the summed loss (ReNO: 0.1)."),
+                    io.Float.Input("reg_weight", default=RENO.reg_weight, min=0.0, max=10.0, step=0.001,
                                    tooltip="Weight of the noise-norm regulariser that keeps the noise Gaussian-"
-                                           "looking (ReNO: 0.01)."),
-                    io.Float.Input("momentum", default=0.9, min=0.0, max=0.999, step=0.01,
-                                   tooltip="Nesterov momentum (ReNO: 0.9).")],
+                                           "looking (ReNO: 0.01, next to reward weights of 0.01)."),
+                    io.Float.Input("momentum", default=RENO.momentum, min=0.0, max=0.999, step=0.01,
+                                   tooltip="Nesterov momentum (ReNO: 0.9)."),
+                    override_input()],
             outputs=[io.Sampler.Output(tooltip="Connect to SamplerCustomAdvanced.")])
 
     @classmethod
     def execute(cls, reward, iterations: int, lr: float, grad_clip: float, reg_weight: float, momentum: float,
-                sampler=None) -> io.NodeOutput:
+                sampler=None, allow_family_mismatch: bool = False) -> io.NodeOutput:
         inner = sampler or comfy.samplers.ksampler("euler")
         return io.NodeOutput(RenoSampler(inner, reward, iterations=iterations, lr=lr, momentum=momentum,
-                                         grad_clip=grad_clip, reg_weight=reg_weight))
+                                         grad_clip=grad_clip, reg_weight=reg_weight,
+                                         allow_family_mismatch=allow_family_mismatch))
 
 
 class LatentCLIPReno(io.ComfyNode):
@@ -406,15 +445,18 @@ class LatentCLIPReno(io.ComfyNode):
                                  tooltip="Sampling steps for the final image (the optimisation uses one step)."),
                     io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1,
                                    tooltip="CFG scale; 1 (off) for turbo models. Above 1 needs negative."),
-                    io.Conditioning.Input("negative", optional=True, tooltip="Negative prompt, used when cfg > 1.")],
+                    io.Conditioning.Input("negative", optional=True, tooltip="Negative prompt, used when cfg > 1."),
+                    override_input()],
             outputs=[io.Latent.Output(tooltip="The sampled latent from the best noise.")])
 
     @classmethod
     def execute(cls, model, positive, latent_clip, prompt: str, latent: dict, seed: int, iterations: int,
-                lr: float, steps: int, cfg: float, negative=None) -> io.NodeOutput:
-        reward = (RewardTerm("prompt", 1.0, latent_clip, prompt.strip()),)
-        return io.NodeOutput(reno_sample(model, positive, negative, reward, latent, seed, iterations, steps, cfg, lr))
+                lr: float, steps: int, cfg: float, negative=None, allow_family_mismatch: bool = False
+                ) -> io.NodeOutput:
+        reward = (RewardTerm("prompt", rewards.CLIP_SCORE_WEIGHT, latent_clip, prompt.strip()),)
+        return io.NodeOutput(reno_sample(model, positive, negative, reward, latent, seed, iterations, steps, cfg, lr,
+                                         allow_family_mismatch))
 
 
-NODES = [LatentCLIPRewardPrompt, LatentCLIPRewardAvoid, LatentCLIPRewardPixelCLIP, LatentCLIPRewardCombine, LatentCLIPRenoSampler,
-         LatentCLIPReno]
+NODES = [LatentCLIPRewardPrompt, LatentCLIPRewardAvoid, LatentCLIPRewardPixelCLIP, LatentCLIPRewardCombine,
+         LatentCLIPRenoSampler, LatentCLIPReno]

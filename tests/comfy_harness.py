@@ -16,7 +16,8 @@ Fixtures (registered in tests/conftest.py; mark tests ``comfyui``):
 
 Helpers: ``post_prompt(server, graph) -> prompt_id`` (raises :class:`PromptRejected` with the
 server's node errors on a 4xx), ``wait_history(server, prompt_id) -> history entry``,
-``run_graph(server, graph)`` (both, asserting success), ``load_api_workflow(name)``.
+``run_graph(server, graph)`` (both, asserting success), ``run_graph_with_texts(server, graph)`` (as the
+frontend: the history entry and the progress texts shown under each node), ``load_api_workflow(name)``.
 
 Without build/ComfyUI (or $LATENT_CLIP_COMFYUI_DIR) these fixtures skip, or fail when
 LATENT_CLIP_REQUIRE_COMFYUI=1.
@@ -280,3 +281,34 @@ def import_comfy_inprocess() -> types.SimpleNamespace:
 @pytest.fixture
 def comfy_inprocess():
     return import_comfy_inprocess()
+
+
+def run_graph_with_texts(server: ComfyServer, graph: dict, timeout: float = 300) -> tuple[dict, list[tuple[str, str]]]:
+    """Run ``graph`` as the frontend does, connected to the server's websocket, and return its
+    /history entry and the progress texts the server sent this client, ``[(node id, text)]``: what
+    the frontend shows in the text box under each node (``send_progress_text``)."""
+    import asyncio
+    import struct
+
+    import aiohttp
+
+    client_id = uuid.uuid4().hex
+
+    async def listen() -> tuple[str, list[tuple[str, str]]]:
+        texts = []
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{server.url}/ws?clientId={client_id}") as ws:
+                prompt_id = await asyncio.to_thread(post_prompt, server, graph, client_id)
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.BINARY and struct.unpack(">I", msg.data[:4])[0] == 3:  # TEXT
+                        n = struct.unpack(">I", msg.data[4:8])[0]
+                        texts.append((msg.data[8:8 + n].decode(), msg.data[8 + n:].decode()))
+                    elif msg.type == aiohttp.WSMsgType.TEXT:
+                        event = json.loads(msg.data)
+                        if (event["type"] in ("execution_success", "execution_error", "execution_interrupted")
+                                and event["data"].get("prompt_id") == prompt_id):
+                            break
+        return prompt_id, texts
+
+    prompt_id, texts = asyncio.run(asyncio.wait_for(listen(), timeout))
+    return wait_history(server, prompt_id), texts

@@ -27,7 +27,7 @@ def test_pipelines_load_from_local_folders_and_give_raw_latents(tiny, tmp_path):
     noise = gen.noise([0, 1])
     assert torch.equal(noise[1], gen.noise([1])[0])  # per-seed noise, batch-independent
     # one step by hand (Euler, trailing): x = noise * sigma_max; eps = unet(x / sqrt(sigma^2 + 1), 999);
-    # x0 = x - sigma eps; raw = x0 / scaling_factor (0.5 here)
+    # x0 = x - sigma eps; raw = x0 / scaling_factor
     sigma = gen.sigma(999)
     with torch.no_grad():
         text = cond.text.expand(2, -1, -1)

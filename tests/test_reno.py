@@ -155,3 +155,92 @@ def test_private_saved_tensors_gives_the_out_of_place_gradient():
     with private_saved_tensors():
         loss = forward(x, True)
     torch.testing.assert_close(torch.autograd.grad(loss, x)[0], expected)
+
+
+def test_an_unbackwarded_graph_under_private_saved_tensors_is_released():
+    """ReNO's last evaluation is never backwarded (nor an interrupted one). Ops that save their
+    output (exp, softmax) must not tie the graph into a cycle through the saved-tensor hooks that
+    Python cannot collect: that kept a whole UNet alive after every ComfyUI run."""
+    import gc
+    import weakref
+
+    from latent_clip.reno import private_saved_tensors
+
+    def unbackwarded_graph():
+        weight = torch.nn.Parameter(torch.randn(64, 64), requires_grad=False)
+        x = torch.randn(4, 64, requires_grad=True)
+        with private_saved_tensors():
+            loss = (x @ weight).softmax(-1).exp().sum()
+        assert loss.grad_fn is not None
+        return weakref.ref(weight)
+
+    alive = unbackwarded_graph()
+    gc.collect()
+    assert alive() is None
+
+
+def _flaky(generate, nan_at: dict[int, list[int]]):
+    """``generate`` whose output is NaN for the samples ``nan_at[it]`` at evaluation ``it``."""
+    calls = []
+
+    def out(e):
+        latent = generate(e)
+        bad = nan_at.get(len(calls), [])
+        calls.append(None)
+        if bad:
+            latent = latent.clone()
+            latent[bad] = float("nan")
+        return latent
+
+    return out
+
+
+def _finite_only(reward):
+    def checked(latent):  # as Latent-CLIP's contract does: a NaN latent is an error
+        assert torch.isfinite(latent).all(), "the reward was given a non-finite latent"
+        return reward(latent)
+
+    return checked
+
+
+def test_non_finite_iterates_are_never_chosen_and_the_best_finite_one_is_returned():
+    generate, reward, noise = _cos_problem(seed=3)
+    clean = optimize_noise(generate, reward, noise, iterations=10)
+    with pytest.warns(RuntimeWarning, match=r"NaN/Inf latents, rewards or gradients .*\{1: 3\} of 10"):
+        result = optimize_noise(_flaky(generate, {3: [1], 4: [1], 9: [1]}), _finite_only(reward), noise, iterations=10)
+    assert result.nonfinite.tolist() == [0, 3]
+    assert torch.isnan(result.history[[3, 4, 9], 1]).all() and torch.isfinite(result.history[:, 0]).all()
+    assert result.best_iteration[1] not in (3, 4, 9) and torch.isfinite(result.best_noise).all()
+    assert torch.allclose(result.best_latent[1], generate(result.best_noise)[1], atol=1e-5)
+    # sample 0 never saw a NaN: its trajectory is the clean run's
+    torch.testing.assert_close(result.history[:, 0], clean.history[:, 0])
+    assert result.best_iteration[0] == clean.best_iteration[0]
+
+
+def test_a_non_finite_reward_or_gradient_takes_no_step():
+    generate, reward, noise = _cos_problem(seed=4, batch=1)
+
+    def nan_reward(latent):  # the reward itself breaks at evaluation 1
+        loss = reward(latent)
+        nan_reward.calls += 1
+        return loss * float("nan") if nan_reward.calls == 2 else loss
+    nan_reward.calls = 0
+
+    def nan_gradient(e):  # forward unchanged, backward NaN (d sqrt(u) at u = 0)
+        return generate(e) + 0 * (e - e.detach()).abs().sqrt()
+
+    with pytest.warns(RuntimeWarning, match=r"\{0: 1\} of 3"):
+        result = optimize_noise(generate, nan_reward, noise, iterations=3, momentum=0.0)
+    assert result.history[1].isnan().all() and result.best_iteration.item() != 1
+    with pytest.warns(RuntimeWarning, match=r"\{0: 2\} of 3"):
+        frozen = optimize_noise(nan_gradient, reward, noise, iterations=3)
+    torch.testing.assert_close(frozen.history[2], frozen.history[0])  # no step was taken
+    assert torch.equal(frozen.best_noise, noise)
+
+
+def test_a_non_finite_first_iterate_is_an_error():
+    from latent_clip.reno import NonFiniteError
+
+    generate, reward, noise = _cos_problem(seed=5, batch=3)
+    with pytest.raises(NonFiniteError, match=r"first iterate.*batch items \[0, 2\].*nothing to optimise from"):
+        optimize_noise(_flaky(generate, {0: [0, 2]}), _finite_only(reward), noise, iterations=5)

@@ -51,17 +51,19 @@ def tiny_model_patcher(comfy, sampling: str = "eps", seed: int = 0):
     return patcher
 
 
-def tiny_latent_clip_patcher(inprocess):
-    from comfy_harness import TINY_CONFIG  # noqa: F401 - same tiny config as the harness weights
+def tiny_latent_clip_patcher(inprocess, family: str = "sd15", channels: int = 4):
+    """The harness's tiny Latent-CLIP config for latent ``family`` (default: the tiny SD1.5 UNet's,
+    a valid pairing), weights as inference tensors as when the loader node runs."""
     import comfy.model_patcher
-    from comfy_harness import tiny_model
+    from comfy_harness import TINY_CONFIG
 
+    import latent_clip
     convert = __import__(f"{inprocess.pack.__name__}.nodes._convert", fromlist=["_convert"])
-    with torch.inference_mode():  # weights become inference tensors, as when the loader node runs
-        clip = tiny_model()
-        clip = clip.to(torch.float32)
-        for p in clip.parameters():
-            p.data = p.data.clone()
+    cfg = {**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "latent_family": family,
+                                         "latent_n_channels": channels}}
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        clip = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(cfg)).eval()
     return comfy.model_patcher.ModelPatcher(convert.ModelHolder(clip), load_device=torch.device("cpu"),
                                             offload_device=torch.device("cpu"))
 
@@ -84,6 +86,13 @@ def guided_sample(model, sampler, positive, noise, latent, negative=None, cfg: f
 def conds(batch=1, seed=1):
     g = torch.Generator().manual_seed(seed)
     return [[torch.randn(batch, 77, 768, generator=g), {}]], [[torch.randn(batch, 77, 768, generator=g), {}]]
+
+
+def pack_errors(inprocess):
+    """The contract's exceptions as the pack raises them (its latent_clip is imported inside the pack)."""
+    import importlib
+    lc = importlib.import_module(f"{inprocess.pack.__name__}.latent_clip")
+    return lc.LatentContractError, lc.LatentFamilyMismatch
 
 
 @pytest.fixture
@@ -121,16 +130,69 @@ def test_reward_reads_raw_latents_not_model_space(comfy_inprocess, reno):
     """The reward must see process_out(x0) (raw), not x0 * scale: check against the library."""
     from latent_clip.rewards import latent_alignment
 
+    import comfy.latent_formats
+
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
     term = reno.RewardTerm("prompt", 1.0, lclip, "a cat")
     with torch.inference_mode(False):
-        fn = reno.build_reward((term,), channels=4)
+        fn = reno.build_reward((term,), comfy.latent_formats.SD15())
         z = torch.randn(1, 4, 16, 16)
         expected = latent_alignment(lclip.model.clip, "a cat")(z)
     assert torch.allclose(fn(z), expected)
-    with pytest.raises(ValueError, match="16"):
-        with torch.inference_mode(False):
-            reno.build_reward((term,), channels=16)
+
+
+def test_only_valid_pairings_run_and_an_allowed_mismatch_is_shown_on_the_node(comfy_inprocess, reno, guidance):
+    """An SDXL Latent-CLIP with an SD1.5 model: an error naming both families in the ReNO sampler,
+    the all-in-one node and the safety guider; allow_family_mismatch runs it with the warning kept
+    above the progress line of the node text. Another channel count is an error even then."""
+    import comfy.samplers
+
+    LatentContractError, LatentFamilyMismatch = pack_errors(comfy_inprocess)
+    model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
+    sdxl = tiny_latent_clip_patcher(comfy_inprocess, "sdxl")
+    positive, negative = conds()
+    both = r"SDXL / SDXL-Turbo VAE.*\('sdxl'\).*SD 1.x / 2.x / SD-Turbo VAE latents \('sd15'\).*allow_family_mismatch"
+    reward = reno.LatentCLIPRewardPrompt.execute(sdxl, "a red apple", 0.01).result[0]
+    for allow in (False, True):
+        sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=2, lr=5.0, grad_clip=0.1, reg_weight=0.01,
+                                                     momentum=0.9, allow_family_mismatch=allow).result[0]
+        with pytest.raises(LatentFamilyMismatch, match=both) if not allow else contextlib.nullcontext():
+            guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16))
+    lines = sampler.text.shown.splitlines()
+    assert lines[0].startswith("⚠ Latent-CLIP: this Latent-CLIP reads SDXL") and "is set" in lines[0]
+    assert lines[-1].startswith("ReNO 2/2: reward loss")
+    with torch.inference_mode():
+        latent = {"samples": torch.zeros(1, 4, 16, 16)}
+        with pytest.raises(LatentFamilyMismatch, match=both):
+            reno.LatentCLIPReno.execute(model, positive, sdxl, "a red apple", latent, seed=0, iterations=2, lr=5.0,
+                                        steps=1, cfg=1.0)
+        reno.LatentCLIPReno.execute(model, positive, sdxl, "a red apple", latent, seed=0, iterations=2, lr=5.0,
+                                    steps=1, cfg=1.0, allow_family_mismatch=True)
+        with pytest.raises(LatentFamilyMismatch, match=both):
+            guidance.LatentCLIPAvoidGuider.execute(model, positive, negative, 2.0, sdxl, "gore", 0.5, 0.0, 1.0)
+        guidance.LatentCLIPAvoidGuider.execute(model, positive, negative, 2.0, sdxl, "gore", 0.5, 0.0, 1.0,
+                                               allow_family_mismatch=True)
+    flux = tiny_latent_clip_patcher(comfy_inprocess, "flux", 16)
+    reward = reno.LatentCLIPRewardPrompt.execute(flux, "a red apple", 0.01).result[0]
+    sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=2, allow_family_mismatch=True)
+    with pytest.raises(LatentContractError, match="reads 16-channel FLUX.1 VAE latents.*makes 4-channel"):
+        guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16))
+
+
+def test_a_latent_of_another_channel_count_gets_the_packs_message(comfy_inprocess, reno):
+    """A 16-channel latent (SD3/FLUX) into the ReNO sampler on a 4-channel model: the pack's
+    message, not the first conv's "expected 4 channels"."""
+    import comfy.samplers
+
+    LatentContractError, _ = pack_errors(comfy_inprocess)
+    model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
+    reward = reno.LatentCLIPRewardPrompt.execute(tiny_latent_clip_patcher(comfy_inprocess), "a cat", 0.01).result[0]
+    sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=2)
+    positive, _ = conds()
+    message = (r"ReNO: this diffusion model makes SD 1.x / 2.x / SD-Turbo VAE latents \('sd15'\); start from an "
+               r"empty latent of this model, got 16 channels — a SD3 / SD3.5 VAE or FLUX.1 VAE latent\?")
+    with pytest.raises(LatentContractError, match=message):
+        guided_sample(model, sampler, positive, torch.randn(1, 16, 16, 16), torch.randn(1, 16, 16, 16))
 
 
 def test_reno_all_in_one_and_chained_rewards(comfy_inprocess, reno):
@@ -264,20 +326,6 @@ def tiny_flux_patcher(comfy, seed: int = 0):
                                             offload_device=mm.unet_offload_device())
 
 
-def tiny_flux_latent_clip_patcher(inprocess):
-    import comfy.model_patcher
-    from comfy_harness import TINY_CONFIG
-
-    import latent_clip
-    convert = __import__(f"{inprocess.pack.__name__}.nodes._convert", fromlist=["_convert"])
-    cfg = {**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "latent_family": "flux",
-                                         "latent_n_channels": 16}}
-    torch.manual_seed(0)
-    clip = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(cfg)).eval()
-    return comfy.model_patcher.ModelPatcher(convert.ModelHolder(clip), load_device=torch.device("cpu"),
-                                            offload_device=torch.device("cpu"))
-
-
 def test_reno_sampler_on_a_flux_schnell_model(comfy_inprocess, reno):
     """FLUX.1-schnell in ComfyUI: 16-channel latents, flow sampling, the FLUX latent format
     (scale 0.3611, shift 0.1159) between model space and the raw latents Latent-CLIP reads; the
@@ -286,7 +334,7 @@ def test_reno_sampler_on_a_flux_schnell_model(comfy_inprocess, reno):
     from latent_clip.rewards import latent_alignment
 
     model = tiny_flux_patcher(comfy_inprocess.comfy)
-    lclip = tiny_flux_latent_clip_patcher(comfy_inprocess)
+    lclip = tiny_latent_clip_patcher(comfy_inprocess, "flux", 16)
     reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=5, lr=5.0, grad_clip=0.1, reg_weight=0.01,
                                                  momentum=0.9).result[0]
@@ -334,3 +382,125 @@ def test_comfy_flux_needs_private_saved_tensors_and_the_unet_is_unchanged_by_the
     unet_ctx = (torch.randn(1, 77, 768, generator=g), {})
     torch.testing.assert_close(grad_of_model(unet, (1, 4, 16, 16), unet_ctx, private_saved_tensors),
                                grad_of_model(unet, (1, 4, 16, 16), unet_ctx, contextlib.nullcontext))
+
+
+def schema_defaults(node) -> dict:
+    """{input id: default} of a V3 node, as the canvas fills a fresh node."""
+    return {i.id: i.default for i in node.define_schema().inputs if getattr(i, "default", None) is not None}
+
+
+def test_default_objective_gradient_and_first_step_are_renos(comfy_inprocess, reno):
+    """The nodes' defaults against one ReNO step written out as ExplainableML/ReNO does it
+    (training/trainer.py, training/optim.py, rewards/clip.py, arguments.py): loss
+    0.01 * (100 - exp(logit_scale) * cos) + 0.01 * (0.5 |e|^2 - (d - 1) log |e|), backward,
+    clip_grad_norm_(0.1), SGD(lr 5, momentum 0.9, nesterov). The generator is the model's one-step
+    x0 (what ReNO's pipeline computes before decoding), read as raw latents."""
+    import math
+
+    import comfy.sample
+    import torch.nn.functional as F
+
+    sampler_defaults = schema_defaults(reno.LatentCLIPRenoSampler)
+    reward_defaults = schema_defaults(reno.LatentCLIPRewardPrompt)
+    renos = {"iterations": 50, "lr": 5.0, "grad_clip": 0.1, "reg_weight": 0.01, "momentum": 0.9}
+    assert {k: sampler_defaults[k] for k in renos} == renos and reward_defaults["weight"] == 0.01
+    all_in_one = schema_defaults(reno.LatentCLIPReno)
+    assert (all_in_one["iterations"], all_in_one["lr"]) == (50, 5.0)
+
+    model = tiny_model_patcher(comfy_inprocess.comfy, "eps", seed=2)
+    lclip = tiny_latent_clip_patcher(comfy_inprocess)
+    positive, _ = conds(seed=3)
+    prompt, seed = "a red apple", 7
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+    noise = comfy.sample.prepare_noise(latent["samples"], seed)  # what the all-in-one node draws
+
+    # one ReNO step, by hand
+    base, clip = model.model, lclip.model.clip
+    ms = base.model_sampling
+    with torch.inference_mode(False):
+        reno.autograd_safe_(base)
+        reno.autograd_safe_(clip)
+        sigma, cond = ms.sigma_max.clone().reshape(1), positive[0][0].clone()
+        text = F.normalize(clip.encode_text([prompt]), dim=-1).detach()
+
+        def one_step(e):
+            x = ms.noise_scaling(sigma, e, torch.zeros_like(e), max_denoise=True)
+            return base.process_latent_out(base.apply_model(x, sigma, c_crossattn=cond))
+
+        def clip_loss(e):  # rewards/clip.py CLIPLoss.compute_loss, features normalised by BaseRewardLoss
+            features = F.normalize(clip.encode_latents(one_step(e), normalize=False), dim=-1)
+            return 100 - (features @ text.T).mean() * clip.logit_scale.exp()
+
+        latents = torch.nn.Parameter(noise.clone(), requires_grad=True)
+        optimizer = torch.optim.SGD([latents], lr=5.0, nesterov=True, momentum=0.9)
+        latent_dim = math.prod(latents.shape[1:])
+        optimizer.zero_grad()
+        total_loss = clip_loss(latents) * 0.01
+        first_loss = total_loss.item()
+        latent_norm = torch.linalg.vector_norm(latents).to(torch.float32)
+        total_loss = total_loss + 0.01 * (0.5 * latent_norm ** 2 - (latent_dim - 1) * torch.log(latent_norm))
+        total_loss.backward()
+        torch.nn.utils.clip_grad_norm_(latents, 0.1)
+        clipped = latents.grad.detach().clone()
+        optimizer.step()
+        stepped = latents.detach().clone()
+        second_loss = (clip_loss(stepped) * 0.01).item()
+        expected_out = one_step(stepped).detach()
+    assert second_loss < first_loss, "test setup: the first step must improve, so the best iterate is the stepped one"
+
+    # the ReNO sampler built from its nodes' defaults
+    reward = reno.LatentCLIPRewardPrompt.execute(lclip, prompt, reward_defaults["weight"]).result[0]
+    options = {k: sampler_defaults[k] for k in ("lr", "grad_clip", "reg_weight", "momentum")}
+    sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=2, **options).result[0]
+    out = guided_sample(model, sampler, positive, noise, latent["samples"])
+    result = sampler.last_result
+    assert result.best_iteration.item() == 1
+    torch.testing.assert_close(result.history[:, 0], torch.tensor([first_loss, second_loss]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close((noise - result.best_noise) / (5.0 * (1 + 0.9)), clipped, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(result.best_noise, stepped, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, expected_out, rtol=1e-4, atol=1e-4)
+    # the all-in-one node with its defaults (2 evaluations to see the first step)
+    with torch.inference_mode():
+        node_out = reno.LatentCLIPReno.execute(model, positive, lclip, prompt, latent, seed=seed, iterations=2,
+                                               lr=all_in_one["lr"], steps=all_in_one["steps"],
+                                               cfg=all_in_one["cfg"]).result[0]
+    torch.testing.assert_close(node_out["samples"], expected_out, rtol=1e-4, atol=1e-4)
+
+
+def test_a_nan_iterate_is_skipped_with_a_warning_on_the_node_and_a_nan_start_is_an_error(comfy_inprocess, reno):
+    """The UNet (through ComfyUI's own unet wrapper hook) returns NaN for one sample at one
+    evaluation: the run ends with the best finite iterate, the output is finite, and the warning is
+    on the node text above the progress line; NaN at the first evaluation is a clear error."""
+    import comfy.samplers
+
+    def nan_at(calls: set[int]):
+        seen = []
+
+        def wrapper(apply_model, args):
+            out = apply_model(args["input"], args["timestep"], **args["c"])
+            seen.append(None)
+            if len(seen) - 1 in calls:
+                out = out.clone()
+                out[1] = float("nan")
+            return out
+        return wrapper
+
+    lclip = tiny_latent_clip_patcher(comfy_inprocess)
+    positive, _ = conds(batch=2)
+    reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
+    noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    model = tiny_model_patcher(comfy_inprocess.comfy, "eps").clone()
+    model.set_model_unet_function_wrapper(nan_at({2}))  # evaluation 2 of 4 (the final 1-step sample is call 4)
+    sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=4)
+    out = guided_sample(model, sampler, positive, noise, torch.zeros(2, 4, 16, 16))
+    result = sampler.last_result
+    assert torch.isfinite(out).all() and result.nonfinite.tolist() == [0, 1]
+    assert torch.isnan(result.history[2, 1]) and result.best_iteration[1] != 2
+    lines = sampler.text.shown.splitlines()
+    assert lines[0].startswith("⚠ ReNO: NaN/Inf latents, rewards or gradients") and "{1: 1} of 4" in lines[0]
+    assert lines[-1].startswith("ReNO 4/4:")
+    model = tiny_model_patcher(comfy_inprocess.comfy, "eps").clone()
+    model.set_model_unet_function_wrapper(nan_at({0}))
+    with pytest.raises(ValueError, match=r"first iterate's latent or reward loss is NaN/Inf for batch items \[1\]"):
+        guided_sample(model, reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=4), positive,
+                      noise, torch.zeros(2, 4, 16, 16))

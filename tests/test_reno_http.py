@@ -1,5 +1,7 @@
 """ReNO and safety-guidance workflows end to end over HTTP, through CheckpointLoaderSimple on a
-full-size random SD1.5 checkpoint (original single-file layout, built by the test) at 64 px, with the tiny Latent-CLIP weights.
+full-size random SD1.5 checkpoint (original single-file layout, built by the test) at 64 px, with tiny
+Latent-CLIP weights of the SD1.5 latent family (a valid pairing; the SDXL-family tiny weights make
+a mismatched one).
 
 Slow: the 2 GB checkpoint is built once (~30 s, cached in build/test_models/) and every UNet
 step runs the real 860 M-parameter UNet on the CPU.
@@ -15,11 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_harness import COMFY_DIR, ROOT, load_api_workflow, read_latent_file, require_comfyui, run_graph
+from comfy_harness import COMFY_DIR, ROOT, TINY_CONFIG, TINY_EXPORT, execution_error, load_api_workflow, \
+    read_latent_file, require_comfyui, run_graph, run_graph_with_texts
 
 pytestmark = pytest.mark.comfyui
 
 CKPT_NAME = "latent_clip_test_sd15.safetensors"  # what workflows/api/{reno,guidance}_*.json load
+SD15_WEIGHTS = "latent_clip_tiny_sd15.safetensors"  # what they load as Latent-CLIP
+RELOAD_NAME = "latent_clip_test_sd15_other.safetensors"  # the same file: a graph using it loads the model anew
 CKPT_CACHE = ROOT / "build" / "test_models" / CKPT_NAME
 SD15_UNET = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
              "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
@@ -80,11 +85,19 @@ def sd15_checkpoint() -> Path:
 
 @pytest.fixture(scope="module")
 def sd15_server(comfy_server):
+    import latent_clip
+
     sd15_checkpoint()
     folder = comfy_server.models_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / CKPT_NAME).exists():
-        (folder / CKPT_NAME).symlink_to(CKPT_CACHE)
+    for name in (CKPT_NAME, RELOAD_NAME):
+        if not (folder / name).exists():
+            (folder / name).symlink_to(CKPT_CACHE)
+    weights = comfy_server.models_dir / "latent_clip" / SD15_WEIGHTS
+    if not weights.exists():
+        config = {**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "latent_family": "sd15"}}
+        torch.manual_seed(0)
+        latent_clip.save_export(latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(config)).eval(), weights)
     return comfy_server
 
 
@@ -114,7 +127,7 @@ def test_reno_workflows_use_our_nodes(comfy_server):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["reno_sdxl_turbo.json", "reno_sd_turbo_prompt.json", "guidance_sdxl_turbo.json"])
+@pytest.mark.parametrize("name", ["reno_sdxl_turbo.json", "reno_sdxl_turbo_prompt.json", "guidance_sdxl_turbo.json"])
 def test_workflow_runs_through_the_real_loader(sd15_server, name):
     graph = load_api_workflow(name)
     outputs = run_graph(sd15_server, graph)
@@ -123,3 +136,98 @@ def test_workflow_runs_through_the_real_loader(sd15_server, name):
     assert z.shape == (1, 4, 8, 8) and torch.isfinite(z).all()
     if name.startswith("reno"):
         assert "ReNO: 2 iterations" in sd15_server.log_tail(200_000)
+
+
+CHECKPOINT_FAMILY = {"sd_xl_turbo_1.0_fp16.safetensors": "sdxl"}  # stabilityai/sdxl-turbo ships the SDXL VAE
+
+
+def test_no_shipped_graph_pairs_a_latent_clip_with_another_familys_latents():
+    """Every UI example that loads a checkpoint and Latent-CLIP weights pairs one latent family
+    (official weights: latent_clip.pretrained; checkpoints: the table above, which a new example
+    must extend). The API twins are checked where it counts: the server refuses a mismatch."""
+    from latent_clip.pretrained import get_pretrained
+
+    checked = 0
+    for path in sorted((ROOT / "example_workflows").glob("*.json")):
+        nodes = json.loads(path.read_text())["nodes"]
+        ckpts = [n["widgets_values"][0] for n in nodes if n["type"] == "CheckpointLoaderSimple"]
+        weights = [n["widgets_values"][0] for n in nodes if n["type"] == "LatentCLIPLoader"]
+        families = {CHECKPOINT_FAMILY[c] for c in ckpts} | {get_pretrained(Path(w).stem).latent_family for w in weights}
+        assert len(families) == 1, f"{path.name}: {ckpts} with {weights} pair latent families {families}"
+        checked += bool(ckpts and weights)
+    assert checked == 7
+
+
+def _mismatched(name: str, allow: bool) -> dict:
+    graph = load_api_workflow(name)
+    graph["6"]["inputs"]["model_name"] = TINY_EXPORT  # SDXL-family weights against the SD1.5 checkpoint
+    for node in graph.values():
+        if "allow_family_mismatch" in node["inputs"]:
+            node["inputs"]["allow_family_mismatch"] = allow
+    return graph
+
+
+@pytest.mark.slow
+def test_a_family_mismatch_is_a_node_error_and_an_allowed_one_a_warning_on_the_node(sd15_server):
+    """Through the real server: an SDXL Latent-CLIP with the SD1.5 checkpoint fails the ReNO node
+    with both families named; with allow_family_mismatch it runs, and the warning reaches the
+    frontend as the node's progress text, kept above the ReNO progress line to the end (on
+    "ReNO with this prompt", and on SamplerCustomAdvanced for the ReNO sampler)."""
+    entry, _ = run_graph_with_texts(sd15_server, _mismatched("reno_sdxl_turbo_prompt.json", allow=False))
+    error = execution_error(entry)
+    assert entry["status"]["status_str"] == "error" and error["node_id"] == "10"
+    assert error["exception_type"].endswith("LatentFamilyMismatch")
+    assert "('sdxl')" in error["exception_message"] and "('sd15')" in error["exception_message"]
+    assert "allow_family_mismatch" in error["exception_message"]
+    for name, node in (("reno_sdxl_turbo_prompt.json", "10"), ("reno_sdxl_turbo.json", "16")):
+        entry, texts = run_graph_with_texts(sd15_server, _mismatched(name, allow=True))
+        assert entry["status"]["status_str"] == "success", execution_error(entry)
+        shown = [text for node_id, text in texts if node_id == node]
+        assert shown, texts
+        assert shown[0].startswith("⚠ Latent-CLIP: this Latent-CLIP reads SDXL") and "('sd15')" in shown[0]
+        assert shown[-1].splitlines()[0] == shown[0].splitlines()[0]
+        assert shown[-1].splitlines()[-1].startswith("ReNO 2/2: reward loss")
+
+
+def _rss_gb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 2 ** 20
+
+
+def plain_one_step(graph: dict) -> dict:
+    """The ReNO twin's checkpoint, prompt and empty latent, sampled by a plain 1-step KSampler from
+    the checkpoint under another name (so ComfyUI loads the model anew)."""
+    out = {k: graph[k] for k in ("1", "2", "4")}
+    out["1"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": RELOAD_NAME}}
+    out["5"] = {"class_type": "KSampler", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["4", 0], "seed": 0,
+        "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}}
+    out["22"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": "latents/plain"}}
+    return out
+
+
+# A run that left its model behind keeps a whole fp32 UNet: 3.3 GB on this checkpoint (what ComfyUI 0.3.75
+# loads on the CPU; before the fix every ReNO run did, 4.8 -> 8.1 -> 11.2 GB). With nothing left behind, the
+# server's live tensors after every run are one model's (3.76 GB), and glibc's heap keeps some freed memory:
+# measured 4.80, 4.82, 5.41, 5.41, 5.42 GB, one step of 0.6 GB, then flat. 1.5 GB, under half a UNet, fails
+# a leaked model at the second run and any steady leak above 170 MB per run within the ten.
+RSS_BOUND_GB = 1.5
+
+
+@pytest.mark.slow
+def test_server_memory_stays_bounded_over_repeated_reno_runs(sd15_server):
+    """ReNO ten times, each after a plain 1-step graph that loads the checkpoint anew (so each ReNO
+    run reloads it too): the server's RSS after every ReNO run stays within RSS_BOUND_GB of its RSS
+    after the first."""
+    reno = load_api_workflow("reno_sdxl_turbo_prompt.json")
+    plain = plain_one_step(reno)
+    loads_before = sd15_server.log_tail(10_000_000).count("model_type EPS")
+    after = []
+    for _ in range(10):
+        run_graph(sd15_server, plain)  # drops the ReNO graph's model from ComfyUI's cache, loads its own
+        run_graph(sd15_server, reno)
+        after.append(_rss_gb(sd15_server.pid))
+        assert after[-1] - after[0] <= RSS_BOUND_GB, f"RSS after each ReNO run (GB): {after}"
+    loads = sd15_server.log_tail(10_000_000).count("model_type EPS") - loads_before
+    assert loads == 20, f"expected the checkpoint loaded anew for every graph, saw {loads} loads"
+    print("server RSS after each ReNO run (GB):", ", ".join(f"{v:.2f}" for v in after))

@@ -1,9 +1,11 @@
 """Writes the ReNO and safety-guidance example workflows (same scheme as workflows/build.py).
 
-* ``workflows/<name>.json``: UI format (v0.4), the real SDXL-Turbo / SD-Turbo graphs.
+* ``example_workflows/<name>.json``: UI format (v0.4), the real SDXL-Turbo graphs with the official
+  Latent-CLIP B/8 (SDXL-VAE latents): only pairings of one latent family ship.
 * ``workflows/api/<name>.json``: API-format twins that tests/test_reno_http.py POSTs: the same
-  graph on the test's random full-size SD1.5 checkpoint at 64 px, the tiny Latent-CLIP weights,
-  2 ReNO iterations, and SaveLatent instead of decoding.
+  graph on the test's random full-size SD1.5 checkpoint at 64 px with tiny Latent-CLIP weights of
+  the SD1.5 latent family (so the twin's pairing is valid too), 2 ReNO iterations, and SaveLatent
+  instead of decoding.
 
 Widget order comes from a running server's /object_info (this script boots one with the test
 harness when no URL is given):
@@ -19,12 +21,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "workflows"), str(ROOT / "tests"), str(ROOT)]
-from build import LC_WEIGHTS, TEST_WEIGHTS, L, to_api, to_ui  # noqa: E402
+from build import LC_WEIGHTS, L, to_api, to_ui  # noqa: E402
 
 UI_DIR, API_DIR = ROOT / "example_workflows", ROOT / "workflows" / "api"
-SDXL_TURBO, SD_TURBO = "sd_xl_turbo_1.0_fp16.safetensors", "sd_turbo.safetensors"
+SDXL_TURBO = "sd_xl_turbo_1.0_fp16.safetensors"
 TEST_CKPT = "latent_clip_test_sd15.safetensors"
+TEST_WEIGHTS_SD15 = "latent_clip_tiny_sd15.safetensors"  # the harness's tiny config, latent family sd15
 PROMPT = "a red cube on top of a blue sphere, studio photo"
+SIZES = {"LatentCLIPLoader": (360, 130), "LatentCLIPRewardPrompt": (380, 260), "LatentCLIPRenoSampler": (380, 300),
+         "LatentCLIPReno": (400, 420), "LatentCLIPAvoidGuider": (400, 400)}  # room for every widget
 
 
 def txt2img(ckpt: str, size: int, negative: bool = False) -> dict:
@@ -52,31 +57,32 @@ def finish(src: list, prefix: str) -> dict:
 
 SPECS = {
     "reno_sdxl_turbo": {**txt2img(SDXL_TURBO, 512),
-        10: ("LatentCLIPRewardPrompt", (860, 520), {"latent_clip": L(6), "prompt": PROMPT, "weight": 1.0}),
+        10: ("LatentCLIPRewardPrompt", (860, 520), {"latent_clip": L(6), "prompt": PROMPT, "weight": 0.01}),
         11: ("KSamplerSelect", (860, 900), {"sampler_name": "euler"}),
         12: ("LatentCLIPRenoSampler", (1260, 520), {"reward": L(10), "sampler": L(11), "iterations": 50, "lr": 5.0,
-                                                    "grad_clip": 0.1, "reg_weight": 0.01, "momentum": 0.9}),
+                                                    "grad_clip": 0.1, "reg_weight": 0.01, "momentum": 0.9,
+                                                    "allow_family_mismatch": False}),
         13: ("BasicGuider", (1260, 120), {"model": L(1), "conditioning": L(2)}),
         **custom_advanced(L(13), L(12), 1), **finish(L(16), "latent_clip/reno")},
-    "reno_sd_turbo_prompt": {**txt2img(SD_TURBO, 512),
+    "reno_sdxl_turbo_prompt": {**txt2img(SDXL_TURBO, 512),
         10: ("LatentCLIPReno", (1260, 120), {"model": L(1), "positive": L(2), "latent_clip": L(6), "prompt": PROMPT,
                                              "latent": L(4), "seed": 0, "iterations": 50, "lr": 5.0, "steps": 1,
-                                             "cfg": 1.0}),
+                                             "cfg": 1.0, "allow_family_mismatch": False}),
         **finish(L(10), "latent_clip/reno_prompt")},
     "guidance_sdxl_turbo": {**txt2img(SDXL_TURBO, 512, negative=True),
         10: ("LatentCLIPAvoidGuider", (1260, 120), {"model": L(1), "positive": L(2), "negative": L(3), "cfg": 1.0,
                                                     "latent_clip": L(6), "concepts": "nudity\nviolence | a photo of "
                                                     "a peaceful scene", "strength": 0.05, "start_percent": 0.0,
-                                                    "end_percent": 0.8}),
+                                                    "end_percent": 0.8, "allow_family_mismatch": False}),
         11: ("KSamplerSelect", (860, 900), {"sampler_name": "euler_ancestral"}),
         **custom_advanced(L(10), L(11), 4), **finish(L(16), "latent_clip/guided")},
 }
 
 
 def test_twin(name: str, spec: dict) -> dict:
-    """Same graph on the test checkpoint at 64 px, tiny weights, 2 iterations / steps, SaveLatent."""
+    """Same graph on the test checkpoint at 64 px, tiny sd15 weights, 2 iterations / steps, SaveLatent."""
     out = {nid: (cls, pos, dict(values)) for nid, (cls, pos, values) in spec.items() if nid < 20}
-    out[1][2]["ckpt_name"], out[6][2]["model_name"] = TEST_CKPT, TEST_WEIGHTS
+    out[1][2]["ckpt_name"], out[6][2]["model_name"] = TEST_CKPT, TEST_WEIGHTS_SD15
     out[4][2].update(width=64, height=64)
     for nid, (cls, _, values) in out.items():
         if "iterations" in values:
@@ -108,7 +114,10 @@ def main(url: str | None = None) -> None:
     info = object_info(url)
     API_DIR.mkdir(parents=True, exist_ok=True)
     for name, spec in SPECS.items():
-        (UI_DIR / f"{name}.json").write_text(json.dumps(to_ui(spec, info), indent=1) + "\n")
+        ui = to_ui(spec, info)
+        for node in ui["nodes"]:
+            node["size"] = list(SIZES.get(node["type"], node["size"]))
+        (UI_DIR / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
         (API_DIR / f"{name}.json").write_text(json.dumps(to_api(test_twin(name, spec)), indent=1) + "\n")
         print("wrote", name)
 

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from tqdm import tqdm
 
-from latent_clip import load_model
+from latent_clip import LatentContractError, check_family, load_model
 from latent_clip.reno import optimize_noise
 from latent_clip.rewards import latent_alignment, latent_avoid, on_decoded, weighted_sum
 
@@ -92,6 +92,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("rewards (Latent-CLIP on raw latents; pixel rewards share one VAE decode)")
     r.add_argument("--latent-clip", help="Latent-CLIP weights (export / official checkpoint)")
     r.add_argument("--latent-clip-config", help="config name/JSON when the weights do not say")
+    r.add_argument("--allow-family-mismatch", action="store_true",
+                   help="run a Latent-CLIP on another VAE's latents than the pipeline makes (an experiment; "
+                        "by default an error naming both latent families)")
     r.add_argument("--latent-weight", type=float, default=0.01, help="weight of Latent-CLIP CLIPScore loss")
     r.add_argument("--avoid", help="concepts to avoid, one per line or ';'-separated ('name | counter')")
     r.add_argument("--avoid-weight", type=float, default=1.0)
@@ -184,15 +187,15 @@ def setup(args) -> Setup:
     if args.latent_clip:
         latent = load_model(args.latent_clip, config=args.latent_clip_config, device=device, vae_encoder=False)
         latent.eval().requires_grad_(False)
-        channels = latent.config.vision.family.channels
-        if channels != gen.vae.config.latent_channels:
-            raise ValueError(f"{args.latent_clip} reads {channels}-channel latents; the pipeline's VAE makes "
-                             f"{gen.vae.config.latent_channels}")
-        family = latent.config.vision.family
-        if abs(family.scaling_factor - gen.vae.config.scaling_factor) > 1e-6:
-            warnings.warn(f"{args.latent_clip} was trained on {family.description} latents (scaling "
-                          f"{family.scaling_factor}); the pipeline's VAE has scaling {gen.vae.config.scaling_factor}: "
-                          "a different latent space, rewards may be meaningless", stacklevel=2)
+        vae = gen.vae.config
+        try:
+            mismatch = check_family(latent.config.vision.family, vae.latent_channels, vae.scaling_factor,
+                                    getattr(vae, "shift_factor", None), allow_mismatch=args.allow_family_mismatch,
+                                    override="--allow-family-mismatch")
+        except LatentContractError as err:
+            raise type(err)(f"{args.latent_clip} with {args.pipeline}: {err}") from None
+        if mismatch:
+            warnings.warn(f"{args.latent_clip}: {mismatch}", stacklevel=2)
     pixel = pixel_rewards.load(args, device, gen.dtype)
     return Setup(rank, device, gen, latent, pixel)
 

@@ -60,13 +60,16 @@ def text_encoder(tok, projection: int | None = None, hidden: int = 32, seed: int
 
 
 def tiny_vae(seed: int = 0, **config):
-    """A tiny AutoencoderKL (f=8): 4 latent channels, scaling 0.5 unless ``config`` says otherwise."""
+    """A tiny AutoencoderKL (f=8): 4 latent channels and the SDXL family's scaling (so that it pairs
+    with the tiny Latent-CLIP, ``latent_clip.check_family``) unless ``config`` says otherwise."""
     from diffusers import AutoencoderKL
 
+    sdxl = latent_clip.get_latent_family(TINY_LATENT_CLIP["vision_cfg"]["latent_family"])
     torch.manual_seed(seed)
     return AutoencoderKL(**{"block_out_channels": (8, 8, 8, 8), "down_block_types": ("DownEncoderBlock2D",) * 4,
                             "up_block_types": ("UpDecoderBlock2D",) * 4, "layers_per_block": 1, "latent_channels": 4,
-                            "norm_num_groups": 4, "sample_size": 64, "scaling_factor": 0.5, **config})
+                            "norm_num_groups": 4, "sample_size": 64, "scaling_factor": sdxl.scaling_factor,
+                            **config})
 
 
 def tiny_scheduler():
@@ -77,7 +80,7 @@ def tiny_scheduler():
 
 
 def build_sd(folder: Path, seed: int = 0) -> Path:
-    """SD-Turbo-shaped: UNet (cross-attn 32), tiny VAE (f=8, scaling 0.5), CLIP text encoder."""
+    """SD-Turbo-shaped: UNet (cross-attn 32), tiny VAE (f=8, SDXL-family scaling), CLIP text encoder."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     tok = write_tokenizer(folder / "_tok")

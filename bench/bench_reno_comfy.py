@@ -1,0 +1,197 @@
+"""What does ReNO cost a ComfyUI user in memory: the ReNO sampler against a plain 1-step sample.
+
+Question: with ComfyUI 0.3.75's own model classes and sampling stack (``CFGGuider.sample``, as
+``SamplerCustomAdvanced`` runs it, under ``torch.inference_mode`` like the executor), how much more
+memory does one ``LatentCLIPRenoSampler`` run take than a plain 1-step euler sample of the same
+model, and what does a run leave behind?
+
+* peak: the process's peak RSS during the sample over its RSS with the models loaded (the
+  diffusion model's weights are shared with autograd in place, so ReNO's extra is one
+  UNet forward+backward of activations plus the Latent-CLIP tower's);
+* left: RSS after the run (outputs and sampler dropped, ``gc.collect()``) over RSS before it, and the
+  bytes of live tensors that did not exist before the run (what a leak would show).
+
+The model is SDXL-Turbo's (``comfy.supported_models.SDXL``, 2.57 B params, EPS, the SDXL latent format)
+or SD-Turbo's (SD2.x, ``SD20`` with eps) UNet, random N(0, 1/fan_in) weights in fp32 on the CPU; the
+reward is a random Latent-ViT-B-8-512 of the model's latent family at ReNO's default weight. Each
+variant runs in its own child process, one after the other (peak RSS is per process), 1 thread.
+
+    .venv/bin/python -m bench.bench_reno_comfy --model sdxl-turbo --size 512 --iterations 2 [--comfyui build/ComfyUI]
+        [--comfy-args=--use-pytorch-cross-attention]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("plain", "reno")
+UNETS = {  # ComfyUI's detected UNet configs (comfy/model_detection.py), the supported_models class, latent family
+    "sdxl-turbo": ("SDXL", "sdxl", {
+        "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+        "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "model_channels": 320,
+        "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4],
+        "transformer_depth_middle": 10, "use_linear_in_transformer": True, "context_dim": 2048,
+        "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+        "use_temporal_attention": False, "use_temporal_resblock": False}),
+    "sd-turbo": ("SD20", "sd15", {
+        "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+        "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
+        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
+        "use_linear_in_transformer": True, "context_dim": 1024, "num_head_channels": 64,
+        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_attention": False,
+        "use_temporal_resblock": False}),
+}
+
+
+def rss_gb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 2 ** 20
+
+
+def peak_rss_gb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2 ** 20
+
+
+def live_tensor_bytes() -> dict[int, int]:
+    gc.collect()
+    out = {}
+    for o in gc.get_objects():
+        if isinstance(o, torch.Tensor) and o.device.type == "cpu" and not o.is_meta:
+            s = o.untyped_storage()
+            out[s.data_ptr()] = s.nbytes()
+    return out
+
+
+def comfy_with_pack(comfy_dir: Path, comfy_args: list[str]):
+    """ComfyUI's modules in this process (``--cpu`` and ``comfy_args``) and this repository imported as
+    the pack ComfyUI loads: its ``nodes.reno``, ``nodes._convert`` and ``latent_clip``."""
+    sys.path.insert(0, str(comfy_dir))
+    sys.modules.pop("nodes", None)  # ComfyUI's nodes.py, not this repository's nodes/
+    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu", *comfy_args]
+    try:
+        import comfy.options
+        comfy.options.enable_args_parsing()
+        import comfy.model_management  # noqa: F401 - parses the arguments
+    finally:
+        sys.argv = argv
+    spec = importlib.util.spec_from_file_location("comfyui_latent_clip", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = pack
+    spec.loader.exec_module(pack)
+    return tuple(importlib.import_module(f"comfyui_latent_clip.{name}") for name in ("nodes.reno", "nodes._convert",
+                                                                                       "latent_clip"))
+
+
+def child(variant: str, model_name: str, size: int, iterations: int, threads: int, comfy_dir: Path,
+          comfy_args: list[str]) -> dict:
+    torch.set_num_threads(threads)
+    reno, convert, latent_clip = comfy_with_pack(comfy_dir, comfy_args)
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.samplers
+    import comfy.supported_models
+
+    cls, family, unet_config = UNETS[model_name]
+    torch.manual_seed(0)
+    with torch.inference_mode():  # as CheckpointLoaderSimple and the loader node run
+        model = getattr(comfy.supported_models, cls)(dict(unet_config)).get_model({})
+        for name, p in model.diffusion_model.named_parameters():
+            p.copy_(torch.randn_like(p) / p[0].numel() ** 0.5 if p.ndim > 1 else
+                    (torch.ones_like(p) if "norm" in name else torch.zeros_like(p)))
+        config = latent_clip.get_model_config("Latent-ViT-B-8-512").to_dict()
+        config["vision_cfg"]["latent_family"] = family
+        clip = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(config)).eval()
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    lclip = comfy.model_patcher.ModelPatcher(convert.ModelHolder(clip), load_device=torch.device("cpu"),
+                                             offload_device=torch.device("cpu"))
+    mm.load_models_gpu([patcher, lclip], force_full_load=True)
+    g = torch.Generator().manual_seed(1)
+    context = torch.randn(1, 77, unet_config["context_dim"], generator=g)
+    extra = {"pooled_output": torch.randn(1, 1280, generator=g)} if cls == "SDXL" else {}
+    positive = [[context, extra]]
+    latent = torch.zeros(1, 4, size // 8, size // 8)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+    reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a photo of an astronaut riding a horse",
+                                                 latent_clip.rewards.CLIP_SCORE_WEIGHT).result[0]
+    inner = comfy.samplers.ksampler("euler")
+    sampler = inner if variant == "plain" else reno.RenoSampler(inner, reward, iterations=iterations)
+    before, before_tensors = rss_gb(), live_tensor_bytes()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM restarts from the current RSS
+    t0 = time.perf_counter()
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        guider = comfy.samplers.CFGGuider(patcher)
+        guider.inner_set_conds({"positive": positive})
+        guider.set_cfg(1.0)
+        sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "simple", 1)
+        out = guider.sample(noise, latent, sampler, sigmas, seed=0, disable_pbar=True)
+    seconds = time.perf_counter() - t0
+    peak = peak_rss_gb()
+    finite = bool(torch.isfinite(out).all())
+    del out, guider, sampler
+    new = {k: v for k, v in live_tensor_bytes().items() if k not in before_tensors}
+    return {"variant": variant, "model": model_name, "seconds": seconds, "finite": finite,
+            "rss_loaded_gb": before, "peak_rss_gb": peak, "peak_over_loaded_gb": peak - before,
+            "rss_left_gb": rss_gb() - before, "new_live_tensor_gb": sum(new.values()) / 2 ** 30}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=sorted(UNETS), default="sdxl-turbo")
+    ap.add_argument("--size", type=int, default=512, help="image size in px (latent = size / 8)")
+    ap.add_argument("--iterations", type=int, default=2, help="ReNO evaluations")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--comfyui", type=Path, default=Path(os.environ.get("LATENT_CLIP_COMFYUI_DIR") or
+                                                         ROOT / "build" / "ComfyUI"), help="ComfyUI 0.3.75 folder")
+    ap.add_argument("--comfy-args", default="", help="ComfyUI options besides --cpu, e.g. "
+                                                   "'--use-pytorch-cross-attention' (CPU default: sub-quadratic)")
+    ap.add_argument("--json", help="write the raw numbers here")
+    ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if not (args.comfyui / "main.py").is_file():
+        sys.exit(f"bench_reno_comfy: no ComfyUI at {args.comfyui} (bash scripts/install_comfyui.sh, or --comfyui)")
+    if args.child:
+        print(json.dumps(child(args.child, args.model, args.size, args.iterations, args.threads, args.comfyui,
+                               args.comfy_args.split())))
+        return {}
+    print(f"torch {torch.__version__}, ComfyUI at {args.comfyui} (--cpu {args.comfy_args}), {args.model} UNet, "
+          f"{args.size} px, batch 1, {args.iterations} ReNO evaluations, {args.threads} thread(s)", flush=True)
+    runs = {}
+    for variant in VARIANTS:
+        cmd = [sys.executable, "-m", "bench.bench_reno_comfy", "--child", variant, "--model", args.model,
+               "--size", str(args.size), "--iterations", str(args.iterations), "--threads", str(args.threads),
+               "--comfyui", str(args.comfyui), f"--comfy-args={args.comfy_args}"]
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+        runs[variant] = r = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"{variant:5s}: {r['seconds']:.1f} s; RSS with models loaded {r['rss_loaded_gb']:.2f} GB, peak "
+              f"{r['peak_rss_gb']:.2f} GB (+{r['peak_over_loaded_gb']:.2f}); left after the run "
+              f"{r['rss_left_gb']:+.2f} GB RSS, {r['new_live_tensor_gb']:.3f} GB new live tensors", flush=True)
+    plain, ours = runs["plain"], runs["reno"]
+    summary = {"peak over loaded, reno - plain (GB)": ours["peak_over_loaded_gb"] - plain["peak_over_loaded_gb"],
+               "peak RSS, reno / plain": ours["peak_rss_gb"] / plain["peak_rss_gb"],
+               "reno seconds / plain seconds": ours["seconds"] / plain["seconds"]}
+    print("\nmeasured in this one run:")
+    for k, v in summary.items():
+        print(f"  {k:40s} {v:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": {**vars(args), "comfyui": str(args.comfyui)}, "runs": runs, "summary": summary}, f,
+                      indent=2)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
