@@ -16,7 +16,7 @@ from PIL import Image
 from train.benchmarks.geneval import TASKS, read_evaluation
 from train.benchmarks.runner import DATA
 from fixtures import REPO
-from official_evaluators import ENV, function_from, official_file
+from official_evaluators import function_from, official_file
 from train.benchmarks.tiny_pipelines import build_all
 from train.benchmarks import main
 
@@ -171,10 +171,10 @@ def test_resume_after_kill_9_skips_finished_prompts(tiny, tmp_path):
     on_disk = whole_pngs_geneval_takes(out)
     assert on_disk["00000"] == ["0000.png", "0001.png"] and "00001" in on_disk
     assert not [p for p in out.rglob("*") if p.is_file() and ".staging" not in p.parts and p.suffix == ".tmp"]
-    if os.environ.get(ENV):  # and GenEval's own reading code takes exactly those images, with their prompts
-        prompts = [json.loads(line)["prompt"] for line in METADATA.read_text().splitlines()]
-        seen = geneval_reading_code(out, tmp_path / "killed.jsonl")
-        assert seen == sorted((f"{k}/samples/{n}", prompts[int(k)]) for k, names in on_disk.items() for n in names)
+    # GenEval's own reading code takes exactly those images, with their prompts
+    prompts = [json.loads(line)["prompt"] for line in METADATA.read_text().splitlines()]
+    seen = geneval_reading_code(out, tmp_path / "killed.jsonl")
+    assert seen == sorted((f"{k}/samples/{n}", prompts[int(k)]) for k, names in on_disk.items() for n in names)
     first = (out / "00000/samples/0000.png").stat().st_mtime_ns
     summary = main(args(tiny, out, "--limit", "6", "--iterations", "4"))
     recs = records(out)
