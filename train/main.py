@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from latent_clip import LatentCLIP, save_export
 from latent_clip.contract import non_finite_items
-from latent_clip.factory import atomic_write
+from latent_clip.factory import atomic_write, load_weights
 
 from . import checkpoint
 from .data import BatchPlan, MicroBatch, ProblemLog, ShardError, TrainBatches, expand_shards, shard_sizes
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     if cfg.init == "pixel-clip":
         checkpoint.adapt_pixel_clip(model, cfg.pretrained)
     elif cfg.init == "checkpoint":
-        checkpoint.load_weights(model, cfg.pretrained)
+        load_weights(model, cfg.pretrained)
     elif cfg.init != "scratch":
         raise ValueError(f"init must be scratch, pixel-clip or checkpoint, got {cfg.init!r}")
     checkpoint.freeze(model, cfg.freeze)

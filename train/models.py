@@ -13,7 +13,7 @@ from torch import nn
 
 from latent_clip import LatentCLIP
 from latent_clip.config import resolve_config
-from latent_clip.factory import read_state_dict
+from latent_clip.factory import load_weights
 
 from .data import ImageTransform
 
@@ -69,15 +69,7 @@ def load_pixel_model(spec: Any, checkpoint: str | Path | None, device="cpu") -> 
     safetensors; ``module.`` stripped) and its architecture (name / JSON / dict)."""
     model = build_model("pixel", spec)
     if checkpoint:
-        state, _ = read_state_dict(checkpoint)
-        own = model.state_dict()
-        wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-                 if k in own and v.shape != own[k].shape]
-        if wrong:
-            raise ValueError(f"{checkpoint} does not fit {spec}: shapes (checkpoint vs model) {wrong[:3]}")
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if [k for k in missing if k != "attn_mask"] or unexpected:
-            raise ValueError(f"{checkpoint} does not fit {spec}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        load_weights(model, checkpoint, label=str(spec))
     return model.to(device).eval().requires_grad_(False)
 
 

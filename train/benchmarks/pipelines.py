@@ -34,7 +34,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from latent_clip.factory import DTYPES
+
 MODULES = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
 
 

@@ -30,10 +30,11 @@ import torch
 from tqdm import tqdm
 
 from latent_clip import LatentContractError, check_family, load_model
+from latent_clip.factory import atomic_write
 from latent_clip.reno import optimize_noise
 from latent_clip.rewards import latent_alignment, latent_avoid, on_decoded, weighted_sum
 
-from ..data import atomic_write
+from ..distributed import ranks_from_env
 from . import pixel_rewards
 from .pipelines import Generator, Timer, add_pipeline_args, generator_from_args, to_pil
 
@@ -61,10 +62,7 @@ class Rank:
 
     @classmethod
     def from_env(cls) -> "Rank":
-        def get(*names, default):
-            return next((int(os.environ[n]) for n in names if os.environ.get(n)), default)
-        return cls(get("RANK", "SLURM_PROCID", default=0), get("WORLD_SIZE", "SLURM_NTASKS", default=1),
-                   get("LOCAL_RANK", "SLURM_LOCALID", default=0))
+        return cls(*ranks_from_env())
 
     def device(self, spec: str) -> torch.device:
         if spec == "auto":

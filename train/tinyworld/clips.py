@@ -91,11 +91,9 @@ def fit(kind: str, cfg: dict, data: Path, out: Path, steps: int, batch: int, lr:
 
 def load_latent_checkpoint(path: Path, cfg: dict):
     from latent_clip import LatentCLIP, ModelConfig
-    from latent_clip.factory import read_state_dict
+    from latent_clip.factory import load_weights
     model = LatentCLIP(ModelConfig.from_dict(cfg, name="tinyworld-latent-clip"))
-    state, _ = read_state_dict(path)
-    model.load_state_dict(state)
-    return model.eval().requires_grad_(False)
+    return load_weights(model, path).eval().requires_grad_(False)
 
 
 def load_pixel(path: Path, cfg: dict):
