@@ -41,7 +41,7 @@ def write_sd15_config(folder: Path) -> Path:
 
 
 def test_single_file_sd15_checkpoint_loads_offline_and_generates(tmp_path):
-    from train.benchmarks.pipelines import UNetGenerator, load_pipeline, make_generator
+    from train.benchmarks.generators import UNetGenerator, load_pipeline, make_generator
 
     ckpt = sd15_checkpoint()
     pipe = load_pipeline(ckpt, config=str(write_sd15_config(tmp_path / "sd15-config")))
@@ -60,7 +60,7 @@ def test_single_file_sd15_checkpoint_loads_offline_and_generates(tmp_path):
 
 
 def test_missing_files_and_configs_are_reported(tmp_path):
-    from train.benchmarks.pipelines import load_pipeline
+    from train.benchmarks.generators import load_pipeline
 
     ckpt = sd15_checkpoint()
     with pytest.raises(ValueError, match="single-file checkpoint.*--pipeline-config"):

@@ -24,7 +24,7 @@ from PIL import Image
 from latent_clip.factory import atomic_write
 
 from ..data import ImageTransform, folder_rows, write_latent_shard, write_sizes
-from .pipelines import add_pipeline_args, generator_from_args
+from .generators import add_pipeline_args, generator_from_args
 from .outputs import OutputTree
 from .runner import Item, Rank, decode_pil, run
 

@@ -22,9 +22,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from latent_clip.rewards import latent_alignment
+
 from . import clips, steer
 from . import vae as tiny_vae
-from .generator import FlowGenerator, train_generator
+from .generator import TinyFlowModel, train_generator
 from .world import CATEGORIES, PREFIXES, make_sample
 
 ASSETS = Path(__file__).resolve().parents[2] / "latent_clip" / "assets" / "tinyworld"
@@ -138,7 +140,7 @@ def load_models(directory: Path) -> dict:
 
     from latent_clip import load_model
     cfg = json.loads((directory / "generator.json").read_text())
-    generator = FlowGenerator(**cfg)
+    generator = TinyFlowModel(**cfg)
     generator.load_state_dict({k: v.float() for k, v in load_file(str(directory / "generator.safetensors")).items()})
     pixel_cfg = json.loads((directory / "pixel_clip.json").read_text())["model_cfg"]
     return {"vae": tiny_vae.load(directory / "vae"), "latent": load_model(directory / "latent_clip.safetensors"),
@@ -172,11 +174,11 @@ def measure(models: dict, p: Preset, out: Path, clock: Clock, seed: int = 0) -> 
     t = time.time()
     samples = prompts_for(seeds["reno"], p.reno_prompts, CATEGORIES)
     specs = [s.spec for s in samples]
-    gen = steer.Generator(generator, [PREFIXES[1] + s.spec.phrase() for s in samples], p.euler_steps)
+    gen = steer.PromptedFlow(generator, [PREFIXES[1] + s.spec.phrase() for s in samples], p.euler_steps)
     noise_seed = seeds["noise"]
     with torch.no_grad():
         base_ok, base_images = steer.judge_latents(vae, gen(gen.noise(noise_seed)), specs)
-    runs = {"latent": steer.latent_reward(latent, gen.prompts), "pixel": steer.pixel_reward(pixel, vae, gen.prompts)}
+    runs = {"latent": latent_alignment(latent, gen.prompts), "pixel": steer.pixel_reward(pixel, vae, gen.prompts)}
     reno = {"base": {"judge": float(base_ok.mean()), "per_category": per_category(base_ok, specs)}}
     images = {"base": base_images}
     histories = {}
@@ -199,7 +201,7 @@ def measure(models: dict, p: Preset, out: Path, clock: Clock, seed: int = 0) -> 
     samples_g = [s for s in prompts_for(seeds["guidance"], 3 * p.guidance_prompts, open_colour)
                  if all(q.colour is None for q in s.spec.queries)][:p.guidance_prompts]
     specs_g = [s.spec for s in samples_g]
-    gen_g = steer.Generator(generator, [PREFIXES[1] + s.spec.phrase() for s in samples_g], p.euler_steps)
+    gen_g = steer.PromptedFlow(generator, [PREFIXES[1] + s.spec.phrase() for s in samples_g], p.euler_steps)
     with torch.no_grad():
         ok0, img0 = steer.judge_latents(vae, gen_g(gen_g.noise(noise_seed)), specs_g)
     r = steer.guided(gen_g, latent, FORBIDDEN, noise_seed, p.guidance_iterations, p.guidance_lr)
