@@ -1,7 +1,7 @@
 """A single-file checkpoint (original SD layout: ``model.diffusion_model.*``, ``first_stage_model.*``,
 ``cond_stage_model.*``) loads offline through ``--pipeline FILE --pipeline-config FOLDER``.
 
-Slow: the full-size random SD1.5 checkpoint of test_reno_http (2 GB, built once with ComfyUI's own
+Slow: the full-size random SD1.5 checkpoint of tests/fixtures.py (2 GB, built once with ComfyUI's own
 classes and cached in build/test_models/) is converted by diffusers' single-file loader."""
 import json
 from pathlib import Path
@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from train.benchmarks.tiny_pipelines import write_tokenizer
-from test_reno_http import sd15_checkpoint
+from fixtures import sd15_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.comfyui, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
