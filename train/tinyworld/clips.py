@@ -113,13 +113,6 @@ def save_pixel(model, path: Path) -> Path:
 
 # ---------------------------------------------------------------- features
 
-def pixel_inputs(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> the pixel CLIP's input (OpenAI mean/std, as ``fit`` normalised)."""
-    from latent_clip.rewards import CLIP_MEAN, CLIP_STD
-    x = (images + 1) / 2
-    return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-
-
 @torch.no_grad()
 def text_features(model, texts: list[str]) -> torch.Tensor:
     tokens = open_clip.tokenize(texts, context_length=model.context_length)
@@ -130,7 +123,11 @@ def text_features(model, texts: list[str]) -> torch.Tensor:
 def image_features(kind: str, model, images: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
     if kind == "latent":
         return model.encode_latents(latents, normalize=True)
-    return torch.cat([F.normalize(model.encode_image(pixel_inputs(x)), dim=-1) for x in images.split(256)])
+    from latent_clip.rewards import clip_preprocess
+    from train.models import pixel_preprocess
+    size, mean, std = pixel_preprocess(model)  # the transform fit trained it with: 64 px, OpenAI mean/std
+    return torch.cat([F.normalize(model.encode_image(clip_preprocess(x, size, mean, std)), dim=-1)
+                      for x in images.split(256)])
 
 
 # ---------------------------------------------------------------- zero-shot
