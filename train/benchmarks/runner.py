@@ -285,6 +285,21 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
     return Rendered(best, initial, losses, iterations, best_it)
 
 
+def render_and_save(s: Setup, args, item: Item, seeds: Sequence[int], first: int, files: Sequence[str], out,
+                    baseline=None, **extra) -> list[dict]:
+    """:func:`render` ``seeds`` (samples ``first, first + 1, ...``), save the images as ``files`` in
+    the output tree ``out`` (the no-ReNO ones in ``baseline`` too) and return their records."""
+    rendered = render(s, args, item.prompt, seeds)
+    for tree, latents in ((out, rendered.latents), (baseline, rendered.initial)):
+        if tree is not None:
+            for name, image in zip(files, decode_pil(s.gen, latents)):
+                tree.save_png(name, image)
+    records = image_records(item, rendered, seeds, files, **extra)
+    for j, rec in enumerate(records, first):
+        rec["sample"] = j
+    return records
+
+
 def decode_pil(gen: DiffusersGenerator, raw: torch.Tensor) -> list:
     with torch.no_grad(), gen.timer.section("decode"):
         return to_pil(gen.decode(raw))
