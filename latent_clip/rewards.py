@@ -140,7 +140,8 @@ def _open_clip_scorer(clip_model, tokenizer, prompt: Prompts):
     mean, std = cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD)
     param = next(clip_model.parameters())
     with torch.inference_mode(False), torch.no_grad():
-        text = F.normalize(clip_model.encode_text(tokenizer(_prompt_list(prompt)).to(param.device)).float(), dim=-1).detach()
+        tokens = tokenizer(_prompt_list(prompt)).to(param.device)
+        text = F.normalize(clip_model.encode_text(tokens).float(), dim=-1).detach()
 
     def image_features(images: torch.Tensor) -> torch.Tensor:
         x = clip_normalise(images, size, mean, std).to(device=param.device, dtype=param.dtype)
@@ -248,4 +249,3 @@ def step_away(latents: torch.Tensor, loss_fn: RewardFn, strength: float) -> tupl
     p = (1 - torch.exp(-loss.detach().float())).view(-1, *([1] * len(dims)))
     step = (strength * p * grad.float() / rms).to(latents.dtype)
     return latents - step, loss.detach()
-

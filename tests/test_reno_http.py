@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_harness import ROOT, TINY_CONFIG, TINY_EXPORT, execution_error, load_api_workflow, read_latent_file, run_graph, \
-    run_graph_with_texts
+from comfy_harness import ROOT, TINY_CONFIG, TINY_EXPORT, execution_error, load_api_workflow, read_latent_file, \
+    run_graph, run_graph_with_texts
 from fixtures import CKPT_CACHE, CKPT_NAME, sd15_checkpoint
 
 pytestmark = pytest.mark.comfyui
