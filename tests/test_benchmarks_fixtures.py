@@ -1,12 +1,10 @@
 """Checks of the tiny offline pipeline builders (train/benchmarks/tiny_pipelines.py) and of the
 one-step / few-step generator maths (the bundled prompt files are checked in test_repository.py)."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-import latent_clip
 from train.benchmarks.tiny_pipelines import build_all, build_sdxl
 
 
@@ -87,7 +85,6 @@ def test_sdxl_pipeline_with_added_conditioning(tmp_path):
     assert raw.shape == (2, 4, 8, 8)
     raw.sum().backward()
     assert e.grad.abs().sum() > 0
-
 
 
 def test_timer_books_nested_sections_once_and_never_negative(tiny):

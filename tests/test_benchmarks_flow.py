@@ -3,8 +3,6 @@ real diffusers layouts with an offline T5 tokenizer; our generators must reprodu
 own sampling loop, give raw latents with gradients to the noise, and drive a benchmark run with a
 16-channel Latent-CLIP."""
 import json
-import string
-from pathlib import Path
 
 import pytest
 import torch
