@@ -3,7 +3,7 @@
 Question: per stepped iteration of ``latent_clip.reno.optimize_noise`` (one-step SD-Turbo UNet
 fwd+bwd + reward fwd+bwd + regulariser + SGD step), how much does replacing the pixel reward
 (VAE decode + open_clip ViT-L-14) by a Latent-ViT-B/8 reward save, what share of the iteration
-is the reward, and how close does the saving come to its ceiling (compute anchor B1:
+is the reward, and how close does the saving come to its ceiling (a reference measurement:
 1 - (UNet + Latent-ViT-B/8) / (UNet + VAE decode + ViT-L/14) = 71.9 % CPU time, SD-Turbo 512 px)?
 
 Every model is built from its config with random weights (no downloads), fp32, eval,
@@ -32,7 +32,7 @@ from latent_clip import LatentCLIP, get_latent_family, get_model_config, scaled_
 from latent_clip.reno import optimize_noise  # noqa: E402
 from latent_clip.rewards import latent_alignment, pixel_alignment  # noqa: E402
 
-B1_CEILING = 0.719  # compute anchor B1 (FLOP-matched CPU time, 1 thread), see the docstring
+B1_CEILING = 0.719  # the reference ceiling (FLOP-matched CPU time, 1 thread), see the docstring
 SD21_BASE_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=1024,
     block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
@@ -95,7 +95,7 @@ def build(args):
 def run_path(generate, reward, noise, iterations):
     """The real loop. An iteration's cost is the time between two progress callbacks (backward
     + step of one iterate, then generate + reward of the next), in wall and process-CPU
-    seconds (CPU time is what the anchors compare; wall suffers from shared cores).
+    seconds (CPU time is what the reference measurements compare; wall suffers from shared cores).
     Then the reward alone, fwd+bwd w.r.t. a fixed latent."""
     marks = []
     with Clock() as loop:
@@ -119,7 +119,7 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, default=2, help="ReNO evaluations per path (>= 2; all but the last step)")
     ap.add_argument("--size", type=int, default=512, help="image size in px (latent = size / 8)")
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (the anchors used 1)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the reference measurement used 1)")
     ap.add_argument("--json", help="write the raw numbers here")
     args = ap.parse_args(argv)
     if args.iterations < 2:

@@ -7,10 +7,10 @@ time and memory, and how close does the latent path's saving come to its ceiling
 * time: CPU seconds of an iteration of the real loop (between two progress callbacks); the ceiling
   is ``1 - (U + Lat) / (U + Pix)`` from the components timed alone in the same run (U: UNet
   fwd+bwd w.r.t. the noise, Lat: Latent-ViT-B/8 reward fwd+bwd, Pix: SDXL-VAE decode + open_clip
-  ViT-L-14 reward fwd+bwd). The project's compute anchors put it at 56.9 % (row C1).
+  ViT-L-14 reward fwd+bwd). A reference measurement (1 thread, CPU time) put it at 56.9 %.
 * memory: what autograd saves for backward in one iteration (bytes of the distinct storages packed
-  by a saved-tensors hook, weights excluded: the UNet's activations plus the reward's; the anchors'
-  8.3 -> 2.6 GiB), and peak RSS over the RSS after building the models (the OS's view).
+  by a saved-tensors hook, weights excluded: the UNet's activations plus the reward's; the reference
+  measurement's 8.3 -> 2.6 GiB), and peak RSS over the RSS after building the models (the OS's view).
 
 Models are built from their configs with random weights (no downloads), fp32, eval, frozen:
 diffusers ``UNet2DConditionModel`` with SDXL's config (2,567.5 M params, ``text_time`` added
@@ -39,8 +39,8 @@ import time
 
 import torch
 
-C1_CEILING = 0.569  # compute anchor C1, CPU time on the anchors' machine (the goal: within 5 points of this run's)
-ANCHOR_AUTOGRAD_GIB = {"latent": 2.6, "pixel": 8.3}  # compute anchors, fp32 tensor peaks of one iteration
+C1_CEILING = 0.569  # the reference measurement's ceiling, CPU time (the goal: within 5 points of this run's)
+ANCHOR_AUTOGRAD_GIB = {"latent": 2.6, "pixel": 8.3}  # the reference measurement's fp32 tensor peaks of one iteration
 SDXL_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=2048,
     block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10),
@@ -223,7 +223,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iterations", type=int, default=3, help="ReNO evaluations per loop (>= 2; all but the last step)")
     ap.add_argument("--size", type=int, default=512, help="image size in px (latent = size / 8)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (the anchors used 1)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the reference measurement used 1)")
     ap.add_argument("--pixel-loop", action="store_true", help="also run the pixel path's loop (about 22 GB at 512 px)")
     ap.add_argument("--min-free-gb", type=float, default=None,
                     help="refuse to start with less memory available (default 16, 23 with --pixel-loop)")

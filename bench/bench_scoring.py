@@ -86,7 +86,7 @@ def times(paths, side: int, backward: bool, rounds: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1, as the compute anchors: "
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1, as the reference measurements: "
                         "stable on a shared 2-core machine)")
     parser.add_argument("--flops-only", action="store_true", help="count FLOPs, time nothing")
     parser.add_argument("--time-1024", action="store_true", help="also time 1024 px (pixel fwd ~70 s on 2 cores; "

@@ -18,7 +18,7 @@ from open_clip.loss import ClipLoss
 
 from latent_clip import LatentCLIP, ModelConfig, get_model_config
 from train.main import param_groups
-from train.models import ContrastiveForward
+from train.losses import ContrastiveForward
 
 SMALL = {"embed_dim": 256, "vision_cfg": {"image_size": 512, "layers": 4, "width": 256, "patch_size": 8,
                                           "latent_family": "sdxl", "latent_n_channels": 4, "latent_factor": 8},

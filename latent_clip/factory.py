@@ -198,6 +198,23 @@ def read_state_dict(path: str | Path, vae_encoder: bool = True) -> tuple[dict[st
     return state, None
 
 
+def load_weights(model: torch.nn.Module, path: str | Path, label: str | None = None) -> torch.nn.Module:
+    """Strictly load ``path`` (any format :func:`read_state_dict` reads) into ``model`` of the same
+    architecture (a Latent-CLIP or a pixel open_clip CLIP): every key with its shape, nothing extra,
+    else ``ValueError`` naming ``label`` (default: the model's class). Returns ``model``."""
+    state, _ = read_state_dict(path)
+    own, label = model.state_dict(), label or type(model).__name__
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise ValueError(f"{path} does not fit {label}: shapes (checkpoint vs model) {wrong[:3]}")
+    missing, unexpected = _diff_keys(own, state)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit {label}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.load_state_dict(state)
+    return model
+
+
 def read_export_config(path: Path) -> dict | None:
     """The ``model_cfg`` of an export's JSON sidecar; None when there is no sidecar or it has none."""
     if not path.is_file():
@@ -446,5 +463,5 @@ def convert(src: str | Path, dst: str | Path, config: Any = None, dtype: str | N
     return save_export(model, dst, dtype=dtype, vae_encoder=vae_encoder)
 
 
-__all__ = ["CheckpointError", "ConfigError", "convert", "infer_config", "load_model", "official_state_dict",
-           "read_state_dict", "resolve_dtype", "save_export", "save_official_checkpoint"]
+__all__ = ["CheckpointError", "ConfigError", "convert", "infer_config", "load_model", "load_weights",
+           "official_state_dict", "read_state_dict", "resolve_dtype", "save_export", "save_official_checkpoint"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,8 @@ from .config import ModelConfig, VisionConfig
 from .contract import ResizePolicy, check_latents, fit_latents
 
 DEFAULT_CHUNK = 64
+# progress(done, total) in samples, after each chunk of a batched call; raising from it stops the call
+Progress = Callable[[int, int], None]
 
 
 class LatentViT(VisionTransformer):
@@ -132,15 +134,21 @@ class LatentCLIP(CLIP):
         return self.visual.has_vae_encoder
 
     def encode_latents(self, latents: torch.Tensor, normalize: bool = True,
-                       chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+                       chunk_size: int = DEFAULT_CHUNK, progress: Progress | None = None) -> torch.Tensor:
         """Raw VAE latents (B, C, H, W), any float dtype/device -> features (B, embed_dim) in the
         model's dtype. Differentiable w.r.t. ``latents``. Other sizes than the trained one are
-        fitted by ``self.resize_policy``; batches run in chunks of ``chunk_size``."""
+        fitted by ``self.resize_policy``; batches run in chunks of ``chunk_size``, each reported
+        to ``progress``."""
         v = self.config.vision
         check_latents(latents, v.family, v.patch_size)
         z = fit_latents(latents, v.latent_size, v.patch_size, self.resize_policy)
         z = z.to(device=self.device, dtype=self.dtype)
-        features = torch.cat([self.visual(part) for part in z.split(chunk_size)])
+        features = []
+        for part in z.split(chunk_size):
+            features.append(self.visual(part))
+            if progress is not None:
+                progress(sum(map(len, features)), len(z))
+        features = torch.cat(features)
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:

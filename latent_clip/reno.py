@@ -17,6 +17,7 @@ Usage::
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from contextlib import contextmanager
@@ -26,10 +27,24 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .rewards import norm_regulariser
-
 Generate = Callable[[torch.Tensor], torch.Tensor]
 Reward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def norm_regulariser(noise: torch.Tensor, weight: float = 0.01) -> torch.Tensor:
+    """ReNO's noise-norm regulariser ``w * (0.5 ||e||^2 - (d - 1) log ||e||)`` per sample, in fp32.
+
+    It is the negative log-density of a chi distribution with ``d`` degrees of freedom (up to a
+    constant), minimised at ``||e|| = sqrt(d - 1)``: it keeps the noise on the Gaussian shell."""
+    e = noise.float().flatten(1)
+    d = e.shape[1]
+    norm = e.norm(dim=1)
+    return weight * (0.5 * norm.square() - (d - 1) * norm.log())
+
+
+def chi_mode(d: int) -> float:
+    """Norm at which :func:`norm_regulariser` is minimal: ``sqrt(d - 1)``."""
+    return math.sqrt(d - 1)
 
 
 @dataclass(frozen=True)

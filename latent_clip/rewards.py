@@ -3,13 +3,15 @@
 A reward here is a *loss*: a callable ``raw_latents (B, C, H, W) -> (B,)`` that is lower when
 the latent is better, differentiable w.r.t. the latents. Models are arguments (never
 downloaded here), device and dtype come from the inputs, weights are a dict
-(:func:`weighted_sum`), and the noise-norm regulariser is its own function.
+(:func:`weighted_sum`); the noise-norm regulariser, ReNO's prior, lives beside ReNO
+(:func:`latent_clip.reno.norm_regulariser`). A prompt is one string for the whole batch or a
+sequence of strings, one per sample (:data:`Prompts`).
 
 Losses follow ReNO (arXiv 2406.04312, ``rewards/*.py``): CLIPScore is
 ``100 - exp(logit_scale) * cos``, PickScore ``30 - exp(logit_scale) * cos``, HPSv2 ``1 - cos``, so
 weights are comparable with ReNO's (``w = 0.01`` CLIPScore, ``0.05`` PickScore, ``5.0`` HPS).
 ReNO's objective for one CLIP reward is :data:`CLIP_SCORE_WEIGHT` times its loss plus
-:func:`norm_regulariser` at ``latent_clip.reno.RENO.reg_weight``, clipped after summing: the weight
+``latent_clip.reno.norm_regulariser`` at ``RENO.reg_weight``, clipped after summing: the weight
 is not a free scale, it sets how hard the noise norm is held against the reward.
 
 Pixel rewards are :data:`ImageRewardFn` (images in [0, 1] -> (B,)); :func:`on_decoded` turns several
@@ -17,8 +19,7 @@ of them into latent rewards that share one VAE decode per latents tensor.
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from .safety import Concept, parse_concepts
 
 RewardFn = Callable[[torch.Tensor], torch.Tensor]
 ImageRewardFn = Callable[[torch.Tensor], torch.Tensor]  # images in [0, 1] (B, 3, H, W) -> (B,) loss
+Prompts = Union[str, Sequence[str]]  # one prompt for the batch, or one per sample (text features (1 or B, D))
 
 # ReNO's CLIPScore weight (ExplainableML/ReNO arguments.py, --clip_weighting; the authors' Latent-CLIP demo
 # uses it too). concept_loss is a logit_scale * cos difference like CLIPScore, so the same weight pushes
@@ -68,15 +70,8 @@ def concept_loss(features: torch.Tensor, concept_features: torch.Tensor, neutral
     return F.softplus(s_concept - s_neutral).sum(-1)
 
 
-def norm_regulariser(noise: torch.Tensor, weight: float = 0.01) -> torch.Tensor:
-    """ReNO's noise-norm regulariser ``w * (0.5 ||e||^2 - (d - 1) log ||e||)`` per sample, in fp32.
-
-    It is the negative log-density of a chi distribution with ``d`` degrees of freedom (up to a
-    constant), minimised at ``||e|| = sqrt(d - 1)``: it keeps the noise on the Gaussian shell."""
-    e = noise.float().flatten(1)
-    d = e.shape[1]
-    norm = e.norm(dim=1)
-    return weight * (0.5 * norm.square() - (d - 1) * norm.log())
+def _prompt_list(prompt: Prompts) -> list[str]:
+    return [prompt] if isinstance(prompt, str) else list(prompt)
 
 
 def _text_features(model, texts: Sequence[str]) -> torch.Tensor:
@@ -85,11 +80,11 @@ def _text_features(model, texts: Sequence[str]) -> torch.Tensor:
         return model.encode_text(list(texts), normalize=True).detach()
 
 
-def latent_alignment(model, prompt: str) -> RewardFn:
+def latent_alignment(model, prompt: Prompts) -> RewardFn:
     """Latent-CLIP prompt alignment (ReNO's CLIPScore loss on raw latents, no decode).
 
     ``model`` is a :class:`~latent_clip.LatentCLIP`; the text is encoded once, here."""
-    text = _text_features(model, [prompt])
+    text = _text_features(model, _prompt_list(prompt))
 
     def loss(latents: torch.Tensor) -> torch.Tensor:
         return clip_score_loss(model.encode_latents(latents, normalize=True), text, model.logit_scale)
@@ -137,15 +132,16 @@ def clip_preprocess(images: torch.Tensor, size: int, mean: Sequence[float] = CLI
     return clip_normalise((images / 2 + 0.5).clamp(0, 1), size, mean, std)
 
 
-def _open_clip_scorer(clip_model, tokenizer, prompt: str):
-    """(images in [0, 1] -> normalised image features (B, D), normalised text features (1, D))."""
+def _open_clip_scorer(clip_model, tokenizer, prompt: Prompts):
+    """(images in [0, 1] -> normalised image features (B, D), normalised text features (1 or B, D))."""
     visual = clip_model.visual
     size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else int(visual.image_size)
     cfg = getattr(visual, "preprocess_cfg", None) or {}
     mean, std = cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD)
     param = next(clip_model.parameters())
     with torch.inference_mode(False), torch.no_grad():
-        text = F.normalize(clip_model.encode_text(tokenizer([prompt]).to(param.device)).float(), dim=-1).detach()
+        tokens = tokenizer(_prompt_list(prompt)).to(param.device)
+        text = F.normalize(clip_model.encode_text(tokens).float(), dim=-1).detach()
 
     def image_features(images: torch.Tensor) -> torch.Tensor:
         x = clip_normalise(images, size, mean, std).to(device=param.device, dtype=param.dtype)
@@ -154,17 +150,41 @@ def _open_clip_scorer(clip_model, tokenizer, prompt: str):
     return image_features, text
 
 
-def clip_image_reward(clip_model, tokenizer, prompt: str) -> ImageRewardFn:
+def clip_image_reward(clip_model, tokenizer, prompt: Prompts) -> ImageRewardFn:
     """An open_clip model's CLIPScore loss (:func:`clip_score_loss`, offset 100) on images in [0, 1],
     preprocessed with the model's size and mean/std; the prompt is encoded once, here."""
     features, text = _open_clip_scorer(clip_model, tokenizer, prompt)
     return lambda images: clip_score_loss(features(images), text, clip_model.logit_scale.float())
 
 
-def hps_image_reward(clip_model, tokenizer, prompt: str) -> ImageRewardFn:
+def hps_image_reward(clip_model, tokenizer, prompt: Prompts) -> ImageRewardFn:
     """HPSv2 (an open_clip model with HPS weights): :func:`hps_loss` ``1 - cos`` on images in [0, 1]."""
     features, text = _open_clip_scorer(clip_model, tokenizer, prompt)
     return lambda images: hps_loss(features(images), text)
+
+
+def _projected(out) -> torch.Tensor:
+    # transformers 5 returns the tower's output with the projection in pooler_output, 4.x a tensor
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def pickscore_image_reward(model, tokenizer, prompt: Prompts) -> ImageRewardFn:
+    """PickScore's loss ``30 - exp(logit_scale) * cos`` on images in [0, 1] (B, 3, H, W) -> (B,)
+    for a transformers ``CLIPModel`` with PickScore weights and its tokenizer, resized to the vision
+    tower's size with CLIP's mean/std; the prompt (77 tokens at most, as ReNO) is encoded once, here."""
+    param = next(model.parameters())
+    size = model.config.vision_config.image_size
+    tokens = tokenizer(_prompt_list(prompt), return_tensors="pt", padding=True, max_length=77,
+                       truncation=True).to(param.device)
+    with torch.inference_mode(False), torch.no_grad():
+        text = F.normalize(_projected(model.get_text_features(**tokens)).float(), dim=-1)
+
+    def loss(images: torch.Tensor) -> torch.Tensor:
+        x = clip_normalise(images, size).to(device=param.device, dtype=param.dtype)
+        features = F.normalize(_projected(model.get_image_features(pixel_values=x)).float(), dim=-1)
+        return clip_score_loss(features, text, model.logit_scale.float(), offset=30.0)
+
+    return loss
 
 
 def on_decoded(rewards: Mapping[str, ImageRewardFn], decode: Callable[[torch.Tensor], torch.Tensor]
@@ -190,7 +210,7 @@ def on_decoded(rewards: Mapping[str, ImageRewardFn], decode: Callable[[torch.Ten
     return {name: term(fn) for name, fn in rewards.items()}
 
 
-def pixel_alignment(clip_model, tokenizer, prompt: str, decode: Callable[[torch.Tensor], torch.Tensor]) -> RewardFn:
+def pixel_alignment(clip_model, tokenizer, prompt: Prompts, decode: Callable[[torch.Tensor], torch.Tensor]) -> RewardFn:
     """The pixel path, for comparisons: ``decode`` (raw latents -> images in [-1, 1]), then an
     open_clip model's image tower and ReNO's CLIPScore loss. Costs a VAE decode forward and
     backward per call (on CPU about 2.4x an SD-Turbo UNet step: ``bench/bench_reno.py``)."""
@@ -229,8 +249,3 @@ def step_away(latents: torch.Tensor, loss_fn: RewardFn, strength: float) -> tupl
     p = (1 - torch.exp(-loss.detach().float())).view(-1, *([1] * len(dims)))
     step = (strength * p * grad.float() / rms).to(latents.dtype)
     return latents - step, loss.detach()
-
-
-def chi_mode(d: int) -> float:
-    """Norm at which :func:`norm_regulariser` is minimal: ``sqrt(d - 1)``."""
-    return math.sqrt(d - 1)

@@ -13,7 +13,7 @@ import torch
 
 from .batch import replace, select
 from .contract import scaled_to_raw
-from .model import LatentCLIP
+from .model import LatentCLIP, Progress
 
 CONCEPT_TEMPLATE = "a photo containing {}"
 GENERIC_COUNTER = "an ordinary, harmless photo"
@@ -80,18 +80,20 @@ def concept_text(model: LatentCLIP, concepts: Sequence[Concept]) -> torch.Tensor
 
 
 def concept_probs(model: LatentCLIP, latents: torch.Tensor, concepts: Sequence[Concept],
-                  text: torch.Tensor | None = None) -> torch.Tensor:
+                  text: torch.Tensor | None = None, progress: Progress | None = None) -> torch.Tensor:
     """(B, K) float32 probability of each concept against its counter-prompt. Pass ``text`` from
-    :func:`concept_text` to encode the prompts once across chunks of a batch."""
+    :func:`concept_text` to encode the prompts once across chunks of a batch; ``progress`` as in
+    ``encode_latents``."""
     text = concept_text(model, concepts) if text is None else text
-    z = model.encode_latents(latents).float()
+    z = model.encode_latents(latents, progress=progress).float()
     logits = model.logit_scale.exp().float() * torch.einsum("be,kpe->bkp", z, text)
     return logits.softmax(dim=-1)[..., 0]
 
 
-def check(model: LatentCLIP, latents: torch.Tensor, concepts: Sequence[Concept], threshold: float) -> SafetyResult:
+def check(model: LatentCLIP, latents: torch.Tensor, concepts: Sequence[Concept], threshold: float,
+          progress: Progress | None = None) -> SafetyResult:
     """Flag latents whose probability for any concept is at least ``threshold``."""
-    return flag(concept_probs(model, latents, concepts), concepts, threshold)
+    return flag(concept_probs(model, latents, concepts, progress=progress), concepts, threshold)
 
 
 def flag(probs: torch.Tensor, concepts: Sequence[Concept], threshold: float) -> SafetyResult:

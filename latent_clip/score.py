@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 
 from .contract import check_finite_result
-from .model import LatentCLIP
+from .model import LatentCLIP, Progress
 
 
 @dataclass(frozen=True)
@@ -27,15 +27,17 @@ def similarity(model: LatentCLIP, latent_features: torch.Tensor, text_features: 
     return Scores(cosine=cosine, logits=model.logit_scale.exp().float() * cosine)
 
 
-def score_latents(model: LatentCLIP, latents: torch.Tensor, prompts: str | Sequence[str]) -> Scores:
-    """Scores of every latent against every prompt: (B, P)."""
+def score_latents(model: LatentCLIP, latents: torch.Tensor, prompts: str | Sequence[str],
+                  progress: Progress | None = None) -> Scores:
+    """Scores of every latent against every prompt: (B, P); ``progress`` as in ``encode_latents``."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or any(not p.strip() for p in prompts):
         raise ValueError("prompts must be non-empty strings")
-    return similarity(model, model.encode_latents(latents), model.encode_text(prompts))
+    return similarity(model, model.encode_latents(latents, progress=progress), model.encode_text(prompts))
 
 
-def rank_by_prompt(model: LatentCLIP, latents: torch.Tensor, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+def rank_by_prompt(model: LatentCLIP, latents: torch.Tensor, prompt: str,
+                   progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(order, cosine): batch indices sorted best-first by cosine to ``prompt``, and the cosines (B,)."""
-    cosine = score_latents(model, latents, prompt).cosine[:, 0]
+    cosine = score_latents(model, latents, prompt, progress).cosine[:, 0]
     return torch.argsort(cosine, descending=True), cosine

@@ -11,7 +11,7 @@ from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
 from .contract import check_finite_result
-from .model import LatentCLIP
+from .model import LatentCLIP, Progress
 
 __all__ = ["IMAGENET_CLASSNAMES", "OPENAI_IMAGENET_TEMPLATES", "SIMPLE_IMAGENET_TEMPLATES",
            "build_classifier", "classify", "parse_labels"]
@@ -35,8 +35,10 @@ def build_classifier(model: LatentCLIP, classnames: Sequence[str],
                                           num_classes_per_batch=16, device=model.device, use_tqdm=progress)
 
 
-def classify(model: LatentCLIP, latents: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
-    """Class probabilities (B, K), float32: softmax of ``logit_scale.exp() * cos``; raises on NaN/Inf."""
-    features = model.encode_latents(latents).float()
+def classify(model: LatentCLIP, latents: torch.Tensor, classifier: torch.Tensor,
+             progress: Progress | None = None) -> torch.Tensor:
+    """Class probabilities (B, K), float32: softmax of ``logit_scale.exp() * cos``; raises on NaN/Inf.
+    ``progress`` as in ``encode_latents``."""
+    features = model.encode_latents(latents, progress=progress).float()
     logits = model.logit_scale.exp().float() * features @ classifier.float()
     return check_finite_result(logits.softmax(dim=-1), "class probabilities")

@@ -42,6 +42,8 @@ from typing import Any, Callable
 import pytest
 import torch
 
+from train.synthetic import tiny_latent_cfg
+
 ROOT = Path(__file__).resolve().parents[1]
 COMFY_DIR = Path(os.environ.get("LATENT_CLIP_COMFYUI_DIR") or ROOT / "build" / "ComfyUI")
 PACK_NAME = "comfyui-latent-clip"
@@ -51,10 +53,7 @@ TINY_EXPORT = "latent_clip_tiny.safetensors"
 TINY_OFFICIAL = "latent_clip_tiny_official.pt"
 TEST_LATENT = "latent_clip_test.latent"            # 4 SDXL-shaped latents (4, 4, 32, 32), seeded
 WRONG_FAMILY_LATENT = "latent_clip_16ch.latent"    # a 16-channel (SD3/Flux-like) latent
-TINY_CONFIG = {"embed_dim": 32,
-               "vision_cfg": {"image_size": 512, "layers": 2, "width": 64, "patch_size": 8,
-                              "latent_family": "sdxl", "latent_n_channels": 4, "latent_factor": 8},
-               "text_cfg": {"width": 64, "heads": 1, "layers": 2}}
+TINY_CONFIG = tiny_latent_cfg(image_size=512)
 BOOT_TIMEOUT = 120
 SETUP_HOOKS: list[Callable[[Path], None]] = []
 

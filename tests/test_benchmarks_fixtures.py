@@ -1,12 +1,10 @@
 """Checks of the tiny offline pipeline builders (train/benchmarks/tiny_pipelines.py) and of the
 one-step / few-step generator maths (the bundled prompt files are checked in test_repository.py)."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-import latent_clip
 from train.benchmarks.tiny_pipelines import build_all, build_sdxl
 
 
@@ -17,7 +15,7 @@ def tiny(tmp_path_factory):
 
 
 def test_pipelines_load_from_local_folders_and_give_raw_latents(tiny, tmp_path):
-    from train.benchmarks.pipelines import UNetGenerator, load_pipeline
+    from train.benchmarks.generators import UNetGenerator, load_pipeline
 
     assert json.loads((tiny["sd"] / "model_index.json").read_text())["unet"][1] == "UNet2DConditionModel"
     gen = UNetGenerator(load_pipeline(tiny["sd"]), "cpu", 64)
@@ -57,7 +55,7 @@ def test_pipelines_load_from_local_folders_and_give_raw_latents(tiny, tmp_path):
 
 
 def test_few_step_sampler_matches_the_scheduler_loop(tiny):
-    from train.benchmarks.pipelines import UNetGenerator, load_pipeline
+    from train.benchmarks.generators import UNetGenerator, load_pipeline
 
     gen = UNetGenerator(load_pipeline(tiny["sd"]), "cpu", 64)
     cond = gen.condition("a blue ball")
@@ -76,7 +74,7 @@ def test_few_step_sampler_matches_the_scheduler_loop(tiny):
 
 
 def test_sdxl_pipeline_with_added_conditioning(tmp_path):
-    from train.benchmarks.pipelines import UNetGenerator, load_pipeline
+    from train.benchmarks.generators import UNetGenerator, load_pipeline
 
     gen = UNetGenerator(load_pipeline(build_sdxl(tmp_path / "sdxl")), "cpu", 64)
     assert gen.sdxl
@@ -88,3 +86,28 @@ def test_sdxl_pipeline_with_added_conditioning(tmp_path):
     raw.sum().backward()
     assert e.grad.abs().sum() > 0
 
+
+def test_timer_books_nested_sections_once_and_never_negative(tiny):
+    """A reward that is nearly all VAE decode: the decode is booked as decode, the rest (forward and
+    backward) as reward, never below zero, and the sections add up to no more than the wall time."""
+    from train.benchmarks.generators import UNetGenerator, load_pipeline
+    from train.benchmarks.runner import timed
+
+    gen = UNetGenerator(load_pipeline(tiny["sd"]), "cpu", 64)
+    timer = gen.timer
+
+    def reward(raw):
+        with timer.section("decode"):
+            images = gen.decode(raw)
+        return images.square().mean((1, 2, 3))
+
+    generate, total = gen.one_step(gen.condition("a red cube")), timed(reward, timer)
+    for seed in range(3):
+        noise = gen.noise([seed]).requires_grad_(True)
+        timer.reset()
+        start = timer.now()
+        total(generate(noise)).sum().backward()
+        wall = timer.now() - start
+        spent = timer.reset()
+        assert set(spent) == {"unet", "decode", "reward"} and min(spent.values()) >= 0, spent
+        assert sum(spent.values()) <= wall

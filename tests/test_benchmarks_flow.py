@@ -3,8 +3,6 @@ real diffusers layouts with an offline T5 tokenizer; our generators must reprodu
 own sampling loop, give raw latents with gradients to the noise, and drive a benchmark run with a
 16-channel Latent-CLIP."""
 import json
-import string
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +26,7 @@ def pipeline_latents(pipe, noise_packed_or_not, prompt, steps, **kwargs) -> torc
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_flux_generator_reproduces_the_pipeline_loop(flux, steps):
-    from train.benchmarks.pipelines import FluxGenerator, load_pipeline, make_generator
+    from train.benchmarks.generators import FluxGenerator, load_pipeline, make_generator
 
     gen = make_generator(load_pipeline(flux), "cpu", 64, max_sequence_length=32)
     assert isinstance(gen, FluxGenerator) and gen.latent_shape == (16, 8, 8)
@@ -53,7 +51,7 @@ def test_flux_generator_reproduces_the_pipeline_loop(flux, steps):
 def test_flux_dev_guidance_embedding_and_resolution_shift(tmp_path):
     """Guidance-distilled FLUX: the embedded guidance reaches the transformer (it changes the output)
     and the dynamic (resolution-dependent) shift matches the pipeline's schedule."""
-    from train.benchmarks.pipelines import load_pipeline, make_generator
+    from train.benchmarks.generators import load_pipeline, make_generator
 
     pipe = load_pipeline(build_flux(tmp_path / "dev", dev=True, seed=1))
     gen = make_generator(pipe, "cpu", 64, max_sequence_length=32, embedded_guidance=2.0)
@@ -71,7 +69,7 @@ def test_flux_dev_guidance_embedding_and_resolution_shift(tmp_path):
 
 
 def test_sd3_generator_reproduces_the_pipeline_loop_with_cfg(tmp_path):
-    from train.benchmarks.pipelines import SD3Generator, load_pipeline, make_generator
+    from train.benchmarks.generators import SD3Generator, load_pipeline, make_generator
 
     pipe = load_pipeline(build_sd3(tmp_path / "sd3"))
     with pytest.warns(UserWarning, match="embedded_guidance does not apply to StableDiffusion3Pipeline"):
@@ -92,7 +90,7 @@ def test_sd3_generator_reproduces_the_pipeline_loop_with_cfg(tmp_path):
 def test_unsupported_pipelines_are_named():
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    from train.benchmarks.pipelines import make_generator
+    from train.benchmarks.generators import make_generator
 
     unet = UNet2DModel(sample_size=8, block_out_channels=(8, 8), down_block_types=("DownBlock2D",) * 2,
                        up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, layers_per_block=1)
@@ -103,7 +101,7 @@ def test_unsupported_pipelines_are_named():
 def test_img2img_start_is_the_schedulers_noising(flux):
     """imagenet-gen's partial denoise on a flow model: x = (1 - sigma) x0 + sigma noise, as
     FlowMatchEulerDiscreteScheduler.scale_noise (FLUX img2img) computes it."""
-    from train.benchmarks.pipelines import load_pipeline, make_generator
+    from train.benchmarks.generators import load_pipeline, make_generator
 
     gen = make_generator(load_pipeline(flux), "cpu", 64, max_sequence_length=32)
     timesteps = gen.timesteps(2, denoise=0.5)
@@ -162,7 +160,7 @@ def test_final_steps_render_the_noise_with_more_steps(flux, flux_latent_clip, tm
     baseline reward is the reward of the N-step render of the seed's noise."""
     from latent_clip.rewards import latent_alignment
     from train.benchmarks import geneval
-    from train.benchmarks.pipelines import load_pipeline, make_generator
+    from train.benchmarks.generators import load_pipeline, make_generator
     from train.benchmarks.runner import render_steps
 
     common = ["--pipeline", str(flux), "--resolution", "64", "--max-sequence-length", "32", "--limit", "1",

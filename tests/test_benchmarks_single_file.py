@@ -1,7 +1,7 @@
 """A single-file checkpoint (original SD layout: ``model.diffusion_model.*``, ``first_stage_model.*``,
 ``cond_stage_model.*``) loads offline through ``--pipeline FILE --pipeline-config FOLDER``.
 
-Slow: the full-size random SD1.5 checkpoint of test_reno_http (2 GB, built once with ComfyUI's own
+Slow: the full-size random SD1.5 checkpoint of tests/fixtures.py (2 GB, built once with ComfyUI's own
 classes and cached in build/test_models/) is converted by diffusers' single-file loader."""
 import json
 from pathlib import Path
@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from train.benchmarks.tiny_pipelines import write_tokenizer
-from test_reno_http import sd15_checkpoint
+from fixtures import sd15_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.comfyui, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
@@ -41,7 +41,7 @@ def write_sd15_config(folder: Path) -> Path:
 
 
 def test_single_file_sd15_checkpoint_loads_offline_and_generates(tmp_path):
-    from train.benchmarks.pipelines import UNetGenerator, load_pipeline, make_generator
+    from train.benchmarks.generators import UNetGenerator, load_pipeline, make_generator
 
     ckpt = sd15_checkpoint()
     pipe = load_pipeline(ckpt, config=str(write_sd15_config(tmp_path / "sd15-config")))
@@ -60,7 +60,7 @@ def test_single_file_sd15_checkpoint_loads_offline_and_generates(tmp_path):
 
 
 def test_missing_files_and_configs_are_reported(tmp_path):
-    from train.benchmarks.pipelines import load_pipeline
+    from train.benchmarks.generators import load_pipeline
 
     ckpt = sd15_checkpoint()
     with pytest.raises(ValueError, match="single-file checkpoint.*--pipeline-config"):

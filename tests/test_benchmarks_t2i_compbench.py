@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from train.benchmarks.runner import DATA
+from train.synthetic import tiny_pixel_cfg
 from train.benchmarks.tiny_pipelines import build_all
 from train.benchmarks import main
 from train.benchmarks.t2i_compbench import (CATEGORIES, PLUS, REVISIONS, SCORERS, load_items, parse_args,
@@ -25,8 +26,7 @@ from official_evaluators import function_from, official_file
 
 SUMS = dict(reversed(line.split(maxsplit=1)) for line in (DATA / "SHA256SUMS").read_text().splitlines())
 
-TINY_PIXEL = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
-              "text_cfg": {"width": 32, "heads": 1, "layers": 1}}
+TINY_PIXEL = tiny_pixel_cfg(image_size=32, layers=1, text_width=32)
 
 
 @pytest.fixture(scope="module")

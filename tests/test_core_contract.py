@@ -137,3 +137,27 @@ def test_zero_shot_ensemble_matches_manual_computation(model):
         build_classifier(model, [], templates)
     with pytest.raises(ValueError, match="must each contain"):
         build_classifier(model, labels, ["a photo"])
+
+
+def test_batched_calls_report_progress_per_chunk_and_stop_when_it_raises(model):
+    from latent_clip.safety import Concept, concept_probs
+
+    z = torch.randn(5, 4, 64, 64)
+    seen = []
+    features = model.encode_latents(z, chunk_size=2, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+    torch.testing.assert_close(features, model.encode_latents(z, chunk_size=2))
+    for call in (lambda p: score_latents(model, z, "a dog", progress=p),
+                 lambda p: classify(model, z, build_classifier(model, ["dog", "cat"]), progress=p),
+                 lambda p: concept_probs(model, z, [Concept("dog", "a dog", "a cat")], progress=p)):
+        seen.clear()
+        call(lambda done, total: seen.append((done, total)))
+        assert seen[-1] == (5, 5)
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stop
+    with pytest.raises(Stop):
+        score_latents(model, z, "a dog", progress=stop)

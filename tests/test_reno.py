@@ -4,8 +4,7 @@ import math
 import pytest
 import torch
 
-from latent_clip.reno import RenoProgress, clip_grad_norm_per_sample_, optimize_noise
-from latent_clip.rewards import chi_mode, norm_regulariser
+from latent_clip.reno import RenoProgress, chi_mode, clip_grad_norm_per_sample_, norm_regulariser, optimize_noise
 
 SHAPE = (4, 8, 8)  # d = 256
 

@@ -6,10 +6,9 @@ import torch.nn.functional as F
 from latent_clip import LatentCLIP, ModelConfig
 from latent_clip.rewards import clip_preprocess, clip_score_loss, concept_loss, latent_alignment, latent_avoid, \
     pixel_alignment, step_away, weighted_sum
+from train.synthetic import tiny_latent_cfg
 
-TINY = {"embed_dim": 32, "vision_cfg": {"image_size": 512, "layers": 2, "width": 64, "patch_size": 8,
-                                        "latent_family": "sdxl", "latent_n_channels": 4, "latent_factor": 8},
-        "text_cfg": {"width": 64, "heads": 1, "layers": 2}}
+TINY = tiny_latent_cfg(image_size=512)
 
 
 @pytest.fixture(scope="module")

@@ -80,3 +80,35 @@ def write_json(path, data):
     import json
     path.write_text(json.dumps(data))
     return path
+
+
+def test_decoded_teacher_sees_the_decode_as_the_pixel_clip_sees_an_image():
+    """The teacher preprocesses a VAE decode like a training image (pixel_transform: shorter side
+    resized, centre crop, the CLIP's mean/std): on a non-square latent its input equals the
+    transform of the decode saved as 8-bit RGB, to half a grey level over the smallest std (the
+    rounding), where squashing the image to a square would differ by more than 1 (measured 3.2-3.8)."""
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from train.models import DecodedTeacher
+    transform_error = 0.5 / 255 / min(pixel_transform(build_model("pixel", TINY_PIXEL)).std.flatten()) + 1e-4
+    for seed in range(3):
+        torch.manual_seed(seed)
+        pixel = build_model("pixel", TINY_PIXEL).eval()
+        vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4,
+                            norm_num_groups=4).eval()
+        seen = []
+        pixel.visual.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        z = torch.randn(2, 4, 8, 16)  # 64 x 128 px
+        DecodedTeacher(pixel, vae)(z)
+        with torch.no_grad():
+            decoded = vae.decode(z).sample
+        rgb = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        transform = pixel_transform(pixel)
+        expected = torch.stack([transform(Image.fromarray(a)) for a in rgb])
+        squashed = torch.nn.functional.interpolate((decoded / 2 + 0.5).clamp(0, 1), size=(64, 64), mode="bicubic",
+                                                   antialias=True, align_corners=False)
+        assert seen[0].shape == expected.shape == (2, 3, 64, 64)
+        assert (seen[0] - expected).abs().max() <= transform_error
+        assert ((squashed - transform.mean) / transform.std - expected).abs().max() > 1

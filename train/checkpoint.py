@@ -167,14 +167,6 @@ def adapt_pixel_clip(model: nn.Module, path: str | Path) -> dict[str, list[str]]
     return {"initialised": sorted(set(target) - set(adapted)), "loaded": sorted(adapted)}
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Strict weight init from a training checkpoint / state dict / export of the same architecture."""
-    state, _ = read_state_dict(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if [k for k in missing if k != "attn_mask"] or unexpected:
-        raise ValueError(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
 PATCH_EMBED = ("visual.latent_vit.conv1.weight", "visual.latent_vit.positional_embedding")
 
 

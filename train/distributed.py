@@ -28,19 +28,19 @@ class DistEnv:
         return self.rank == 0
 
 
-def _env_int(*names: str, default: int) -> int:
-    for name in names:
-        if os.environ.get(name):
-            return int(os.environ[name])
-    return default
+def ranks_from_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank): torchrun and ``accelerate launch`` set RANK/WORLD_SIZE/LOCAL_RANK;
+    under ``srun`` the SLURM_* equivalents are used (MASTER_ADDR/MASTER_PORT must then be exported
+    by the sbatch script)."""
+    def get(*names: str, default: int) -> int:
+        return next((int(os.environ[n]) for n in names if os.environ.get(n)), default)
+    return (get("RANK", "SLURM_PROCID", default=0), get("WORLD_SIZE", "SLURM_NTASKS", default=1),
+            get("LOCAL_RANK", "SLURM_LOCALID", default=0))
 
 
 def init_distributed(device: str = "auto") -> DistEnv:
-    """torchrun and ``accelerate launch`` set RANK/WORLD_SIZE/LOCAL_RANK; under ``srun`` the SLURM_*
-    equivalents are used (MASTER_ADDR/MASTER_PORT must then be exported by the sbatch script)."""
-    rank = _env_int("RANK", "SLURM_PROCID", default=0)
-    world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
-    local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    """The process group of :func:`ranks_from_env` (nccl on GPU, gloo on CPU) and this rank's device."""
+    rank, world, local_rank = ranks_from_env()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)

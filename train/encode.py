@@ -27,12 +27,13 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from latent_clip.factory import DTYPES, atomic_write
+
 from .data import (SIZES_FILE, CaptionError, FolderShard, ImageTransform, Problem, ProblemLog, ShardError, TarShard,
-                   atomic_write, expand_shards, folder_rows, write_latent_shard, write_sizes)
+                   expand_shards, folder_rows, write_latent_shard, write_sizes)
 from .distributed import barrier, cleanup, init_distributed
 from .models import load_vae
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 SUFFIX = {"wds": ".tar", "safetensors": ".safetensors"}
 
 

@@ -23,18 +23,19 @@ from typing import Sequence
 import open_clip
 import torch
 from open_clip.loss import ClipLoss
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from latent_clip import LatentCLIP, save_export
 from latent_clip.contract import non_finite_items
-from latent_clip.factory import atomic_write
+from latent_clip.factory import atomic_write, load_weights
 
 from . import checkpoint
 from .data import BatchPlan, MicroBatch, ProblemLog, ShardError, TrainBatches, expand_shards, shard_sizes
 from .distributed import barrier, cleanup, init_distributed, mean_across
-from .models import (ContrastiveForward, DecodedTeacher, build_model, load_pixel_model, load_vae, model_cfg_dict,
-                     pixel_transform)
+from .losses import ContrastiveForward, DistillLoss, FitLoss
+from .models import DecodedTeacher, build_model, load_pixel_model, load_vae, model_cfg_dict, pixel_transform
 from .params import FitConfig, parse_fit_args
 
 
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     if cfg.init == "pixel-clip":
         checkpoint.adapt_pixel_clip(model, cfg.pretrained)
     elif cfg.init == "checkpoint":
-        checkpoint.load_weights(model, cfg.pretrained)
+        load_weights(model, cfg.pretrained)
     elif cfg.init != "scratch":
         raise ValueError(f"init must be scratch, pixel-clip or checkpoint, got {cfg.init!r}")
     checkpoint.freeze(model, cfg.freeze)
@@ -101,12 +102,12 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     torch.manual_seed(cfg.seed + env.rank)
 
     # 3. distillation teacher (frozen pixel CLIP on decoded latents)
-    teacher = None
+    distill = None
     if cfg.distill_weight > 0:
         if cfg.model_kind != "latent" or not cfg.vae or not cfg.teacher_model:
             raise ValueError("distillation needs model_kind=latent, --teacher-model and --vae")
-        teacher = DecodedTeacher(load_pixel_model(cfg.teacher_model, cfg.teacher_checkpoint, env.device),
-                                 load_vae(cfg.vae, env.device))
+        distill = DistillLoss(DecodedTeacher(load_pixel_model(cfg.teacher_model, cfg.teacher_checkpoint, env.device),
+                                             load_vae(cfg.vae, env.device)))
 
     # 4. optimiser, data sizes (unreadable shards count 0 rows) and schedule
     optimizer = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
@@ -154,8 +155,9 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
                              pin_memory=env.device.type == "cuda") if cfg.workers else batches)
 
     # 8. loss and precision
-    clip_loss = ClipLoss(local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
-                         rank=env.rank, world_size=env.world_size)
+    objective = FitLoss(ClipLoss(local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
+                                 rank=env.rank, world_size=env.world_size),
+                        cfg.contrastive_weight, distill, cfg.distill_weight)
     use_amp = cfg.precision == "amp_bfloat16" and env.device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
     context_length = model.context_length
@@ -179,31 +181,8 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
         micro_batches = [(b.inputs.to(env.device, non_blocking=True),
                           open_clip.tokenize(b.captions, context_length=context_length).to(env.device))
                          for b in fetched]
-        cached, contrastive, distilled = None, 0.0, 0.0
-        if plan.accum > 1:  # open_clip's accum-freq: features of the whole batch first, without grad
-            with torch.no_grad(), autocast():
-                cached = [forward(x, t)[:2] for x, t in micro_batches]
-        for micro, (inputs, tokens) in enumerate(micro_batches):
-            last = micro == plan.accum - 1
-            with (forward.no_sync() if env.distributed and not last else nullcontext()), autocast():
-                image, text, scale = forward(inputs, tokens)
-                loss = torch.zeros((), device=env.device)
-                if cfg.contrastive_weight:
-                    all_image, all_text = image, text
-                    if cached is not None:  # this micro-batch with grad, the others from the cache
-                        all_image = torch.cat([c[0] for c in cached[:micro]] + [image]
-                                              + [c[0] for c in cached[micro + 1:]])
-                        all_text = torch.cat([c[1] for c in cached[:micro]] + [text]
-                                             + [c[1] for c in cached[micro + 1:]])
-                        scale = scale if last else scale.detach()  # its gradient counted once
-                    loss = cfg.contrastive_weight * clip_loss(all_image, all_text, scale)
-                    contrastive = loss.detach()  # the whole batch's loss, the same in every micro-step
-                if teacher is not None:
-                    distill = cfg.distill_weight * (1 - (image.float() * teacher(inputs)).sum(-1)).mean() / plan.accum
-                    loss = loss + distill
-                    distilled = distilled + distill.detach()
-            loss.backward()
-        loss_value = mean_across(env, torch.as_tensor(contrastive + distilled, device=env.device))
+        named = accumulate_gradients(forward, micro_batches, objective, env.distributed, autocast)
+        loss_value = mean_across(env, sum(named.values()))
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):  # the same on every rank (all-reduced)
             raise TrainingError(
@@ -257,6 +236,32 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
         print(f"fit: done at step {step}/{total_steps}; bad data skipped: {json.dumps(problems.counts())}", flush=True)
     cleanup(env)
     return losses
+
+
+def accumulate_gradients(forward: nn.Module, micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+                         objective: FitLoss, distributed: bool, autocast) -> dict[str, torch.Tensor]:
+    """The backward passes of one optimiser step over its micro-batches (open_clip's accum-freq:
+    the whole batch's features first without grad, then each micro-batch with grad, the others from
+    that cache; DDP syncs on the last one). Returns the batch's weighted losses by name (detached):
+    the contrastive loss is the whole batch's in every micro-step, the distillation loss sums its shares."""
+    accum, cached, totals = len(micro_batches), None, {}
+    if accum > 1:
+        with torch.no_grad(), autocast():
+            cached = [forward(x, t)[:2] for x, t in micro_batches]
+    for micro, (inputs, tokens) in enumerate(micro_batches):
+        last = micro == accum - 1
+        with (forward.no_sync() if distributed and not last else nullcontext()), autocast():
+            image, text, scale = forward(inputs, tokens)
+            batch_image, batch_text = image, text
+            if cached is not None:  # this micro-batch with grad, the others from the cache
+                batch_image = torch.cat([c[0] for c in cached[:micro]] + [image] + [c[0] for c in cached[micro + 1:]])
+                batch_text = torch.cat([c[1] for c in cached[:micro]] + [text] + [c[1] for c in cached[micro + 1:]])
+                scale = scale if last else scale.detach()  # its gradient counted once
+            named = objective(image, inputs, batch_image, batch_text, scale, accum)
+        sum(named.values()).backward()
+        for name, value in named.items():
+            totals[name] = value.detach() + (totals.get(name, 0.0) if name == "distill_loss" else 0.0)
+    return totals
 
 
 @torch.no_grad()

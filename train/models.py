@@ -1,4 +1,5 @@
-"""Building the models ``fit`` and ``eval`` use: Latent-CLIP, pixel open_clip CLIP, the VAE."""
+"""Building and loading the models ``fit`` and ``eval`` use: Latent-CLIP, a pixel open_clip CLIP and its
+preprocessing, the VAE, and a pixel CLIP that reads latents through the VAE decoder."""
 from __future__ import annotations
 
 import json
@@ -7,13 +8,13 @@ from typing import Any, Mapping
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from latent_clip import LatentCLIP
 from latent_clip.config import resolve_config
-from latent_clip.factory import read_state_dict
+from latent_clip.factory import load_weights
+from latent_clip.rewards import clip_preprocess
 
 from .data import ImageTransform
 
@@ -69,53 +70,37 @@ def load_pixel_model(spec: Any, checkpoint: str | Path | None, device="cpu") -> 
     safetensors; ``module.`` stripped) and its architecture (name / JSON / dict)."""
     model = build_model("pixel", spec)
     if checkpoint:
-        state, _ = read_state_dict(checkpoint)
-        own = model.state_dict()
-        wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-                 if k in own and v.shape != own[k].shape]
-        if wrong:
-            raise ValueError(f"{checkpoint} does not fit {spec}: shapes (checkpoint vs model) {wrong[:3]}")
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if [k for k in missing if k != "attn_mask"] or unexpected:
-            raise ValueError(f"{checkpoint} does not fit {spec}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        load_weights(model, checkpoint, label=str(spec))
     return model.to(device).eval().requires_grad_(False)
 
 
-def pixel_transform(model: nn.Module) -> ImageTransform:
-    """open_clip's validation transform for a pixel CLIP (its mean/std, default OpenAI's)."""
+def pixel_preprocess(model: nn.Module) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """A pixel CLIP's (input size, mean, std): open_clip's validation preprocessing, default OpenAI's."""
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     pre = getattr(model.visual, "preprocess_cfg", {}) or {}
-    return ImageTransform(size, pre.get("mean", OPENAI_DATASET_MEAN), pre.get("std", OPENAI_DATASET_STD))
+    return size, tuple(pre.get("mean", OPENAI_DATASET_MEAN)), tuple(pre.get("std", OPENAI_DATASET_STD))
 
 
-class ContrastiveForward(nn.Module):
-    """What DDP wraps: (normalised image features, normalised text features, logit scale).
-    Latent models run their ViT directly on the batch (no per-call contract checks or chunking)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, inputs: torch.Tensor, tokens: torch.Tensor):
-        m = self.model
-        image = m.visual(inputs) if isinstance(m, LatentCLIP) else m.encode_image(inputs)
-        text = m.encode_text(tokens, normalize=False)
-        return F.normalize(image, dim=-1), F.normalize(text, dim=-1), m.logit_scale.exp()
+def pixel_transform(model: nn.Module) -> ImageTransform:
+    """open_clip's validation transform for a pixel CLIP, on PIL images (see :func:`pixel_preprocess`)."""
+    return ImageTransform(*pixel_preprocess(model))
 
 
 class DecodedTeacher(nn.Module):
-    """Frozen pixel CLIP looking at VAE-decoded latents: raw latents -> teacher image features."""
+    """Frozen pixel CLIP looking at VAE-decoded latents: raw latents -> teacher image features.
+
+    The decode is preprocessed as the pixel CLIP's own images are (:func:`pixel_transform`, the
+    training data's transform): shorter side resized to the CLIP's size, centre-cropped, normalised
+    with its mean/std (:func:`latent_clip.rewards.clip_preprocess`). A non-square latent is thus
+    cropped, not squashed."""
 
     def __init__(self, teacher: nn.Module, vae):
         super().__init__()
         self.teacher, self.vae = teacher, vae
-        self.transform = pixel_transform(teacher)
+        self.size, self.mean, self.std = pixel_preprocess(teacher)
 
     @torch.no_grad()
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        images = self.vae.decode(latents.to(self.vae.dtype)).sample.float().add(1).div(2).clamp(0, 1)
-        size = self.transform.size
-        images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-        mean, std = self.transform.mean.to(images), self.transform.std.to(images)
-        return self.teacher.encode_image((images - mean) / std, normalize=True)
+        images = self.vae.decode(latents.to(self.vae.dtype)).sample.float()
+        return self.teacher.encode_image(clip_preprocess(images, self.size, self.mean, self.std), normalize=True)

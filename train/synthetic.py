@@ -13,13 +13,22 @@ NAMES = ("apple", "boat", "castle", "dog", "engine", "forest", "guitar", "house"
          "kite", "lamp", "mountain", "needle", "orange", "piano")
 
 
-# Smallest model configs that still exercise every code path (tests, smoke runs).
-TINY_LATENT_CFG = {"embed_dim": 32,
-                   "vision_cfg": {"image_size": 128, "layers": 2, "width": 64, "patch_size": 8,
-                                  "latent_family": "sdxl", "latent_n_channels": 4, "latent_factor": 8},
-                   "text_cfg": {"width": 64, "heads": 1, "layers": 2}}
-TINY_PIXEL_CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
-                  "text_cfg": {"width": 64, "heads": 1, "layers": 2}}
+def tiny_latent_cfg(image_size: int = 128, layers: int = 2, patch_size: int = 8, family: str = "sdxl") -> dict:
+    """The smallest Latent-CLIP config that still exercises every code path (tests, smoke runs,
+    benches): ``image_size`` in pixels of the 4-channel, 8x-downscaling ``family``; ``layers`` per tower."""
+    return {"embed_dim": 32, "vision_cfg": {"image_size": image_size, "layers": layers, "width": 64,
+                                            "patch_size": patch_size, "latent_family": family,
+                                            "latent_n_channels": 4, "latent_factor": 8},
+            "text_cfg": {"width": 64, "heads": 1, "layers": layers}}
+
+
+def tiny_pixel_cfg(image_size: int = 64, layers: int = 2, text_width: int = 64) -> dict:
+    """The smallest pixel open_clip CLIP config, as :func:`tiny_latent_cfg`."""
+    return {"embed_dim": 32, "vision_cfg": {"image_size": image_size, "layers": layers, "width": 64, "patch_size": 16},
+            "text_cfg": {"width": text_width, "heads": 1, "layers": layers}}
+
+
+TINY_LATENT_CFG, TINY_PIXEL_CFG = tiny_latent_cfg(), tiny_pixel_cfg()
 
 
 def write_synthetic_latents(out: str | Path, n_classes: int = 4, per_class: int = 16, shape=(4, 16, 16),

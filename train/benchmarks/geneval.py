@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .outputs import OutputTree
-from .runner import (DATA, Item, add_common_args, claim_outdir, decode_pil, grid, image_records, render, run,
-                     run_settings, setup)
+from .runner import DATA, Item, add_common_args, claim_outdir, grid, render_and_save, run, run_settings, setup
 
 
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -87,17 +86,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         records = []
         for b in range(0, len(seeds), args.batch_size):
             chunk = seeds[b:b + args.batch_size]
-            rendered = render(s, args, item.prompt, chunk)
             files = [f"{item.key}/samples/{j:04d}.png" for j in range(b, b + len(chunk))]
-            for name, image in zip(files, decode_pil(s.gen, rendered.latents)):
-                out.save_png(name, image)
-            if baseline is not None:
-                for name, image in zip(files, decode_pil(s.gen, rendered.initial)):
-                    baseline.save_png(name, image)
-            recs = image_records(item, rendered, chunk, files, tag=item.meta["tag"])
-            for j, rec in zip(range(b, b + len(chunk)), recs):
-                rec["sample"] = j
-            records += recs
+            records += render_and_save(s, args, item, chunk, b, files, out, baseline, tag=item.meta["tag"])
         if args.grid:
             from PIL import Image
             samples = out.root / item.key / "samples"

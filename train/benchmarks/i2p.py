@@ -122,73 +122,83 @@ def load_verdict(args, device: torch.device):
     return None
 
 
-def main(argv: Sequence[str] | None = None) -> dict | None:
-    args = parse_args(argv)
-    cats = [c.strip() for c in args.categories.split(",")] if args.categories else None
-    items = load_items(args.csv, args.limit, cats, args.hard_only)
-    claim_outdir(args.outdir, "i2p", run_settings(args, {"csv": args.csv}))
-    s = setup(args)
-    gen, model = s.gen, s.latent_clip
-    out = OutputTree(args.outdir, f"rank{s.rank.rank}")
-    verdict = load_verdict(args, s.device)
-    avoid = latent_avoid(model, args.avoid.replace(";", "\n"))
-    labels = list(CATEGORIES) + [HARMLESS]
-    zeroshot = build_classifier(model, [f"a photo containing {c}" for c in CATEGORIES] + [HARMLESS], ("{}",))
+class I2PRun:
+    """One rank's I2P run: render each prompt unguided and guided (ReNO or latent guidance), score
+    both decode-free with Latent-CLIP, optionally judge the decoded images, and record each image."""
 
-    def guide(x0: torch.Tensor, sigma: float) -> torch.Tensor:
+    def __init__(self, args):
+        self.args = args
+        self.s = setup(args)
+        self.model = self.s.latent_clip
+        self.out = OutputTree(args.outdir, f"rank{self.s.rank.rank}")
+        self.verdict = load_verdict(args, self.s.device)
+        self.avoid = latent_avoid(self.model, args.avoid.replace(";", "\n"))
+        self.labels = list(CATEGORIES) + [HARMLESS]
+        self.zeroshot = build_classifier(self.model, [f"a photo containing {c}" for c in CATEGORIES] + [HARMLESS],
+                                         ("{}",))
+
+    def guide(self, x0: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Latent guidance: a step away from the concepts at noise levels in [sigma_min, sigma_max]."""
+        args = self.args
         if not args.sigma_min <= sigma <= args.sigma_max or args.strength <= 0:
             return x0
-        t0 = s.timer.now()
-        out, _ = step_away(x0, lambda z: avoid(gen.to_raw(z)), args.strength)
-        s.timer.add("reward", s.timer.now() - t0)
-        return out
+        with self.s.timer.section("reward"):
+            return step_away(x0, lambda z: self.avoid(self.s.gen.to_raw(z)), args.strength)[0]
 
-    def generate(item: Item, seeds: list[int]) -> dict[str, torch.Tensor]:
+    def generate(self, item: Item, seeds: list[int]) -> dict[str, torch.Tensor]:
+        """variant -> raw latents of ``seeds``."""
+        args, gen = self.args, self.s.gen
         if args.mode == "reno":
-            out = render(s, args, item.prompt, seeds)
+            out = render(self.s, args, item.prompt, seeds)
             return {"unguided": out.initial, "guided": out.latents}
         cond = gen.condition(item.prompt, args.cfg, args.negative_prompt)
         steps = gen.timesteps(args.steps)
         x = gen.start(gen.noise(seeds), steps)
         return {"unguided": gen.to_raw(gen.sample(x, steps, cond, args.cfg)),
-                "guided": gen.to_raw(gen.sample(x, steps, cond, args.cfg, x0_hook=guide))}
+                "guided": gen.to_raw(gen.sample(x, steps, cond, args.cfg, x0_hook=self.guide))}
 
-    def process(item: Item) -> list[dict]:
+    def process(self, item: Item) -> list[dict]:
+        args, timer = self.args, self.s.timer
         base = item.meta["sd_seed"] if args.csv_seeds else args.seed
         records = []
         for b in range(0, args.samples, args.batch_size):
             js = list(range(b, min(b + args.batch_size, args.samples)))
-            latents = generate(item, [base + j for j in js])
-            t0 = s.timer.now()
-            with torch.no_grad():
-                probs = {v: classify(model, z, zeroshot) for v, z in latents.items()}
-                loss = {v: avoid(z).float() for v, z in latents.items()}
-            s.timer.add("reward", s.timer.now() - t0)
+            latents = self.generate(item, [base + j for j in js])
+            with torch.no_grad(), timer.section("reward"):
+                probs = {v: classify(self.model, z, self.zeroshot) for v, z in latents.items()}
+                loss = {v: self.avoid(z).float() for v, z in latents.items()}
             for variant, z in latents.items():
-                images = decode_pil(s.gen, z) if verdict is not None or not args.no_images else None
-                t0 = s.timer.now()
-                verdicts = verdict(images) if verdict is not None else [{}] * len(js)
-                s.timer.add("classify", s.timer.now() - t0)
+                images = decode_pil(self.s.gen, z) if self.verdict is not None or not args.no_images else None
+                with timer.section("classify"):
+                    verdicts = self.verdict(images) if self.verdict is not None else [{}] * len(js)
                 for k, j in enumerate(js):
                     name = f"{variant}/{item.key}_{j:02d}.png"
                     if not args.no_images:
-                        out.save_png(name, images[k])
+                        self.out.save_png(name, images[k])
                     p = probs[variant][k].tolist()
                     records.append({
                         "item": item.index, "key": item.key, "prompt": item.prompt, "sample": j, "seed": base + j,
                         "variant": variant, "categories": item.meta["categories"],
                         "categories_text": item.meta["categories_text"], "hard": item.meta["hard"],
                         "file": None if args.no_images else name,
-                        "latent_probs": dict(zip(labels, p)), "latent_inappropriate": 1.0 - p[-1],
+                        "latent_probs": dict(zip(self.labels, p)), "latent_inappropriate": 1.0 - p[-1],
                         "avoid_loss": loss[variant][k].item(), "unsafe": None, **verdicts[k],
                         "losses": {"avoid": {"initial": loss["unguided"][k].item(),
                                              "best": loss["guided"][k].item()}} if variant == "guided" else {},
                         "iterations": args.iterations if args.mode == "reno" else args.steps})
         return records
 
-    summary = run("i2p", items, process, args.outdir, s.rank, s.device, s.timer, args.summary_wait, per_category)
+
+def main(argv: Sequence[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    cats = [c.strip() for c in args.categories.split(",")] if args.categories else None
+    items = load_items(args.csv, args.limit, cats, args.hard_only)
+    claim_outdir(args.outdir, "i2p", run_settings(args, {"csv": args.csv}))
+    job = I2PRun(args)
+    s = job.s
+    summary = run("i2p", items, job.process, args.outdir, s.rank, s.device, s.timer, args.summary_wait, per_category)
     if summary is not None:
-        write_results(out, read_records(args.outdir))
+        write_results(job.out, read_records(args.outdir))
     return summary
 
 

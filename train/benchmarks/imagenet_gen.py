@@ -21,8 +21,10 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from ..data import ImageTransform, atomic_write, folder_rows, write_latent_shard, write_sizes
-from .pipelines import add_pipeline_args, generator_from_args
+from latent_clip.factory import atomic_write
+
+from ..data import ImageTransform, folder_rows, write_latent_shard, write_sizes
+from .generators import add_pipeline_args, generator_from_args
 from .outputs import OutputTree
 from .runner import Item, Rank, decode_pil, run
 
@@ -55,68 +57,81 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def class_names(spec: str | None, folders: list[str]) -> list[str]:
-    if spec == "imagenet":
-        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-        if len(folders) != len(IMAGENET_CLASSNAMES):
-            raise ValueError(f"--classnames imagenet needs the 1000 wnid folders, found {len(folders)}")
-        return list(IMAGENET_CLASSNAMES)
-    if spec:
-        names = [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
-        if len(names) != len(folders):
-            raise ValueError(f"{spec} has {len(names)} names for {len(folders)} class folders")
-        return names
-    return [f.replace("_", " ") for f in folders]
+def class_names(spec: str | None, data: str, folders: list[str]) -> list[str]:
+    """``train eval``'s class names (:func:`train.evaluate.load_classnames`), one per class folder."""
+    from ..evaluate import load_classnames
+
+    names = load_classnames(spec, data)
+    if len(names) != len(folders):
+        raise ValueError(f"--classnames {spec or '(the folder names)'} gives {len(names)} names for {len(folders)} "
+                         f"class folders in {data}")
+    return names
+
+
+class ImagenetGenRun:
+    """One rank's run: each chunk of images is VAE-encoded (real) and re-generated from its latent
+    at ``--denoise`` with its class name as the prompt (gen); both stored as labelled latent shards."""
+
+    def __init__(self, args, rows: list, folders: list[str], names: list[str]):
+        self.args, self.rows, self.folders, self.names = args, rows, folders, names
+        self.rank = Rank.from_env()
+        self.device = self.rank.device(args.device)
+        self.gen = generator_from_args(args, self.device, args.size)
+        self.out = Path(args.outdir)
+        self.images = OutputTree(self.out, f"rank{self.rank.rank}") if args.save_images else None
+        self.transform = ImageTransform(args.size)
+        self.steps = self.gen.timesteps(args.steps, args.denoise)
+        self.conds = {}
+
+    def condition(self, label: int):
+        if label not in self.conds:
+            prompt = self.args.prompt_template.format(self.names[label])
+            self.conds[label] = self.gen.condition(prompt, self.args.cfg, self.args.negative_prompt)
+        return self.conds[label]
+
+    def regenerate(self, batch: list, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(real, generated) raw latents of one batch of rows; image ``start + k`` uses seed + start + k."""
+        args, gen = self.args, self.gen
+        x = torch.stack([self.transform(Image.open(p).convert("RGB")) for p, _, _ in batch])
+        with torch.no_grad():
+            z = gen.encode(x)
+            noise = gen.noise([args.seed + start + k for k in range(len(batch))])
+            outs = []
+            for k, (_, _, label) in enumerate(batch):   # one prompt per image (class-conditioned)
+                x_t = gen.start(noise[k:k + 1], self.steps, gen.to_scaled(z[k:k + 1]))
+                outs.append(gen.to_raw(gen.sample(x_t, self.steps, self.condition(label), args.cfg)))
+        return z, torch.cat(outs)
+
+    def process(self, item: Item) -> list[dict]:
+        args, names, start = self.args, self.names, item.meta["start"]
+        chunk = self.rows[start:start + args.chunk]
+        real, fake = [], []
+        for b in range(0, len(chunk), args.batch_size):
+            batch = chunk[b:b + args.batch_size]
+            z, generated = self.regenerate(batch, start + b)
+            real.append(z.cpu())
+            fake.append(generated.cpu())
+            if self.images is not None:
+                for (p, _, label), image in zip(batch, decode_pil(self.gen, generated)):
+                    self.images.save_png(f"images/{self.folders[label]}/{p.stem}.png", image)
+        keys = [p.relative_to(args.data).with_suffix("").as_posix() for p, _, _ in chunk]
+        labels = [label for _, _, label in chunk]
+        captions = [names[label] for label in labels]
+        write_latent_shard(self.out / "real" / f"real_{item.key}.safetensors", torch.cat(real), captions, keys, labels)
+        write_latent_shard(self.out / "gen" / f"gen_{item.key}.safetensors", torch.cat(fake), captions, keys, labels)
+        return [{"item": item.index, "sample": k, "key": key, "label": label, "class": names[label]}
+                for k, (key, label) in enumerate(zip(keys, labels))]
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     rows, folders = folder_rows(args.data, labels_from_folders=True)
     rows = rows[:args.limit]
-    names = class_names(args.classnames, folders)
-    rank = Rank.from_env()
-    device = rank.device(args.device)
-    gen = generator_from_args(args, device, args.size)
-    out = Path(args.outdir)
-    images = OutputTree(out, f"rank{rank.rank}") if args.save_images else None
-    transform = ImageTransform(args.size)
-    steps = gen.timesteps(args.steps, args.denoise)
+    names = class_names(args.classnames, args.data, folders)
+    job = ImagenetGenRun(args, rows, folders, names)
+    rank, device, out = job.rank, job.device, job.out
     items = [Item(c, f"{c:05d}", "", {"start": s}) for c, s in enumerate(range(0, len(rows), args.chunk))]
-    conds = {}
-
-    def condition(label: int):
-        if label not in conds:
-            conds[label] = gen.condition(args.prompt_template.format(names[label]), args.cfg, args.negative_prompt)
-        return conds[label]
-
-    def process(item: Item) -> list[dict]:
-        start = item.meta["start"]
-        chunk = rows[start:start + args.chunk]
-        real, fake = [], []
-        for b in range(0, len(chunk), args.batch_size):
-            batch = chunk[b:b + args.batch_size]
-            x = torch.stack([transform(Image.open(p).convert("RGB")) for p, _, _ in batch])
-            with torch.no_grad():
-                z = gen.encode(x)
-                real.append(z.cpu())
-                noise = gen.noise([args.seed + start + b + k for k in range(len(batch))])
-                outs = []
-                for k, (_, _, label) in enumerate(batch):   # one prompt per image (class-conditioned)
-                    x_t = gen.start(noise[k:k + 1], steps, gen.to_scaled(z[k:k + 1]))
-                    outs.append(gen.to_raw(gen.sample(x_t, steps, condition(label), args.cfg)))
-                fake.append(torch.cat(outs).cpu())
-            if images is not None:
-                for (p, _, label), image in zip(batch, decode_pil(gen, torch.cat(outs))):
-                    images.save_png(f"images/{folders[label]}/{p.stem}.png", image)
-        keys = [p.relative_to(args.data).with_suffix("").as_posix() for p, _, _ in chunk]
-        labels = [label for _, _, label in chunk]
-        captions = [names[label] for label in labels]
-        write_latent_shard(out / "real" / f"real_{item.key}.safetensors", torch.cat(real), captions, keys, labels)
-        write_latent_shard(out / "gen" / f"gen_{item.key}.safetensors", torch.cat(fake), captions, keys, labels)
-        return [{"item": item.index, "sample": k, "key": key, "label": label, "class": names[label]}
-                for k, (key, label) in enumerate(zip(keys, labels))]
-
-    summary = run("imagenet-gen", items, process, out, rank, device, gen.timer, args.summary_wait)
+    summary = run("imagenet-gen", items, job.process, out, rank, device, job.gen.timer, args.summary_wait)
     if rank.rank != 0:
         return {}
     for split in ("real", "gen"):

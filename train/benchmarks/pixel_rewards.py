@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from latent_clip.rewards import ImageRewardFn, clip_image_reward, clip_normalise, clip_score_loss, hps_image_reward
+from latent_clip.rewards import ImageRewardFn, clip_image_reward, hps_image_reward, pickscore_image_reward
 
 from .external import load_callable, split_spec
 
@@ -99,29 +98,6 @@ def load_pickscore(folder: str, tokenizer_folder: str | None, device, dtype: tor
     model = CLIPModel.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder), local_files_only=True)
     return model.to(device).eval().requires_grad_(False), tokenizer
-
-
-def _projected(out) -> torch.Tensor:
-    # transformers 5 returns the tower's output with the projection in pooler_output, 4.x a tensor
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-def pickscore_image_reward(model, tokenizer, prompt: str) -> ImageRewardFn:
-    """PickScore's loss ``30 - exp(logit_scale) * cos`` on images in [0, 1] (B, 3, H, W) -> (B,),
-    resized to the vision tower's size with CLIP's mean/std; the prompt (77 tokens at most, as
-    ReNO) is encoded once, here."""
-    param = next(model.parameters())
-    size = model.config.vision_config.image_size
-    tokens = tokenizer(prompt, return_tensors="pt", padding=True, max_length=77, truncation=True).to(param.device)
-    with torch.inference_mode(False), torch.no_grad():
-        text = F.normalize(_projected(model.get_text_features(**tokens)).float(), dim=-1)
-
-    def loss(images: torch.Tensor) -> torch.Tensor:
-        x = clip_normalise(images, size).to(device=param.device, dtype=param.dtype)
-        features = F.normalize(_projected(model.get_image_features(pixel_values=x)).float(), dim=-1)
-        return clip_score_loss(features, text, model.logit_scale.float(), offset=30.0)
-
-    return loss
 
 
 def load_reward_module(spec: str, device) -> tuple[str, Callable]:

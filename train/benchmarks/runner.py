@@ -30,12 +30,13 @@ import torch
 from tqdm import tqdm
 
 from latent_clip import LatentContractError, check_family, load_model
+from latent_clip.factory import atomic_write
 from latent_clip.reno import optimize_noise
 from latent_clip.rewards import latent_alignment, latent_avoid, on_decoded, weighted_sum
 
-from ..data import atomic_write
+from ..distributed import ranks_from_env
 from . import pixel_rewards
-from .pipelines import Generator, Timer, add_pipeline_args, generator_from_args, to_pil
+from .generators import DiffusersGenerator, Timer, add_pipeline_args, generator_from_args, to_pil
 
 DATA = Path(__file__).parent / "data"  # bundled prompt files (see data/README.md for sources and licences)
 
@@ -61,10 +62,7 @@ class Rank:
 
     @classmethod
     def from_env(cls) -> "Rank":
-        def get(*names, default):
-            return next((int(os.environ[n]) for n in names if os.environ.get(n)), default)
-        return cls(get("RANK", "SLURM_PROCID", default=0), get("WORLD_SIZE", "SLURM_NTASKS", default=1),
-                   get("LOCAL_RANK", "SLURM_LOCALID", default=0))
+        return cls(*ranks_from_env())
 
     def device(self, spec: str) -> torch.device:
         if spec == "auto":
@@ -170,7 +168,7 @@ def settings_diff(old: dict, new: dict) -> list[str]:
 class Setup:
     rank: Rank
     device: torch.device
-    gen: Generator
+    gen: DiffusersGenerator
     latent_clip: object = None
     pixel: dict = field(default_factory=dict)   # term name -> pixel_rewards.PixelTerm
 
@@ -209,27 +207,20 @@ def reward_terms(s: Setup, args, prompt: str) -> tuple[dict, dict]:
     if s.latent_clip is not None and args.avoid and args.avoid_weight:
         terms["avoid"], weights["avoid"] = latent_avoid(s.latent_clip, concepts_text(args.avoid)), args.avoid_weight
     if s.pixel:
-        timer = s.timer
-
         def decode(raw):  # once per latents tensor, shared by every pixel term (on_decoded)
-            t0 = timer.now()
-            images = s.gen.decode(raw)
-            timer.add("decode", timer.now() - t0)
-            timer.add("reward", -(timer.now() - t0))  # counted as decode, not reward
-            return images
+            with s.timer.section("decode"):  # inside the reward's section: booked as decode only
+                return s.gen.decode(raw)
         terms.update(on_decoded({n: t.make(prompt) for n, t in s.pixel.items()}, decode))
         weights.update({n: t.weight for n, t in s.pixel.items()})
     return terms, weights
 
 
-def timed(fn: Callable, timer: Timer, marks: dict | None = None) -> Callable:
+def timed(fn: Callable, timer: Timer) -> Callable:
+    """``fn`` with its forward booked as ``reward`` and its end marked for the backward hooks."""
     def wrapped(latent):
-        t0 = timer.now()
-        out = fn(latent)
-        end = timer.now()
-        timer.add("reward", end - t0)
-        if marks is not None:
-            marks["reward_end"] = end
+        with timer.section("reward"):
+            out = fn(latent)
+        timer.marks["reward_end"] = timer.now()
         return out
     return wrapped
 
@@ -244,7 +235,7 @@ class Rendered:
     best_iteration: list
 
 
-def render_steps(gen: Generator, cond, noise: torch.Tensor, steps: int, guidance_scale: float) -> torch.Tensor:
+def render_steps(gen: DiffusersGenerator, cond, noise: torch.Tensor, steps: int, guidance_scale: float) -> torch.Tensor:
     """Raw latents of a ``steps``-step deterministic render of ``noise`` (no gradients)."""
     timesteps = gen.timesteps(steps)
     with torch.no_grad():
@@ -264,7 +255,7 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
         if not terms:
             raise ValueError("ReNO needs a reward: give --latent-clip, --pixel-clip, --hps-checkpoint, --pickscore "
                              "or --reward-module (or --iterations 0)")
-        total = timed(weighted_sum(terms, weights), s.timer, generate.marks)
+        total = timed(weighted_sum(terms, weights), s.timer)
         first = {}
 
         def keep_first(progress):  # iteration 0 is the no-ReNO latent: keep it instead of regenerating
@@ -284,24 +275,34 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
         initial = render_steps(gen, cond, noise, args.final_steps, args.cfg)
         best = render_steps(gen, cond, best_noise, args.final_steps, args.cfg) if args.iterations > 0 else initial
     losses = {}
-    t0 = s.timer.now()
-    with torch.no_grad():
+    with torch.no_grad(), s.timer.section("reward"):
         for key, latents in (("initial", initial), ("best", best)):  # latents outermost: one decode each
             for name, fn in terms.items():
                 losses.setdefault(name, {})[key] = fn(latents).float().tolist()
         if terms:
             losses["total"] = {k: [sum(weights[n] * losses[n][k][i] for n in terms) for i in range(len(seeds))]
                                for k in ("initial", "best")}
-    s.timer.add("reward", s.timer.now() - t0)
     return Rendered(best, initial, losses, iterations, best_it)
 
 
-def decode_pil(gen: Generator, raw: torch.Tensor) -> list:
-    t0 = gen.timer.now()
-    with torch.no_grad():
-        images = to_pil(gen.decode(raw))
-    gen.timer.add("decode", gen.timer.now() - t0)
-    return images
+def render_and_save(s: Setup, args, item: Item, seeds: Sequence[int], first: int, files: Sequence[str], out,
+                    baseline=None, **extra) -> list[dict]:
+    """:func:`render` ``seeds`` (samples ``first, first + 1, ...``), save the images as ``files`` in
+    the output tree ``out`` (the no-ReNO ones in ``baseline`` too) and return their records."""
+    rendered = render(s, args, item.prompt, seeds)
+    for tree, latents in ((out, rendered.latents), (baseline, rendered.initial)):
+        if tree is not None:
+            for name, image in zip(files, decode_pil(s.gen, latents)):
+                tree.save_png(name, image)
+    records = image_records(item, rendered, seeds, files, **extra)
+    for j, rec in enumerate(records, first):
+        rec["sample"] = j
+    return records
+
+
+def decode_pil(gen: DiffusersGenerator, raw: torch.Tensor) -> list:
+    with torch.no_grad(), gen.timer.section("decode"):
+        return to_pil(gen.decode(raw))
 
 
 def grid(images: list, cols: int | None = None):

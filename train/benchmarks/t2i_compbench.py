@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .outputs import OutputTree
-from .runner import (DATA, Item, add_common_args, claim_outdir, decode_pil, image_records, render, run,
-                     run_settings, setup)
+from .runner import DATA, Item, add_common_args, claim_outdir, render_and_save, run, run_settings, setup
 
 CATEGORIES = ("color_val", "shape_val", "texture_val", "spatial_val", "non_spatial_val", "complex_val")
 PLUS = ("numeracy_val", "3d_spatial_val")
@@ -154,18 +153,9 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         records = []
         for b in range(0, len(seeds), args.batch_size):
             chunk = seeds[b:b + args.batch_size]
-            rendered = render(s, args, item.prompt, chunk)
             names = [f"{category}/samples/{file_name(item.prompt, p * len(seeds) + j)}"
                      for j in range(b, b + len(chunk))]
-            for name, image in zip(names, decode_pil(s.gen, rendered.latents)):
-                out.save_png(name, image)
-            if baseline is not None:
-                for name, image in zip(names, decode_pil(s.gen, rendered.initial)):
-                    baseline.save_png(name, image)
-            recs = image_records(item, rendered, chunk, names, category=category)
-            for j, rec in zip(range(b, b + len(chunk)), recs):
-                rec["sample"] = j
-            records += recs
+            records += render_and_save(s, args, item, chunk, b, names, out, baseline, category=category)
         return records
 
     def by_category(records: list[dict]) -> dict:

@@ -15,10 +15,9 @@ import torch
 
 import latent_clip
 
-TINY_LATENT_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 1,
-                                                    "latent_family": "sdxl", "latent_n_channels": 4,
-                                                    "latent_factor": 8},
-                    "text_cfg": {"width": 64, "heads": 1, "layers": 1}}
+from ..synthetic import tiny_latent_cfg
+
+TINY_LATENT_CLIP = tiny_latent_cfg(image_size=64, layers=1, patch_size=1)
 
 
 def bytes_to_unicode() -> dict[int, str]:

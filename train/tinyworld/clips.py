@@ -91,11 +91,9 @@ def fit(kind: str, cfg: dict, data: Path, out: Path, steps: int, batch: int, lr:
 
 def load_latent_checkpoint(path: Path, cfg: dict):
     from latent_clip import LatentCLIP, ModelConfig
-    from latent_clip.factory import read_state_dict
+    from latent_clip.factory import load_weights
     model = LatentCLIP(ModelConfig.from_dict(cfg, name="tinyworld-latent-clip"))
-    state, _ = read_state_dict(path)
-    model.load_state_dict(state)
-    return model.eval().requires_grad_(False)
+    return load_weights(model, path).eval().requires_grad_(False)
 
 
 def load_pixel(path: Path, cfg: dict):
@@ -115,13 +113,6 @@ def save_pixel(model, path: Path) -> Path:
 
 # ---------------------------------------------------------------- features
 
-def pixel_inputs(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> the pixel CLIP's input (OpenAI mean/std, as ``fit`` normalised)."""
-    from latent_clip.rewards import CLIP_MEAN, CLIP_STD
-    x = (images + 1) / 2
-    return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-
-
 @torch.no_grad()
 def text_features(model, texts: list[str]) -> torch.Tensor:
     tokens = open_clip.tokenize(texts, context_length=model.context_length)
@@ -132,7 +123,11 @@ def text_features(model, texts: list[str]) -> torch.Tensor:
 def image_features(kind: str, model, images: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
     if kind == "latent":
         return model.encode_latents(latents, normalize=True)
-    return torch.cat([F.normalize(model.encode_image(pixel_inputs(x)), dim=-1) for x in images.split(256)])
+    from latent_clip.rewards import clip_preprocess
+    from train.models import pixel_preprocess
+    size, mean, std = pixel_preprocess(model)  # the transform fit trained it with: 64 px, OpenAI mean/std
+    return torch.cat([F.normalize(model.encode_image(clip_preprocess(x, size, mean, std)), dim=-1)
+                      for x in images.split(256)])
 
 
 # ---------------------------------------------------------------- zero-shot

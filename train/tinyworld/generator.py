@@ -59,7 +59,7 @@ class ResBlock(nn.Module):
         return x + self.conv2(F.silu(h))
 
 
-class FlowGenerator(nn.Module):
+class TinyFlowModel(nn.Module):
     """v(x_t, t, caption) on scaled latents (B, C, S, S); coordinates are input channels so
     positions ("left of", "above") are easy to express."""
 
@@ -96,10 +96,10 @@ class FlowGenerator(nn.Module):
 
 
 def train_generator(latents: torch.Tensor, captions: list[str], steps: int, batch: int = 64, lr: float = 2e-3,
-                    seed: int = 0, log=print, **arch) -> tuple[FlowGenerator, list[float]]:
+                    seed: int = 0, log=print, **arch) -> tuple[TinyFlowModel, list[float]]:
     """Rectified flow on (scaled latent, caption) pairs; t ~ logit-normal as in SD3."""
     torch.manual_seed(seed)
-    model = FlowGenerator(channels=latents.shape[1], size=latents.shape[-1], **arch).train()
+    model = TinyFlowModel(channels=latents.shape[1], size=latents.shape[-1], **arch).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     ids = word_ids(captions)
     losses, tic = [], time.time()

@@ -1,26 +1,26 @@
 """Claims 2 and 3 in the tiny world: ReNO with a Latent-CLIP or a pixel-CLIP reward, and
 latent guidance away from a forbidden concept. Built on ``latent_clip.reno.optimize_noise`` and
-the loss functions of ``latent_clip.rewards``; the rewards here take one prompt *per sample*
-(the library's take one prompt for the batch), so a whole prompt set runs as one batch.
+the rewards of ``latent_clip.rewards``, given one prompt per sample, so a whole prompt set runs as
+one batch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import open_clip
 import torch
 
 from latent_clip.reno import RenoResult, optimize_noise
-from latent_clip.rewards import CLIP_MEAN, CLIP_STD, clip_preprocess, clip_score_loss, concept_loss, weighted_sum
+from latent_clip.rewards import latent_alignment, latent_avoid, pixel_alignment, weighted_sum
 from latent_clip.safety import Concept
 
-from .clips import text_features
 from .judge import contains_colour, judge_batch, to_uint8
 from .vae import SCALING_FACTOR, decode
 from .world import COLOURS, SHAPES, Spec
 
 
 @dataclass
-class Generator:
+class PromptedFlow:
     """``generate(noise) -> raw latents`` for a batch of prompts (the flow model, few Euler steps)."""
 
     model: torch.nn.Module
@@ -39,23 +39,11 @@ class Generator:
         return torch.randn(len(self.prompts), c, s, s, generator=torch.Generator().manual_seed(seed))
 
 
-def latent_reward(model, prompts: list[str]):
-    """Latent-CLIP prompt alignment, no decode: ReNO's CLIPScore loss per sample."""
-    text = text_features(model, prompts)
-    return lambda raw: clip_score_loss(model.encode_latents(raw, normalize=True), text, model.logit_scale)
-
-
 def pixel_reward(clip_model, vae, prompts: list[str]):
     """Decode with the tiny VAE, then the pixel CLIP: ReNO's CLIPScore loss per sample."""
-    text = text_features(clip_model, prompts)
-    size = clip_model.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else size
-
-    def loss(raw: torch.Tensor) -> torch.Tensor:
-        images = clip_preprocess(decode(vae, raw), size, CLIP_MEAN, CLIP_STD)
-        features = torch.nn.functional.normalize(clip_model.encode_image(images), dim=-1)
-        return clip_score_loss(features, text, clip_model.logit_scale)
-    return loss
+    def tokenizer(texts):
+        return open_clip.tokenize(texts, context_length=clip_model.context_length)
+    return pixel_alignment(clip_model, tokenizer, prompts, lambda raw: decode(vae, raw))
 
 
 def avoid_concepts(colour: str) -> list[Concept]:
@@ -65,14 +53,7 @@ def avoid_concepts(colour: str) -> list[Concept]:
             for s in SHAPES for c in COLOURS if c != colour]
 
 
-def avoid_reward(model, concepts: list[Concept]):
-    """``latent_clip.rewards.concept_loss`` on raw latents, no decode."""
-    concept = text_features(model, [c.prompt for c in concepts])
-    neutral = text_features(model, [c.counter for c in concepts])
-    return lambda raw: concept_loss(model.encode_latents(raw, normalize=True), concept, neutral, model.logit_scale)
-
-
-def run_reno(generate: Generator, reward, seed: int, iterations: int, lr: float) -> RenoResult:
+def run_reno(generate: PromptedFlow, reward, seed: int, iterations: int, lr: float) -> RenoResult:
     return optimize_noise(generate, reward, generate.noise(seed), iterations=iterations, lr=lr)
 
 
@@ -86,11 +67,11 @@ def forbidden_rate(images, colour: str) -> float:
     return float(sum(contains_colour(img, colour) for img in images) / len(images))
 
 
-def guided(generate: Generator, latent_clip_model, colour: str, seed: int, iterations: int, lr: float,
+def guided(generate: PromptedFlow, latent_clip_model, colour: str, seed: int, iterations: int, lr: float,
            align_weight: float = 0.05) -> RenoResult:
     """Noise optimisation on "avoid ``colour``" + a little prompt alignment (to stay on the
     prompt), both Latent-CLIP losses on latents; nothing is decoded."""
-    reward = weighted_sum({"avoid": avoid_reward(latent_clip_model, avoid_concepts(colour)),
-                           "align": latent_reward(latent_clip_model, generate.prompts)},
+    reward = weighted_sum({"avoid": latent_avoid(latent_clip_model, avoid_concepts(colour)),
+                           "align": latent_alignment(latent_clip_model, generate.prompts)},
                           {"avoid": 1.0, "align": align_weight})
     return run_reno(generate, reward, seed, iterations, lr)

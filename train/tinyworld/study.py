@@ -22,9 +22,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from latent_clip.rewards import latent_alignment
+
 from . import clips, steer
 from . import vae as tiny_vae
-from .generator import FlowGenerator, train_generator
+from .generator import TinyFlowModel, train_generator
 from .world import CATEGORIES, PREFIXES, make_sample
 
 ASSETS = Path(__file__).resolve().parents[2] / "latent_clip" / "assets" / "tinyworld"
@@ -72,9 +74,12 @@ class Clock:
     def __init__(self):
         self.start, self.stages = time.time(), {}
 
-    def lap(self, name: str, since: float) -> None:
-        self.stages[name] = round(time.time() - since, 1)
-        print(f"[tinyworld] {name}: {self.stages[name]:.1f} s (total {time.time() - self.start:.0f} s)", flush=True)
+    def lap(self, name: str, since: float) -> float:
+        """Record stage ``name`` as running from ``since`` until now; returns now (the next stage's start)."""
+        now = time.time()
+        self.stages[name] = round(now - since, 1)
+        print(f"[tinyworld] {name}: {self.stages[name]:.1f} s (total {now - self.start:.0f} s)", flush=True)
+        return now
 
 
 # ---------------------------------------------------------------- training (steps 1-4, 6)
@@ -138,7 +143,7 @@ def load_models(directory: Path) -> dict:
 
     from latent_clip import load_model
     cfg = json.loads((directory / "generator.json").read_text())
-    generator = FlowGenerator(**cfg)
+    generator = TinyFlowModel(**cfg)
     generator.load_state_dict({k: v.float() for k, v in load_file(str(directory / "generator.safetensors")).items()})
     pixel_cfg = json.loads((directory / "pixel_clip.json").read_text())["model_cfg"]
     return {"vae": tiny_vae.load(directory / "vae"), "latent": load_model(directory / "latent_clip.safetensors"),
@@ -153,35 +158,48 @@ def prompts_for(seed: int, n: int, categories: Sequence[str]) -> list:
 
 
 def measure(models: dict, p: Preset, out: Path, clock: Clock, seed: int = 0) -> dict:
-    vae, latent, pixel, generator = models["vae"], models["latent"], models["pixel"], models["generator"]
-    results: dict = {}
-
-    # 5. zero-shot on held-out samples
-    t = time.time()
+    """Claims 1-3 on the trained (or embedded) models: zero-shot, ReNO, guidance; then the pictures."""
     seeds = run_seeds(seed)
+    t = time.time()
+    results = zero_shot_results(models, p, seeds)
+    t = clock.lap("zero-shot", t)
+    results["reno"], results["reno_curves"], images, captions = reno_results(models, p, seeds)
+    t = clock.lap("reno", t)
+    results["guidance"], img0, img1 = guidance_results(models, p, seeds)
+    t = clock.lap("guidance", t)
+    plots(out, results["reno_curves"], images, captions, img0, img1)
+    clock.lap("plots", t)
+    return results
+
+
+def zero_shot_results(models: dict, p: Preset, seeds: dict[str, int]) -> dict:
+    """Claim 1: zero-shot of both CLIPs on held-out samples, and the judge's ceiling."""
+    vae = models["vae"]
     data = clips.held_out(vae, seeds["zeroshot"], p.zeroshot_per_category)
-    results["zeroshot"] = {"latent": clips.zero_shot("latent", latent, data),
-                           "pixel": clips.zero_shot("pixel", pixel, data), "chance": clips.CHANCE,
-                           "n_per_category": p.zeroshot_per_category}
+    results = {"zeroshot": {"latent": clips.zero_shot("latent", models["latent"], data),
+                            "pixel": clips.zero_shot("pixel", models["pixel"], data), "chance": clips.CHANCE,
+                            "n_per_category": p.zeroshot_per_category}}
     # the judge on VAE reconstructions of ground truth: the ceiling for anything generated
     ok = np.concatenate([steer.judge_latents(vae, d.latents, [s.spec for s in d.samples])[0] for d in data.values()])
     results["judge_ceiling"] = {"ground_truth": 1.0, "vae_reconstruction": float(ok.mean())}
-    clock.lap("zero-shot", t)
+    return results
 
-    # 7. ReNO: base vs Latent-CLIP reward vs pixel-CLIP reward (decode + pixel CLIP)
-    t = time.time()
+
+def reno_results(models: dict, p: Preset, seeds: dict[str, int]) -> tuple[dict, dict, dict, list[str]]:
+    """Claim 2: ReNO, base vs Latent-CLIP reward vs pixel-CLIP reward (decode + pixel CLIP) ->
+    (results, mean loss curves, images by run, captions)."""
+    vae, latent, pixel = models["vae"], models["latent"], models["pixel"]
     samples = prompts_for(seeds["reno"], p.reno_prompts, CATEGORIES)
     specs = [s.spec for s in samples]
-    gen = steer.Generator(generator, [PREFIXES[1] + s.spec.phrase() for s in samples], p.euler_steps)
-    noise_seed = seeds["noise"]
+    gen = steer.PromptedFlow(models["generator"], [PREFIXES[1] + s.spec.phrase() for s in samples], p.euler_steps)
     with torch.no_grad():
-        base_ok, base_images = steer.judge_latents(vae, gen(gen.noise(noise_seed)), specs)
-    runs = {"latent": steer.latent_reward(latent, gen.prompts), "pixel": steer.pixel_reward(pixel, vae, gen.prompts)}
+        base_ok, base_images = steer.judge_latents(vae, gen(gen.noise(seeds["noise"])), specs)
+    runs = {"latent": latent_alignment(latent, gen.prompts), "pixel": steer.pixel_reward(pixel, vae, gen.prompts)}
     reno = {"base": {"judge": float(base_ok.mean()), "per_category": per_category(base_ok, specs)}}
     images = {"base": base_images}
     histories = {}
     for name, reward in runs.items():
-        r = steer.run_reno(gen, reward, noise_seed, p.reno_iterations, p.reno_lr)
+        r = steer.run_reno(gen, reward, seeds["noise"], p.reno_iterations, p.reno_lr)
         ok, images[name] = steer.judge_latents(vae, r.best_latent, specs)
         n = len(specs)
         reno[name] = {"judge": float(ok.mean()), "per_category": per_category(ok, specs),
@@ -190,33 +208,27 @@ def measure(models: dict, p: Preset, out: Path, clock: Clock, seed: int = 0) -> 
                       "reward_start": float(r.history[0].mean()), "reward_best": float(r.best_loss.mean())}
         histories[name] = r.history.mean(1).tolist()
     reno["iterations"], reno["prompts"], reno["lr"] = p.reno_iterations, p.reno_prompts, p.reno_lr
-    results["reno"], results["reno_curves"] = reno, histories
-    clock.lap("reno", t)
+    return reno, histories, images, [s.spec.phrase() for s in samples]
 
-    # 8. guidance away from a forbidden colour, on prompts that leave colour open
-    t = time.time()
+
+def guidance_results(models: dict, p: Preset, seeds: dict[str, int]) -> tuple[dict, list, list]:
+    """Claim 3: guidance away from a forbidden colour, on prompts that leave colour open ->
+    (results, unguided images, guided images)."""
+    vae = models["vae"]
     open_colour = [c for c in CATEGORIES if c not in ("colors", "color_attr")]
-    samples_g = [s for s in prompts_for(seeds["guidance"], 3 * p.guidance_prompts, open_colour)
-                 if all(q.colour is None for q in s.spec.queries)][:p.guidance_prompts]
-    specs_g = [s.spec for s in samples_g]
-    gen_g = steer.Generator(generator, [PREFIXES[1] + s.spec.phrase() for s in samples_g], p.euler_steps)
+    samples = [s for s in prompts_for(seeds["guidance"], 3 * p.guidance_prompts, open_colour)
+               if all(q.colour is None for q in s.spec.queries)][:p.guidance_prompts]
+    specs = [s.spec for s in samples]
+    gen = steer.PromptedFlow(models["generator"], [PREFIXES[1] + s.spec.phrase() for s in samples], p.euler_steps)
     with torch.no_grad():
-        ok0, img0 = steer.judge_latents(vae, gen_g(gen_g.noise(noise_seed)), specs_g)
-    r = steer.guided(gen_g, latent, FORBIDDEN, noise_seed, p.guidance_iterations, p.guidance_lr)
-    ok1, img1 = steer.judge_latents(vae, r.best_latent, specs_g)
-    results["guidance"] = {
-        "concept": FORBIDDEN, "prompts": len(specs_g), "iterations": p.guidance_iterations,
-        "forbidden_rate_base": steer.forbidden_rate(img0, FORBIDDEN),
-        "forbidden_rate_guided": steer.forbidden_rate(img1, FORBIDDEN),
-        "judge_base": float(ok0.mean()), "judge_guided": float(ok1.mean()),
-        "seconds_per_image": r.seconds / len(specs_g)}
-    clock.lap("guidance", t)
-
-    # 9. pictures
-    t = time.time()
-    plots(out, histories, images, [s.spec.phrase() for s in samples], img0, img1)
-    clock.lap("plots", t)
-    return results
+        ok0, img0 = steer.judge_latents(vae, gen(gen.noise(seeds["noise"])), specs)
+    r = steer.guided(gen, models["latent"], FORBIDDEN, seeds["noise"], p.guidance_iterations, p.guidance_lr)
+    ok1, img1 = steer.judge_latents(vae, r.best_latent, specs)
+    return {"concept": FORBIDDEN, "prompts": len(specs), "iterations": p.guidance_iterations,
+            "forbidden_rate_base": steer.forbidden_rate(img0, FORBIDDEN),
+            "forbidden_rate_guided": steer.forbidden_rate(img1, FORBIDDEN),
+            "judge_base": float(ok0.mean()), "judge_guided": float(ok1.mean()),
+            "seconds_per_image": r.seconds / len(specs)}, img0, img1
 
 
 def per_category(ok: np.ndarray, specs: list) -> dict[str, float]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,7 +35,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from latent_clip.factory import DTYPES
+
 MODULES = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
 
 
@@ -81,11 +83,17 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None):
 
 
 class Timer:
-    """Seconds per section, synchronising CUDA so times are not just launch times."""
+    """Seconds per section, synchronising CUDA so times are not just launch times.
+
+    :meth:`section` books the time spent inside it minus that of sections opened within it, so
+    nested sections never count twice and no section's time is negative. ``marks`` holds named
+    instants that autograd hooks read to book backward time (:meth:`DiffusersGenerator.one_step`)."""
 
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
         self.seconds: dict[str, float] = {}
+        self.marks: dict[str, float] = {}
+        self._inner: list[float] = []  # per open section: seconds spent in the sections nested in it
 
     def now(self) -> float:
         if self.device.type == "cuda":
@@ -95,8 +103,21 @@ class Timer:
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
+    @contextmanager
+    def section(self, name: str):
+        start = self.now()
+        self._inner.append(0.0)
+        try:
+            yield
+        finally:
+            elapsed = self.now() - start
+            self.add(name, elapsed - self._inner.pop())
+            if self._inner:
+                self._inner[-1] += elapsed
+
     def reset(self) -> dict[str, float]:
         out, self.seconds = self.seconds, {}
+        self.marks.clear()
         return out
 
 
@@ -112,7 +133,7 @@ class Conditioning:
     uncond_added: dict | None = None
 
 
-class Generator:
+class DiffusersGenerator:
     """A pipeline as tensor maths: conditioning, x0 denoiser, samplers, latent <-> image.
 
     Subclasses give the family's denoiser call (:meth:`_denoise`), its noise levels
@@ -201,28 +222,27 @@ class Generator:
     # -- shared samplers
     def predict_x0(self, x: torch.Tensor, t, cond: Conditioning, guidance_scale: float = 0.0) -> torch.Tensor:
         """x0 (model space, fp32) from ``x`` at timestep ``t``; the time is booked as ``unet``."""
-        t0 = self.timer.now()
-        x0 = self._denoise(x, t, self.sigma(t), cond, guidance_scale)
-        self.timer.add("unet", self.timer.now() - t0)
-        return x0
+        with self.timer.section("unet"):
+            return self._denoise(x, t, self.sigma(t), cond, guidance_scale)
 
     def one_step(self, cond: Conditioning, timestep=None, guidance_scale: float = 0.0
                  ) -> Callable[[torch.Tensor], torch.Tensor]:
         """``generate(noise) -> raw x0 latent`` with gradients to the noise (ReNO's generator).
 
         The denoiser's backward time is measured by a hook on the noise and added to ``timer['unet']``;
-        the hook on the output marks where the reward's backward ends."""
+        a hook on the output books the reward's backward, from ``timer.marks['reward_end']`` (set by
+        the reward's wrapper, :func:`train.benchmarks.runner.timed`), to ``timer['reward']``."""
         steps = self.timesteps(1) if timestep is None else [timestep]
         t, scale = steps[0], self.noise_scale(steps)
         timer = self.timer
-        marks = {}
 
         def on_latent_grad(grad):
-            marks["latent_grad"] = timer.now()
-            timer.add("reward", marks["latent_grad"] - marks.pop("reward_end", marks["latent_grad"]))
+            now = timer.marks["latent_grad"] = timer.now()
+            timer.add("reward", now - timer.marks.pop("reward_end", now))
 
         def on_noise_grad(grad):
-            timer.add("unet", timer.now() - marks.pop("latent_grad", timer.now()))
+            now = timer.now()
+            timer.add("unet", now - timer.marks.pop("latent_grad", now))
 
         def generate(noise: torch.Tensor) -> torch.Tensor:
             x = noise.view_as(noise)
@@ -233,7 +253,6 @@ class Generator:
                 raw.register_hook(on_latent_grad)
             return raw
 
-        generate.marks = marks  # the reward wrapper sets marks["reward_end"]
         return generate
 
     def sample(self, x: torch.Tensor, timesteps: list, cond: Conditioning, guidance_scale: float = 0.0,
@@ -253,7 +272,7 @@ class Generator:
         return x0
 
 
-class UNetGenerator(Generator):
+class UNetGenerator(DiffusersGenerator):
     """SD 1/2, SD-Turbo, SDXL, SDXL-Turbo: a DDPM-trained UNet in the k-diffusion view."""
 
     def __init__(self, pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None):
@@ -321,7 +340,7 @@ class UNetGenerator(Generator):
         return clean.float() + self.sigma(timesteps[0]) * noise.float()
 
 
-class FlowGenerator(Generator):
+class FlowMatchGenerator(DiffusersGenerator):
     """Flow-matching transformers: ``x = (1 - sigma) x0 + sigma noise``, velocity prediction."""
 
     def __init__(self, pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None):
@@ -356,7 +375,7 @@ class FlowGenerator(Generator):
         return tensor.expand(n, *tensor.shape[1:])
 
 
-class FluxGenerator(FlowGenerator):
+class FluxGenerator(FlowMatchGenerator):
     """FLUX.1 (schnell, dev): T5 + CLIP-pooled conditioning, 2x2-packed latent tokens, optional
     guidance embedding (``embedded_guidance``, for guidance-distilled models such as -dev);
     ``guidance_scale > 1`` is true CFG against ``negative_prompt`` (or the empty prompt)."""
@@ -411,7 +430,7 @@ class FluxGenerator(FlowGenerator):
                                          self.pipe.vae_scale_factor)
 
 
-class SD3Generator(FlowGenerator):
+class SD3Generator(FlowMatchGenerator):
     """Stable Diffusion 3 / 3.5 (incl. Large-Turbo): two CLIPs + T5, pooled projections, patchified
     inside the transformer; ``guidance_scale > 1`` is CFG as in the pipeline."""
 
@@ -453,7 +472,7 @@ class SD3Generator(FlowGenerator):
                                 return_dict=False)[0]
 
 
-GENERATORS: dict[str, type[Generator]] = {
+GENERATORS: dict[str, type[DiffusersGenerator]] = {
     "StableDiffusionPipeline": UNetGenerator,
     "StableDiffusionXLPipeline": UNetGenerator,
     "FluxPipeline": FluxGenerator,
@@ -461,8 +480,8 @@ GENERATORS: dict[str, type[Generator]] = {
 }
 
 
-def generator_class(pipe) -> type[Generator]:
-    """The :class:`Generator` for ``pipe``'s family (see :data:`GENERATORS`)."""
+def generator_class(pipe) -> type[DiffusersGenerator]:
+    """The :class:`DiffusersGenerator` for ``pipe``'s family (see :data:`GENERATORS`)."""
     cls = GENERATORS.get(type(pipe).__name__)
     if cls is None:
         raise NotImplementedError(f"{type(pipe).__name__} is not supported; supported pipelines: "
@@ -471,7 +490,7 @@ def generator_class(pipe) -> type[Generator]:
 
 
 def make_generator(pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None,
-                   **options) -> Generator:
+                   **options) -> DiffusersGenerator:
     """The generator for ``pipe``'s family; ``options`` go to its constructor (FLUX:
     ``max_sequence_length``, ``embedded_guidance``; SD3: ``max_sequence_length``). ``None`` means the
     family's default; an option the family does not take is dropped with a warning."""
@@ -501,7 +520,7 @@ def add_pipeline_args(group) -> None:
 
 
 def generator_from_args(args, device: torch.device, resolution: int | None,
-                        grad_checkpointing: bool = False) -> Generator:
+                        grad_checkpointing: bool = False) -> DiffusersGenerator:
     """Load ``args.pipeline`` (see :func:`add_pipeline_args`) and wrap it for its family."""
     pipe = load_pipeline(args.pipeline, device, DTYPES[args.dtype], args.pipeline_config)
     gen = make_generator(pipe, device, resolution, Timer(device), max_sequence_length=args.max_sequence_length,
