@@ -63,6 +63,37 @@ def test_workflows_use_only_known_nodes(object_info):
         assert set(types) <= set(object_info), f"{path.name}: {set(types) - set(object_info)}"
 
 
+def _combo_options(spec: list) -> list | None:
+    """The allowed values of an /object_info input spec when it is a combo (V1 list or V3 COMBO)."""
+    if isinstance(spec[0], list):
+        return spec[0]
+    return spec[1].get("options") if spec[0] == "COMBO" else None
+
+
+def test_shipped_api_workflows_lint_clean(object_info):
+    """Every enum value in workflows/api/ is one the running server offers, except model files that
+    the matching template offers as a download (properties.models): no test-only file names ship."""
+    downloads = {m["name"] for path in UI_WORKFLOWS.glob("*.json") for n in json.loads(path.read_text())["nodes"]
+                 for m in n["properties"].get("models", [])}
+    shipped = sorted(SHIPPED_API_WORKFLOWS.glob("*.json"))
+    assert [p.name for p in shipped] == sorted(p.name for p in UI_WORKFLOWS.glob("*.json"))
+    bad, checked = [], 0
+    for path in shipped:
+        for nid, node in json.loads(path.read_text()).items():
+            info = object_info[node["class_type"]]["input"]
+            specs = {**info["required"], **info.get("optional", {})}
+            for name, value in node["inputs"].items():
+                options = _combo_options(specs[name])
+                if options is None or isinstance(value, list):
+                    continue
+                checked += 1
+                if value not in options and value not in downloads:
+                    bad.append(f"{path.name} #{nid} {node['class_type']}.{name} = {value!r}")
+    assert checked > 20 and not bad, bad
+    assert not {TEST_LATENT, TINY_EXPORT} & {v for p in shipped for v in json.loads(p.read_text()).values()
+                                             for v in v["inputs"].values() if isinstance(v, str)}
+
+
 @pytest.mark.parametrize("weights", [TINY_EXPORT, TINY_OFFICIAL])
 def test_score_matches_library(comfy_server, model, latents, weights):
     graph = load_api_workflow("latent_clip_score.json")
