@@ -17,6 +17,7 @@ CHUNK = 16  # latents per progress step
 LATENT_TIP = "Raw VAE latents (e.g. KSampler output) in the model's latent family (SDXL for the official weights)."
 MODEL_TIP = "A Latent-CLIP model from Load Latent-CLIP."
 PROMPT_TIP = "Text to compare each latent with."
+REPORT_TIP = "as a Markdown code block (Preview Any shows it whole, columns aligned)"
 
 
 def _common_inputs(prompt: bool = True) -> list:
@@ -52,7 +53,7 @@ class LatentCLIPScore(io.ComfyNode):
                                      tooltip="Per-sample cosine similarity in [-1, 1], one list item per latent."),
                      io.Float.Output(display_name="logit", is_output_list=True,
                                      tooltip="Per-sample CLIP logit (logit_scale.exp() * cosine)."),
-                     io.String.Output(display_name="report", tooltip="The table shown on the node.")])
+                     io.String.Output(display_name="report", tooltip=f"The table shown on the node, {REPORT_TIP}.")])
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, prompt: str) -> io.NodeOutput:
@@ -60,7 +61,7 @@ class LatentCLIPScore(io.ComfyNode):
         cos, logit = s.cosine[:, 0].tolist(), s.logits[:, 0].tolist()
         text = f"prompt: {prompt.strip()}\n" + _convert.table(
             ["#", "cosine", "logit"], [[i, f"{c:.4f}", f"{g:.3f}"] for i, (c, g) in enumerate(zip(cos, logit))])
-        return io.NodeOutput(cos, logit, text, ui=ui.PreviewText(text))
+        return io.NodeOutput(cos, logit, _convert.code_block(text), ui=ui.PreviewText(text))
 
 
 class LatentCLIPZeroShot(io.ComfyNode):
@@ -79,7 +80,7 @@ class LatentCLIPZeroShot(io.ComfyNode):
             outputs=[io.String.Output(display_name="label", is_output_list=True, tooltip="Top label per latent."),
                      io.Float.Output(display_name="probability", is_output_list=True,
                                      tooltip="Probability of the top label per latent."),
-                     io.String.Output(display_name="table", tooltip="Probabilities of every label, per latent.")])
+                     io.String.Output(display_name="table", tooltip=f"Probabilities of every label, per latent, {REPORT_TIP}.")])
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, labels: str, templates: str) -> io.NodeOutput:
@@ -95,7 +96,8 @@ class LatentCLIPZeroShot(io.ComfyNode):
         top_p, top = probs.max(dim=-1)
         rows = [[i, names[k], *(f"{p:.3f}" for p in row)] for i, (k, row) in enumerate(zip(top.tolist(), probs.tolist()))]
         text = _convert.table(["#", "top", *names], rows)
-        return io.NodeOutput([names[k] for k in top.tolist()], top_p.tolist(), text, ui=ui.PreviewText(text))
+        return io.NodeOutput([names[k] for k in top.tolist()], top_p.tolist(), _convert.code_block(text),
+                             ui=ui.PreviewText(text))
 
 
 class LatentCLIPSafetyFilter(io.ComfyNode):
@@ -122,7 +124,7 @@ class LatentCLIPSafetyFilter(io.ComfyNode):
                      io.Boolean.Output(display_name="flagged", is_output_list=True,
                                        tooltip="Per input latent: True if blocked."),
                      io.Boolean.Output(display_name="any_flagged", tooltip="True if any latent was blocked."),
-                     io.String.Output(display_name="report", tooltip="Concept probabilities per latent.")])
+                     io.String.Output(display_name="report", tooltip=f"Concept probabilities per latent, {REPORT_TIP}.")])
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, concepts: str, threshold: float, action: str,
@@ -139,7 +141,7 @@ class LatentCLIPSafetyFilter(io.ComfyNode):
             out = ExecutionBlocker(None)
             text += "\nevery latent was blocked: nothing passed on, the nodes after this one were skipped"
         flags = result.flagged.tolist()
-        return io.NodeOutput(out, flags, any(flags), text, ui=ui.PreviewText(text))
+        return io.NodeOutput(out, flags, any(flags), _convert.code_block(text), ui=ui.PreviewText(text))
 
 
 class LatentCLIPSelectBest(io.ComfyNode):
@@ -154,7 +156,7 @@ class LatentCLIPSelectBest(io.ComfyNode):
             outputs=[io.Latent.Output(display_name="latent", tooltip="The k best latents, best first; "
                                       "batch_index records their place in the input batch."),
                      io.Int.Output(display_name="best_index", tooltip="Batch index of the best latent."),
-                     io.String.Output(display_name="report", tooltip="The ranking shown on the node.")])
+                     io.String.Output(display_name="report", tooltip=f"The ranking shown on the node, {REPORT_TIP}.")])
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, prompt: str, k: int) -> io.NodeOutput:
@@ -162,7 +164,7 @@ class LatentCLIPSelectBest(io.ComfyNode):
         order = torch.argsort(cosine, descending=True)[:k].tolist()
         text = f"prompt: {prompt.strip()}\nkept {len(order)} of {len(cosine)}\n" + _convert.table(
             ["rank", "#", "cosine"], [[r, i, f"{cosine[i]:.4f}"] for r, i in enumerate(order)])
-        return io.NodeOutput(select(latent, order), order[0], text, ui=ui.PreviewText(text))
+        return io.NodeOutput(select(latent, order), order[0], _convert.code_block(text), ui=ui.PreviewText(text))
 
 
 class LatentCLIPScoreThreshold(io.ComfyNode):

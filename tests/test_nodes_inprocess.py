@@ -69,7 +69,7 @@ def test_nodes_on_latent_dicts(pack):
     order = latent_clip.rank_by_prompt(patcher.model.clip, z, "a cat")[0][:3].tolist()
     assert best_index == order[0] and best["batch_index"] == [10 + i for i in order]
     torch.testing.assert_close(best["noise_mask"], latent["noise_mask"][order])
-    assert "kept 3 of 5" in report and out.ui.as_dict()["text"] == (report,)
+    assert "kept 3 of 5" in report and report == f"```\n{out.ui.as_dict()['text'][0]}\n```"
 
     blocked = run(nodes.LatentCLIPSafetyFilter, latent=latent, latent_clip=patcher, concepts="nudity",
                   threshold=0.0, action="zero", seed=0).result
