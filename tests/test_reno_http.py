@@ -22,7 +22,7 @@ from comfy_harness import COMFY_DIR, ROOT, TINY_CONFIG, TINY_EXPORT, execution_e
 
 pytestmark = pytest.mark.comfyui
 
-CKPT_NAME = "latent_clip_test_sd15.safetensors"  # what workflows/api/{reno,guidance}_*.json load
+CKPT_NAME = "latent_clip_test_sd15.safetensors"  # what tests/api_workflows/{reno,guidance}_*.json load
 SD15_WEIGHTS = "latent_clip_tiny_sd15.safetensors"  # what they load as Latent-CLIP
 RELOAD_NAME = "latent_clip_test_sd15_other.safetensors"  # the same file: a graph using it loads the model anew
 CKPT_CACHE = ROOT / "build" / "test_models" / CKPT_NAME

@@ -41,7 +41,7 @@ def custom_advanced(guider: list, sampler: list, steps: int) -> dict:
     return {14: ("RandomNoise", {"noise_seed": 0}),
             15: ("SDTurboScheduler", {"model": L(1), "steps": steps, "denoise": 1.0}),
             16: ("SamplerCustomAdvanced", {"noise": L(14), "guider": guider, "sampler": sampler,
-                                                        "sigmas": L(15), "latent_image": L(4)})}
+                                           "sigmas": L(15), "latent_image": L(4)})}
 
 
 def finish(src: list, prefix: str) -> dict:
@@ -54,20 +54,20 @@ SPECS = {
         10: ("LatentCLIPRewardPrompt", {"latent_clip": L(6), "prompt": PROMPT, "weight": 0.01}),
         11: ("KSamplerSelect", {"sampler_name": "euler"}),
         12: ("LatentCLIPRenoSampler", {"reward": L(10), "sampler": L(11), "iterations": 50, "lr": 5.0,
-                                                    "grad_clip": 0.1, "reg_weight": 0.01, "momentum": 0.9,
-                                                    "allow_family_mismatch": False}),
+                                       "grad_clip": 0.1, "reg_weight": 0.01, "momentum": 0.9,
+                                       "allow_family_mismatch": False}),
         13: ("BasicGuider", {"model": L(1), "conditioning": L(2)}),
         **custom_advanced(L(13), L(12), 1), **finish(L(16), "latent_clip/reno")},
     "reno_sdxl_turbo_prompt": {**txt2img(SDXL_TURBO, 512),
         10: ("LatentCLIPReno", {"model": L(1), "positive": L(2), "latent_clip": L(6), "prompt": PROMPT,
-                                             "latent": L(4), "seed": 0, "iterations": 50, "lr": 5.0, "steps": 1,
-                                             "cfg": 1.0, "allow_family_mismatch": False}),
+                                "latent": L(4), "seed": 0, "iterations": 50, "lr": 5.0, "steps": 1,
+                                "cfg": 1.0, "allow_family_mismatch": False}),
         **finish(L(10), "latent_clip/reno_prompt")},
     "guidance_sdxl_turbo": {**txt2img(SDXL_TURBO, 512, negative=True),
         10: ("LatentCLIPAvoidGuider", {"model": L(1), "positive": L(2), "negative": L(3), "cfg": 1.0,
-                                                    "latent_clip": L(6), "concepts": "nudity\nviolence | a photo of "
-                                                    "a peaceful scene", "strength": 0.05, "start_percent": 0.0,
-                                                    "end_percent": 0.8, "allow_family_mismatch": False}),
+                                       "latent_clip": L(6), "concepts": "nudity\nviolence | a photo of "
+                                       "a peaceful scene", "strength": 0.05, "start_percent": 0.0,
+                                       "end_percent": 0.8, "allow_family_mismatch": False}),
         11: ("KSamplerSelect", {"sampler_name": "euler_ancestral"}),
         **custom_advanced(L(10), L(11), 4), **finish(L(16), "latent_clip/guided")},
 }
