@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .config import LatentFamily, latent_families
+from .config import LatentFamily, VisionConfig, latent_families
 
 ResizePolicy = Literal["pool", "interpolate"]
 RESIZE_POLICIES: tuple[str, ...] = ("pool", "interpolate")
@@ -100,7 +100,7 @@ def check_family(family: LatentFamily, channels: int, scaling_factor: float, shi
 TINYWORLD = "tinyworld"
 
 
-def tinyworld_warning(vision, z: torch.Tensor) -> str | None:
+def tinyworld_warning(vision: VisionConfig, z: torch.Tensor) -> str | None:
     """The warning for a tiny-world Latent-CLIP (``vision.latent_family == "tinyworld"``) reading
     latents of another size than its procedural world's ``latent_size``; None otherwise. That model
     knows only its shapes world, so on other latents its scores are meaningless (near constant)."""

@@ -53,7 +53,8 @@ class LatentCLIPScore(io.ComfyNode):
                                      tooltip="Per-sample cosine similarity in [-1, 1], one list item per latent."),
                      io.Float.Output(display_name="logit", is_output_list=True,
                                      tooltip="Per-sample CLIP logit (logit_scale.exp() * cosine)."),
-                     io.String.Output(display_name="report", tooltip=f"The table shown on the node, {REPORT_TIP}.")])
+                     io.String.Output(display_name="report",
+                                      tooltip=f"The table shown on the node, {REPORT_TIP}.")])
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, prompt: str) -> io.NodeOutput:
@@ -80,7 +81,8 @@ class LatentCLIPZeroShot(io.ComfyNode):
             outputs=[io.String.Output(display_name="label", is_output_list=True, tooltip="Top label per latent."),
                      io.Float.Output(display_name="probability", is_output_list=True,
                                      tooltip="Probability of the top label per latent."),
-                     io.String.Output(display_name="table", tooltip=f"Probabilities of every label, per latent, {REPORT_TIP}.")])
+                     io.String.Output(display_name="table",
+                                      tooltip=f"Probabilities of every label, per latent, {REPORT_TIP}.")])
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, labels: str, templates: str) -> io.NodeOutput:
@@ -114,8 +116,8 @@ class LatentCLIPSafetyFilter(io.ComfyNode):
                     io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
                                    tooltip="Block a latent when p(concept vs counter-prompt) reaches this."),
                     io.Combo.Input("action", options=list(safety.ACTIONS), default="drop",
-                                   tooltip="drop: remove blocked latents from the batch (all blocked: the nodes fed by "
-                                           "'latent' are skipped and the report still shows); replace with noise: "
+                                   tooltip="drop: remove blocked latents from the batch (all blocked: the nodes fed "
+                                           "by 'latent' are skipped and the report still shows); replace with noise: "
                                            "fresh seeded noise; zero: all-zero latent; pass with flag: unchanged."),
                     io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
                                  tooltip="Seed of the replacement noise (action 'replace with noise'); starts "
@@ -124,7 +126,8 @@ class LatentCLIPSafetyFilter(io.ComfyNode):
                      io.Boolean.Output(display_name="flagged", is_output_list=True,
                                        tooltip="Per input latent: True if blocked."),
                      io.Boolean.Output(display_name="any_flagged", tooltip="True if any latent was blocked."),
-                     io.String.Output(display_name="report", tooltip=f"Concept probabilities per latent, {REPORT_TIP}.")])
+                     io.String.Output(display_name="report",
+                                      tooltip=f"Concept probabilities per latent, {REPORT_TIP}.")])
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, concepts: str, threshold: float, action: str,
@@ -156,7 +159,8 @@ class LatentCLIPSelectBest(io.ComfyNode):
             outputs=[io.Latent.Output(display_name="latent", tooltip="The k best latents, best first; "
                                       "batch_index records their place in the input batch."),
                      io.Int.Output(display_name="best_index", tooltip="Batch index of the best latent."),
-                     io.String.Output(display_name="report", tooltip=f"The ranking shown on the node, {REPORT_TIP}.")])
+                     io.String.Output(display_name="report",
+                                      tooltip=f"The ranking shown on the node, {REPORT_TIP}.")])
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, prompt: str, k: int) -> io.NodeOutput:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import latent_clip
-from comfy_harness import (run_graph_with_texts, API_WORKFLOWS, SHIPPED_API_WORKFLOWS, TEST_LATENT, TINY_EXPORT, TINY_OFFICIAL,
+from comfy_harness import (API_WORKFLOWS, SHIPPED_API_WORKFLOWS, TEST_LATENT, TINY_EXPORT, TINY_OFFICIAL,
                            UI_WORKFLOWS, WRONG_FAMILY_LATENT, PromptRejected, execution_error, load_api_workflow,
-                           post_prompt, read_latent_file, run_graph, make_latents, wait_history)
+                           post_prompt, read_latent_file, run_graph, run_graph_with_texts, make_latents, wait_history)
 from latent_clip import safety, zeroshot
 
 pytestmark = pytest.mark.comfyui

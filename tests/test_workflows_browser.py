@@ -81,15 +81,11 @@ def page(comfy_server, tmp_path_factory):
         errors: list[str] = []
         page.on("pageerror", lambda err: errors.append(str(err)))
         page.goto(comfy_server.url, wait_until="domcontentloaded")
-        _wait_ready(page)
+        page.wait_for_function("() => window.app?.graph && window.LiteGraph && "
+                               "document.querySelector('#graph-canvas')?.width > 0", timeout=60_000)
         page.page_errors = errors
         yield page
         context.close()
-
-
-def _wait_ready(page) -> None:
-    page.wait_for_function("() => window.app?.graph && window.LiteGraph && "
-                           "document.querySelector('#graph-canvas')?.width > 0", timeout=60_000)
 
 
 def _queue(page) -> dict:
@@ -164,29 +160,6 @@ def test_new_safety_filter_seed_starts_fixed(page):
     assert control == "fixed"
 
 
-def test_template_browser_shows_every_template_with_its_thumbnail(page):
-    """Left sidebar Templates -> Extensions: comfyui-latent-clip lists every file of example_workflows/
-    with its <name>.jpg thumbnail loaded (the frontend asks /api/workflow_templates/<pack>/<name>.jpg)."""
-    thumbnails = {}
-    listen = lambda r: "/api/workflow_templates/" in r.url and thumbnails.update({r.url: r.status})  # noqa: E731
-    page.on("response", listen)
-    page.get_by_role("button", name="Templates").first.click()
-    page.get_by_text(PACK_NAME, exact=True).first.click()
-    page.wait_for_timeout(1500)
-    page.remove_listener("response", listen)
-    cards = page.evaluate("""() => [...document.querySelectorAll('[data-testid^="template-workflow-"]')].map(c => ({
-        name: c.dataset.testid.replace('template-workflow-', ''), text: c.innerText,
-        images: [...c.querySelectorAll('img')].map(i => [i.src, i.complete && i.naturalWidth > 0])}))""")
-    page.reload(wait_until="domcontentloaded")  # the template browser ignores Escape
-    _wait_ready(page)
-    assert sorted(c["name"] for c in cards) == [p.stem for p in WORKFLOWS]
-    for card in cards:
-        assert (UI_WORKFLOWS / f"{card['name']}.jpg").is_file()
-        assert card["images"] and all(ok for _, ok in card["images"]), card
-        assert thumbnails[f"{page.url.rstrip('/')}/api/workflow_templates/{PACK_NAME}/{card['name']}.jpg"] == 200
-        assert card["name"].replace("_", " ") in card["text"]  # the description the frontend derives
-
-
 @pytest.mark.parametrize("path", OURS, ids=[p.stem for p in OURS])
 def test_ui_workflow_queues(comfy_server, page, path, tmp_path):
     _load(page, path)
@@ -249,3 +222,25 @@ def _without_sdxl(prompt: dict) -> dict:
     needs_ckpt = {k for k, n in prompt.items() if n["class_type"] in ("CheckpointLoaderSimple", "CLIPTextEncode",
                                                                      "EmptyLatentImage", "VAEDecode", "SaveImage")}
     return {k: n for k, n in prompt.items() if k not in needs_ckpt}
+
+
+def test_template_browser_shows_every_template_with_its_thumbnail(page):
+    """Left sidebar Templates -> Extensions: comfyui-latent-clip lists every file of example_workflows/
+    with its <name>.jpg thumbnail loaded (the frontend asks /api/workflow_templates/<pack>/<name>.jpg)."""
+    thumbnails = {}
+    listen = lambda r: "/api/workflow_templates/" in r.url and thumbnails.update({r.url: r.status})  # noqa: E731
+    page.on("response", listen)
+    page.get_by_role("button", name="Templates").first.click()
+    page.get_by_text(PACK_NAME, exact=True).first.click()
+    page.wait_for_timeout(1500)
+    page.remove_listener("response", listen)
+    cards = page.evaluate("""() => [...document.querySelectorAll('[data-testid^="template-workflow-"]')].map(c => ({
+        name: c.dataset.testid.replace('template-workflow-', ''), text: c.innerText,
+        images: [...c.querySelectorAll('img')].map(i => [i.src, i.complete && i.naturalWidth > 0])}))""")
+    # Last in this module: the template browser does not close on Escape, and nothing runs after it.
+    assert sorted(c["name"] for c in cards) == [p.stem for p in WORKFLOWS]
+    for card in cards:
+        assert (UI_WORKFLOWS / f"{card['name']}.jpg").is_file()
+        assert card["images"] and all(ok for _, ok in card["images"]), card
+        assert thumbnails[f"{page.url.rstrip('/')}/api/workflow_templates/{PACK_NAME}/{card['name']}.jpg"] == 200
+        assert card["name"].replace("_", " ") in card["text"]  # the description the frontend derives

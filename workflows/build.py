@@ -28,7 +28,7 @@ from latent_clip.pretrained import get_pretrained  # noqa: E402
 
 UI_DIR, API_DIR, TEST_DIR = ROOT / "example_workflows", ROOT / "workflows" / "api", ROOT / "tests" / "api_workflows"
 # Node sizes (body, without the title bar) with room for every widget and for what a run adds.
-SIZES = {"LatentCLIPLoader": (360, 130), "LatentCLIPScoreThreshold": (300, 110), "PreviewAny": (420, 300),
+SIZES = {"LatentCLIPLoader": (360, 130), "LatentCLIPScoreThreshold": (300, 110), "PreviewAny": (560, 300),
          "CLIPTextEncode": (380, 180), "KSampler": (320, 470), "SaveImage": (420, 460),
          "LatentCLIPScore": (400, 300), "LatentCLIPZeroShot": (480, 400), "LatentCLIPSafetyFilter": (440, 400),
          "LatentCLIPSelectBest": (400, 300), "LatentCLIPRewardPrompt": (380, 260), "LatentCLIPRenoSampler": (380, 300),
@@ -36,9 +36,10 @@ SIZES = {"LatentCLIPLoader": (360, 130), "LatentCLIPScoreThreshold": (300, 110),
 DEFAULT_SIZE, TITLE_HEIGHT, GAP = (360, 140), 30, 60
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CKPT, LC_WEIGHTS = "sd_xl_turbo_1.0_fp16.safetensors", "latent-clip-b-8-512-34b-80k.pt"
-MODELS = {CKPT: {"url": "https://huggingface.co/stabilityai/sdxl-turbo/resolve/main/" + CKPT, "directory": "checkpoints"},
-          LC_WEIGHTS: {"url": "https://huggingface.co/{0.hf_repo}/resolve/main/{0.hf_file}".format(
-              get_pretrained(Path(LC_WEIGHTS).stem)), "directory": "latent_clip"}}
+MODELS = {  # model file -> its download, for the loaders' properties.models
+    CKPT: {"url": "https://huggingface.co/stabilityai/sdxl-turbo/resolve/main/" + CKPT, "directory": "checkpoints"},
+    LC_WEIGHTS: {"url": "https://huggingface.co/{0.hf_repo}/resolve/main/{0.hf_file}".format(
+        get_pretrained(Path(LC_WEIGHTS).stem)), "directory": "latent_clip"}}
 TEST_WEIGHTS, TEST_LATENT = "latent_clip_tiny.safetensors", "latent_clip_test.latent"
 POSITIVE = "a photo of a cat sitting on a windowsill, golden hour"
 
