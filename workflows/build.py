@@ -1,7 +1,8 @@
 """Writes the example workflows from one spec per capability.
 
 * ``example_workflows/<name>.json``: UI format (v0.4), the real SDXL-Turbo graph users drag onto the
-  canvas; ComfyUI lists them under Workflow -> Browse Templates -> comfyui-latent-clip.
+  canvas, with their ``<name>.jpg`` thumbnails (written by tests/test_workflows_browser.py); ComfyUI
+  lists them under the left sidebar Templates -> Extensions -> comfyui-latent-clip.
 * ``workflows/api/<name>.json``: the same graphs in API format (for scripts that POST to /prompt),
   with the same model file names.
 * ``tests/api_workflows/<name>.json``: test twins the tests POST. They replace the SDXL-Turbo part
@@ -204,7 +205,7 @@ def test_twin(spec: dict, object_info: dict) -> dict:
 def fetch_object_info(url: str | None) -> dict:
     """/object_info of the server at ``url``, or of a test-harness server booted for it."""
     if url is None:
-        sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+        sys.path.insert(0, str(ROOT / "tests"))
         from comfy_harness import prepare_base, start_server, stop_server
         base = Path(tempfile.mkdtemp(prefix="workflows_build_"))
         prepare_base(base)
