@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .config import LatentFamily, latent_families
+from .config import LatentFamily, VisionConfig, latent_families
 
 ResizePolicy = Literal["pool", "interpolate"]
 RESIZE_POLICIES: tuple[str, ...] = ("pool", "interpolate")
@@ -95,6 +95,21 @@ def check_family(family: LatentFamily, channels: int, scaling_factor: float, shi
         raise LatentFamilyMismatch(f"{message}. Use a Latent-CLIP trained on that model's latents, or set "
                                    f"{override} to experiment anyway")
     return message + f" ({override} is set)"
+
+
+TINYWORLD = "tinyworld"
+
+
+def tinyworld_warning(vision: VisionConfig, z: torch.Tensor) -> str | None:
+    """The warning for a tiny-world Latent-CLIP (``vision.latent_family == "tinyworld"``) reading
+    latents of another size than its procedural world's ``latent_size``; None otherwise. That model
+    knows only its shapes world, so on other latents its scores are meaningless (near constant)."""
+    side = vision.latent_size
+    if vision.latent_family != TINYWORLD or tuple(z.shape[-2:]) == (side, side):
+        return None
+    return (f"the tiny-world demo Latent-CLIP only knows the {side}x{side} latents of its procedural shapes world; "
+            f"these are {z.shape[-2]}x{z.shape[-1]}, so its numbers say nothing about them: load real "
+            f"Latent-CLIP weights (e.g. the official B/8 for SDXL latents) in Load Latent-CLIP")
 
 
 def check_latents(z: object, family: LatentFamily, min_size: int) -> torch.Tensor:

@@ -120,10 +120,10 @@ def report(result: SafetyResult) -> str:
 ACTIONS = ("drop", "replace with noise", "zero", "pass with flag")
 
 
-def apply_action(latent: dict, flagged: torch.Tensor, action: str, family, seed: int = 0) -> dict:
+def apply_action(latent: dict, flagged: torch.Tensor, action: str, family, seed: int = 0) -> dict | None:
     """A LATENT-style dict with the flagged items handled by ``action``:
 
-    ``drop`` removes them (``batch_index``/``noise_mask`` follow; dropping all raises),
+    ``drop`` removes them (``batch_index``/``noise_mask`` follow; None when every item is dropped),
     ``replace with noise`` puts fresh raw-latent noise of the model's ``family`` in their place
     (seeded), ``zero`` zeroes them, ``pass with flag`` leaves the batch unchanged.
     """
@@ -134,10 +134,7 @@ def apply_action(latent: dict, flagged: torch.Tensor, action: str, family, seed:
         return dict(latent)
     if action == "drop":
         keep = (~flagged.bool()).nonzero().flatten().tolist()
-        if not keep:
-            raise ValueError(f"all {len(flagged)} latents were blocked, so 'drop' leaves nothing to pass on; "
-                             f"use 'replace with noise' or 'zero' to keep the batch size")
-        return select(latent, keep)
+        return select(latent, keep) if keep else None
     if action == "zero":
         return replace(latent, flagged, torch.zeros_like(z))
     generator = torch.Generator().manual_seed(seed)

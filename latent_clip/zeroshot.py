@@ -24,9 +24,14 @@ def parse_labels(text: str) -> list[str]:
 
 def build_classifier(model: LatentCLIP, classnames: Sequence[str],
                      templates: Sequence[str] = ("a photo of a {}.",), progress: bool = False) -> torch.Tensor:
-    """(embed_dim, K) unit-norm class embeddings, each the mean over ``templates`` ("...{}...")."""
+    """(embed_dim, K) unit-norm class embeddings, each the mean over ``templates`` ("...{}...");
+    raises on an empty or repeated label."""
     if not classnames:
         raise ValueError("no class labels given")
+    repeated = sorted({c for c in classnames if list(classnames).count(c) > 1})
+    if repeated:
+        raise ValueError(f"labels must differ, but {repeated} appear more than once: a repeated label splits its "
+                         f"probability between the copies")
     bad = [t for t in templates if "{}" not in t]
     if not templates or bad:
         raise ValueError(f"templates must each contain '{{}}' for the label; got {list(templates)}")

@@ -73,6 +73,23 @@ def model_choices() -> list[str]:
     return ([EMBEDDED] if os.path.isfile(EMBEDDED_PATH) else []) + folder_paths.get_filename_list(FOLDER)
 
 
+def default_model(choices: list[str]) -> str | None:
+    """The loader's default: the first weights file of the latent_clip folders, the embedded demo only
+    when there is none (it knows only its tiny world)."""
+    return next((c for c in choices if c != EMBEDDED), choices[0] if choices else None)
+
+
+def file_choice(name: str, files: list[str], folder: str, what: str) -> bool | str:
+    """A file combo's check before the run (a V3 ``validate_inputs`` answer): True when ``name`` is
+    one of ``files``, else one line saying what is missing where."""
+    if name in files:
+        return True
+    where = ", ".join(folder_paths.get_folder_paths(folder))
+    if not files:
+        return f"no {what} in {where}: put the weights file there, then refresh the page (R)"
+    return f"{what} {name!r} not found in {where}; choose one of: {', '.join(files[:10])}"
+
+
 def load_patcher(name: str, dtype: str, device: str) -> comfy.model_patcher.ModelPatcher:
     """The file ``name`` from the latent_clip folders (or the embedded demo), wrapped for model
     management; cached by path, modification time, dtype and device."""
@@ -116,6 +133,12 @@ def chunked(fn, z: torch.Tensor, chunk: int, node_id: str | None = None) -> torc
         out.append(fn(part))
         bar.update(1)
     return torch.cat(out)
+
+
+def code_block(text: str) -> str:
+    """``text`` as a Markdown code block: Preview Any renders its input as Markdown, and a code block
+    keeps a report's line breaks and aligned columns."""
+    return f"```\n{text}\n```"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

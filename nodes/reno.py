@@ -56,6 +56,7 @@ OVERRIDE_TIP = ("Run even when the Latent-CLIP was trained on another VAE's late
 
 
 OPEN_CLIP_FOLDER = "open_clip"
+NO_OPEN_CLIP = "(no weights in models/open_clip)"  # the only choice while that folder is empty
 
 
 @dataclass(frozen=True)
@@ -336,6 +337,7 @@ class LatentCLIPRewardPixelCLIP(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         register_open_clip_folder()
         import folder_paths
+        files = folder_paths.get_filename_list(OPEN_CLIP_FOLDER)
         return io.Schema(
             node_id="LatentCLIPRewardPixelCLIP", display_name="Pixel CLIP Reward (decode, for comparison)",
             category="latent_clip/reno",
@@ -344,7 +346,7 @@ class LatentCLIPRewardPixelCLIP(io.ComfyNode):
                         "decode forward+backward costs more than the UNet step itself and its "
                         "activations dominate memory (~6 GiB at 512 px fp32).",
             inputs=[io.Vae.Input("vae", tooltip="The VAE of the diffusion model (decodes each iterate, with gradient)."),
-                    io.Combo.Input("clip_name", options=folder_paths.get_filename_list(OPEN_CLIP_FOLDER),
+                    io.Combo.Input("clip_name", options=files or [NO_OPEN_CLIP],
                                    tooltip="open_clip weights in models/open_clip (e.g. open_clip_pytorch_model.bin "
                                            "of laion/CLIP-ViT-L-14-laion2B-s32B-b82K)."),
                     io.String.Input("architecture", default="ViT-L-14",
@@ -355,6 +357,12 @@ class LatentCLIPRewardPixelCLIP(io.ComfyNode):
                                    tooltip=WEIGHT_TIP),
                     Reward.Input("reward", optional=True, tooltip=CHAIN_TIP)],
             outputs=[Reward.Output(display_name="reward", tooltip="Weighted reward terms for the ReNO nodes.")])
+
+    @classmethod
+    def validate_inputs(cls, clip_name: str) -> bool | str:
+        import folder_paths
+        return _convert.file_choice(clip_name, folder_paths.get_filename_list(OPEN_CLIP_FOLDER), OPEN_CLIP_FOLDER,
+                                    "open_clip weights")
 
     @classmethod
     def execute(cls, vae, clip_name: str, architecture: str, prompt: str, weight: float, reward=None) -> io.NodeOutput:

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import torch
 from comfy_api.latest import io, ui
+from comfy_execution.graph_utils import ExecutionBlocker
 
 from . import _convert
 from ..latent_clip import safety, score, zeroshot
 from ..latent_clip.batch import select
+from ..latent_clip.contract import tinyworld_warning
+from ._ui import NodeText
 from .loaders import LatentClip
 
 CHUNK = 16  # latents per progress step
@@ -14,6 +17,7 @@ CHUNK = 16  # latents per progress step
 LATENT_TIP = "Raw VAE latents (e.g. KSampler output) in the model's latent family (SDXL for the official weights)."
 MODEL_TIP = "A Latent-CLIP model from Load Latent-CLIP."
 PROMPT_TIP = "Text to compare each latent with."
+REPORT_TIP = "as a Markdown code block (Preview Any shows it whole, columns aligned)"
 
 
 def _common_inputs(prompt: bool = True) -> list:
@@ -23,9 +27,17 @@ def _common_inputs(prompt: bool = True) -> list:
     return inputs
 
 
+def _model_and_latents(latent_clip, latent: dict, text: NodeText):
+    """The loaded model and the LATENT's samples; warns on the node when the pairing makes no sense."""
+    model, z = _convert.model_of(latent_clip), _convert.samples(latent)
+    warning = tinyworld_warning(model.config.vision, z)
+    if warning:
+        text.warn(warning)
+    return model, z
+
+
 def _scores(latent_clip, latent: dict, prompt: str, node_id: str) -> score.Scores:
-    model = _convert.model_of(latent_clip)
-    z = _convert.samples(latent)
+    model, z = _model_and_latents(latent_clip, latent, NodeText(node_id))
     cosine = _convert.chunked(lambda part: score.score_latents(model, part, prompt).cosine, z, CHUNK, node_id)
     return score.Scores(cosine=cosine, logits=model.logit_scale.exp().float() * cosine)
 
@@ -41,7 +53,8 @@ class LatentCLIPScore(io.ComfyNode):
                                      tooltip="Per-sample cosine similarity in [-1, 1], one list item per latent."),
                      io.Float.Output(display_name="logit", is_output_list=True,
                                      tooltip="Per-sample CLIP logit (logit_scale.exp() * cosine)."),
-                     io.String.Output(display_name="report", tooltip="The table shown on the node.")])
+                     io.String.Output(display_name="report",
+                                      tooltip=f"The table shown on the node, {REPORT_TIP}.")])
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, prompt: str) -> io.NodeOutput:
@@ -49,7 +62,7 @@ class LatentCLIPScore(io.ComfyNode):
         cos, logit = s.cosine[:, 0].tolist(), s.logits[:, 0].tolist()
         text = f"prompt: {prompt.strip()}\n" + _convert.table(
             ["#", "cosine", "logit"], [[i, f"{c:.4f}", f"{g:.3f}"] for i, (c, g) in enumerate(zip(cos, logit))])
-        return io.NodeOutput(cos, logit, text, ui=ui.PreviewText(text))
+        return io.NodeOutput(cos, logit, _convert.code_block(text), ui=ui.PreviewText(text))
 
 
 class LatentCLIPZeroShot(io.ComfyNode):
@@ -68,18 +81,25 @@ class LatentCLIPZeroShot(io.ComfyNode):
             outputs=[io.String.Output(display_name="label", is_output_list=True, tooltip="Top label per latent."),
                      io.Float.Output(display_name="probability", is_output_list=True,
                                      tooltip="Probability of the top label per latent."),
-                     io.String.Output(display_name="table", tooltip="Probabilities of every label, per latent.")])
+                     io.String.Output(display_name="table",
+                                      tooltip=f"Probabilities of every label, per latent, {REPORT_TIP}.")])
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, labels: str, templates: str) -> io.NodeOutput:
-        model, names = _convert.model_of(latent_clip), _convert.lines(labels, "labels")
+        text = NodeText(cls.hidden.unique_id)
+        model, z = _model_and_latents(latent_clip, latent, text)
+        names = _convert.lines(labels, "labels")
         classifier = zeroshot.build_classifier(model, names, _convert.lines(templates, "templates"))
-        probs = _convert.chunked(lambda part: zeroshot.classify(model, part, classifier),
-                                 _convert.samples(latent), CHUNK, cls.hidden.unique_id)
+        if len(names) == 1:
+            text.warn(f"only one label ({names[0]!r}): its probability is always 1.0; add the labels to tell it "
+                      f"apart from, one per line")
+        probs = _convert.chunked(lambda part: zeroshot.classify(model, part, classifier), z, CHUNK,
+                                 cls.hidden.unique_id)
         top_p, top = probs.max(dim=-1)
         rows = [[i, names[k], *(f"{p:.3f}" for p in row)] for i, (k, row) in enumerate(zip(top.tolist(), probs.tolist()))]
         text = _convert.table(["#", "top", *names], rows)
-        return io.NodeOutput([names[k] for k in top.tolist()], top_p.tolist(), text, ui=ui.PreviewText(text))
+        return io.NodeOutput([names[k] for k in top.tolist()], top_p.tolist(), _convert.code_block(text),
+                             ui=ui.PreviewText(text))
 
 
 class LatentCLIPSafetyFilter(io.ComfyNode):
@@ -96,28 +116,35 @@ class LatentCLIPSafetyFilter(io.ComfyNode):
                     io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
                                    tooltip="Block a latent when p(concept vs counter-prompt) reaches this."),
                     io.Combo.Input("action", options=list(safety.ACTIONS), default="drop",
-                                   tooltip="drop: remove blocked latents from the batch; replace with noise: "
+                                   tooltip="drop: remove blocked latents from the batch (all blocked: the nodes fed "
+                                           "by 'latent' are skipped and the report still shows); replace with noise: "
                                            "fresh seeded noise; zero: all-zero latent; pass with flag: unchanged."),
                     io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
-                                 tooltip="Seed of the replacement noise (action 'replace with noise').")],
+                                 tooltip="Seed of the replacement noise (action 'replace with noise'); starts "
+                                         "'fixed' so the filter does not re-run on every queue.")],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The filtered batch."),
                      io.Boolean.Output(display_name="flagged", is_output_list=True,
                                        tooltip="Per input latent: True if blocked."),
                      io.Boolean.Output(display_name="any_flagged", tooltip="True if any latent was blocked."),
-                     io.String.Output(display_name="report", tooltip="Concept probabilities per latent.")])
+                     io.String.Output(display_name="report",
+                                      tooltip=f"Concept probabilities per latent, {REPORT_TIP}.")])
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, concepts: str, threshold: float, action: str,
                 seed: int) -> io.NodeOutput:
-        model, wanted = _convert.model_of(latent_clip), safety.parse_concepts(concepts)
-        text = safety.concept_text(model, wanted)
-        probs = _convert.chunked(lambda part: safety.concept_probs(model, part, wanted, text),
-                                 _convert.samples(latent), CHUNK, cls.hidden.unique_id)
+        model, z = _model_and_latents(latent_clip, latent, NodeText(cls.hidden.unique_id))
+        wanted = safety.parse_concepts(concepts)
+        embedded = safety.concept_text(model, wanted)
+        probs = _convert.chunked(lambda part: safety.concept_probs(model, part, wanted, embedded), z, CHUNK,
+                                 cls.hidden.unique_id)
         result = safety.flag(probs, wanted, threshold)
         out = safety.apply_action(latent, result.flagged, action, model.config.vision.family, seed)
         text = f"action: {action}\n" + safety.report(result)
+        if out is None:  # everything dropped: nodes fed by `latent` are skipped, the job still succeeds
+            out = ExecutionBlocker(None)
+            text += "\nevery latent was blocked: nothing passed on, the nodes after this one were skipped"
         flags = result.flagged.tolist()
-        return io.NodeOutput(out, flags, any(flags), text, ui=ui.PreviewText(text))
+        return io.NodeOutput(out, flags, any(flags), _convert.code_block(text), ui=ui.PreviewText(text))
 
 
 class LatentCLIPSelectBest(io.ComfyNode):
@@ -132,7 +159,8 @@ class LatentCLIPSelectBest(io.ComfyNode):
             outputs=[io.Latent.Output(display_name="latent", tooltip="The k best latents, best first; "
                                       "batch_index records their place in the input batch."),
                      io.Int.Output(display_name="best_index", tooltip="Batch index of the best latent."),
-                     io.String.Output(display_name="report", tooltip="The ranking shown on the node.")])
+                     io.String.Output(display_name="report",
+                                      tooltip=f"The ranking shown on the node, {REPORT_TIP}.")])
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, prompt: str, k: int) -> io.NodeOutput:
@@ -140,7 +168,7 @@ class LatentCLIPSelectBest(io.ComfyNode):
         order = torch.argsort(cosine, descending=True)[:k].tolist()
         text = f"prompt: {prompt.strip()}\nkept {len(order)} of {len(cosine)}\n" + _convert.table(
             ["rank", "#", "cosine"], [[r, i, f"{cosine[i]:.4f}"] for r, i in enumerate(order)])
-        return io.NodeOutput(select(latent, order), order[0], text, ui=ui.PreviewText(text))
+        return io.NodeOutput(select(latent, order), order[0], _convert.code_block(text), ui=ui.PreviewText(text))
 
 
 class LatentCLIPScoreThreshold(io.ComfyNode):

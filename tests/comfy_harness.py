@@ -47,7 +47,8 @@ from train.synthetic import tiny_latent_cfg
 ROOT = Path(__file__).resolve().parents[1]
 COMFY_DIR = Path(os.environ.get("LATENT_CLIP_COMFYUI_DIR") or ROOT / "build" / "ComfyUI")
 PACK_NAME = "comfyui-latent-clip"
-API_WORKFLOWS = ROOT / "workflows" / "api"
+API_WORKFLOWS = ROOT / "tests" / "api_workflows"   # test twins of the templates (workflows/build.py)
+SHIPPED_API_WORKFLOWS = ROOT / "workflows" / "api"
 UI_WORKFLOWS = ROOT / "example_workflows"
 TINY_EXPORT = "latent_clip_tiny.safetensors"
 TINY_OFFICIAL = "latent_clip_tiny_official.pt"

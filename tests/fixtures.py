@@ -14,7 +14,7 @@ DATA = REPO / "tests" / "data"
 IMAGES = DATA / "images"              # 15 real labelled images (labels.tsv)
 LAYOUT = DATA / "latent-clip-layout"  # key manifests of the official checkpoints
 
-CKPT_NAME = "latent_clip_test_sd15.safetensors"  # what workflows/api/{reno,guidance}_*.json load
+CKPT_NAME = "latent_clip_test_sd15.safetensors"  # what tests/api_workflows/{reno,guidance}_*.json load
 CKPT_CACHE = REPO / "build" / "test_models" / CKPT_NAME
 SD15_UNET = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
              "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],

@@ -69,15 +69,16 @@ def test_nodes_on_latent_dicts(pack):
     order = latent_clip.rank_by_prompt(patcher.model.clip, z, "a cat")[0][:3].tolist()
     assert best_index == order[0] and best["batch_index"] == [10 + i for i in order]
     torch.testing.assert_close(best["noise_mask"], latent["noise_mask"][order])
-    assert "kept 3 of 5" in report and out.ui.as_dict()["text"] == (report,)
+    assert "kept 3 of 5" in report and report == f"```\n{out.ui.as_dict()['text'][0]}\n```"
 
     blocked = run(nodes.LatentCLIPSafetyFilter, latent=latent, latent_clip=patcher, concepts="nudity",
                   threshold=0.0, action="zero", seed=0).result
     assert blocked[1] == [True] * 5 and blocked[2] is True and not blocked[0]["samples"].any()
     assert blocked[0]["batch_index"] == latent["batch_index"] and "BLOCKED" in blocked[3]
-    with pytest.raises(ValueError, match="all 5 latents were blocked"):
-        run(nodes.LatentCLIPSafetyFilter, latent=latent, latent_clip=patcher, concepts="nudity",
-            threshold=0.0, action="drop", seed=0)
+    dropped = run(nodes.LatentCLIPSafetyFilter, latent=latent, latent_clip=patcher, concepts="nudity",
+                  threshold=0.0, action="drop", seed=0)
+    assert type(dropped.result[0]).__name__ == "ExecutionBlocker" and dropped.result[0].message is None
+    assert dropped.result[1:3] == ([True] * 5, True) and "nothing passed on" in dropped.ui.as_dict()["text"][0]
     with pytest.raises(ValueError, match="no concepts"):
         run(nodes.LatentCLIPSafetyFilter, latent=latent, latent_clip=patcher, concepts="# none",
             threshold=0.5, action="drop", seed=0)
@@ -109,12 +110,39 @@ def test_pack_survives_broken_optional_module(comfy_inprocess, monkeypatch, capl
 
 
 def test_embedded_tinyworld_model_is_the_loaders_first_choice(pack, comfy_inprocess):
-    """A newcomer without weights still gets a working first graph: the shipped tiny-world model."""
+    """A newcomer without weights still gets a working first graph: the shipped tiny-world model,
+    the default only while the folder holds no weights."""
     convert = pack.nodes._convert
     assert convert.model_choices()[0] == convert.EMBEDDED
+    model_name = pack.nodes.loaders.LatentCLIPLoader.GET_SCHEMA().inputs[0]
+    assert model_name.default == TINY_EXPORT != model_name.options[0]
+    assert convert.default_model([convert.EMBEDDED]) == convert.EMBEDDED
     patcher = run(pack.nodes.loaders.LatentCLIPLoader, model_name=convert.EMBEDDED, dtype="auto",
                   device="default").result[0]
     model = convert.model_of(patcher)
     assert model.config.vision.latent_family == "tinyworld"
     with torch.no_grad():
         assert model.encode_latents(torch.randn(2, 4, 8, 8)).shape == (2, model.config.embed_dim)
+
+
+def test_misuse_is_said_on_the_node(pack, caplog):
+    """Tiny-world model on other latents and a single label: warnings on the node (and in the log);
+    repeated labels and unknown weights: one clear error, the latter before the run."""
+    convert, nodes = pack.nodes._convert, pack.nodes.score
+    loader = pack.nodes.loaders.LatentCLIPLoader
+    tiny_world = convert.load_patcher(convert.EMBEDDED, "fp32", "default")
+    with caplog.at_level("WARNING", logger="comfyui-latent-clip"):
+        run(nodes.LatentCLIPZeroShot, latent={"samples": make_latents()}, latent_clip=tiny_world,
+            labels="cat", templates="a photo of a {}.")
+    assert "only knows the 8x8 latents" in caplog.text and "these are 32x32" in caplog.text
+    assert "only one label ('cat')" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="comfyui-latent-clip"):
+        run(nodes.LatentCLIPScore, latent={"samples": torch.randn(2, 4, 8, 8)}, latent_clip=tiny_world, prompt="x")
+    assert caplog.text == ""
+    with pytest.raises(ValueError, match=r"labels must differ, but \['cat'\] appear more than once"):
+        run(nodes.LatentCLIPZeroShot, latent={"samples": make_latents()}, latent_clip=tiny_world,
+            labels="cat\ndog\ncat", templates="a photo of a {}.")
+    assert loader.validate_inputs(model_name=TINY_EXPORT) is True
+    answer = loader.validate_inputs(model_name="nope.pt")
+    assert answer.startswith("Latent-CLIP weights 'nope.pt' not found in ") and TINY_EXPORT in answer

@@ -5,17 +5,19 @@ import hashlib
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 
 from fixtures import DATA, REPO
 
 OWN = {"latent_clip", "train", "bench", "nodes", "tests", "fixtures"}
+COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "execution",
+                   "nodes", "latent_preview", "node_helpers"}  # top-level modules of ComfyUI itself
 FORBIDDEN_IMPORTS = {
     # layer: top-level modules it must never import (ComfyUI's own, and the layers above it)
-    "latent_clip": {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "execution",
-                    "nodes", "train"},
-    "train": {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "execution", "nodes"},
+    "latent_clip": COMFYUI_MODULES | {"train"},
+    "train": COMFYUI_MODULES,
 }
 
 
@@ -23,14 +25,12 @@ def tracked_files() -> list[str]:
     return subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
 
 
-COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_execution", "comfy_extras", "folder_paths", "node_helpers"}
-
-
 def third_party_imports(layers) -> dict[str, set[str]]:
-    """Top-level modules imported anywhere under ``layers`` that are not our own: {module: files}."""
+    """Top-level modules imported anywhere under ``layers`` (folders or files) that are not our own:
+    {module: files}."""
     found: dict[str, set[str]] = {}
     for layer in layers:
-        for f in (REPO / layer).rglob("*.py"):
+        for f in (REPO / layer).rglob("*.py") if (REPO / layer).is_dir() else [REPO / layer]:
             for name in imported_modules(f.read_text(), f.relative_to(REPO).parent.parts):
                 if name and name not in OWN and name not in sys.stdlib_module_names:
                     found.setdefault(name, set()).add(str(f.relative_to(REPO)))
@@ -188,3 +188,72 @@ def test_every_bench_script_starts():
         if proc.returncode != 0 or "usage:" not in out:
             failed[name] = out[-2000:]
     assert not failed
+
+
+def requirement_names(lines) -> set[str]:
+    from packaging.requirements import Requirement
+    return {canonical(Requirement(line).name) for line in lines if line.strip() and not line.startswith("#")}
+
+
+def test_runtime_requirements_are_exactly_what_the_pack_imports():
+    """requirements.txt (what ComfyUI-Manager installs) and [project].dependencies (what the Registry
+    reads) both list exactly the distributions that the node pack's code imports, less torch, which
+    ComfyUI brings (a re-declared torch can make a manager reinstall it)."""
+    import tomllib
+    from importlib import metadata
+
+    providers = metadata.packages_distributions()
+    imported = {m for m in third_party_imports(("latent_clip", "nodes", "__init__.py")) if m not in COMFYUI_MODULES}
+    assert "torch" in imported and "open_clip" in imported  # the scan sees the pack
+    wanted = {canonical(d) for m in imported - {"torch"} for d in providers[m]}
+    required = requirement_names((REPO / "requirements.txt").read_text().splitlines())
+    assert required == wanted
+    assert requirement_names(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]) == wanted
+
+
+def test_registry_metadata():
+    """pyproject.toml as comfy-cli's Registry parser reads it (comfy_cli/registry/config_parser.py:
+    [project.urls] Homepage/Documentation/Repository/Issues, [tool.comfy] Icon, OS classifiers
+    starting with one of its prefixes, requires-comfyui matching its version pattern)."""
+    import tomllib
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project, comfy = data["project"], data["tool"]["comfy"]
+    assert all(project["urls"][key].startswith("https://") for key in ("Homepage", "Documentation", "Repository",
+                                                                        "Issues"))
+    assert comfy["Icon"].endswith("/docs/icon.png") and (REPO / "docs" / "icon.png").is_file()
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    os_classifiers = [c.removeprefix("Operating System :: ") for c in project["classifiers"]
+                      if c.startswith("Operating System :: ")]
+    assert os_classifiers and all(c.startswith(("Microsoft", "POSIX", "MacOS", "OS Independent"))
+                                  for c in os_classifiers)
+    version = r"^(?:(==|>=|<=|!=|~=|>|<|<>|=)\s*)?(\d+\.\d+\.\d+(?:-[a-zA-Z0-9]+)?)?$"
+    assert all(re.match(version, part.strip()) for part in comfy["requires-comfyui"].split(","))
+    tested = re.search(r"Install ComfyUI (\d+\.\d+\.\d+)", (REPO / "scripts" / "install_comfyui.sh").read_text())
+    assert comfy["requires-comfyui"] == f">={tested.group(1)}"  # the one version the tests install
+
+
+def shipped_files() -> set[str]:
+    """What ``comfy node pack`` puts in the zip: git-tracked files not matched by .comfyignore, matched
+    as comfy-cli's file_utils.zip_files does (stripped lines, '#' comments skipped, pathspec
+    "gitwildmatch" on the repo-relative path)."""
+    pathspec = pytest.importorskip("pathspec")
+    lines = (REPO / ".comfyignore").read_text().splitlines()
+    with warnings.catch_warnings():  # pathspec 1.x deprecates the name comfy-cli uses; same matching
+        warnings.simplefilter("ignore", DeprecationWarning)
+        spec = pathspec.PathSpec.from_lines("gitwildmatch", [line.strip() for line in lines
+                                                             if line.strip() and not line.lstrip().startswith("#")])
+    return {f for f in tracked_files() if not spec.match_file(f)}
+
+
+def test_node_package_ships_what_the_nodes_load_and_nothing_else():
+    shipped = shipped_files()
+    assert {"__init__.py", "pyproject.toml", "requirements.txt", "LICENSE", "README.md", "web/latent_clip.js",
+            "latent_clip/assets/tinyworld/latent_clip.safetensors", "latent_clip/assets/tinyworld/latent_clip.json",
+            "latent_clip/latent_families.json"} <= shipped
+    assert {f for f in tracked_files() if f.startswith(("nodes/", "example_workflows/", "workflows/api/",
+                                                        "latent_clip/model_configs/"))} <= shipped
+    assert not {f for f in shipped if f.startswith(("tests/", "train/", "bench/", "docs/screenshots/"))}
+    unused = {f for f in tracked_files() if f.startswith("latent_clip/assets/tinyworld/")
+              and f.split("/")[3].split(".")[0] in ("pixel_clip", "generator", "vae")}
+    assert unused and not unused & shipped

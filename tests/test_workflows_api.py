@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import latent_clip
-from comfy_harness import (API_WORKFLOWS, TEST_LATENT, TINY_EXPORT, TINY_OFFICIAL, UI_WORKFLOWS,
-                           WRONG_FAMILY_LATENT, PromptRejected, execution_error, load_api_workflow,
-                           post_prompt, read_latent_file, run_graph, make_latents, wait_history)
+from comfy_harness import (API_WORKFLOWS, SHIPPED_API_WORKFLOWS, TEST_LATENT, TINY_EXPORT, TINY_OFFICIAL,
+                           UI_WORKFLOWS, WRONG_FAMILY_LATENT, PromptRejected, execution_error, load_api_workflow,
+                           post_prompt, read_latent_file, run_graph, run_graph_with_texts, make_latents, wait_history)
 from latent_clip import safety, zeroshot
 
 pytestmark = pytest.mark.comfyui
@@ -39,6 +39,11 @@ def _texts(outputs: dict, node: str) -> list[str]:
     return list(outputs[node]["text"])
 
 
+def _preview_shows_report(outputs: dict) -> bool:
+    """The template's Preview Any (node 12) got node 10's whole report, as a Markdown code block."""
+    return _texts(outputs, "12") == [f"```\n{_texts(outputs, '10')[0]}\n```"]
+
+
 def _saved(server, outputs: dict, node: str) -> torch.Tensor:
     item = outputs[node]["latents"][0]
     return read_latent_file(server.output_dir / item["subfolder"] / item["filename"])
@@ -57,10 +62,41 @@ def test_object_info_lists_pack(object_info):
 
 
 def test_workflows_use_only_known_nodes(object_info):
-    for path in [*API_WORKFLOWS.glob("*.json"), *UI_WORKFLOWS.glob("*.json")]:
+    for path in [*API_WORKFLOWS.glob("*.json"), *SHIPPED_API_WORKFLOWS.glob("*.json"), *UI_WORKFLOWS.glob("*.json")]:
         data = json.loads(path.read_text())
         types = [n["type"] for n in data["nodes"]] if "nodes" in data else [n["class_type"] for n in data.values()]
         assert set(types) <= set(object_info), f"{path.name}: {set(types) - set(object_info)}"
+
+
+def _combo_options(spec: list) -> list | None:
+    """The allowed values of an /object_info input spec when it is a combo (V1 list or V3 COMBO)."""
+    if isinstance(spec[0], list):
+        return spec[0]
+    return spec[1].get("options") if spec[0] == "COMBO" else None
+
+
+def test_shipped_api_workflows_lint_clean(object_info):
+    """Every enum value in workflows/api/ is one the running server offers, except model files that
+    the matching template offers as a download (properties.models): no test-only file names ship."""
+    downloads = {m["name"] for path in UI_WORKFLOWS.glob("*.json") for n in json.loads(path.read_text())["nodes"]
+                 for m in n["properties"].get("models", [])}
+    shipped = sorted(SHIPPED_API_WORKFLOWS.glob("*.json"))
+    assert [p.name for p in shipped] == sorted(p.name for p in UI_WORKFLOWS.glob("*.json"))
+    bad, checked = [], 0
+    for path in shipped:
+        for nid, node in json.loads(path.read_text()).items():
+            info = object_info[node["class_type"]]["input"]
+            specs = {**info["required"], **info.get("optional", {})}
+            for name, value in node["inputs"].items():
+                options = _combo_options(specs[name])
+                if options is None or isinstance(value, list):
+                    continue
+                checked += 1
+                if value not in options and value not in downloads:
+                    bad.append(f"{path.name} #{nid} {node['class_type']}.{name} = {value!r}")
+    assert checked > 20 and not bad, bad
+    assert not {TEST_LATENT, TINY_EXPORT} & {v for p in shipped for v in json.loads(p.read_text()).values()
+                                             for v in v["inputs"].values() if isinstance(v, str)}
 
 
 @pytest.mark.parametrize("weights", [TINY_EXPORT, TINY_OFFICIAL])
@@ -70,13 +106,13 @@ def test_score_matches_library(comfy_server, model, latents, weights):
     outputs = run_graph(comfy_server, graph)
     prompt = graph["10"]["inputs"]["prompt"]
     expected = latent_clip.score_latents(model, latents, prompt)
-    cosine = torch.tensor([float(t) for t in _texts(outputs, "15")])
-    logit = torch.tensor([float(t) for t in _texts(outputs, "14")])
+    cosine = torch.tensor([float(t) for t in _texts(outputs, "30")])
+    logit = torch.tensor([float(t) for t in _texts(outputs, "31")])
     torch.testing.assert_close(cosine, expected.cosine[:, 0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(logit, expected.logits[:, 0], atol=1e-3, rtol=1e-4)
     threshold = graph["11"]["inputs"]["threshold"]
-    assert _texts(outputs, "12") == [str(bool(c >= threshold)) for c in cosine.tolist()]
-    assert "cosine" in _texts(outputs, "10")[0]
+    assert _texts(outputs, "29") == [str(bool(c >= threshold)) for c in cosine.tolist()]
+    assert _preview_shows_report(outputs) and "cosine" in _texts(outputs, "10")[0]
 
 
 def test_zero_shot_matches_library(comfy_server, model, latents):
@@ -85,10 +121,10 @@ def test_zero_shot_matches_library(comfy_server, model, latents):
     labels, templates = inputs["labels"].splitlines(), inputs["templates"].splitlines()
     outputs = run_graph(comfy_server, graph)
     probs = zeroshot.classify(model, latents, zeroshot.build_classifier(model, labels, templates))
-    assert _texts(outputs, "12") == [labels[k] for k in probs.argmax(-1).tolist()]
-    top = torch.tensor([float(t) for t in _texts(outputs, "14")])
+    assert _texts(outputs, "30") == [labels[k] for k in probs.argmax(-1).tolist()]
+    top = torch.tensor([float(t) for t in _texts(outputs, "31")])
     torch.testing.assert_close(top, probs.max(-1).values, atol=1e-4, rtol=1e-4)
-    assert all(label in _texts(outputs, "10")[0] for label in labels)
+    assert _preview_shows_report(outputs) and all(label in _texts(outputs, "10")[0] for label in labels)
 
 
 @pytest.mark.parametrize("action", ["drop", "replace with noise", "zero", "pass with flag"])
@@ -101,7 +137,8 @@ def test_safety_filter_actions(comfy_server, model, latents, action):
     inputs["action"] = action
     outputs = run_graph(comfy_server, graph)
     flagged = probs >= inputs["threshold"]
-    assert _texts(outputs, "12") == [str(f) for f in flagged.tolist()]
+    assert _texts(outputs, "31") == [str(f) for f in flagged.tolist()]
+    assert _preview_shows_report(outputs)
     saved = _saved(comfy_server, outputs, "13")
     if action == "drop":
         torch.testing.assert_close(saved, latents[~flagged])
@@ -121,7 +158,7 @@ def test_select_best_k(comfy_server, model, latents):
     graph["10"]["inputs"]["k"] = 2
     outputs = run_graph(comfy_server, graph)
     order, _ = latent_clip.rank_by_prompt(model, latents, graph["10"]["inputs"]["prompt"])
-    assert _texts(outputs, "12") == [str(order[0].item())]
+    assert _texts(outputs, "31") == [str(order[0].item())]
     torch.testing.assert_close(_saved(comfy_server, outputs, "13"), latents[order[:2]])
 
 
@@ -136,12 +173,10 @@ def test_node_errors_and_server_survives(comfy_server):
 
     missing = copy.deepcopy(score)
     missing["6"]["inputs"]["model_name"] = "no_such_weights.safetensors"
-    try:  # a combo value that is not in the list: rejected by validation, or a node error when run
-        error = _error_of(comfy_server, missing)
-        assert error["node_type"] == "LatentCLIPLoader", error
-        assert "no_such_weights.safetensors" in error["exception_message"]
-    except PromptRejected as rejected:
-        assert "no_such_weights.safetensors" in json.dumps(rejected.body["node_errors"]["6"])
+    with pytest.raises(PromptRejected) as rejected:  # before the run: V3 combos are not checked by ComfyUI
+        post_prompt(comfy_server, missing)
+    (error,) = rejected.value.body["node_errors"]["6"]["errors"]
+    assert error["details"].startswith("model_name - Latent-CLIP weights 'no_such_weights.safetensors' not found in ")
 
     wrong_family = copy.deepcopy(score)
     wrong_family["5"]["inputs"]["latent"] = WRONG_FAMILY_LATENT
@@ -165,3 +200,43 @@ def test_loader_list_refreshes(comfy_server):
     options = comfy_server.get("/object_info/LatentCLIPLoader")["LatentCLIPLoader"]["input"]["required"]
     assert "added_later.safetensors" in options["model_name"][1]["options"]
     assert "readme.txt" not in options["model_name"][1]["options"]
+
+
+def test_safety_filter_blocking_everything_skips_what_follows(comfy_server, latents):
+    """'drop' with every latent blocked: the job succeeds, the report says so (on the node and in the
+    template's preview), the flags reach their preview, and the node fed by the LATENT never runs."""
+    graph = load_api_workflow("latent_clip_safety_filter.json")
+    graph["10"]["inputs"].update(threshold=0.0, action="drop")
+    outputs = run_graph(comfy_server, graph)
+    assert "13" not in outputs  # SaveLatent: blocked, not failed
+    assert _texts(outputs, "31") == ["True"] * len(latents) and _texts(outputs, "32") == ["True"]
+    assert "nothing passed on" in _texts(outputs, "10")[0] and _preview_shows_report(outputs)
+
+
+def test_misuse_warnings_reach_the_node(comfy_server):
+    """The embedded tiny-world model on 32x32 latents and a single label: both warnings are the
+    zero-shot node's text in the frontend (progress text), and the job still runs."""
+    graph = load_api_workflow("latent_clip_zero_shot.json")
+    graph["6"]["inputs"]["model_name"] = "tinyworld (embedded demo)"
+    graph["10"]["inputs"]["labels"] = "cat"
+    entry, texts = run_graph_with_texts(comfy_server, graph)
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+    shown = [text for node, text in texts if node == "10"][-1]
+    assert "only knows the 8x8 latents" in shown and "only one label ('cat')" in shown
+    assert entry["outputs"]["31"]["text"] == ["1.0"] * 4
+
+
+def test_pixel_clip_reward_without_open_clip_weights_says_so(comfy_server):
+    info = comfy_server.get("/object_info/LatentCLIPRewardPixelCLIP")["LatentCLIPRewardPixelCLIP"]
+    options = info["input"]["required"]["clip_name"][1]["options"]
+    assert options == ["(no weights in models/open_clip)"]
+    graph = {"1": {"class_type": "VAELoader", "inputs": {"vae_name": "pixel_space"}},
+             "2": {"class_type": "LatentCLIPRewardPixelCLIP",
+                   "inputs": {"vae": ["1", 0], "clip_name": options[0], "architecture": "ViT-B-32", "prompt": "a cat",
+                              "weight": 1.0}},
+             "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+    with pytest.raises(PromptRejected) as rejected:
+        post_prompt(comfy_server, graph)
+    (error,) = rejected.value.body["node_errors"]["2"]["errors"]
+    assert "clip_name - no open_clip weights in " in error["details"] and "open_clip: put the weights file" in \
+        error["details"]

@@ -1,7 +1,11 @@
 """Every UI-format workflow in example_workflows/ opened in the real ComfyUI frontend (headless
-Debian Chromium via Playwright): no missing-node dialog, the page's own prompt validates except for
-model files that cannot exist here, then it is queued with the test weights swapped in, and a
-screenshot is saved (to $LATENT_CLIP_SCREENSHOTS if set, else the test's temp dir)."""
+Debian Chromium via Playwright): no missing-node dialog, the missing-models dialog offers each
+template's model downloads, no two nodes overlap (title bars included; again after a run, when
+reports and previews have grown), the page's own prompt validates except for model files that
+cannot exist here, then it is queued with the test weights swapped in and its results show on the
+canvas. The template browser lists every template with its thumbnail. Screenshots go to
+$LATENT_CLIP_SCREENSHOTS if set (else the test's temp dir); with $LATENT_CLIP_THUMBNAILS set, each
+template's ``<name>.jpg`` thumbnail is written there (example_workflows/ holds the shipped ones)."""
 from __future__ import annotations
 
 import json
@@ -12,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from comfy_harness import (TEST_LATENT, TINY_EXPORT, UI_WORKFLOWS, execution_error, post_prompt, skip_or_fail,
-                           wait_history)
+from comfy_harness import (PACK_NAME, TEST_LATENT, TINY_EXPORT, UI_WORKFLOWS, execution_error, post_prompt,
+                           skip_or_fail, wait_history)
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
@@ -45,6 +49,16 @@ OURS_BOX = """() => {
     return {x, y, width: Math.min(bx - ax + 40, rect.width - x), height: Math.min(by - ay + 40, rect.height - y)};
 }"""
 OURS = [p for p in WORKFLOWS if p.name.startswith("latent_clip_")]  # others bring their own run checks
+OVERLAPS = """() => {
+    const boxes = window.app.graph.nodes.map(n => [`${n.type}#${n.id}`, n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT,
+                                                   n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
+    const out = [];
+    for (const [i, a] of boxes.entries()) for (const b of boxes.slice(i + 1))
+        if (a[1] < b[3] && b[1] < a[3] && a[2] < b[4] && b[2] < a[4]) out.push(`${a[0]} overlaps ${b[0]}`);
+    return out; }"""
+MISSING_MODELS = "() => [...document.querySelectorAll('.comfy-missing-models li')].map(li => li.innerText)"
+SUFFIXES = (".safetensors", ".sft")  # what the frontend's missing-models dialog downloads (MissingModelsWarning)
+THUMBNAIL = (512, 384)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +95,8 @@ def _queue(page) -> dict:
 
 
 def _load(page, path: Path) -> dict:
+    """Load ``path`` as a user opening it does; returns the workflow and the missing-models dialog's
+    rows (the dialog is closed again)."""
     workflow = json.loads(path.read_text())
     missing = page.evaluate("wf => wf.nodes.map(n => n.type).filter(t => !(t in LiteGraph.registered_node_types))",
                             workflow)
@@ -89,13 +105,59 @@ def _load(page, path: Path) -> dict:
     page.wait_for_timeout(500)
     assert page.locator(".p-dialog", has_text="missing nodes").count() == 0
     assert page.evaluate("() => window.app.graph.nodes.length") == len(workflow["nodes"])
-    return workflow
+    rows = page.evaluate(MISSING_MODELS)
+    _close_dialogs(page)
+    return workflow, rows
+
+
+def _close_dialogs(page) -> None:
+    for _ in range(10):
+        if not page.locator(".p-dialog").count():
+            return
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(200)
+    raise AssertionError(f"a dialog stays open: {page.locator('.p-dialog').first.inner_text()[:300]}")
+
+
+def _shot(page, path: Path, clip: dict | None = None) -> None:
+    page.evaluate(CLOSE_BANNER)
+    page.screenshot(path=str(path), clip=clip)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_ui_workflow_loads(page, path):
-    _load(page, path)
+def test_ui_workflow_loads(page, path, tmp_path):
+    """Opens clean, offers its models (a .pt file with the dialog's own reason), no overlapping nodes,
+    seeds that only pick replacement noise start 'fixed'."""
+    workflow, rows = _load(page, path)
     assert not page.page_errors, page.page_errors
+    models = [m for n in workflow["nodes"] for m in n["properties"].get("models", [])]
+    assert {m["directory"] for m in models} == {"checkpoints", "latent_clip"}
+    assert len(rows) == len(models)
+    for model, row in zip(models, rows):
+        assert row.startswith(f"{model['directory']} / {model['name']}"), row
+        assert model["url"].startswith("https://huggingface.co/")
+        assert ("Only allowed suffixes" in row) == (not model["name"].endswith(SUFFIXES)), row
+    assert page.evaluate(OVERLAPS) == []
+    fixed = page.evaluate("""() => window.app.graph.nodes.filter(n => n.type === 'LatentCLIPSafetyFilter')
+        .map(n => n.widgets.find(w => w.name === 'seed').linkedWidgets[0].value)""")
+    assert set(fixed) <= {"fixed"}
+
+    page.evaluate("() => window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+    page.wait_for_timeout(500)
+    shots = Path(os.environ.get("LATENT_CLIP_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    _shot(page, shots / f"{path.stem}.png")
+    if os.environ.get("LATENT_CLIP_THUMBNAILS"):
+        from PIL import Image, ImageOps
+        image = ImageOps.fit(Image.open(shots / f"{path.stem}.png").convert("RGB"), THUMBNAIL)
+        image.save(Path(os.environ["LATENT_CLIP_THUMBNAILS"]) / f"{path.stem}.jpg", quality=80)
+
+
+def test_new_safety_filter_seed_starts_fixed(page):
+    control = page.evaluate("""() => { const n = LiteGraph.createNode('LatentCLIPSafetyFilter');
+        window.app.graph.add(n); const v = n.widgets.find(w => w.name === 'seed').linkedWidgets[0].value;
+        window.app.graph.remove(n); return v; }""")
+    assert control == "fixed"
 
 
 @pytest.mark.parametrize("path", OURS, ids=[p.stem for p in OURS])
@@ -114,17 +176,34 @@ def test_ui_workflow_queues(comfy_server, page, path, tmp_path):
     assert entry["status"]["status_str"] == "success", execution_error(entry)
     assert not page.page_errors, page.page_errors
 
+    # The whole result on the canvas: the preview shows the node's full report, nothing overlaps.
+    page.wait_for_timeout(500)
+    preview = page.evaluate("""() => window.app.graph.nodes.filter(n => n.type === 'PreviewAny')
+        .map(n => n.widgets.map(w => w.value).join('\\n'))""")
+    report = next(n for k, n in entry["outputs"].items() if prompt[k]["class_type"].startswith("LatentCLIP"))["text"]
+    assert preview == [f"```\n{report[0]}\n```"]  # the node's whole report, as a Markdown code block
+    assert page.evaluate(OVERLAPS) == []
+
     shots = Path(os.environ.get("LATENT_CLIP_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
-    page.evaluate(CLOSE_BANNER)
     page.evaluate("() => window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
     page.wait_for_timeout(700)
-    page.screenshot(path=str(shots / f"{path.stem}.png"))
+    _shot(page, shots / f"{path.stem}.png")
     page.evaluate(FOCUS_OURS)  # a close-up of the pack's nodes with their results
     page.evaluate("() => window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
     page.evaluate("() => { window.app.canvas.deselectAll(); window.app.graph.setDirtyCanvas(true, true); }")
     page.wait_for_timeout(700)
-    page.screenshot(path=str(shots / f"{path.stem}_nodes.png"), clip=page.evaluate(OURS_BOX))
+    _shot(page, shots / f"{path.stem}_nodes.png", page.evaluate(OURS_BOX))
+
+    if path.stem == "latent_clip_safety_filter":  # everything blocked: the job succeeds, the report says so
+        (node,) = [n for n in prompt.values() if n["class_type"] == "LatentCLIPSafetyFilter"]
+        node["inputs"]["threshold"] = 0.0
+        entry = wait_history(comfy_server, post_prompt(comfy_server, prompt, client_id))
+        assert entry["status"]["status_str"] == "success", execution_error(entry)
+        page.wait_for_timeout(500)
+        shown = page.evaluate("""() => window.app.graph.nodes.filter(n => n.type === 'PreviewAny')
+            .map(n => n.widgets.map(w => w.value).join(''))""")
+        assert "nothing passed on" in shown[0]
 
     # As shipped: only the model files that cannot exist here may fail validation.
     answer = _queue(page)
@@ -143,3 +222,25 @@ def _without_sdxl(prompt: dict) -> dict:
     needs_ckpt = {k for k, n in prompt.items() if n["class_type"] in ("CheckpointLoaderSimple", "CLIPTextEncode",
                                                                      "EmptyLatentImage", "VAEDecode", "SaveImage")}
     return {k: n for k, n in prompt.items() if k not in needs_ckpt}
+
+
+def test_template_browser_shows_every_template_with_its_thumbnail(page):
+    """Left sidebar Templates -> Extensions: comfyui-latent-clip lists every file of example_workflows/
+    with its <name>.jpg thumbnail loaded (the frontend asks /api/workflow_templates/<pack>/<name>.jpg)."""
+    thumbnails = {}
+    listen = lambda r: "/api/workflow_templates/" in r.url and thumbnails.update({r.url: r.status})  # noqa: E731
+    page.on("response", listen)
+    page.get_by_role("button", name="Templates").first.click()
+    page.get_by_text(PACK_NAME, exact=True).first.click()
+    page.wait_for_timeout(1500)
+    page.remove_listener("response", listen)
+    cards = page.evaluate("""() => [...document.querySelectorAll('[data-testid^="template-workflow-"]')].map(c => ({
+        name: c.dataset.testid.replace('template-workflow-', ''), text: c.innerText,
+        images: [...c.querySelectorAll('img')].map(i => [i.src, i.complete && i.naturalWidth > 0])}))""")
+    # Last in this module: the template browser does not close on Escape, and nothing runs after it.
+    assert sorted(c["name"] for c in cards) == [p.stem for p in WORKFLOWS]
+    for card in cards:
+        assert (UI_WORKFLOWS / f"{card['name']}.jpg").is_file()
+        assert card["images"] and all(ok for _, ok in card["images"]), card
+        assert thumbnails[f"{page.url.rstrip('/')}/api/workflow_templates/{PACK_NAME}/{card['name']}.jpg"] == 200
+        assert card["name"].replace("_", " ") in card["text"]  # the description the frontend derives

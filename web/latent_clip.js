@@ -31,3 +31,17 @@ app.registerExtension({
         };
     },
 });
+
+// The safety filter's seed only picks the replacement noise: start it at "fixed" (the frontend's
+// default for a seed is "randomize", which would re-run the filter and everything after it on every
+// queue). A saved workflow's own choice is applied after this and wins.
+const FIXED_SEED_NODES = new Set(["LatentCLIPSafetyFilter"]);
+
+app.registerExtension({
+    name: "latent_clip.FixedSeed",
+    nodeCreated(node) {
+        if (!FIXED_SEED_NODES.has(node.comfyClass)) return;
+        const seed = node.widgets?.find((w) => w.name === "seed");
+        for (const control of seed?.linkedWidgets ?? []) control.value = "fixed";
+    },
+});
