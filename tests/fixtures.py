@@ -1,6 +1,8 @@
 """What several test modules share: paths to the repository's own test data (tests/data/README.md
-says where each file comes from) and the full-size random SD1.5 checkpoint the slow ComfyUI and
-single-file tests load."""
+says where each file comes from), the full-size random SD1.5 checkpoint the slow ComfyUI and
+single-file tests load, and the arguments and log of a smoke ``train fit`` run. Pytest fixtures
+are in conftest.py."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
 IMAGES = DATA / "images"              # 15 real labelled images (labels.tsv)
 LAYOUT = DATA / "latent-clip-layout"  # key manifests of the official checkpoints
+N_IMAGES = len([p for p in IMAGES.rglob("*") if p.suffix.lower() in (".png", ".jpg")])
 
 CKPT_NAME = "latent_clip_test_sd15.safetensors"  # what tests/api_workflows/{reno,guidance}_*.json load
 CKPT_CACHE = REPO / "build" / "test_models" / CKPT_NAME
@@ -71,3 +74,15 @@ def sd15_checkpoint() -> Path:
                 f"t.build_sd15_checkpoint(t.Path({str(CKPT_CACHE)!r}))")
         subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=600)
     return CKPT_CACHE
+
+
+def fit_args(data: Path, out: Path, name: str, **over) -> list[str]:
+    """``python -m train fit`` arguments for a 6-step smoke run on ``data``, options in ``over``."""
+    values = {"config": "smoke", "train-data": str(data), "out-dir": str(out), "name": name, "max-steps": 6,
+              "save-every": 3, **over}
+    return [x for k, v in values.items() for x in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
+
+
+def records(run: Path) -> list[dict]:
+    """The records of a fit run's log.jsonl."""
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]

@@ -117,6 +117,14 @@ def test_layers_import_only_downward(layer):
     assert not leaks, f"{layer}/ imports a layer above it"
 
 
+def test_no_test_module_imports_another():
+    """Tests share code through tests/fixtures.py, conftest.py and the other helper modules, never by
+    importing a test module (which would collect or run its tests twice)."""
+    offenders = {str(f.relative_to(REPO)): sorted(n for n in imported_modules(f.read_text(), ()) if n.startswith("test_"))
+                 for f in (REPO / "tests").rglob("test_*.py")}
+    assert not {f: names for f, names in offenders.items() if names}
+
+
 def test_boundary_check_sees_relative_and_local_imports():
     """The checker itself: an import inside a function, a relative import climbing out of the layer
     and ``from .. import`` are all found; the layer's own relative imports are not leaks."""

@@ -1,7 +1,7 @@
 """Writes the example workflows from one spec per capability.
 
 * ``example_workflows/<name>.json``: UI format (v0.4), the real SDXL-Turbo graph users drag onto the
-  canvas, with their ``<name>.jpg`` thumbnails (written by tests/test_workflows_browser.py); ComfyUI
+  canvas, with their ``<name>.jpg`` thumbnails (written by tests/end_to_end/test_workflows_browser.py); ComfyUI
   lists them under the left sidebar Templates -> Extensions -> comfyui-latent-clip.
 * ``workflows/api/<name>.json``: the same graphs in API format (for scripts that POST to /prompt),
   with the same model file names.

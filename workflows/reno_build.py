@@ -3,7 +3,7 @@
 * ``example_workflows/<name>.json``: UI format (v0.4), the real SDXL-Turbo graphs with the official
   Latent-CLIP B/8 (SDXL-VAE latents): only pairings of one latent family ship.
 * ``workflows/api/<name>.json``: the same graphs in API format.
-* ``tests/api_workflows/<name>.json``: test twins that tests/test_reno_http.py POSTs: the same
+* ``tests/api_workflows/<name>.json``: test twins that tests/comfyui/test_reno_http.py POSTs: the same
   graph on the test's random full-size SD1.5 checkpoint at 64 px with tiny Latent-CLIP weights of
   the SD1.5 latent family (so the twin's pairing is valid too), 2 ReNO iterations, and SaveLatent
   instead of decoding.

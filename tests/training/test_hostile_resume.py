@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import REPO
-from test_hostile_data import fit_args, records, truncate
+from fixtures import REPO, fit_args, records
+from hostile_files import truncate
 from train import checkpoint
 from train.main import main as fit
 from train.synthetic import write_synthetic_latents

@@ -14,15 +14,8 @@ import torch
 
 import latent_clip
 from fixtures import REPO
-from hostile_files import CASES, MARKER, tiny_model
+from hostile_files import CASES, MARKER, MEMORY_BOUND, TIME_BOUND, tiny_model
 from latent_clip.__main__ import main as cli
-
-# Bounds, per load, in a process that already imported torch. Before, the attacks cost 3.8 GB / 9 s (numpy
-# void bomb), 4.8 GB / 128 s (block 99999) and +1 GB (16,000-token context). Measured over 3 runs on a shared
-# 2-core machine: the valid tiny load +24 MB in 0.09..0.15 s; the worst hostile file +17 MB
-# (text-context-16000), the slowest 0.16 s.
-MEMORY_BOUND = 128 << 20
-TIME_BOUND = 5.0
 
 PROBE = r"""
 import json, re, sys, time, traceback

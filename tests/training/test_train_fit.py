@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import IMAGES
+from fixtures import IMAGES, REPO
 import latent_clip
 from train import checkpoint
 from train.main import main as fit
 from train.models import build_model
 from train.synthetic import TINY_LATENT_CFG, TINY_PIXEL_CFG, write_image_shards, write_synthetic_latents
 
-REPO = Path(__file__).parents[1]
 TINY, TINY_PIXEL = TINY_LATENT_CFG, TINY_PIXEL_CFG
 
 

@@ -11,9 +11,8 @@ import pytest
 
 import latent_clip
 from comfy_harness import execution_error, load_api_workflow, post_prompt, run_graph, wait_history
-from hostile_files import CASES, MARKER
+from hostile_files import CASES, MARKER, MEMORY_BOUND
 from latent_clip.cli import describe
-from test_hostile_loading import MEMORY_BOUND
 
 pytestmark = pytest.mark.comfyui
 TIME_BOUND = 20.0  # seconds from posting the graph to the error in /history (a valid graph: about 1 s here)

@@ -1,30 +1,14 @@
 """train encode: real images -> raw VAE latents with a tiny random AutoencoderKL from disk."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from fixtures import IMAGES
+from fixtures import IMAGES, N_IMAGES, REPO
 from train.data import ImageTransform, SIZES_FILE, expand_shards, open_shard
 from train.encode import main as encode
 from train.synthetic import write_image_shards
-
-N_IMAGES = len([p for p in IMAGES.rglob("*") if p.suffix.lower() in (".png", ".jpg")])
-
-
-@pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory):
-    from diffusers import AutoencoderKL
-    torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4,
-                        norm_num_groups=4)
-    path = tmp_path_factory.mktemp("vae")
-    vae.save_pretrained(path)
-    return path
-
 
 def test_encode_webdataset_shards_skips_corrupt_images_and_resumes(vae_dir, tmp_path):
     from diffusers import AutoencoderKL
@@ -85,7 +69,7 @@ def test_encode_under_torchrun_splits_shards_by_rank(vae_dir, tmp_path):
     import os
     import subprocess
     import sys
-    repo = Path(__file__).parents[1]
+    repo = REPO
     write_image_shards(IMAGES, tmp_path / "images", n_shards=3)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train",
            "encode", "--input", str(tmp_path / "images"), "--vae", str(vae_dir), "--out", str(tmp_path / "lat"),

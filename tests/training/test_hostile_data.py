@@ -14,19 +14,14 @@ import pytest
 import torch
 
 import latent_clip
-from fixtures import IMAGES, REPO
-from test_train_encode import N_IMAGES, vae_dir  # noqa: F401 - the tiny on-disk VAE fixture
+from fixtures import IMAGES, N_IMAGES, REPO, fit_args, records
+from hostile_files import truncate
 from train.data import SIZES_FILE, expand_shards, shard_sizes, write_latent_shard
 from train.encode import main as encode
 from train.main import TrainingError, main as fit
 from train.synthetic import write_image_shards, write_synthetic_latents
 
 IMAGE_FILES = sorted(p for p in IMAGES.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
-
-
-def truncate(path: Path, keep: float = 0.5) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[:int(len(data) * keep)])
 
 
 def run_cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -97,16 +92,6 @@ def test_a_csv_without_the_columns_is_one_clear_error(tmp_path):
 
 
 # ---------------------------------------------------------------- fit
-
-def fit_args(data: Path, out: Path, name: str, **over) -> list[str]:
-    values = {"config": "smoke", "train-data": str(data), "out-dir": str(out), "name": name, "max-steps": 6,
-              "save-every": 3, **over}
-    return [x for k, v in values.items() for x in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
-
-
-def records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-
 
 @pytest.mark.parametrize("fmt", ["safetensors", "wds"])
 def test_fit_skips_truncated_shards_and_stale_sizes_and_counts_them(fmt, tmp_path):
