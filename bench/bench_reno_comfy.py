@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from bench.memory import reset_peak, status_gb
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("plain", "reno")
 UNETS = {  # ComfyUI's detected UNet configs (comfy/model_detection.py), the supported_models class, latent family
@@ -51,16 +53,6 @@ UNETS = {  # ComfyUI's detected UNet configs (comfy/model_detection.py), the sup
         "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_attention": False,
         "use_temporal_resblock": False}),
 }
-
-
-def rss_gb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 2 ** 20
-
-
-def peak_rss_gb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2 ** 20
 
 
 def live_tensor_bytes() -> dict[int, int]:
@@ -128,9 +120,8 @@ def child(variant: str, model_name: str, size: int, iterations: int, threads: in
                                                  latent_clip.rewards.CLIP_SCORE_WEIGHT).result[0]
     inner = comfy.samplers.ksampler("euler")
     sampler = inner if variant == "plain" else reno.RenoSampler(inner, reward, iterations=iterations)
-    before, before_tensors = rss_gb(), live_tensor_bytes()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM restarts from the current RSS
+    before, before_tensors = status_gb("VmRSS"), live_tensor_bytes()
+    reset_peak()
     t0 = time.perf_counter()
     with torch.inference_mode():  # as ComfyUI's executor runs every node
         guider = comfy.samplers.CFGGuider(patcher)
@@ -139,13 +130,13 @@ def child(variant: str, model_name: str, size: int, iterations: int, threads: in
         sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "simple", 1)
         out = guider.sample(noise, latent, sampler, sigmas, seed=0, disable_pbar=True)
     seconds = time.perf_counter() - t0
-    peak = peak_rss_gb()
+    peak = status_gb("VmHWM")
     finite = bool(torch.isfinite(out).all())
     del out, guider, sampler
     new = {k: v for k, v in live_tensor_bytes().items() if k not in before_tensors}
     return {"variant": variant, "model": model_name, "seconds": seconds, "finite": finite,
             "rss_loaded_gb": before, "peak_rss_gb": peak, "peak_over_loaded_gb": peak - before,
-            "rss_left_gb": rss_gb() - before, "new_live_tensor_gb": sum(new.values()) / 2 ** 30}
+            "rss_left_gb": status_gb("VmRSS") - before, "new_live_tensor_gb": sum(new.values()) / 2 ** 30}
 
 
 def main(argv=None) -> dict:

@@ -39,6 +39,8 @@ import time
 
 import torch
 
+from bench.memory import reset_peak, status_gb
+
 C1_CEILING = 0.569  # the reference measurement's ceiling, CPU time (the goal: within 5 points of this run's)
 ANCHOR_AUTOGRAD_GIB = {"latent": 2.6, "pixel": 8.3}  # the reference measurement's fp32 tensor peaks of one iteration
 SDXL_UNET = dict(
@@ -49,22 +51,6 @@ SDXL_UNET = dict(
     addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
 CHILDREN = ("latent", "pixel-reward", "pixel")
 PROMPT = "a photo of an astronaut riding a horse"
-
-
-def rss_gb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 2 ** 20
-
-
-def peak_rss_gb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2 ** 20
-
-
-def reset_peak_rss() -> None:
-    """Linux: the high-water mark VmHWM restarts from the current RSS."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def available_gb() -> float:
@@ -143,8 +129,8 @@ def child(name: str, size: int, iterations: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     generate, reward, models = build(name, size)
     noise = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
-    after_build = rss_gb()
-    reset_peak_rss()
+    after_build = status_gb("VmRSS")
+    reset_peak()
     saved = SavedBytes(list(models.values()))
     out = {"child": name, "params_m": {k: sum(p.numel() for p in m.parameters()) / 1e6 for k, m in models.items()},
            "rss_after_build_gb": after_build}
@@ -159,7 +145,7 @@ def child(name: str, size: int, iterations: int, threads: int) -> dict:
             result = optimize_noise(generate, reward, noise, iterations=iterations, callback=progress)
         steps = [b - a for a, b in zip(marks, marks[1:])]
         out.update(iteration_cpu_s=sum(steps) / len(steps), iterations_timed=len(steps),
-                   loop_autograd_gib=max(saved_per_iteration) / 2 ** 30, loop_peak_over_build_gb=peak_rss_gb() -
+                   loop_autograd_gib=max(saved_per_iteration) / 2 ** 30, loop_peak_over_build_gb=status_gb("VmHWM") -
                    after_build, best_loss=result.best_loss.tolist(), initial_loss=result.initial_loss.tolist())
         unet_s, unet_bytes = measured(lambda: generate(noise.clone().requires_grad_(True)).square().sum().backward(),
                                       saved)
@@ -169,11 +155,11 @@ def child(name: str, size: int, iterations: int, threads: int) -> dict:
     else:  # a fixed latent at the SDXL VAE's raw scale (std 1 / scaling factor), no UNet in memory
         from latent_clip import get_latent_family
         latent = noise / get_latent_family("sdxl").scaling_factor
-    reset_peak_rss()
-    before = rss_gb()
+    reset_peak()
+    before = status_gb("VmRSS")
     reward_s, reward_bytes = measured(lambda: reward(latent.clone().requires_grad_(True)).sum().backward(), saved)
     out.update(reward_cpu_s=reward_s, reward_autograd_gib=reward_bytes / 2 ** 30,
-               reward_peak_over_before_gb=peak_rss_gb() - before)
+               reward_peak_over_before_gb=status_gb("VmHWM") - before)
     return out
 
 
