@@ -9,9 +9,8 @@ from torch import nn
 def autograd_safe_(module: nn.Module) -> int:
     """Make ``module``'s inference-tensor parameters and buffers usable by autograd, in place and
     without copying: each is replaced by a normal tensor on the same storage, and the module is
-    frozen. (ComfyUI loads weights under inference mode, and autograd refuses to save inference
-    tensors for backward.) Tensor subclasses (quantised weights) are cloned instead. Call once per
-    run; returns how many tensors were replaced."""
+    frozen. Tensor subclasses (quantised weights) are cloned instead. Call once per run; returns
+    how many tensors were replaced."""
     replaced = 0
     with torch.inference_mode(False):
         for m in module.modules():

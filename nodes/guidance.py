@@ -13,7 +13,6 @@ from comfy_api.latest import io
 
 from . import _latent, loaders
 from ..latent_clip import rewards
-from ._autograd import autograd_safe_
 from ._ui import NodeText
 from .loaders import LatentClip
 
@@ -43,9 +42,7 @@ class AvoidGuider(comfy.samplers.CFGGuider):
             return x0
         if self.loss is None:
             with torch.inference_mode(False):
-                model = loaders.model_of(self.latent_clip)
-                autograd_safe_(model)
-                self.loss = rewards.latent_avoid(model, self.concepts)
+                self.loss = rewards.latent_avoid(loaders.model_of(self.latent_clip, autograd=True), self.concepts)
         to_raw = self.inner_model.process_latent_out  # model space -> raw VAE latents, per latent_format
         guided, loss = rewards.step_away(x0, lambda z: self.loss(to_raw(z)), self.strength)
         self.last_losses.append(loss.float().cpu())

@@ -20,6 +20,7 @@ from torch import nn
 from ..latent_clip import LatentCLIP, load_model
 from ..latent_clip.contract import check_family
 from ..latent_clip.factory import DTYPES
+from ._autograd import autograd_safe_
 from ._ui import NodeText
 
 FOLDER = "latent_clip"
@@ -98,15 +99,17 @@ def load_patcher(name: str, dtype: str, device: str) -> comfy.model_patcher.Mode
     management; cached by path, modification time, dtype and device."""
     path = EMBEDDED_PATH if name == EMBEDDED else folder_paths.get_full_path(FOLDER, name)
     if path is None:
-        folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
-        raise FileNotFoundError(f"Latent-CLIP weights {name!r} not found in {folders}")
+        raise FileNotFoundError(file_choice(name, model_choices(), FOLDER, "Latent-CLIP weights"))
     stat = os.stat(path)
     return _load_cached(path, (stat.st_mtime, stat.st_size), dtype, device)
 
 
-def model_of(patcher: comfy.model_patcher.ModelPatcher) -> LatentCLIP:
-    """Load the weights onto ComfyUI's device (freeing others' memory if needed) and return the model."""
+def model_of(patcher: comfy.model_patcher.ModelPatcher, autograd: bool = False) -> LatentCLIP:
+    """Load the weights onto ComfyUI's device (freeing others' memory if needed) and return the
+    model; with ``autograd``, its weights made usable by autograd in place (``autograd_safe_``)."""
     mm.load_models_gpu([patcher], force_full_load=True)
+    if autograd:
+        autograd_safe_(patcher.model.clip)
     return patcher.model.clip
 
 

@@ -1,22 +1,14 @@
 """ReNO nodes: optimise the initial noise against Latent-CLIP rewards, never decoding.
 
 * ``LatentCLIPRenoSampler`` is a SAMPLER for ``SamplerCustomAdvanced``: it optimises the noise
-  through the guider's one-step x0 prediction (any guider: CFG, basic, ours), then samples the
-  best noise with an inner sampler (1-step or few-step).
-* Its reward is a LATENT_CLIP_REWARD wire from the reward nodes (``nodes/rewards.py``).
+  through the guider's one-step x0 prediction (any guider), then samples the best noise with an
+  inner sampler; its reward is a LATENT_CLIP_REWARD wire (``nodes/rewards.py``).
 * ``LatentCLIPReno`` ("ReNO with this prompt") wires all of it for one prompt.
 
-The loop itself is ``latent_clip.reno.optimize_noise``; here is only the ComfyUI glue:
-model space -> raw latents through the model's ``latent_format``, the pairing rule
-(``latent_clip.check_family``: a Latent-CLIP of another latent family is an error unless
-``allow_family_mismatch``), autograd-safe weights once per run (ComfyUI loads weights as
-inference tensors; made usable in place, never copied), progress, previews, interrupts and the
-warnings shown on the node (``nodes._ui``). Defaults are ReNO's objective
-(``latent_clip.reno.RENO`` and ``latent_clip.rewards.CLIP_SCORE_WEIGHT``).
-
-Nothing of a run outlives it but ``RenoSampler.last_result`` (best noise/latent and the loss
-history, a few KB): the reward closures and the loop's autograd graphs are released when the
-sampler returns, and the weights keep their own storage.
+The loop is ``latent_clip.reno.optimize_noise``; here is the glue: model space -> raw latents
+through the model's ``latent_format``, autograd-safe weights and conds once per run (in place,
+never copied), progress, previews, interrupts and node warnings. Nothing of a run outlives it but
+``RenoSampler.last_result`` (best noise/latent and the loss history, a few KB).
 """
 from __future__ import annotations
 
@@ -47,6 +39,8 @@ MEMORY_NOTE = (
     "for SD-Turbo, with --use-pytorch-cross-attention; ComfyUI's default CPU attention needs about 2x more); the "
     "diffusion model's weights are used in place, not copied, and nothing is kept between runs. No VAE decode: "
     "the reward reads latents.")
+
+
 class RenoSampler(comfy.samplers.KSAMPLER):
     """Optimises the noise with ReNO through the guider's one-step x0, then runs ``inner``."""
 

@@ -21,40 +21,36 @@ Reward = io.Custom("LATENT_CLIP_REWARD")
 NO_OPEN_CLIP = "(no weights in models/open_clip)"  # the only choice while that folder is empty
 
 
-def _latent_clip_for(latent_clip, latent_format, allow_mismatch: bool, text: NodeText):
-    """The wire's Latent-CLIP after the pairing check, loaded and autograd-safe."""
-    loaders.check_pairing(latent_clip, latent_format, allow_mismatch, text)
-    model = loaders.model_of(latent_clip)
-    autograd_safe_(model)
-    return model
+def _latent_clip_of(term, latent_format, allow_mismatch: bool, text: NodeText):
+    """``term``'s Latent-CLIP after the pairing check, loaded and autograd-safe."""
+    loaders.check_pairing(term.latent_clip, latent_format, allow_mismatch, text)
+    return loaders.model_of(term.latent_clip, autograd=True)
 
 
 @dataclass(frozen=True)
 class PromptTerm:
     """Latent-CLIP alignment with ``prompt`` (ReNO's CLIPScore loss); ``latent_clip`` the wire."""
 
-    kind = "prompt"  # its name in the wire, not a field
+    kind = "prompt"  # a class attribute (not a field): the term's name in the summed reward
     weight: float
     latent_clip: object
     prompt: str
 
     def build(self, latent_format, allow_mismatch: bool, text: NodeText) -> rewards.RewardFn:
-        return rewards.latent_alignment(_latent_clip_for(self.latent_clip, latent_format, allow_mismatch, text),
-                                        self.prompt)
+        return rewards.latent_alignment(_latent_clip_of(self, latent_format, allow_mismatch, text), self.prompt)
 
 
 @dataclass(frozen=True)
 class AvoidTerm:
     """Latent-CLIP concept loss for ``concepts`` (one per line, as in the safety filter)."""
 
-    kind = "avoid"  # its name in the wire, not a field
+    kind = "avoid"
     weight: float
     latent_clip: object
     concepts: str
 
     def build(self, latent_format, allow_mismatch: bool, text: NodeText) -> rewards.RewardFn:
-        return rewards.latent_avoid(_latent_clip_for(self.latent_clip, latent_format, allow_mismatch, text),
-                                    self.concepts)
+        return rewards.latent_avoid(_latent_clip_of(self, latent_format, allow_mismatch, text), self.concepts)
 
 
 @dataclass(frozen=True)
@@ -62,7 +58,7 @@ class PixelTerm:
     """ReNO's pixel CLIPScore for comparisons: ComfyUI ``vae`` decode, then an open_clip ``clip``
     (normal, non-inference tensors) with its ``tokenizer``."""
 
-    kind = "pixel"  # its name in the wire, not a field
+    kind = "pixel"
     weight: float
     vae: object
     clip: nn.Module

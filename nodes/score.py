@@ -25,12 +25,13 @@ def _common_inputs(prompt: bool = True) -> list:
 
 
 def _model_and_latents(latent_clip, latent: dict, text: NodeText):
-    """The loaded model and the LATENT's samples; warns on the node when the pairing makes no sense."""
+    """The loaded model, the LATENT's samples and a progress callback for the node; warns on the
+    node when the pairing makes no sense."""
     model, z = loaders.model_of(latent_clip), _latent.samples(latent)
     warning = tinyworld_warning(model.config.vision, z)
     if warning:
         text.warn(warning)
-    return model, z
+    return model, z, progress_bar(text.node_id)
 
 
 class LatentCLIPScore(io.ComfyNode):
@@ -49,8 +50,8 @@ class LatentCLIPScore(io.ComfyNode):
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, prompt: str) -> io.NodeOutput:
-        model, z = _model_and_latents(latent_clip, latent, NodeText(cls.hidden.unique_id))
-        s = score.score_latents(model, z, prompt, progress_bar(cls.hidden.unique_id))
+        model, z, progress = _model_and_latents(latent_clip, latent, NodeText(cls.hidden.unique_id))
+        s = score.score_latents(model, z, prompt, progress)
         cos, logit = s.cosine[:, 0].tolist(), s.logits[:, 0].tolist()
         text = f"prompt: {prompt.strip()}\n" + _latent.table(
             ["#", "cosine", "logit"], [[i, f"{c:.4f}", f"{g:.3f}"] for i, (c, g) in enumerate(zip(cos, logit))])
@@ -79,13 +80,13 @@ class LatentCLIPZeroShot(io.ComfyNode):
     @classmethod
     def execute(cls, latent: dict, latent_clip, labels: str, templates: str) -> io.NodeOutput:
         text = NodeText(cls.hidden.unique_id)
-        model, z = _model_and_latents(latent_clip, latent, text)
+        model, z, progress = _model_and_latents(latent_clip, latent, text)
         names = _latent.lines(labels, "labels")
         classifier = zeroshot.build_classifier(model, names, _latent.lines(templates, "templates"))
         if len(names) == 1:
             text.warn(f"only one label ({names[0]!r}): its probability is always 1.0; add the labels to tell it "
                       f"apart from, one per line")
-        probs = zeroshot.classify(model, z, classifier, progress_bar(cls.hidden.unique_id))
+        probs = zeroshot.classify(model, z, classifier, progress)
         top_p, top = probs.max(dim=-1)
         rows = [[i, names[k], *(f"{p:.3f}" for p in row)] for i, (k, row) in enumerate(zip(top.tolist(), probs.tolist()))]
         text = _latent.table(["#", "top", *names], rows)
@@ -123,9 +124,9 @@ class LatentCLIPSafetyFilter(io.ComfyNode):
     @classmethod
     def execute(cls, latent: dict, latent_clip, concepts: str, threshold: float, action: str,
                 seed: int) -> io.NodeOutput:
-        model, z = _model_and_latents(latent_clip, latent, NodeText(cls.hidden.unique_id))
+        model, z, progress = _model_and_latents(latent_clip, latent, NodeText(cls.hidden.unique_id))
         wanted = safety.parse_concepts(concepts)
-        result = safety.check(model, z, wanted, threshold, progress_bar(cls.hidden.unique_id))
+        result = safety.check(model, z, wanted, threshold, progress)
         out = safety.apply_action(latent, result.flagged, action, model.config.vision.family, seed)
         text = f"action: {action}\n" + safety.report(result)
         if out is None:  # everything dropped: nodes fed by `latent` are skipped, the job still succeeds
@@ -152,8 +153,8 @@ class LatentCLIPSelectBest(io.ComfyNode):
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, prompt: str, k: int) -> io.NodeOutput:
-        model, z = _model_and_latents(latent_clip, latent, NodeText(cls.hidden.unique_id))
-        order, cosine = score.rank_by_prompt(model, z, prompt, progress_bar(cls.hidden.unique_id))
+        model, z, progress = _model_and_latents(latent_clip, latent, NodeText(cls.hidden.unique_id))
+        order, cosine = score.rank_by_prompt(model, z, prompt, progress)
         order = order[:k].tolist()
         text = f"prompt: {prompt.strip()}\nkept {len(order)} of {len(cosine)}\n" + _latent.table(
             ["rank", "#", "cosine"], [[r, i, f"{cosine[i]:.4f}"] for r, i in enumerate(order)])
