@@ -21,12 +21,6 @@ Reward = io.Custom("LATENT_CLIP_REWARD")
 NO_OPEN_CLIP = "(no weights in models/open_clip)"  # the only choice while that folder is empty
 
 
-def _latent_clip_of(term, latent_format, allow_mismatch: bool, text: NodeText):
-    """``term``'s Latent-CLIP after the pairing check, loaded and autograd-safe."""
-    loaders.check_pairing(term.latent_clip, latent_format, allow_mismatch, text)
-    return loaders.model_of(term.latent_clip, autograd=True)
-
-
 @dataclass(frozen=True)
 class PromptTerm:
     """Latent-CLIP alignment with ``prompt`` (ReNO's CLIPScore loss); ``latent_clip`` the wire."""
@@ -37,7 +31,8 @@ class PromptTerm:
     prompt: str
 
     def build(self, latent_format, allow_mismatch: bool, text: NodeText) -> rewards.RewardFn:
-        return rewards.latent_alignment(_latent_clip_of(self, latent_format, allow_mismatch, text), self.prompt)
+        loaders.check_pairing(self.latent_clip, latent_format, allow_mismatch, text)
+        return rewards.latent_alignment(loaders.model_of(self.latent_clip, autograd=True), self.prompt)
 
 
 @dataclass(frozen=True)
@@ -50,7 +45,8 @@ class AvoidTerm:
     concepts: str
 
     def build(self, latent_format, allow_mismatch: bool, text: NodeText) -> rewards.RewardFn:
-        return rewards.latent_avoid(_latent_clip_of(self, latent_format, allow_mismatch, text), self.concepts)
+        loaders.check_pairing(self.latent_clip, latent_format, allow_mismatch, text)
+        return rewards.latent_avoid(loaders.model_of(self.latent_clip, autograd=True), self.concepts)
 
 
 @dataclass(frozen=True)
@@ -78,8 +74,8 @@ class PixelTerm:
 
 def build_reward(terms: tuple, latent_format, allow_mismatch: bool = False,
                  text: NodeText | None = None) -> rewards.RewardFn:
-    """The weighted sum of ``terms`` on raw latents of a model with ``latent_format``: checks each
-    Latent-CLIP's pairing, loads it and makes it autograd-safe. Call under ``inference_mode(False)``."""
+    """The weighted sum of ``terms`` on raw latents of a model with ``latent_format`` (each term's
+    ``build`` checks its pairing, loads its model autograd-safe). Call under ``inference_mode(False)``."""
     text = text or NodeText()
     named = {f"{i}:{t.kind}": t for i, t in enumerate(terms)}
     return rewards.weighted_sum({n: t.build(latent_format, allow_mismatch, text) for n, t in named.items()},

@@ -5,6 +5,7 @@ A tiny SD1.5-shaped UNet in a real ModelPatcher, run under
 v-prediction and flow (CONST) model_sampling.
 """
 import contextlib
+import importlib
 
 import pytest
 import torch
@@ -58,13 +59,13 @@ def tiny_latent_clip_patcher(inprocess, family: str = "sd15", channels: int = 4)
     from comfy_harness import TINY_CONFIG
 
     import latent_clip
-    convert = __import__(f"{inprocess.pack.__name__}.nodes.loaders", fromlist=["loaders"])
+    loaders = importlib.import_module(f"{inprocess.pack.__name__}.nodes.loaders")
     cfg = {**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "latent_family": family,
                                          "latent_n_channels": channels}}
     torch.manual_seed(0)
     with torch.inference_mode():
         clip = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(cfg)).eval()
-    return comfy.model_patcher.ModelPatcher(convert.ModelHolder(clip), load_device=torch.device("cpu"),
+    return comfy.model_patcher.ModelPatcher(loaders.ModelHolder(clip), load_device=torch.device("cpu"),
                                             offload_device=torch.device("cpu"))
 
 
@@ -90,33 +91,19 @@ def conds(batch=1, seed=1):
 
 def pack_errors(inprocess):
     """The contract's exceptions as the pack raises them (its latent_clip is imported inside the pack)."""
-    import importlib
     lc = importlib.import_module(f"{inprocess.pack.__name__}.latent_clip")
     return lc.LatentContractError, lc.LatentFamilyMismatch
 
 
-@pytest.fixture
-def reno(comfy_inprocess):
-    import importlib
-    return importlib.import_module(f"{comfy_inprocess.pack.__name__}.nodes.reno")
+def pack_module(module: str, name: str | None = None):
+    """A fixture ``name`` (default ``module``): the pack's ``nodes.<module>`` as ComfyUI imported it."""
+    def fixture(comfy_inprocess):
+        return importlib.import_module(f"{comfy_inprocess.pack.__name__}.nodes.{module}")
+    return pytest.fixture(fixture, name=name or module)
 
 
-@pytest.fixture
-def reward_nodes(comfy_inprocess):
-    import importlib
-    return importlib.import_module(f"{comfy_inprocess.pack.__name__}.nodes.rewards")
-
-
-@pytest.fixture
-def autograd_nodes(comfy_inprocess):
-    import importlib
-    return importlib.import_module(f"{comfy_inprocess.pack.__name__}.nodes._autograd")
-
-
-@pytest.fixture
-def guidance(comfy_inprocess):
-    import importlib
-    return importlib.import_module(f"{comfy_inprocess.pack.__name__}.nodes.guidance")
+reno, guidance = pack_module("reno"), pack_module("guidance")
+reward_nodes, autograd_nodes = pack_module("rewards", "reward_nodes"), pack_module("_autograd", "autograd_nodes")
 
 
 @pytest.mark.parametrize("sampling", ["eps", "v", "flow"])
