@@ -1,9 +1,8 @@
 """ComfyUI entry point of the Latent-CLIP node pack (V3 API).
 
 Nodes are registered only when ComfyUI is importable, so ``latent_clip`` and the tests import
-cleanly without it. Optional node modules (``nodes/rewards.py``, ``nodes/reno.py``,
-``nodes/guidance.py``) are added inside try/except: their absence or failure costs their nodes
-only, never the pack.
+cleanly without it. Optional node modules (``rewards``, ``reno``, ``guidance`` in ``nodes/``) are
+added inside try/except: their absence or failure costs their nodes only, never the pack.
 """
 import importlib
 import logging
