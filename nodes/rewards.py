@@ -162,12 +162,12 @@ class LatentCLIPRewardPixelCLIP(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, clip_name: str) -> bool | str:
         return loaders.file_choice(clip_name, folder_paths.get_filename_list(OPEN_CLIP_FOLDER), OPEN_CLIP_FOLDER,
-                                    "open_clip weights")
+                                   "open_clip weights")
 
     @classmethod
     def execute(cls, vae, clip_name: str, architecture: str, prompt: str, weight: float, reward=None) -> io.NodeOutput:
         clip, tokenizer = loaders.load_open_clip(architecture.strip(),
-                                         folder_paths.get_full_path_or_raise(OPEN_CLIP_FOLDER, clip_name))
+                                                 folder_paths.get_full_path_or_raise(OPEN_CLIP_FOLDER, clip_name))
         term = PixelTerm(weight, vae, clip, tokenizer, prompt.strip())
         return io.NodeOutput((*(reward or ()), term))
 
