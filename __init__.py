@@ -1,8 +1,8 @@
 """ComfyUI entry point of the Latent-CLIP node pack (V3 API).
 
 Nodes are registered only when ComfyUI is importable, so ``latent_clip`` and the tests import
-cleanly without it. Optional node modules (``nodes/reno.py``, ``nodes/guidance.py``) are added
-inside try/except: their absence or failure costs their nodes only, never the pack.
+cleanly without it. Optional node modules (``rewards``, ``reno``, ``guidance`` in ``nodes/``) are
+added inside try/except: their absence or failure costs their nodes only, never the pack.
 """
 import importlib
 import logging
@@ -13,13 +13,13 @@ try:
 except ImportError:  # not inside ComfyUI: the library alone
     ComfyExtension = None
 
-OPTIONAL_MODULES = ("reno", "guidance")
+OPTIONAL_MODULES = ("rewards", "reno", "guidance")
 WEB_DIRECTORY = "./web"  # shows the nodes' text reports on the canvas
 
 if ComfyExtension is not None:
-    from .nodes import _convert, loaders, score
+    from .nodes import loaders, score
 
-    _convert.register_model_folder()
+    loaders.register_model_folder()
 
     def _optional_nodes() -> list:
         found = []

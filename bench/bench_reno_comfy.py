@@ -67,7 +67,7 @@ def live_tensor_bytes() -> dict[int, int]:
 
 def comfy_with_pack(comfy_dir: Path, comfy_args: list[str]):
     """ComfyUI's modules in this process (``--cpu`` and ``comfy_args``) and this repository imported as
-    the pack ComfyUI loads: its ``nodes.reno``, ``nodes._convert`` and ``latent_clip``."""
+    the pack ComfyUI loads: its ``nodes.reno``, ``nodes.rewards``, ``nodes.loaders`` and ``latent_clip``."""
     sys.path.insert(0, str(comfy_dir))
     sys.modules.pop("nodes", None)  # ComfyUI's nodes.py, not this repository's nodes/
     argv, sys.argv = sys.argv, [sys.argv[0], "--cpu", *comfy_args]
@@ -82,14 +82,14 @@ def comfy_with_pack(comfy_dir: Path, comfy_args: list[str]):
     pack = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = pack
     spec.loader.exec_module(pack)
-    return tuple(importlib.import_module(f"comfyui_latent_clip.{name}") for name in ("nodes.reno", "nodes._convert",
-                                                                                       "latent_clip"))
+    return tuple(importlib.import_module(f"comfyui_latent_clip.{name}") for name in ("nodes.reno", "nodes.rewards",
+                                                                                       "nodes.loaders", "latent_clip"))
 
 
 def child(variant: str, model_name: str, size: int, iterations: int, threads: int, comfy_dir: Path,
           comfy_args: list[str]) -> dict:
     torch.set_num_threads(threads)
-    reno, convert, latent_clip = comfy_with_pack(comfy_dir, comfy_args)
+    reno, reward_nodes, loaders, latent_clip = comfy_with_pack(comfy_dir, comfy_args)
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.samplers
@@ -107,7 +107,7 @@ def child(variant: str, model_name: str, size: int, iterations: int, threads: in
         clip = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(config)).eval()
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
-    lclip = comfy.model_patcher.ModelPatcher(convert.ModelHolder(clip), load_device=torch.device("cpu"),
+    lclip = comfy.model_patcher.ModelPatcher(loaders.ModelHolder(clip), load_device=torch.device("cpu"),
                                              offload_device=torch.device("cpu"))
     mm.load_models_gpu([patcher, lclip], force_full_load=True)
     g = torch.Generator().manual_seed(1)
@@ -116,7 +116,7 @@ def child(variant: str, model_name: str, size: int, iterations: int, threads: in
     positive = [[context, extra]]
     latent = torch.zeros(1, 4, size // 8, size // 8)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
-    reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a photo of an astronaut riding a horse",
+    reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a photo of an astronaut riding a horse",
                                                  latent_clip.rewards.CLIP_SCORE_WEIGHT).result[0]
     inner = comfy.samplers.ksampler("euler")
     sampler = inner if variant == "plain" else reno.RenoSampler(inner, reward, iterations=iterations)

@@ -73,18 +73,12 @@ def parse_concepts(text: str) -> list[Concept]:
     return concepts
 
 
-def concept_text(model: LatentCLIP, concepts: Sequence[Concept]) -> torch.Tensor:
-    """(K, 2, E) float32 text features of each (concept prompt, counter-prompt) pair."""
-    prompts = [p for c in concepts for p in (c.prompt, c.counter)]
-    return model.encode_text(prompts).float().view(len(concepts), 2, -1)
-
-
 def concept_probs(model: LatentCLIP, latents: torch.Tensor, concepts: Sequence[Concept],
-                  text: torch.Tensor | None = None, progress: Progress | None = None) -> torch.Tensor:
-    """(B, K) float32 probability of each concept against its counter-prompt. Pass ``text`` from
-    :func:`concept_text` to encode the prompts once across chunks of a batch; ``progress`` as in
+                  progress: Progress | None = None) -> torch.Tensor:
+    """(B, K) float32 probability of each concept against its counter-prompt; ``progress`` as in
     ``encode_latents``."""
-    text = concept_text(model, concepts) if text is None else text
+    prompts = [p for c in concepts for p in (c.prompt, c.counter)]
+    text = model.encode_text(prompts).float().view(len(concepts), 2, -1)
     z = model.encode_latents(latents, progress=progress).float()
     logits = model.logit_scale.exp().float() * torch.einsum("be,kpe->bkp", z, text)
     return logits.softmax(dim=-1)[..., 0]

@@ -1,4 +1,5 @@
-"""Text on the canvas: warnings the person running a graph sees on the node, not only in the console.
+"""On the canvas: warnings the person running a graph sees on the node, not only in the console,
+and the node's progress bar (:func:`progress_bar`).
 
 ComfyUI draws a node's *progress text* in a text box under that node (the frontend's
 ``showTextPreview``, fed by the server's ``send_progress_text``); the box stays after the run and
@@ -73,3 +74,17 @@ class NodeText:
         server = PromptServer.instance
         if server is not None:
             server.send_progress_text(self.shown, self.node_id, server.client_id)
+
+
+def progress_bar(node_id: str | None):
+    """A library ``progress(done, total)`` callback: moves ``node_id``'s progress bar and stops the
+    call (raises ComfyUI's interrupt) when the person running the graph cancels it."""
+    import comfy.model_management as mm
+    import comfy.utils
+    bar = comfy.utils.ProgressBar(1, node_id=node_id)
+
+    def progress(done: int, total: int) -> None:
+        bar.update_absolute(done, total)
+        mm.throw_exception_if_processing_interrupted()
+
+    return progress

@@ -3,7 +3,7 @@
 At each step inside a sigma window, the CFG prediction of the clean latent x0 is moved down the
 gradient of Latent-CLIP's "avoid these concepts" loss (``latent_clip.rewards.step_away``). The
 gradient is taken w.r.t. x0 only, through the Latent-CLIP tower: no UNet backward, no decode.
-The Latent-CLIP must read the model's latent family (``nodes.reno.check_pairing``).
+The Latent-CLIP must read the model's latent family (``nodes.loaders.check_pairing``).
 """
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from . import _convert
+from . import _latent, loaders
 from ..latent_clip import rewards
-from .loaders import LatentClip
 from ._ui import NodeText
-from .reno import autograd_safe_, check_pairing, override_input
+from .loaders import LatentClip
 
 
 class AvoidGuider(comfy.samplers.CFGGuider):
@@ -43,9 +42,7 @@ class AvoidGuider(comfy.samplers.CFGGuider):
             return x0
         if self.loss is None:
             with torch.inference_mode(False):
-                model = _convert.model_of(self.latent_clip)
-                autograd_safe_(model)
-                self.loss = rewards.latent_avoid(model, self.concepts)
+                self.loss = rewards.latent_avoid(loaders.model_of(self.latent_clip, autograd=True), self.concepts)
         to_raw = self.inner_model.process_latent_out  # model space -> raw VAE latents, per latent_format
         guided, loss = rewards.step_away(x0, lambda z: self.loss(to_raw(z)), self.strength)
         self.last_losses.append(loss.float().cpu())
@@ -76,14 +73,14 @@ class LatentCLIPAvoidGuider(io.ComfyNode):
                                            "noisiest step)."),
                     io.Float.Input("end_percent", default=0.8, min=0.0, max=1.0, step=0.01,
                                    tooltip="End of the guided window (1 = last step)."),
-                    override_input()],
+                    loaders.override_input()],
             outputs=[io.Guider.Output(tooltip="Connect to SamplerCustomAdvanced.")])
 
     @classmethod
     def execute(cls, model, positive, negative, cfg: float, latent_clip, concepts: str, strength: float,
                 start_percent: float, end_percent: float, allow_family_mismatch: bool = False) -> io.NodeOutput:
-        _convert.lines(concepts, "concepts")
-        check_pairing(latent_clip, model.get_model_object("latent_format"), allow_family_mismatch, NodeText())
+        _latent.lines(concepts, "concepts")
+        loaders.check_pairing(latent_clip, model.get_model_object("latent_format"), allow_family_mismatch, NodeText())
         guider = AvoidGuider(model, latent_clip, concepts, strength, start_percent, end_percent)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)

@@ -1,18 +1,15 @@
 """Score, classify, filter and select LATENT batches with Latent-CLIP, without decoding them."""
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io, ui
 from comfy_execution.graph_utils import ExecutionBlocker
 
-from . import _convert
+from . import _latent, loaders
 from ..latent_clip import safety, score, zeroshot
 from ..latent_clip.batch import select
 from ..latent_clip.contract import tinyworld_warning
-from ._ui import NodeText
+from ._ui import NodeText, progress_bar
 from .loaders import LatentClip
-
-CHUNK = 16  # latents per progress step
 
 LATENT_TIP = "Raw VAE latents (e.g. KSampler output) in the model's latent family (SDXL for the official weights)."
 MODEL_TIP = "A Latent-CLIP model from Load Latent-CLIP."
@@ -28,18 +25,12 @@ def _common_inputs(prompt: bool = True) -> list:
 
 
 def _model_and_latents(latent_clip, latent: dict, text: NodeText):
-    """The loaded model and the LATENT's samples; warns on the node when the pairing makes no sense."""
-    model, z = _convert.model_of(latent_clip), _convert.samples(latent)
+    """The loaded model, the LATENT's samples and the node's progress callback; warns on a senseless pairing."""
+    model, z = loaders.model_of(latent_clip), _latent.samples(latent)
     warning = tinyworld_warning(model.config.vision, z)
     if warning:
         text.warn(warning)
-    return model, z
-
-
-def _scores(latent_clip, latent: dict, prompt: str, node_id: str) -> score.Scores:
-    model, z = _model_and_latents(latent_clip, latent, NodeText(node_id))
-    cosine = _convert.chunked(lambda part: score.score_latents(model, part, prompt).cosine, z, CHUNK, node_id)
-    return score.Scores(cosine=cosine, logits=model.logit_scale.exp().float() * cosine)
+    return model, z, progress_bar(text.node_id)
 
 
 class LatentCLIPScore(io.ComfyNode):
@@ -58,11 +49,12 @@ class LatentCLIPScore(io.ComfyNode):
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, prompt: str) -> io.NodeOutput:
-        s = _scores(latent_clip, latent, prompt, cls.hidden.unique_id)
+        model, z, progress = _model_and_latents(latent_clip, latent, NodeText(cls.hidden.unique_id))
+        s = score.score_latents(model, z, prompt, progress)
         cos, logit = s.cosine[:, 0].tolist(), s.logits[:, 0].tolist()
-        text = f"prompt: {prompt.strip()}\n" + _convert.table(
+        text = f"prompt: {prompt.strip()}\n" + _latent.table(
             ["#", "cosine", "logit"], [[i, f"{c:.4f}", f"{g:.3f}"] for i, (c, g) in enumerate(zip(cos, logit))])
-        return io.NodeOutput(cos, logit, _convert.code_block(text), ui=ui.PreviewText(text))
+        return io.NodeOutput(cos, logit, _latent.code_block(text), ui=ui.PreviewText(text))
 
 
 class LatentCLIPZeroShot(io.ComfyNode):
@@ -87,18 +79,17 @@ class LatentCLIPZeroShot(io.ComfyNode):
     @classmethod
     def execute(cls, latent: dict, latent_clip, labels: str, templates: str) -> io.NodeOutput:
         text = NodeText(cls.hidden.unique_id)
-        model, z = _model_and_latents(latent_clip, latent, text)
-        names = _convert.lines(labels, "labels")
-        classifier = zeroshot.build_classifier(model, names, _convert.lines(templates, "templates"))
+        model, z, progress = _model_and_latents(latent_clip, latent, text)
+        names = _latent.lines(labels, "labels")
+        classifier = zeroshot.build_classifier(model, names, _latent.lines(templates, "templates"))
         if len(names) == 1:
             text.warn(f"only one label ({names[0]!r}): its probability is always 1.0; add the labels to tell it "
                       f"apart from, one per line")
-        probs = _convert.chunked(lambda part: zeroshot.classify(model, part, classifier), z, CHUNK,
-                                 cls.hidden.unique_id)
+        probs = zeroshot.classify(model, z, classifier, progress)
         top_p, top = probs.max(dim=-1)
         rows = [[i, names[k], *(f"{p:.3f}" for p in row)] for i, (k, row) in enumerate(zip(top.tolist(), probs.tolist()))]
-        text = _convert.table(["#", "top", *names], rows)
-        return io.NodeOutput([names[k] for k in top.tolist()], top_p.tolist(), _convert.code_block(text),
+        text = _latent.table(["#", "top", *names], rows)
+        return io.NodeOutput([names[k] for k in top.tolist()], top_p.tolist(), _latent.code_block(text),
                              ui=ui.PreviewText(text))
 
 
@@ -132,19 +123,16 @@ class LatentCLIPSafetyFilter(io.ComfyNode):
     @classmethod
     def execute(cls, latent: dict, latent_clip, concepts: str, threshold: float, action: str,
                 seed: int) -> io.NodeOutput:
-        model, z = _model_and_latents(latent_clip, latent, NodeText(cls.hidden.unique_id))
+        model, z, progress = _model_and_latents(latent_clip, latent, NodeText(cls.hidden.unique_id))
         wanted = safety.parse_concepts(concepts)
-        embedded = safety.concept_text(model, wanted)
-        probs = _convert.chunked(lambda part: safety.concept_probs(model, part, wanted, embedded), z, CHUNK,
-                                 cls.hidden.unique_id)
-        result = safety.flag(probs, wanted, threshold)
+        result = safety.check(model, z, wanted, threshold, progress)
         out = safety.apply_action(latent, result.flagged, action, model.config.vision.family, seed)
         text = f"action: {action}\n" + safety.report(result)
         if out is None:  # everything dropped: nodes fed by `latent` are skipped, the job still succeeds
             out = ExecutionBlocker(None)
             text += "\nevery latent was blocked: nothing passed on, the nodes after this one were skipped"
         flags = result.flagged.tolist()
-        return io.NodeOutput(out, flags, any(flags), _convert.code_block(text), ui=ui.PreviewText(text))
+        return io.NodeOutput(out, flags, any(flags), _latent.code_block(text), ui=ui.PreviewText(text))
 
 
 class LatentCLIPSelectBest(io.ComfyNode):
@@ -164,11 +152,12 @@ class LatentCLIPSelectBest(io.ComfyNode):
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, prompt: str, k: int) -> io.NodeOutput:
-        cosine = _scores(latent_clip, latent, prompt, cls.hidden.unique_id).cosine[:, 0]
-        order = torch.argsort(cosine, descending=True)[:k].tolist()
-        text = f"prompt: {prompt.strip()}\nkept {len(order)} of {len(cosine)}\n" + _convert.table(
+        model, z, progress = _model_and_latents(latent_clip, latent, NodeText(cls.hidden.unique_id))
+        order, cosine = score.rank_by_prompt(model, z, prompt, progress)
+        order = order[:k].tolist()
+        text = f"prompt: {prompt.strip()}\nkept {len(order)} of {len(cosine)}\n" + _latent.table(
             ["rank", "#", "cosine"], [[r, i, f"{cosine[i]:.4f}"] for r, i in enumerate(order)])
-        return io.NodeOutput(select(latent, order), order[0], _convert.code_block(text), ui=ui.PreviewText(text))
+        return io.NodeOutput(select(latent, order), order[0], _latent.code_block(text), ui=ui.PreviewText(text))
 
 
 class LatentCLIPScoreThreshold(io.ComfyNode):

@@ -24,7 +24,7 @@ def pack(comfy_inprocess, models_dir):
     """The pack with ``models_dir`` registered the way extra_model_paths.yaml does it."""
     folder_paths = comfy_inprocess.folder_paths
     folder_paths.add_model_folder_path("latent_clip", str(models_dir))
-    comfy_inprocess.pack.nodes._convert.register_model_folder()
+    comfy_inprocess.pack.nodes.loaders.register_model_folder()
     folder_paths.filename_list_cache.pop("latent_clip", None)
     return comfy_inprocess.pack
 
@@ -49,7 +49,7 @@ def test_loader_wraps_model_for_model_management(pack, comfy_inprocess):
     assert run(loader, model_name=TINY_EXPORT, dtype="auto", device="default").result[0] is patcher  # cached
     assert run(loader, model_name=TINY_EXPORT, dtype="bf16", device="cpu").result[0].model.clip.dtype == torch.bfloat16
     assert patcher.load_device == mm.get_torch_device()
-    model = pack.nodes._convert.model_of(patcher)
+    model = pack.nodes.loaders.model_of(patcher)
     assert model.dtype == torch.float32 and any(m.model is patcher for m in mm.current_loaded_models)
     mm.unload_all_models()
     assert not any(m.model is patcher for m in mm.current_loaded_models)
@@ -59,7 +59,7 @@ def test_loader_wraps_model_for_model_management(pack, comfy_inprocess):
 
 
 def test_nodes_on_latent_dicts(pack):
-    patcher = pack.nodes._convert.load_patcher(TINY_EXPORT, "fp32", "default")
+    patcher = pack.nodes.loaders.load_patcher(TINY_EXPORT, "fp32", "default")
     z = make_latents(batch=5)
     latent = {"samples": z, "noise_mask": torch.rand(5, 1, 32, 32), "batch_index": [10, 11, 12, 13, 14]}
     nodes = pack.nodes.score
@@ -89,7 +89,7 @@ def test_nodes_on_latent_dicts(pack):
 
 def test_interrupt_is_respected(pack, comfy_inprocess):
     mm = comfy_inprocess.comfy.model_management
-    patcher = pack.nodes._convert.load_patcher(TINY_EXPORT, "fp32", "default")
+    patcher = pack.nodes.loaders.load_patcher(TINY_EXPORT, "fp32", "default")
     mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):
@@ -112,7 +112,7 @@ def test_pack_survives_broken_optional_module(comfy_inprocess, monkeypatch, capl
 def test_embedded_tinyworld_model_is_the_loaders_first_choice(pack, comfy_inprocess):
     """A newcomer without weights still gets a working first graph: the shipped tiny-world model,
     the default only while the folder holds no weights."""
-    convert = pack.nodes._convert
+    convert = pack.nodes.loaders
     assert convert.model_choices()[0] == convert.EMBEDDED
     model_name = pack.nodes.loaders.LatentCLIPLoader.GET_SCHEMA().inputs[0]
     assert model_name.default == TINY_EXPORT != model_name.options[0]
@@ -128,7 +128,7 @@ def test_embedded_tinyworld_model_is_the_loaders_first_choice(pack, comfy_inproc
 def test_misuse_is_said_on_the_node(pack, caplog):
     """Tiny-world model on other latents and a single label: warnings on the node (and in the log);
     repeated labels and unknown weights: one clear error, the latter before the run."""
-    convert, nodes = pack.nodes._convert, pack.nodes.score
+    convert, nodes = pack.nodes.loaders, pack.nodes.score
     loader = pack.nodes.loaders.LatentCLIPLoader
     tiny_world = convert.load_patcher(convert.EMBEDDED, "fp32", "default")
     with caplog.at_level("WARNING", logger="comfyui-latent-clip"):

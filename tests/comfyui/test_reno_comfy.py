@@ -5,6 +5,7 @@ A tiny SD1.5-shaped UNet in a real ModelPatcher, run under
 v-prediction and flow (CONST) model_sampling.
 """
 import contextlib
+import importlib
 
 import pytest
 import torch
@@ -58,13 +59,13 @@ def tiny_latent_clip_patcher(inprocess, family: str = "sd15", channels: int = 4)
     from comfy_harness import TINY_CONFIG
 
     import latent_clip
-    convert = __import__(f"{inprocess.pack.__name__}.nodes._convert", fromlist=["_convert"])
+    loaders = importlib.import_module(f"{inprocess.pack.__name__}.nodes.loaders")
     cfg = {**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "latent_family": family,
                                          "latent_n_channels": channels}}
     torch.manual_seed(0)
     with torch.inference_mode():
         clip = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(cfg)).eval()
-    return comfy.model_patcher.ModelPatcher(convert.ModelHolder(clip), load_device=torch.device("cpu"),
+    return comfy.model_patcher.ModelPatcher(loaders.ModelHolder(clip), load_device=torch.device("cpu"),
                                             offload_device=torch.device("cpu"))
 
 
@@ -90,28 +91,26 @@ def conds(batch=1, seed=1):
 
 def pack_errors(inprocess):
     """The contract's exceptions as the pack raises them (its latent_clip is imported inside the pack)."""
-    import importlib
     lc = importlib.import_module(f"{inprocess.pack.__name__}.latent_clip")
     return lc.LatentContractError, lc.LatentFamilyMismatch
 
 
-@pytest.fixture
-def reno(comfy_inprocess):
-    import importlib
-    return importlib.import_module(f"{comfy_inprocess.pack.__name__}.nodes.reno")
+def pack_module(module: str, name: str | None = None):
+    """A fixture ``name`` (default ``module``): the pack's ``nodes.<module>`` as ComfyUI imported it."""
+    def fixture(comfy_inprocess):
+        return importlib.import_module(f"{comfy_inprocess.pack.__name__}.nodes.{module}")
+    return pytest.fixture(fixture, name=name or module)
 
 
-@pytest.fixture
-def guidance(comfy_inprocess):
-    import importlib
-    return importlib.import_module(f"{comfy_inprocess.pack.__name__}.nodes.guidance")
+reno, guidance = pack_module("reno"), pack_module("guidance")
+reward_nodes, autograd_nodes = pack_module("rewards", "reward_nodes"), pack_module("_autograd", "autograd_nodes")
 
 
 @pytest.mark.parametrize("sampling", ["eps", "v", "flow"])
-def test_reno_sampler_lowers_the_reward_loss(comfy_inprocess, reno, sampling):
+def test_reno_sampler_lowers_the_reward_loss(comfy_inprocess, reno, sampling, reward_nodes):
     model = tiny_model_patcher(comfy_inprocess.comfy, sampling)
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
-    reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
+    reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=6, lr=5.0, grad_clip=0.1, reg_weight=0.01,
                                                  momentum=0.9).result[0]
     positive, negative = conds()
@@ -126,22 +125,22 @@ def test_reno_sampler_lowers_the_reward_loss(comfy_inprocess, reno, sampling):
     assert torch.allclose(out, latent_format.process_out(result.best_latent).float(), atol=1e-4)
 
 
-def test_reward_reads_raw_latents_not_model_space(comfy_inprocess, reno):
+def test_reward_reads_raw_latents_not_model_space(comfy_inprocess, reward_nodes):
     """The reward must see process_out(x0) (raw), not x0 * scale: check against the library."""
     from latent_clip.rewards import latent_alignment
 
     import comfy.latent_formats
 
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
-    term = reno.RewardTerm("prompt", 1.0, lclip, "a cat")
+    term = reward_nodes.PromptTerm(1.0, lclip, "a cat")
     with torch.inference_mode(False):
-        fn = reno.build_reward((term,), comfy.latent_formats.SD15())
+        fn = reward_nodes.build_reward((term,), comfy.latent_formats.SD15())
         z = torch.randn(1, 4, 16, 16)
         expected = latent_alignment(lclip.model.clip, "a cat")(z)
     assert torch.allclose(fn(z), expected)
 
 
-def test_only_valid_pairings_run_and_an_allowed_mismatch_is_shown_on_the_node(comfy_inprocess, reno, guidance):
+def test_only_valid_pairings_run_and_an_allowed_mismatch_is_shown_on_the_node(comfy_inprocess, reno, guidance, reward_nodes):
     """An SDXL Latent-CLIP with an SD1.5 model: an error naming both families in the ReNO sampler,
     the all-in-one node and the safety guider; allow_family_mismatch runs it with the warning kept
     above the progress line of the node text. Another channel count is an error even then."""
@@ -152,7 +151,7 @@ def test_only_valid_pairings_run_and_an_allowed_mismatch_is_shown_on_the_node(co
     sdxl = tiny_latent_clip_patcher(comfy_inprocess, "sdxl")
     positive, negative = conds()
     both = r"SDXL / SDXL-Turbo VAE.*\('sdxl'\).*SD 1.x / 2.x / SD-Turbo VAE latents \('sd15'\).*allow_family_mismatch"
-    reward = reno.LatentCLIPRewardPrompt.execute(sdxl, "a red apple", 0.01).result[0]
+    reward = reward_nodes.LatentCLIPRewardPrompt.execute(sdxl, "a red apple", 0.01).result[0]
     for allow in (False, True):
         sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=2, lr=5.0, grad_clip=0.1, reg_weight=0.01,
                                                      momentum=0.9, allow_family_mismatch=allow).result[0]
@@ -173,20 +172,20 @@ def test_only_valid_pairings_run_and_an_allowed_mismatch_is_shown_on_the_node(co
         guidance.LatentCLIPAvoidGuider.execute(model, positive, negative, 2.0, sdxl, "gore", 0.5, 0.0, 1.0,
                                                allow_family_mismatch=True)
     flux = tiny_latent_clip_patcher(comfy_inprocess, "flux", 16)
-    reward = reno.LatentCLIPRewardPrompt.execute(flux, "a red apple", 0.01).result[0]
+    reward = reward_nodes.LatentCLIPRewardPrompt.execute(flux, "a red apple", 0.01).result[0]
     sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=2, allow_family_mismatch=True)
     with pytest.raises(LatentContractError, match="reads 16-channel FLUX.1 VAE latents.*makes 4-channel"):
         guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16))
 
 
-def test_a_latent_of_another_channel_count_gets_the_packs_message(comfy_inprocess, reno):
+def test_a_latent_of_another_channel_count_gets_the_packs_message(comfy_inprocess, reno, reward_nodes):
     """A 16-channel latent (SD3/FLUX) into the ReNO sampler on a 4-channel model: the pack's
     message, not the first conv's "expected 4 channels"."""
     import comfy.samplers
 
     LatentContractError, _ = pack_errors(comfy_inprocess)
     model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
-    reward = reno.LatentCLIPRewardPrompt.execute(tiny_latent_clip_patcher(comfy_inprocess), "a cat", 0.01).result[0]
+    reward = reward_nodes.LatentCLIPRewardPrompt.execute(tiny_latent_clip_patcher(comfy_inprocess), "a cat", 0.01).result[0]
     sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=2)
     positive, _ = conds()
     message = (r"ReNO: this diffusion model makes SD 1.x / 2.x / SD-Turbo VAE latents \('sd15'\); start from an "
@@ -195,7 +194,7 @@ def test_a_latent_of_another_channel_count_gets_the_packs_message(comfy_inproces
         guided_sample(model, sampler, positive, torch.randn(1, 16, 16, 16), torch.randn(1, 16, 16, 16))
 
 
-def test_reno_all_in_one_and_chained_rewards(comfy_inprocess, reno):
+def test_reno_all_in_one_and_chained_rewards(comfy_inprocess, reno, reward_nodes):
     model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
     positive, _ = conds()
@@ -203,20 +202,20 @@ def test_reno_all_in_one_and_chained_rewards(comfy_inprocess, reno):
         latent = {"samples": torch.zeros(1, 4, 16, 16), "batch_index": [0]}
         out = reno.LatentCLIPReno.execute(model, positive, lclip, "a red apple", latent, seed=3, iterations=2,
                                           lr=5.0, steps=2, cfg=1.0).result[0]
-        r = reno.LatentCLIPRewardPrompt.execute(lclip, "a cat", 1.0).result[0]
-        r = reno.LatentCLIPRewardAvoid.execute(lclip, "gore", 0.5, reward=r).result[0]
-        both = reno.LatentCLIPRewardCombine.execute(r, r).result[0]
+        r = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a cat", 1.0).result[0]
+        r = reward_nodes.LatentCLIPRewardAvoid.execute(lclip, "gore", 0.5, reward=r).result[0]
+        both = reward_nodes.LatentCLIPRewardCombine.execute(r, r).result[0]
     assert out["samples"].shape == (1, 4, 16, 16) and out["batch_index"] == [0]
     assert [t.kind for t in both] == ["prompt", "avoid", "prompt", "avoid"]
 
 
-def test_reno_stops_cleanly_on_interrupt(comfy_inprocess, reno):
+def test_reno_stops_cleanly_on_interrupt(comfy_inprocess, reno, reward_nodes):
     import comfy.model_management as mm
     import comfy.samplers
 
     model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
-    reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
+    reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=50)
     positive, negative = conds()
     mm.interrupt_current_processing(True)
@@ -255,7 +254,7 @@ def test_safety_guider_moves_away_from_the_concept(comfy_inprocess, guidance, sa
 
 
 @pytest.mark.slow
-def test_pixel_reward_term_through_a_comfy_vae(comfy_inprocess, reno):
+def test_pixel_reward_term_through_a_comfy_vae(comfy_inprocess, reno, reward_nodes):
     """The comparison path: ComfyUI VAE decode (with gradient; a random full-size SD VAE, as only
     that config is detected) at 64 px + a tiny open_clip model."""
     import comfy.samplers
@@ -276,8 +275,8 @@ def test_pixel_reward_term_through_a_comfy_vae(comfy_inprocess, reno):
                 CLIPTextCfg(width=32, heads=1, layers=1)).eval().requires_grad_(False)
     model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
-    reward = (reno.RewardTerm("pixel", 1.0, reno.PixelClip(vae, clip, tokenize), "a red apple"),
-              reno.RewardTerm("prompt", 0.5, lclip, "a red apple"))
+    reward = (reward_nodes.PixelTerm(1.0, vae, clip, tokenize, "a red apple"),
+              reward_nodes.PromptTerm(0.5, lclip, "a red apple"))
     sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=3)
     positive, _ = conds()
     out = guided_sample(model, sampler, positive, torch.randn(1, 4, 8, 8), torch.zeros(1, 4, 8, 8))
@@ -285,7 +284,7 @@ def test_pixel_reward_term_through_a_comfy_vae(comfy_inprocess, reno):
     assert (sampler.last_result.best_loss <= sampler.last_result.initial_loss).all()
 
 
-def test_progress_bar_shows_iterations_and_latent_previews(comfy_inprocess, reno, monkeypatch):
+def test_progress_bar_shows_iterations_and_latent_previews(comfy_inprocess, reno, monkeypatch, reward_nodes):
     import comfy.samplers
     import comfy.utils
     import latent_preview
@@ -296,7 +295,7 @@ def test_progress_bar_shows_iterations_and_latent_previews(comfy_inprocess, reno
                         seen.append((value, total, preview)))
     model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
-    reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
+    reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=3)
     positive, _ = conds()
     guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16))
@@ -326,7 +325,7 @@ def tiny_flux_patcher(comfy, seed: int = 0):
                                             offload_device=mm.unet_offload_device())
 
 
-def test_reno_sampler_on_a_flux_schnell_model(comfy_inprocess, reno):
+def test_reno_sampler_on_a_flux_schnell_model(comfy_inprocess, reno, reward_nodes):
     """FLUX.1-schnell in ComfyUI: 16-channel latents, flow sampling, the FLUX latent format
     (scale 0.3611, shift 0.1159) between model space and the raw latents Latent-CLIP reads; the
     1-step result is the best iterate, and a 4-step render from the optimised noise also runs."""
@@ -335,7 +334,7 @@ def test_reno_sampler_on_a_flux_schnell_model(comfy_inprocess, reno):
 
     model = tiny_flux_patcher(comfy_inprocess.comfy)
     lclip = tiny_latent_clip_patcher(comfy_inprocess, "flux", 16)
-    reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
+    reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=5, lr=5.0, grad_clip=0.1, reg_weight=0.01,
                                                  momentum=0.9).result[0]
     g = torch.Generator().manual_seed(3)
@@ -358,7 +357,7 @@ def test_reno_sampler_on_a_flux_schnell_model(comfy_inprocess, reno):
     assert torch.isfinite(four).all() and not torch.allclose(four, out, atol=1e-3)
 
 
-def test_comfy_flux_needs_private_saved_tensors_and_the_unet_is_unchanged_by_them(comfy_inprocess, reno):
+def test_comfy_flux_needs_private_saved_tensors_and_the_unet_is_unchanged_by_them(comfy_inprocess, autograd_nodes):
     """ComfyUI's FLUX cannot be differentiated as it is (its blocks add residuals in place after
     saving them); under private_saved_tensors it can, and on a model without in-place updates (the
     SD1.5 UNet) the gradient is the same with and without."""
@@ -366,7 +365,7 @@ def test_comfy_flux_needs_private_saved_tensors_and_the_unet_is_unchanged_by_the
 
     def grad_of_model(patcher, shape, context, wrap):
         model = patcher.model
-        reno.autograd_safe_(model)
+        autograd_nodes.autograd_safe_(model)
         e = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
         with wrap():
             out = model.apply_model(e, torch.tensor([0.9]), c_crossattn=context[0], **context[1])
@@ -389,7 +388,7 @@ def schema_defaults(node) -> dict:
     return {i.id: i.default for i in node.define_schema().inputs if getattr(i, "default", None) is not None}
 
 
-def test_default_objective_gradient_and_first_step_are_renos(comfy_inprocess, reno):
+def test_default_objective_gradient_and_first_step_are_renos(comfy_inprocess, reno, reward_nodes, autograd_nodes):
     """The nodes' defaults against one ReNO step written out as ExplainableML/ReNO does it
     (training/trainer.py, training/optim.py, rewards/clip.py, arguments.py): loss
     0.01 * (100 - exp(logit_scale) * cos) + 0.01 * (0.5 |e|^2 - (d - 1) log |e|), backward,
@@ -401,7 +400,7 @@ def test_default_objective_gradient_and_first_step_are_renos(comfy_inprocess, re
     import torch.nn.functional as F
 
     sampler_defaults = schema_defaults(reno.LatentCLIPRenoSampler)
-    reward_defaults = schema_defaults(reno.LatentCLIPRewardPrompt)
+    reward_defaults = schema_defaults(reward_nodes.LatentCLIPRewardPrompt)
     renos = {"iterations": 50, "lr": 5.0, "grad_clip": 0.1, "reg_weight": 0.01, "momentum": 0.9}
     assert {k: sampler_defaults[k] for k in renos} == renos and reward_defaults["weight"] == 0.01
     all_in_one = schema_defaults(reno.LatentCLIPReno)
@@ -418,8 +417,8 @@ def test_default_objective_gradient_and_first_step_are_renos(comfy_inprocess, re
     base, clip = model.model, lclip.model.clip
     ms = base.model_sampling
     with torch.inference_mode(False):
-        reno.autograd_safe_(base)
-        reno.autograd_safe_(clip)
+        autograd_nodes.autograd_safe_(base)
+        autograd_nodes.autograd_safe_(clip)
         sigma, cond = ms.sigma_max.clone().reshape(1), positive[0][0].clone()
         text = F.normalize(clip.encode_text([prompt]), dim=-1).detach()
 
@@ -449,7 +448,7 @@ def test_default_objective_gradient_and_first_step_are_renos(comfy_inprocess, re
     assert second_loss < first_loss, "test setup: the first step must improve, so the best iterate is the stepped one"
 
     # the ReNO sampler built from its nodes' defaults
-    reward = reno.LatentCLIPRewardPrompt.execute(lclip, prompt, reward_defaults["weight"]).result[0]
+    reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, prompt, reward_defaults["weight"]).result[0]
     options = {k: sampler_defaults[k] for k in ("lr", "grad_clip", "reg_weight", "momentum")}
     sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=2, **options).result[0]
     out = guided_sample(model, sampler, positive, noise, latent["samples"])
@@ -467,7 +466,7 @@ def test_default_objective_gradient_and_first_step_are_renos(comfy_inprocess, re
     torch.testing.assert_close(node_out["samples"], expected_out, rtol=1e-4, atol=1e-4)
 
 
-def test_a_nan_iterate_is_skipped_with_a_warning_on_the_node_and_a_nan_start_is_an_error(comfy_inprocess, reno):
+def test_a_nan_iterate_is_skipped_with_a_warning_on_the_node_and_a_nan_start_is_an_error(comfy_inprocess, reno, reward_nodes):
     """The UNet (through ComfyUI's own unet wrapper hook) returns NaN for one sample at one
     evaluation: the run ends with the best finite iterate, the output is finite, and the warning is
     on the node text above the progress line; NaN at the first evaluation is a clear error."""
@@ -487,7 +486,7 @@ def test_a_nan_iterate_is_skipped_with_a_warning_on_the_node_and_a_nan_start_is_
 
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
     positive, _ = conds(batch=2)
-    reward = reno.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
+    reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     model = tiny_model_patcher(comfy_inprocess.comfy, "eps").clone()
     model.set_model_unet_function_wrapper(nan_at({2}))  # evaluation 2 of 4 (the final 1-step sample is call 4)
