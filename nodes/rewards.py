@@ -31,8 +31,8 @@ class PromptTerm:
     prompt: str
 
     def build(self, latent_format, allow_mismatch: bool, text: NodeText) -> rewards.RewardFn:
-        loaders.check_pairing(self.latent_clip, latent_format, allow_mismatch, text)
-        return rewards.latent_alignment(loaders.model_of(self.latent_clip, autograd=True), self.prompt)
+        model = loaders.paired_model(self.latent_clip, latent_format, allow_mismatch, text)
+        return rewards.latent_alignment(model, self.prompt)
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,8 @@ class AvoidTerm:
     concepts: str
 
     def build(self, latent_format, allow_mismatch: bool, text: NodeText) -> rewards.RewardFn:
-        loaders.check_pairing(self.latent_clip, latent_format, allow_mismatch, text)
-        return rewards.latent_avoid(loaders.model_of(self.latent_clip, autograd=True), self.concepts)
+        model = loaders.paired_model(self.latent_clip, latent_format, allow_mismatch, text)
+        return rewards.latent_avoid(model, self.concepts)
 
 
 @dataclass(frozen=True)
