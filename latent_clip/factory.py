@@ -32,7 +32,7 @@ from .model import LatentCLIP
 
 PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 VAE_PREFIXES = ("visual.vae_encoder.", "visual.vae_quant_conv.")
-STRIP_PREFIXES = ("module.", "_orig_mod.")
+STRIP_PREFIXES = re.compile(r"^(?:module\.|_orig_mod\.)+")
 VISION_BLOCKS, TEXT_BLOCKS = "visual.latent_vit.transformer.resblocks.", "transformer.resblocks."
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -76,13 +76,7 @@ class CheckpointError(RuntimeError):
 
 def strip_prefixes(key: str) -> str:
     """Drop the ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes, in any order."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in STRIP_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
+    return STRIP_PREFIXES.sub("", key)
 
 
 def is_vae_key(key: str) -> bool:
@@ -203,14 +197,7 @@ def load_weights(model: torch.nn.Module, path: str | Path, label: str | None = N
     architecture (a Latent-CLIP or a pixel open_clip CLIP): every key with its shape, nothing extra,
     else ``ValueError`` naming ``label`` (default: the model's class). Returns ``model``."""
     state, _ = read_state_dict(path)
-    own, label = model.state_dict(), label or type(model).__name__
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-             if k in own and v.shape != own[k].shape]
-    if wrong:
-        raise ValueError(f"{path} does not fit {label}: shapes (checkpoint vs model) {wrong[:3]}")
-    missing, unexpected = _diff_keys(own, state)
-    if missing or unexpected:
-        raise ValueError(f"{path} does not fit {label}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    _require_fit(model.state_dict(), state, f"{path} does not fit {label or type(model).__name__}", ValueError)
     model.load_state_dict(state)
     return model
 
@@ -339,28 +326,26 @@ def load_model(path: str | Path, config: ModelConfig | Mapping | str | Path | No
     with_vae = any(is_vae_key(k) for k in state)
     with torch.device("meta"):  # bounded: the config passed its limits
         model = LatentCLIP(cfg, vae_encoder=with_vae)
-    missing, unexpected = _diff_keys(model.state_dict(), state)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not match config {cfg.name or '(inferred)'}: "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    for key, tensor in model.state_dict().items():
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"{path}: {key} has shape {tuple(state[key].shape)}, config "
-                                  f"{cfg.name or '(inferred)'} expects {tuple(tensor.shape)}")
+    _require_fit(model.state_dict(), state, f"{path} does not match config {cfg.name or '(inferred)'}")
     model.load_state_dict(state, assign=True)
-    model.attn_mask = _causal_mask(cfg.text.context_length)  # non-persistent: built on meta above
+    n = cfg.text.context_length  # the causal mask is non-persistent: built on meta above
+    model.attn_mask = torch.full((n, n), float("-inf")).triu_(1)
     model = model.to(device=device or "cpu", dtype=resolve_dtype(dtype) or torch.float32)
     return model.eval().requires_grad_(False)
 
 
-def _causal_mask(n: int) -> torch.Tensor:
-    return torch.full((n, n), float("-inf")).triu_(1)
-
-
-def _diff_keys(expected: Mapping[str, Any], given: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    return sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+def _require_fit(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], where: str,
+                 error: type[Exception] = CheckpointError) -> None:
+    """Every key of ``expected`` in ``state`` with its shape and nothing else, or ``error`` saying
+    ``where`` and what differs."""
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()
+             if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise error(f"{where}: shapes (checkpoint vs model) {wrong[:3]}")
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise error(f"{where}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                    f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

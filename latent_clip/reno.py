@@ -109,7 +109,7 @@ def _take_best(best: torch.Tensor | None, new: torch.Tensor, mask: torch.Tensor)
     new = new.detach()
     if best is None:
         return new.clone()
-    return torch.where(mask.to(new.device).view(-1, *([1] * (new.ndim - 1))), new, best)
+    return torch.where(_per_sample(mask, new), new, best)
 
 
 class _Saved:

@@ -22,12 +22,6 @@ def lines(text: str, what: str) -> list[str]:
     return out
 
 
-def code_block(text: str) -> str:
-    """``text`` as a Markdown code block: Preview Any renders its input as Markdown, and a code block
-    keeps a report's line breaks and aligned columns."""
-    return f"```\n{text}\n```"
-
-
 def table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     fmt = lambda row: "  ".join(str(c).rjust(w) for c, w in zip(row, widths))  # noqa: E731

@@ -89,6 +89,11 @@ WEIGHT_TIP = (f"Weight of this term in the summed loss. {rewards.CLIP_SCORE_WEIG
 CHAIN_TIP = "Optional reward to add this term to (chain reward nodes to combine them)."
 
 
+def chained(reward: tuple | None, term) -> io.NodeOutput:
+    """The node output of a chainable reward node: the incoming ``reward`` wire's terms, then ``term``."""
+    return io.NodeOutput((*(reward or ()), term))
+
+
 class LatentCLIPRewardPrompt(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -107,7 +112,7 @@ class LatentCLIPRewardPrompt(io.ComfyNode):
 
     @classmethod
     def execute(cls, latent_clip, prompt: str, weight: float, reward=None) -> io.NodeOutput:
-        return io.NodeOutput((*(reward or ()), PromptTerm(weight, latent_clip, prompt.strip())))
+        return chained(reward, PromptTerm(weight, latent_clip, prompt.strip()))
 
 
 class LatentCLIPRewardAvoid(io.ComfyNode):
@@ -131,7 +136,7 @@ class LatentCLIPRewardAvoid(io.ComfyNode):
     @classmethod
     def execute(cls, latent_clip, concepts: str, weight: float, reward=None) -> io.NodeOutput:
         _latent.lines(concepts, "concepts")
-        return io.NodeOutput((*(reward or ()), AvoidTerm(weight, latent_clip, concepts)))
+        return chained(reward, AvoidTerm(weight, latent_clip, concepts))
 
 
 class LatentCLIPRewardPixelCLIP(io.ComfyNode):
@@ -168,8 +173,7 @@ class LatentCLIPRewardPixelCLIP(io.ComfyNode):
     def execute(cls, vae, clip_name: str, architecture: str, prompt: str, weight: float, reward=None) -> io.NodeOutput:
         clip, tokenizer = loaders.load_open_clip(architecture.strip(),
                                                  folder_paths.get_full_path_or_raise(OPEN_CLIP_FOLDER, clip_name))
-        term = PixelTerm(weight, vae, clip, tokenizer, prompt.strip())
-        return io.NodeOutput((*(reward or ()), term))
+        return chained(reward, PixelTerm(weight, vae, clip, tokenizer, prompt.strip()))
 
 
 class LatentCLIPRewardCombine(io.ComfyNode):

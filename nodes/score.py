@@ -33,6 +33,12 @@ def _model_and_latents(latent_clip, latent: dict, text: NodeText):
     return model, z, progress_bar(text.node_id)
 
 
+def _reported(*outputs, report: str) -> io.NodeOutput:
+    """``outputs``, then ``report`` as the last output and as the node's preview text. The output is a
+    Markdown code block: Preview Any renders Markdown, and a code block keeps line breaks and columns."""
+    return io.NodeOutput(*outputs, f"```\n{report}\n```", ui=ui.PreviewText(report))
+
+
 class LatentCLIPScore(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -54,7 +60,7 @@ class LatentCLIPScore(io.ComfyNode):
         cos, logit = s.cosine[:, 0].tolist(), s.logits[:, 0].tolist()
         text = f"prompt: {prompt.strip()}\n" + _latent.table(
             ["#", "cosine", "logit"], [[i, f"{c:.4f}", f"{g:.3f}"] for i, (c, g) in enumerate(zip(cos, logit))])
-        return io.NodeOutput(cos, logit, _latent.code_block(text), ui=ui.PreviewText(text))
+        return _reported(cos, logit, report=text)
 
 
 class LatentCLIPZeroShot(io.ComfyNode):
@@ -89,8 +95,7 @@ class LatentCLIPZeroShot(io.ComfyNode):
         top_p, top = probs.max(dim=-1)
         rows = [[i, names[k], *(f"{p:.3f}" for p in row)] for i, (k, row) in enumerate(zip(top.tolist(), probs.tolist()))]
         text = _latent.table(["#", "top", *names], rows)
-        return io.NodeOutput([names[k] for k in top.tolist()], top_p.tolist(), _latent.code_block(text),
-                             ui=ui.PreviewText(text))
+        return _reported([names[k] for k in top.tolist()], top_p.tolist(), report=text)
 
 
 class LatentCLIPSafetyFilter(io.ComfyNode):
@@ -132,7 +137,7 @@ class LatentCLIPSafetyFilter(io.ComfyNode):
             out = ExecutionBlocker(None)
             text += "\nevery latent was blocked: nothing passed on, the nodes after this one were skipped"
         flags = result.flagged.tolist()
-        return io.NodeOutput(out, flags, any(flags), _latent.code_block(text), ui=ui.PreviewText(text))
+        return _reported(out, flags, any(flags), report=text)
 
 
 class LatentCLIPSelectBest(io.ComfyNode):
@@ -157,7 +162,7 @@ class LatentCLIPSelectBest(io.ComfyNode):
         order = order[:k].tolist()
         text = f"prompt: {prompt.strip()}\nkept {len(order)} of {len(cosine)}\n" + _latent.table(
             ["rank", "#", "cosine"], [[r, i, f"{cosine[i]:.4f}"] for r, i in enumerate(order)])
-        return io.NodeOutput(select(latent, order), order[0], _latent.code_block(text), ui=ui.PreviewText(text))
+        return _reported(select(latent, order), order[0], report=text)
 
 
 class LatentCLIPScoreThreshold(io.ComfyNode):
