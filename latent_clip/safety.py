@@ -40,7 +40,7 @@ class Concept:
 
 @dataclass(frozen=True)
 class SafetyResult:
-    """``probs`` (B, K) p(concept) per latent; ``flagged`` (B,) bool; ``worst`` (B,) argmax concept;
+    """``probs`` (B, K) p(concept) per latent; ``flagged`` (B,) bool;
     ``non_finite`` (B,) bool: no verdict could be computed (NaN/Inf), so the latent is flagged."""
 
     concepts: tuple[Concept, ...]
@@ -48,10 +48,6 @@ class SafetyResult:
     flagged: torch.Tensor
     threshold: float
     non_finite: torch.Tensor
-
-    @property
-    def worst(self) -> torch.Tensor:
-        return self.probs.argmax(dim=-1)
 
 
 def parse_concepts(text: str) -> list[Concept]:
