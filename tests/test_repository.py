@@ -22,7 +22,7 @@ FORBIDDEN_IMPORTS = {
 
 
 def tracked_files() -> list[str]:
-    return subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    return subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
 
 
 def third_party_imports(layers) -> dict[str, set[str]]:

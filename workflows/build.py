@@ -1,8 +1,9 @@
 """Writes the example workflows from one spec per capability.
 
-* ``example_workflows/<name>.json``: UI format (v0.4), the real SDXL-Turbo graph users drag onto the
-  canvas, with their ``<name>.jpg`` thumbnails (written by tests/end_to_end/test_workflows_browser.py); ComfyUI
-  lists them under the left sidebar Templates -> Extensions -> comfyui-latent-clip.
+* ``example_workflows/<title>.json``: UI format (v0.4), the real SDXL-Turbo graph users drag onto the
+  canvas, with their ``<title>.jpg`` thumbnails (written by tests/end_to_end/test_workflows_browser.py); ComfyUI
+  lists them under the left sidebar Templates -> Extensions -> comfyui-latent-clip, titled by file name. A
+  Markdown note at the top left says in one line what the graph shows and what to set (TEMPLATES).
 * ``workflows/api/<name>.json``: the same graphs in API format (for scripts that POST to /prompt),
   with the same model file names.
 * ``tests/api_workflows/<name>.json``: test twins the tests POST. They replace the SDXL-Turbo part
@@ -28,19 +29,45 @@ sys.path.insert(0, str(ROOT))
 from latent_clip.pretrained import get_pretrained  # noqa: E402
 
 UI_DIR, API_DIR, TEST_DIR = ROOT / "example_workflows", ROOT / "workflows" / "api", ROOT / "tests" / "api_workflows"
+NOTE = "MarkdownNote"  # frontend-only (not in /object_info): one text widget, no slots
+NOTE_INFO = {"input": {"required": {"text": ["STRING", {}]}}, "output": [], "output_name": []}
 # Node sizes (body, without the title bar) with room for every widget and for what a run adds.
 SIZES = {"LatentCLIPLoader": (360, 130), "LatentCLIPScoreThreshold": (300, 110), "PreviewAny": (560, 300),
          "CLIPTextEncode": (380, 180), "KSampler": (320, 470), "SaveImage": (420, 460),
          "LatentCLIPScore": (400, 300), "LatentCLIPZeroShot": (480, 400), "LatentCLIPSafetyFilter": (440, 400),
          "LatentCLIPSelectBest": (400, 300), "LatentCLIPRewardPrompt": (380, 260), "LatentCLIPRenoSampler": (380, 300),
-         "LatentCLIPReno": (400, 420), "LatentCLIPAvoidGuider": (400, 400)}
+         "LatentCLIPReno": (400, 420), "LatentCLIPAvoidGuider": (400, 400), NOTE: (360, 150)}
 DEFAULT_SIZE, TITLE_HEIGHT, GAP = (360, 140), 30, 60
+VIEW = {"scale": 0.6, "offset": [150, 250]}  # on opening, the note clears the frontend's top bars and sidebar
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CKPT, LC_WEIGHTS = "sd_xl_turbo_1.0_fp16.safetensors", "latent-clip-b-8-512-34b-80k.pt"
 MODELS = {  # model file -> its download, for the loaders' properties.models
     CKPT: {"url": "https://huggingface.co/stabilityai/sdxl-turbo/resolve/main/" + CKPT, "directory": "checkpoints"},
     LC_WEIGHTS: {"url": "https://huggingface.co/{0.hf_repo}/resolve/main/{0.hf_file}".format(
         get_pretrained(Path(LC_WEIGHTS).stem)), "directory": "latent_clip"}}
+# Template id (the file name in workflows/api/ and tests/api_workflows/) -> its title (its file name in
+# example_workflows/, all ComfyUI's template browser shows of it) and its note's one line.
+TEMPLATES = {
+    "latent_clip_score": ("Score latents against a prompt", "Scores 4 SDXL-Turbo latents against a prompt without "
+                          "decoding them: set the prompt on **Latent-CLIP Score**; the report lists each sample's "
+                          "cosine and logit."),
+    "latent_clip_zero_shot": ("Classify latents zero-shot", "Gives each latent the closest of your labels without "
+                              "decoding: one label per line (and prompt templates with `{}`) on **Latent-CLIP "
+                              "Zero-Shot Classify**; the report shows every label's probability."),
+    "latent_clip_safety_filter": ("Safety filter before decoding", "Blocks latents close to a concept before they are "
+                                  "decoded: concepts one per line (`concept | counter-prompt`), threshold and action "
+                                  "on **Latent-CLIP Safety Filter**; the report says what was blocked."),
+    "latent_clip_best_of_n": ("Best of 8 by Latent-CLIP", "Generates 8 latents and decodes only the best match for "
+                              "the prompt: set the prompt and k on **Latent-CLIP Select Best-k**."),
+    "reno_sdxl_turbo": ("ReNO on SDXL-Turbo (sampler)", "ReNO: optimises a 1-step SDXL-Turbo sample's noise against "
+                        "a Latent-CLIP prompt reward, no decoding in the loop: set the prompt on **Latent-CLIP "
+                        "Reward: Prompt** and iterations / lr on **ReNO Sampler (Latent-CLIP)**."),
+    "reno_sdxl_turbo_prompt": ("ReNO on SDXL-Turbo (one node)", "ReNO in one node: set the prompt, iterations and "
+                               "lr on **ReNO with this prompt (Latent-CLIP)**; it samples SDXL-Turbo itself."),
+    "guidance_sdxl_turbo": ("Steer away from concepts (SDXL-Turbo)", "Steers 4-step SDXL-Turbo sampling away from "
+                            "concepts: concepts one per line (`concept | counter-prompt`) and strength on "
+                            "**Latent-CLIP Safety Guider**."),
+}
 TEST_WEIGHTS, TEST_LATENT = "latent_clip_tiny.safetensors", "latent_clip_test.latent"
 POSITIVE = "a photo of a cat sitting on a windowsill, golden hour"
 
@@ -145,12 +172,14 @@ def model_downloads(values: dict) -> list[dict]:
     return [{"name": v, **MODELS[v]} for v in values.values() if isinstance(v, str) and v in MODELS]
 
 
-def to_ui(spec: dict, object_info: dict) -> dict:
+def to_ui(name: str, spec: dict, object_info: dict) -> dict:
+    """``spec`` in UI format, headed by its note (node 0, top left)."""
+    spec = {0: (NOTE, {"text": TEMPLATES[name][1]}), **spec}
     nodes, links, link_id = {}, [], 0
     order = {nid: i for i, nid in enumerate(sorted(spec))}
     positions = layout(spec)
     for nid, (cls, values) in spec.items():
-        info = object_info[cls]
+        info = NOTE_INFO if cls == NOTE else object_info[cls]
         node = {"id": nid, "type": cls, "pos": list(positions[nid]), "size": list(size_of(cls)),
                 "flags": {}, "order": order[nid], "mode": 0, "inputs": [], "outputs": [],
                 "properties": {"Node name for S&R": cls}, "widgets_values": []}
@@ -176,7 +205,7 @@ def to_ui(spec: dict, object_info: dict) -> dict:
             nodes[origin]["outputs"][origin_slot]["links"].append(link_id)
             links.append([link_id, origin, origin_slot, nid, slot, entry["type"]])
     return {"last_node_id": max(nodes), "last_link_id": link_id, "nodes": list(nodes.values()), "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.6, "offset": [40, 40]}}, "version": 0.4}
+            "groups": [], "config": {}, "extra": {"ds": VIEW}, "version": 0.4}
 
 
 def to_api(spec: dict) -> dict:
@@ -219,16 +248,16 @@ def fetch_object_info(url: str | None) -> dict:
 
 
 def write(name: str, ui: dict, api: dict, test: dict) -> None:
-    """The template, its API-format copy and its test twin."""
-    for folder, graph in ((UI_DIR, ui), (API_DIR, api), (TEST_DIR, test)):
+    """The template (file named by its title), its API-format copy and its test twin."""
+    for folder, stem, graph in ((UI_DIR, TEMPLATES[name][0], ui), (API_DIR, name, api), (TEST_DIR, name, test)):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{name}.json").write_text(json.dumps(graph, indent=1) + "\n")
+        (folder / f"{stem}.json").write_text(json.dumps(graph, indent=1) + "\n")
     print("wrote", name)
 
 
 def main(object_info: dict) -> None:
     for name, spec in SPECS.items():
-        write(name, to_ui(spec, object_info), to_api(spec), to_api(test_twin(spec, object_info)))
+        write(name, to_ui(name, spec, object_info), to_api(spec), to_api(test_twin(spec, object_info)))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Writes the ReNO and safety-guidance example workflows (same scheme as workflows/build.py).
 
-* ``example_workflows/<name>.json``: UI format (v0.4), the real SDXL-Turbo graphs with the official
-  Latent-CLIP B/8 (SDXL-VAE latents): only pairings of one latent family ship.
+* ``example_workflows/<title>.json`` (build.TEMPLATES): UI format (v0.4), the real SDXL-Turbo graphs with
+  the official Latent-CLIP B/8 (SDXL-VAE latents): only pairings of one latent family ship.
 * ``workflows/api/<name>.json``: the same graphs in API format.
 * ``tests/api_workflows/<name>.json``: test twins that tests/comfyui/test_reno_http.py POSTs: the same
   graph on the test's random full-size SD1.5 checkpoint at 64 px with tiny Latent-CLIP weights of
@@ -92,7 +92,7 @@ def test_twin(name: str, spec: dict) -> dict:
 
 def main(object_info: dict) -> None:
     for name, spec in SPECS.items():
-        write(name, to_ui(spec, object_info), to_api(spec), to_api(test_twin(name, spec)))
+        write(name, to_ui(name, spec, object_info), to_api(spec), to_api(test_twin(name, spec)))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from comfy_harness import (API_WORKFLOWS, SHIPPED_API_WORKFLOWS, TEST_LATENT, TI
                            UI_WORKFLOWS, WRONG_FAMILY_LATENT, PromptRejected, execution_error, load_api_workflow,
                            post_prompt, read_latent_file, run_graph, run_graph_with_texts, make_latents, wait_history)
 from latent_clip import safety, zeroshot
+from workflows.build import NOTE, TEMPLATES
 
 pytestmark = pytest.mark.comfyui
 
@@ -65,7 +66,7 @@ def test_workflows_use_only_known_nodes(object_info):
     for path in [*API_WORKFLOWS.glob("*.json"), *SHIPPED_API_WORKFLOWS.glob("*.json"), *UI_WORKFLOWS.glob("*.json")]:
         data = json.loads(path.read_text())
         types = [n["type"] for n in data["nodes"]] if "nodes" in data else [n["class_type"] for n in data.values()]
-        assert set(types) <= set(object_info), f"{path.name}: {set(types) - set(object_info)}"
+        assert set(types) - {NOTE} <= set(object_info), f"{path.name}: {set(types) - set(object_info)}"
 
 
 def _combo_options(spec: list) -> list | None:
@@ -81,7 +82,8 @@ def test_shipped_api_workflows_lint_clean(object_info):
     downloads = {m["name"] for path in UI_WORKFLOWS.glob("*.json") for n in json.loads(path.read_text())["nodes"]
                  for m in n["properties"].get("models", [])}
     shipped = sorted(SHIPPED_API_WORKFLOWS.glob("*.json"))
-    assert [p.name for p in shipped] == sorted(p.name for p in UI_WORKFLOWS.glob("*.json"))
+    assert [p.stem for p in shipped] == sorted(TEMPLATES)
+    assert sorted(title for title, _ in TEMPLATES.values()) == sorted(p.stem for p in UI_WORKFLOWS.glob("*.json"))
     bad, checked = [], 0
     for path in shipped:
         for nid, node in json.loads(path.read_text()).items():

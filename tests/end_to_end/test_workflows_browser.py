@@ -3,9 +3,10 @@ Debian Chromium via Playwright): no missing-node dialog, the missing-models dial
 template's model downloads, no two nodes overlap (title bars included; again after a run, when
 reports and previews have grown), the page's own prompt validates except for model files that
 cannot exist here, then it is queued with the test weights swapped in and its results show on the
-canvas. The template browser lists every template with its thumbnail. Screenshots go to
-$LATENT_CLIP_SCREENSHOTS if set (else the test's temp dir); with $LATENT_CLIP_THUMBNAILS set, each
-template's ``<name>.jpg`` thumbnail is written there (example_workflows/ holds the shipped ones)."""
+canvas. The template browser lists every template by its title with its thumbnail, and opening one
+shows its note. Screenshots ``<id>.png`` go to $LATENT_CLIP_SCREENSHOTS if set (else the test's temp
+dir); with $LATENT_CLIP_THUMBNAILS set, each template's ``<title>.jpg`` thumbnail is written there
+(example_workflows/ holds the shipped ones)."""
 from __future__ import annotations
 
 import json
@@ -13,11 +14,13 @@ import os
 import re
 import urllib.request
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
 from comfy_harness import (PACK_NAME, TEST_LATENT, TINY_EXPORT, UI_WORKFLOWS, execution_error, post_prompt,
                            skip_or_fail, wait_history)
+from workflows.build import SPECS, TEMPLATES
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
@@ -35,7 +38,6 @@ CLOSE_BANNER = """() => {
         if (close.length) { close[close.length - 1].click(); return true; }
     }
     return false; }"""
-WORKFLOWS = sorted(UI_WORKFLOWS.glob("*.json"))
 FOCUS_OURS = "() => window.app.canvas.selectNodes(window.app.graph.nodes.filter(n => n.type.startsWith('LatentCLIP')))"
 OURS_BOX = """() => {
     const ds = window.app.canvas.ds, rect = window.app.canvas.canvas.getBoundingClientRect();
@@ -48,7 +50,7 @@ OURS_BOX = """() => {
     const x = Math.max(0, ax + rect.left - 20), y = Math.max(0, ay + rect.top - 20);
     return {x, y, width: Math.min(bx - ax + 40, rect.width - x), height: Math.min(by - ay + 40, rect.height - y)};
 }"""
-OURS = [p for p in WORKFLOWS if p.name.startswith("latent_clip_")]  # others bring their own run checks
+OURS = list(SPECS)  # the Latent-CLIP templates; the ReNO/guidance ones bring their own run checks
 OVERLAPS = """() => {
     const boxes = window.app.graph.nodes.map(n => [`${n.type}#${n.id}`, n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT,
                                                    n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
@@ -124,11 +126,15 @@ def _shot(page, path: Path, clip: dict | None = None) -> None:
     page.screenshot(path=str(path), clip=clip)
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_ui_workflow_loads(page, path, tmp_path):
-    """Opens clean, offers its models (a .pt file with the dialog's own reason), no overlapping nodes,
-    seeds that only pick replacement noise start 'fixed'."""
-    workflow, rows = _load(page, path)
+def _path(template: str) -> Path:
+    return UI_WORKFLOWS / f"{TEMPLATES[template][0]}.json"
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_ui_workflow_loads(page, template, tmp_path):
+    """Opens clean, offers its models (a .pt file with the dialog's own reason), no overlapping nodes
+    (its note included), seeds that only pick replacement noise start 'fixed'."""
+    workflow, rows = _load(page, _path(template))
     assert not page.page_errors, page.page_errors
     models = [m for n in workflow["nodes"] for m in n["properties"].get("models", [])]
     assert {m["directory"] for m in models} == {"checkpoints", "latent_clip"}
@@ -146,11 +152,11 @@ def test_ui_workflow_loads(page, path, tmp_path):
     page.wait_for_timeout(500)
     shots = Path(os.environ.get("LATENT_CLIP_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
-    _shot(page, shots / f"{path.stem}.png")
+    _shot(page, shots / f"{template}.png")
     if os.environ.get("LATENT_CLIP_THUMBNAILS"):
         from PIL import Image, ImageOps
-        image = ImageOps.fit(Image.open(shots / f"{path.stem}.png").convert("RGB"), THUMBNAIL)
-        image.save(Path(os.environ["LATENT_CLIP_THUMBNAILS"]) / f"{path.stem}.jpg", quality=80)
+        image = ImageOps.fit(Image.open(shots / f"{template}.png").convert("RGB"), THUMBNAIL)
+        image.save(Path(os.environ["LATENT_CLIP_THUMBNAILS"]) / f"{TEMPLATES[template][0]}.jpg", quality=80)
 
 
 def test_new_safety_filter_seed_starts_fixed(page):
@@ -160,9 +166,9 @@ def test_new_safety_filter_seed_starts_fixed(page):
     assert control == "fixed"
 
 
-@pytest.mark.parametrize("path", OURS, ids=[p.stem for p in OURS])
-def test_ui_workflow_queues(comfy_server, page, path, tmp_path):
-    _load(page, path)
+@pytest.mark.parametrize("template", OURS)
+def test_ui_workflow_queues(comfy_server, page, template, tmp_path):
+    _load(page, _path(template))
 
     # With the test weights swapped in, and the SDXL-Turbo part cut off where there is one.
     prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
@@ -188,14 +194,14 @@ def test_ui_workflow_queues(comfy_server, page, path, tmp_path):
     shots.mkdir(parents=True, exist_ok=True)
     page.evaluate("() => window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
     page.wait_for_timeout(700)
-    _shot(page, shots / f"{path.stem}.png")
+    _shot(page, shots / f"{template}.png")
     page.evaluate(FOCUS_OURS)  # a close-up of the pack's nodes with their results
     page.evaluate("() => window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
     page.evaluate("() => { window.app.canvas.deselectAll(); window.app.graph.setDirtyCanvas(true, true); }")
     page.wait_for_timeout(700)
-    _shot(page, shots / f"{path.stem}_nodes.png", page.evaluate(OURS_BOX))
+    _shot(page, shots / f"{template}_nodes.png", page.evaluate(OURS_BOX))
 
-    if path.stem == "latent_clip_safety_filter":  # everything blocked: the job succeeds, the report says so
+    if template == "latent_clip_safety_filter":  # everything blocked: the job succeeds, the report says so
         (node,) = [n for n in prompt.values() if n["class_type"] == "LatentCLIPSafetyFilter"]
         node["inputs"]["threshold"] = 0.0
         entry = wait_history(comfy_server, post_prompt(comfy_server, prompt, client_id))
@@ -224,23 +230,34 @@ def _without_sdxl(prompt: dict) -> dict:
     return {k: n for k, n in prompt.items() if k not in needs_ckpt}
 
 
-def test_template_browser_shows_every_template_with_its_thumbnail(page):
-    """Left sidebar Templates -> Extensions: comfyui-latent-clip lists every file of example_workflows/
-    with its <name>.jpg thumbnail loaded (the frontend asks /api/workflow_templates/<pack>/<name>.jpg)."""
-    thumbnails = {}
-    listen = lambda r: "/api/workflow_templates/" in r.url and thumbnails.update({r.url: r.status})  # noqa: E731
+def test_template_browser_shows_every_template_by_title(page):
+    """Left sidebar Templates -> Extensions -> comfyui-latent-clip: a card per file of example_workflows/,
+    each showing its readable title with its <title>.jpg thumbnail loaded; opening a card fetches the
+    graph (both from /api/workflow_templates/<pack>/, 200) and shows its note at the top left."""
+    served = {}
+    listen = lambda r: "/api/workflow_templates/" in r.url and served.update({unquote(r.url): r.status})  # noqa: E731
     page.on("response", listen)
-    page.get_by_role("button", name="Templates").first.click()
-    page.get_by_text(PACK_NAME, exact=True).first.click()
-    page.wait_for_timeout(1500)
+    titles = sorted(title for title, _ in TEMPLATES.values())
+    assert titles == sorted(p.stem for p in UI_WORKFLOWS.glob("*.json")) and all("_" not in t for t in titles)
+    for title, note in TEMPLATES.values():
+        _close_dialogs(page)  # Missing Models, after opening the last one
+        page.get_by_role("button", name="Templates").first.click()
+        page.get_by_text(PACK_NAME, exact=True).first.click()
+        page.wait_for_timeout(1500)
+        cards = page.evaluate("""() => [...document.querySelectorAll('[data-testid^="template-workflow-"]')].map(c => ({
+            title: c.dataset.testid.replace('template-workflow-', ''), text: c.innerText,
+            images: [...c.querySelectorAll('img')].map(i => i.complete && i.naturalWidth > 0)}))""")
+        assert sorted(c["title"] for c in cards) == titles
+        for card in cards:
+            assert card["text"].startswith(card["title"]) and card["images"] and all(card["images"]), card
+        page.locator(f'[data-testid="template-workflow-{title}"]').click()
+        page.wait_for_function("note => window.app.graph.nodes.some(n => n.widgets?.[0]?.value === note)", arg=note)
+        _close_dialogs(page)  # Missing Models
+        shown = page.evaluate("""() => { const top = window.app.graph.nodes.reduce((a, b) =>
+            a.pos[0] + a.pos[1] <= b.pos[0] + b.pos[1] ? a : b), el = top.widgets[0].element;
+            const r = el.getBoundingClientRect(), seen = el.contains(document.elementFromPoint(r.left + 5, r.top + 5));
+            return [top.type, seen, el.innerText]; }""")  # the note's top left corner is on screen, not covered
+        assert shown == ["MarkdownNote", True, note.replace("**", "").replace("`", "")], shown
     page.remove_listener("response", listen)
-    cards = page.evaluate("""() => [...document.querySelectorAll('[data-testid^="template-workflow-"]')].map(c => ({
-        name: c.dataset.testid.replace('template-workflow-', ''), text: c.innerText,
-        images: [...c.querySelectorAll('img')].map(i => [i.src, i.complete && i.naturalWidth > 0])}))""")
-    # Last in this module: the template browser does not close on Escape, and nothing runs after it.
-    assert sorted(c["name"] for c in cards) == [p.stem for p in WORKFLOWS]
-    for card in cards:
-        assert (UI_WORKFLOWS / f"{card['name']}.jpg").is_file()
-        assert card["images"] and all(ok for _, ok in card["images"]), card
-        assert thumbnails[f"{page.url.rstrip('/')}/api/workflow_templates/{PACK_NAME}/{card['name']}.jpg"] == 200
-        assert card["name"].replace("_", " ") in card["text"]  # the description the frontend derives
+    url = f"{page.url.split('#')[0].rstrip('/')}/api/workflow_templates/{PACK_NAME}/"
+    assert served == {url + title + ext: 200 for title in titles for ext in (".jpg", ".json")}, served
