@@ -26,7 +26,7 @@ import tarfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 from PIL import Image
@@ -427,6 +427,18 @@ class ImageTransform:
 
 # ---------------------------------------------------------------- writing
 
+def write_tar(path: Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> None:
+    """Atomically write a webdataset tar: member ``KEY.EXT`` per (key, {ext: bytes}) sample, in order."""
+    def write(tmp: Path) -> None:
+        with tarfile.open(tmp, "w") as tar:
+            for key, files in samples:
+                for ext, data in files.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    atomic_write(path, write)
+
+
 def write_latent_shard(path: Path, latents: torch.Tensor, captions: Sequence[str], keys: Sequence[str],
                        labels: Sequence[int] | None = None) -> None:
     """Atomically write one latent shard; the format follows the suffix (.tar or .safetensors)."""
@@ -440,19 +452,14 @@ def write_latent_shard(path: Path, latents: torch.Tensor, captions: Sequence[str
         atomic_write(path, lambda tmp: save_file({"latents": latents.contiguous()}, str(tmp), metadata=meta))
         return
 
-    def write_tar(tmp: Path) -> None:
-        with tarfile.open(tmp, "w") as tar:
-            for i, (key, caption) in enumerate(zip(keys, captions)):
-                buf = io.BytesIO()
-                torch.save(latents[i].clone(), buf)
-                files = {"latent.pt": buf.getvalue(), "txt": caption.encode()}
-                if labels:
-                    files["cls"] = str(labels[i]).encode()
-                for ext, data in files.items():
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    atomic_write(path, write_tar)
+    def row(i: int) -> tuple[str, dict[str, bytes]]:
+        buf = io.BytesIO()
+        torch.save(latents[i].clone(), buf)
+        files = {"latent.pt": buf.getvalue(), "txt": captions[i].encode()}
+        if labels:
+            files["cls"] = str(labels[i]).encode()
+        return keys[i], files
+    write_tar(path, map(row, range(len(keys))))
 
 
 # ---------------------------------------------------------------- deterministic stream
