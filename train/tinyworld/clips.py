@@ -95,11 +95,6 @@ def load_latent_checkpoint(path: Path, cfg: dict):
     return load_weights(model, path).eval().requires_grad_(False)
 
 
-def load_pixel(path: Path, cfg: dict):
-    from train.models import load_pixel_model
-    return load_pixel_model(cfg, path)
-
-
 def save_pixel(model, path: Path) -> Path:
     """safetensors (fp16) + ``{model_cfg}`` JSON beside it, the layout ``load_pixel_model`` reads."""
     from safetensors.torch import save_file
