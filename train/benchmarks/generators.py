@@ -529,10 +529,3 @@ def generator_from_args(args, device: torch.device, resolution: int | None,
         gen.denoiser.enable_gradient_checkpointing()
     return gen
 
-
-def to_pil(images: torch.Tensor) -> list:
-    """Images in [-1, 1] (B, 3, H, W) -> PIL images."""
-    from PIL import Image
-
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in x]
