@@ -20,6 +20,7 @@ import bisect
 import csv
 import glob
 import io
+import itertools
 import json
 import random
 import tarfile
@@ -368,14 +369,6 @@ def _pick(row: dict, names: Sequence[str]):
     return next(row[n] for n in names if row.get(n) is not None)
 
 
-def _read_captions(folder: Path, captions: Path | None, problems: list[Problem]) -> dict[str, str]:
-    if captions is None:
-        captions = next((folder / n for n in CAPTION_FILES if (folder / n).is_file()), None)
-    if captions is None:
-        return {}
-    return {str(f): str(c) for f, c in _caption_rows(captions, problems)}
-
-
 def folder_rows(folder: str | Path, captions: str | Path | None = None, labels_from_folders: bool = False,
                 problems: list[Problem] | None = None) -> tuple[list[tuple[Path, str, int]], list[str]]:
     """Rows (path, caption, label) of an image folder, sorted; and the class names (sub-folders)
@@ -389,7 +382,8 @@ def folder_rows(folder: str | Path, captions: str | Path | None = None, labels_f
         index = {c: i for i, c in enumerate(classes)}
         return [(p, p.parent.name.replace("_", " "), index[p.parent.name]) for p in files
                 if p.parent.name in index], classes
-    table = _read_captions(folder, Path(captions) if captions else None, problems)
+    captions = captions or next((folder / n for n in CAPTION_FILES if (folder / n).is_file()), None)
+    table = {str(f): str(c) for f, c in _caption_rows(Path(captions), problems)} if captions else {}
     rows = []
     for p in files:
         rel = p.relative_to(folder).as_posix()
@@ -480,11 +474,7 @@ class SampleStream:
         order = list(range(len(self.sizes)))
         if self.shuffle:
             random.Random(f"{self.seed}/{epoch}").shuffle(order)
-        starts, acc = [], 0
-        for s in order:
-            starts.append(acc)
-            acc += self.sizes[s]
-        return order, starts
+        return order, [0, *itertools.accumulate(self.sizes[s] for s in order)][:-1]
 
     @lru_cache(maxsize=64)
     def _rows(self, epoch: int, shard: int) -> list[int]:
