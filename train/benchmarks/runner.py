@@ -281,22 +281,24 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
     return Rendered(best, initial, losses, iterations, best_it)
 
 
-def render_and_save(s: Setup, args, item: Item, seeds: Sequence[int], first: int, files: Sequence[str], out,
-                    baseline=None, **extra) -> list[dict]:
-    """:func:`render` ``seeds`` (samples ``first, first + 1, ...``), save the images as ``files`` in
-    the output tree ``out`` (the no-ReNO ones in ``baseline`` too) and return their records: each
+def render_and_save(s: Setup, args, item: Item, seeds: Sequence[int], files: Sequence[str], out, baseline=None,
+                    **extra) -> list[dict]:
+    """:func:`render` sample j from ``seeds[j]``, ``--batch-size`` together, save it as ``files[j]`` in
+    the output tree ``out`` (the no-ReNO one in ``baseline`` too) and return the records: each
     reward term's loss (initial and best) and the iterations; :func:`run` adds times and peak memory."""
-    rendered = render(s, args, item.prompt, seeds)
-    for tree, latents in ((out, rendered.latents), (baseline, rendered.initial)):
-        if tree is not None:
-            for name, image in zip(files, decode_pil(s.gen, latents)):
-                tree.save_png(name, image)
     records = []
-    for j, seed in enumerate(seeds):
-        losses = {name: {"initial": v["initial"][j], "best": v["best"][j]} for name, v in rendered.losses.items()}
-        records.append({"item": item.index, "key": item.key, "prompt": item.prompt, "sample": first + j, "seed": seed,
-                        "file": files[j], "losses": losses, "iterations": rendered.iterations,
-                        "best_iteration": rendered.best_iteration[j], **extra})
+    for first in range(0, len(seeds), args.batch_size):
+        batch, names = seeds[first:first + args.batch_size], files[first:first + args.batch_size]
+        rendered = render(s, args, item.prompt, batch)
+        for tree, latents in ((out, rendered.latents), (baseline, rendered.initial)):
+            if tree is not None:
+                for name, image in zip(names, decode_pil(s.gen, latents)):
+                    tree.save_png(name, image)
+        for j, seed in enumerate(batch):
+            losses = {term: {"initial": v["initial"][j], "best": v["best"][j]} for term, v in rendered.losses.items()}
+            records.append({"item": item.index, "key": item.key, "prompt": item.prompt, "sample": first + j,
+                            "seed": seed, "file": names[j], "losses": losses, "iterations": rendered.iterations,
+                            "best_iteration": rendered.best_iteration[j], **extra})
     return records
 
 
