@@ -91,32 +91,21 @@ def train_all(p: Preset, out: Path, clock: Clock, weights: Path = ASSETS, seed: 
     seeds = run_seeds(seed)
     t = time.time()
     clips.write_image_shards(out / "data" / "images", seeds["train"], p.train_samples)
-    clock.lap("world shards", t)
-
-    t = time.time()
-    if p.vae_steps:
-        vae, _ = tiny_vae.train_vae(p.vae_steps, seed=seeds["train"])
-    else:
-        vae = tiny_vae.load(weights / "vae")
+    t = clock.lap("world shards", t)
+    vae = tiny_vae.train_vae(p.vae_steps, seed=seeds["train"])[0] if p.vae_steps else tiny_vae.load(weights / "vae")
     tiny_vae.save(vae, out / "models" / "vae")
-    clock.lap("vae", t)
-
-    t = time.time()
+    t = clock.lap("vae", t)
     from train.encode import main as encode_main
     encode_main(["--input", str(out / "data" / "images"), "--vae", str(out / "models" / "vae"),
                  "--out", str(out / "data" / "latents"), "--format", "safetensors", "--size", "64",
                  "--store-dtype", "fp32", "--batch-size", "100", "--device", "cpu"])
-    clock.lap("encode", t)
-
+    t = clock.lap("encode", t)
     models = {"vae": vae}
     for kind, cfg, data in (("latent", clips.latent_cfg(), "latents"), ("pixel", clips.pixel_cfg(), "images")):
-        t = time.time()
         ckpt = clips.fit(kind, cfg, out / "data" / data, out / "fit", p.clip_steps, p.clip_batch, p.clip_lr,
                          seed=seed)
         models[kind] = clips.load_latent_checkpoint(ckpt, cfg) if kind == "latent" else load_pixel_model(cfg, ckpt)
-        clock.lap(f"fit {kind} clip", t)
-
-    t = time.time()
+        t = clock.lap(f"fit {kind} clip", t)
     raw, captions = clips.read_latent_shards(out / "data" / "latents")
     models["generator"], _ = train_generator(raw * tiny_vae.SCALING_FACTOR, captions, p.generator_steps, seed=seed)
     clock.lap("generator", t)
@@ -251,13 +240,14 @@ def plots(out: Path, histories: dict, images: dict, captions: list[str], img0, i
     save_figure(fig, out / "reward_curves.png")
     k = min(6, len(captions))
     reno = {name: images[name] for name in ("base", "latent", "pixel")}
-    save_figure(image_rows(plt, reno, k, captions), out / "examples_reno.png")
+    save_figure(image_rows(reno, k, captions), out / "examples_reno.png")
     guidance = {"unguided": img0, f"avoid {FORBIDDEN}": img1}
-    save_figure(image_rows(plt, guidance, min(k, len(img0))), out / "examples_guidance.png")
+    save_figure(image_rows(guidance, min(k, len(img0))), out / "examples_guidance.png")
 
 
-def image_rows(plt, rows: dict[str, list], k: int, captions: list[str] | None = None):
+def image_rows(rows: dict[str, list], k: int, captions: list[str] | None = None):
     """A figure with one row of ``k`` images per name; the first row titled with ``captions``."""
+    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(len(rows), k, figsize=(2 * k, 2.2 * len(rows)), squeeze=False)
     for i, (name, images) in enumerate(rows.items()):
         for j in range(k):
