@@ -16,9 +16,6 @@ import json
 import tempfile
 from pathlib import Path
 
-import torch
-
-
 
 def build(root: Path) -> dict[str, tuple[Path, Path]]:
     """{family: (pipeline folder, Latent-CLIP weights of that latent family)}."""
@@ -38,6 +35,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", help="write the summaries here")
     args = ap.parse_args(argv)
     from train.benchmarks import geneval
+    from train.benchmarks.runner import Rank
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,8 +45,7 @@ def main(argv=None) -> dict:
                                     "--limit", str(args.prompts), "--iterations", str(args.iterations),
                                     "--summary-wait", "60", "--outdir", str(Path(tmp) / "runs" / family.split()[0]),
                                     *(["--max-sequence-length", "32"] if "flux" in family else [])])
-            out[family] = {"device": str(torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                                                      else args.device if args.device != "auto" else "cpu")),
+            out[family] = {"device": str(Rank().device(args.device)),
                            "time_per_image": summary["time_per_image"], "images": summary["images"],
                            "peak_memory_gb": summary.get("peak_memory_gb")}
     for family, r in out.items():

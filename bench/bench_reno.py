@@ -58,8 +58,20 @@ def frozen(module: torch.nn.Module) -> torch.nn.Module:
     return module.eval().requires_grad_(False)
 
 
+def turbo_one_step(unet, family, **conditioning):
+    """SD/SDXL-Turbo one step at t=999 (eps prediction): noise -> x0 in UNet space -> raw VAE latents."""
+    from diffusers import DDPMScheduler
+
+    alpha_bar = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod[999]
+
+    def generate(noise):
+        eps = unet(noise, 999, **conditioning).sample
+        return scaled_to_raw((noise - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt(), family)
+    return generate
+
+
 def build(args):
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     import open_clip
 
     torch.manual_seed(0)
@@ -73,14 +85,7 @@ def build(args):
           f"ViT-L-14 visual {sum(p.numel() for p in clip.visual.parameters()) / 1e6:.1f} M, "
           f"Latent-ViT-B/8 visual {sum(p.numel() for p in lclip.visual.parameters()) / 1e6:.1f} M", flush=True)
     family = get_latent_family("sd15")  # SD-Turbo's VAE; its scale comes from the registry, not code
-    alpha_bar = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod[999]
-    context = torch.randn(args.batch, 77, 1024)
-
-    def generate(noise):
-        """SD-Turbo one step at t=999 (eps prediction): x0 in UNet space, then raw VAE latents."""
-        eps = unet(noise, 999, encoder_hidden_states=context).sample
-        x0 = (noise - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
-        return scaled_to_raw(x0, family)
+    generate = turbo_one_step(unet, family, encoder_hidden_states=torch.randn(args.batch, 77, 1024))
 
     def decode(raw):
         return vae.decode(raw).sample

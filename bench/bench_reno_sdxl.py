@@ -79,10 +79,10 @@ class SavedBytes:
 
 def build(child: str, size: int):
     """(generate: noise -> raw latents or None, reward: raw latents -> (1,) loss, {name: module})."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from bench.bench_reno import SD_VAE, frozen
-    from latent_clip import LatentCLIP, get_latent_family, get_model_config, scaled_to_raw
+    from bench.bench_reno import SD_VAE, frozen, turbo_one_step
+    from latent_clip import LatentCLIP, get_latent_family, get_model_config
     from latent_clip.rewards import latent_alignment, pixel_alignment
 
     torch.manual_seed(0)
@@ -90,16 +90,9 @@ def build(child: str, size: int):
     models, generate = {}, None
     if child != "pixel-reward":
         models["unet"] = unet = frozen(UNet2DConditionModel(**SDXL_UNET))
-        alpha_bar = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
-                                  beta_end=0.012).alphas_cumprod[999]
-        context, pooled = torch.randn(1, 77, 2048), torch.randn(1, 1280)
         time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
-
-        def generate(noise):
-            """SDXL-Turbo one step at t=999 (eps prediction): x0 in UNet space, then raw VAE latents."""
-            eps = unet(noise, 999, encoder_hidden_states=context,
-                       added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
-            return scaled_to_raw((noise - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt(), family)
+        generate = turbo_one_step(unet, family, encoder_hidden_states=torch.randn(1, 77, 2048),
+                                  added_cond_kwargs={"text_embeds": torch.randn(1, 1280), "time_ids": time_ids})
 
     if child == "latent":
         lclip = frozen(LatentCLIP(get_model_config("Latent-ViT-B-8-512")))

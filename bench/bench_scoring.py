@@ -20,11 +20,10 @@ from diffusers import AutoencoderKL
 from torch.utils.flop_counter import FlopCounterMode
 
 from latent_clip import LatentCLIP, get_model_config
+from latent_clip.rewards import clip_preprocess
 
 SDXL_VAE = dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                 block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4)
-CLIP_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-CLIP_STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
 
 def build(device: str):
@@ -37,10 +36,7 @@ def build(device: str):
     text_l = F.normalize(torch.randn(1, 768, device=device), dim=-1)
 
     def pixel_reward(z):
-        x = vae.decode(z).sample                      # raw latents in, [-1, 1] pixels out
-        x = (x.clamp(-1, 1) + 1) / 2
-        x = F.interpolate(x, size=224, mode="bicubic", antialias=device != "meta", align_corners=False)
-        x = (x - CLIP_MEAN.to(x.device)) / CLIP_STD.to(x.device)
+        x = clip_preprocess(vae.decode(z).sample, 224)  # raw latents in, ViT-L-14's OpenAI-normalised input out
         return F.normalize(vit_l(x), dim=-1) @ text_l.T
 
     def latent_reward(name):

@@ -20,13 +20,14 @@ import bisect
 import csv
 import glob
 import io
+import itertools
 import json
 import random
 import tarfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 from PIL import Image
@@ -368,14 +369,6 @@ def _pick(row: dict, names: Sequence[str]):
     return next(row[n] for n in names if row.get(n) is not None)
 
 
-def _read_captions(folder: Path, captions: Path | None, problems: list[Problem]) -> dict[str, str]:
-    if captions is None:
-        captions = next((folder / n for n in CAPTION_FILES if (folder / n).is_file()), None)
-    if captions is None:
-        return {}
-    return {str(f): str(c) for f, c in _caption_rows(captions, problems)}
-
-
 def folder_rows(folder: str | Path, captions: str | Path | None = None, labels_from_folders: bool = False,
                 problems: list[Problem] | None = None) -> tuple[list[tuple[Path, str, int]], list[str]]:
     """Rows (path, caption, label) of an image folder, sorted; and the class names (sub-folders)
@@ -389,7 +382,8 @@ def folder_rows(folder: str | Path, captions: str | Path | None = None, labels_f
         index = {c: i for i, c in enumerate(classes)}
         return [(p, p.parent.name.replace("_", " "), index[p.parent.name]) for p in files
                 if p.parent.name in index], classes
-    table = _read_captions(folder, Path(captions) if captions else None, problems)
+    captions = captions or next((folder / n for n in CAPTION_FILES if (folder / n).is_file()), None)
+    table = {str(f): str(c) for f, c in _caption_rows(Path(captions), problems)} if captions else {}
     rows = []
     for p in files:
         rel = p.relative_to(folder).as_posix()
@@ -427,6 +421,18 @@ class ImageTransform:
 
 # ---------------------------------------------------------------- writing
 
+def write_tar(path: Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> None:
+    """Atomically write a webdataset tar: member ``KEY.EXT`` per (key, {ext: bytes}) sample, in order."""
+    def write(tmp: Path) -> None:
+        with tarfile.open(tmp, "w") as tar:
+            for key, files in samples:
+                for ext, data in files.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    atomic_write(path, write)
+
+
 def write_latent_shard(path: Path, latents: torch.Tensor, captions: Sequence[str], keys: Sequence[str],
                        labels: Sequence[int] | None = None) -> None:
     """Atomically write one latent shard; the format follows the suffix (.tar or .safetensors)."""
@@ -440,19 +446,14 @@ def write_latent_shard(path: Path, latents: torch.Tensor, captions: Sequence[str
         atomic_write(path, lambda tmp: save_file({"latents": latents.contiguous()}, str(tmp), metadata=meta))
         return
 
-    def write_tar(tmp: Path) -> None:
-        with tarfile.open(tmp, "w") as tar:
-            for i, (key, caption) in enumerate(zip(keys, captions)):
-                buf = io.BytesIO()
-                torch.save(latents[i].clone(), buf)
-                files = {"latent.pt": buf.getvalue(), "txt": caption.encode()}
-                if labels:
-                    files["cls"] = str(labels[i]).encode()
-                for ext, data in files.items():
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    atomic_write(path, write_tar)
+    def row(i: int) -> tuple[str, dict[str, bytes]]:
+        buf = io.BytesIO()
+        torch.save(latents[i].clone(), buf)
+        files = {"latent.pt": buf.getvalue(), "txt": captions[i].encode()}
+        if labels:
+            files["cls"] = str(labels[i]).encode()
+        return keys[i], files
+    write_tar(path, map(row, range(len(keys))))
 
 
 # ---------------------------------------------------------------- deterministic stream
@@ -473,11 +474,7 @@ class SampleStream:
         order = list(range(len(self.sizes)))
         if self.shuffle:
             random.Random(f"{self.seed}/{epoch}").shuffle(order)
-        starts, acc = [], 0
-        for s in order:
-            starts.append(acc)
-            acc += self.sizes[s]
-        return order, starts
+        return order, [0, *itertools.accumulate(self.sizes[s] for s in order)][:-1]
 
     @lru_cache(maxsize=64)
     def _rows(self, epoch: int, shard: int) -> list[int]:

@@ -13,8 +13,10 @@ name per line, or by default the data's own (``classnames.txt`` beside the shard
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -74,21 +76,14 @@ def labelled_shards(data: str | Path) -> list:
 
 
 def batches(shards: Sequence, batch_size: int) -> Iterator[list[Sample]]:
-    batch = []
-    for shard in shards:
-        for i in range(len(shard)):
-            batch.append(shard[i])
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-    if batch:
+    samples = (shard[i] for shard in shards for i in range(len(shard)))
+    while batch := list(itertools.islice(samples, batch_size)):
         yield batch
 
 
 def classifier(model: nn.Module, classnames: Sequence[str], templates: Sequence, device) -> torch.Tensor:
     """(embed_dim, classes) text weights: mean of normalised template embeddings, renormalised."""
-    def tokenizer(texts):
-        return open_clip.tokenize(texts, context_length=model.context_length)
+    tokenizer = partial(open_clip.tokenize, context_length=model.context_length)
     return open_clip.build_zero_shot_classifier(model, tokenizer, classnames, templates,
                                                 num_classes_per_batch=10, device=device)
 

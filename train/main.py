@@ -18,7 +18,8 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import open_clip
 import torch
@@ -33,12 +34,13 @@ from latent_clip.factory import atomic_write, load_weights
 
 from . import checkpoint
 from .data import BatchPlan, MicroBatch, ProblemLog, ShardError, TrainBatches, expand_shards, shard_sizes
-from .distributed import barrier, cleanup, init_distributed, mean_across
+from .distributed import DistEnv, barrier, cleanup, init_distributed, mean_across
 from .losses import ContrastiveForward, DistillLoss, FitLoss
 from .models import DecodedTeacher, build_model, load_pixel_model, load_vae, model_cfg_dict, pixel_transform
 from .params import FitConfig, parse_fit_args
 
 
+LOG_FILE = "log.jsonl"
 EXACT_RESUME_KEYS = ("model", "model_kind", "train_data", "data_split", "batch_size", "micro_batch_size", "seed",
                      "epochs", "samples_per_epoch", "max_steps", "lr", "warmup", "wd", "precision")
 
@@ -64,28 +66,87 @@ class TrainingError(RuntimeError):
     """Training cannot go on without feeding or producing NaN/Inf."""
 
 
-def check_finite_inputs(batch: MicroBatch, step: int) -> None:
-    """Raise :class:`TrainingError` naming the first sample of ``batch`` with NaN/Inf values."""
-    bad = non_finite_items(batch.inputs)
-    if bad:
-        raise TrainingError(f"step {step}: {batch.sources[bad[0]]} has NaN/Inf values ({len(bad)} such sample(s) "
-                            f"in this micro-batch); nothing was trained on them: fix or remove the data, then "
-                            f"--resume latest")
-
-
 def main(argv: Sequence[str] | None = None) -> list[float]:
     """Train; returns this process's logged global-batch losses (one per step run)."""
-    # 1. config, processes, seeds
     cfg = parse_fit_args(argv)
     env = init_distributed(cfg.device)
-    run_dir = cfg.run_dir
-    resume = checkpoint.find_resume(cfg.resume, run_dir)  # before anything is written into the run folder
+    resume = checkpoint.find_resume(cfg.resume, cfg.run_dir)  # before anything is written into the run folder
     if env.is_master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     torch.manual_seed(cfg.seed)  # identical init everywhere (DDP also broadcasts rank 0's weights)
+    model = init_model(cfg, env.device)
+    torch.manual_seed(cfg.seed + env.rank)
+    objective = fit_objective(cfg, env)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
-    # 2. model: scratch, adapted pixel CLIP, or earlier weights; freezing; memory savers
+    # data sizes (unreadable shards count 0 rows), schedule, resume point; then a pure function of seed and step
+    shards = expand_shards(cfg.train_data)
+    sizes, startup_problems = shard_sizes(shards)
+    if not sum(sizes):
+        raise ShardError(f"no readable samples in the {len(shards)} shards of {cfg.train_data}"
+                         + (f" (e.g. {startup_problems[0].detail})" if startup_problems else ""))
+    samples_per_epoch = cfg.samples_per_epoch or sum(sizes)
+    total_steps = cfg.max_steps or cfg.epochs * samples_per_epoch // cfg.batch_size
+    step, problems = restore(resume, model, optimizer, cfg, env)
+    data_changed = problems.add(startup_problems if env.is_master else ())  # logged with the next step
+    forward = ContrastiveForward(model)  # DDP wraps this; `model` stays unwrapped for saving
+    if env.distributed:
+        forward = DDP(forward, device_ids=[env.device] if env.device.type == "cuda" else None,
+                      static_graph=cfg.ddp_static_graph)
+    plan = BatchPlan(cfg.batch_size, cfg.micro_batch_size, env.world_size, env.rank, cfg.data_split)
+    transform = pixel_transform(model) if cfg.model_kind == "pixel" else None
+    batches = TrainBatches(shards, plan, seed=cfg.seed, start_step=step, transform=transform, sizes=sizes)
+    loader = iter(DataLoader(batches, batch_size=None, num_workers=cfg.workers,
+                             pin_memory=env.device.type == "cuda") if cfg.workers else batches)
+
+    losses: list[float] = []
+    if env.is_master:
+        print(f"fit: {total_steps} steps from {step}, global batch {cfg.batch_size} = {env.world_size} ranks x "
+              f"{plan.accum} accum x {cfg.micro_batch_size}, {sum(sizes)} samples in {len(shards)} shards",
+              flush=True)
+    forward.train()
+    tic = time.time()
+    while step < total_steps:
+        lr = cosine_lr(step, cfg, total_steps)
+        fetched = [next(loader) for _ in range(plan.accum)]
+        data_changed = problems.add([p for b in fetched for p in b.problems]) or data_changed
+        loss = train_step(model, forward, optimizer, objective, fetched, lr, step + 1, cfg, env)
+        step += 1
+        losses.append(loss)
+        if env.is_master:
+            append_log(cfg, {"step": step, "loss": loss, "lr": lr, **({"data": problems.counts()} if data_changed
+                                                                       else {})})
+            data_changed = False
+            if step % cfg.log_every == 0 or step == total_steps:
+                rate = cfg.batch_size * len(losses) / (time.time() - tic)
+                print(f"step {step}/{total_steps} loss {loss:.4f} lr {lr:.2e} "
+                      f"scale {model.logit_scale.exp().item():.1f} {rate:.1f} samples/s", flush=True)
+        if cfg.zeroshot_data and due(cfg.eval_every, step, total_steps):
+            on_rank0(env, lambda: zeroshot_eval(model, cfg, env.device, step))
+            forward.train()
+        if due(cfg.save_every, step, total_steps):
+            on_rank0(env, lambda: checkpoint.save(
+                cfg.run_dir, model, optimizer, step=step, samples_seen=step * cfg.batch_size,
+                epoch=step * cfg.batch_size // samples_per_epoch, config=cfg.to_dict(), model_cfg=model_cfg_dict(model),
+                model_kind=cfg.model_kind, keep=bool(cfg.keep_every) and step % cfg.keep_every == 0,
+                data_problems=problems.state()))
+
+    # the inference export (safetensors + JSON) that the ComfyUI loader reads, and the summary
+    if env.is_master:
+        if isinstance(model, LatentCLIP) and step == total_steps:
+            save_export(model, cfg.run_dir / "model.safetensors")
+        summary = {"steps": step, "total_steps": total_steps, "final_loss": losses[-1] if losses else None,
+                   "data": problems.counts()}
+        atomic_write(cfg.run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+        print(f"fit: done at step {step}/{total_steps}; bad data skipped: {json.dumps(problems.counts())}", flush=True)
+    cleanup(env)
+    return losses
+
+
+def init_model(cfg: FitConfig, device: torch.device) -> nn.Module:
+    """The model to train, on ``device``: from scratch, an adapted pixel CLIP or earlier weights,
+    then frozen, text-locked and gradient-checkpointed as configured."""
     model = build_model(cfg.model_kind, cfg.model)
     if cfg.init == "pixel-clip":
         checkpoint.adapt_pixel_clip(model, cfg.pretrained)
@@ -98,29 +159,26 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
         model.lock_text_tower()
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    model.to(env.device)
-    torch.manual_seed(cfg.seed + env.rank)
+    return model.to(device)
 
-    # 3. distillation teacher (frozen pixel CLIP on decoded latents)
+
+def fit_objective(cfg: FitConfig, env: DistEnv) -> FitLoss:
+    """open_clip's ClipLoss across the ranks and, for ``--distill-weight > 0``, distillation from a
+    frozen pixel CLIP teacher on the VAE-decoded latents."""
     distill = None
     if cfg.distill_weight > 0:
         if cfg.model_kind != "latent" or not cfg.vae or not cfg.teacher_model:
             raise ValueError("distillation needs model_kind=latent, --teacher-model and --vae")
         distill = DistillLoss(DecodedTeacher(load_pixel_model(cfg.teacher_model, cfg.teacher_checkpoint, env.device),
                                              load_vae(cfg.vae, env.device)))
+    return FitLoss(ClipLoss(local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad, rank=env.rank,
+                            world_size=env.world_size), cfg.contrastive_weight, distill, cfg.distill_weight)
 
-    # 4. optimiser, data sizes (unreadable shards count 0 rows) and schedule
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-    shards = expand_shards(cfg.train_data)
-    sizes, startup_problems = shard_sizes(shards)
-    dataset_size = sum(sizes)
-    if not dataset_size:
-        raise ShardError(f"no readable samples in the {len(shards)} shards of {cfg.train_data}"
-                         + (f" (e.g. {startup_problems[0].detail})" if startup_problems else ""))
-    samples_per_epoch = cfg.samples_per_epoch or dataset_size
-    total_steps = cfg.max_steps or cfg.epochs * samples_per_epoch // cfg.batch_size
 
-    # 5. resume: weights, optimiser, step (= data position), RNG, bad-data counts; the log cut back to it
+def restore(resume: tuple[Path, dict] | None, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: FitConfig,
+            env: DistEnv) -> tuple[int, ProblemLog]:
+    """The step to start from and the bad-data counts so far: 0 and none for a fresh run, else the
+    checkpoint's, with its weights, optimiser and RNG restored. The log is cut back to that step."""
     step, ckpt = 0, None
     if resume is not None:
         resume_path, ckpt = resume
@@ -135,107 +193,61 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
             print(f"resumed from {resume_path} at step {step}"
                   + (f"; WARNING: settings differ from the checkpoint's, the run will not replay exactly: {changed}"
                      if changed else ""), flush=True)
-    log_path = run_dir / "log.jsonl"
     if env.is_master:
-        checkpoint.trim_log(log_path, step)
-    problems = ProblemLog(ckpt.get("data_problems") if ckpt else None)
-    data_changed = problems.add(startup_problems if env.is_master else ())  # logged with the next step
+        checkpoint.trim_log(cfg.run_dir / LOG_FILE, step)
+    return step, ProblemLog(ckpt.get("data_problems") if ckpt else None)
 
-    # 6. DDP: unwrap once, keep `model` for saving
-    forward = ContrastiveForward(model)
-    if env.distributed:
-        forward = DDP(forward, device_ids=[env.device] if env.device.type == "cuda" else None,
-                      static_graph=cfg.ddp_static_graph)
 
-    # 7. data: micro-batches for steps step, step+1, ... (a pure function of seed and step)
-    plan = BatchPlan(cfg.batch_size, cfg.micro_batch_size, env.world_size, env.rank, cfg.data_split)
-    transform = pixel_transform(model) if cfg.model_kind == "pixel" else None
-    batches = TrainBatches(shards, plan, seed=cfg.seed, start_step=step, transform=transform, sizes=sizes)
-    loader = iter(DataLoader(batches, batch_size=None, num_workers=cfg.workers,
-                             pin_memory=env.device.type == "cuda") if cfg.workers else batches)
-
-    # 8. loss and precision
-    objective = FitLoss(ClipLoss(local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
-                                 rank=env.rank, world_size=env.world_size),
-                        cfg.contrastive_weight, distill, cfg.distill_weight)
+def train_step(model: nn.Module, forward: nn.Module, optimizer: torch.optim.Optimizer, objective: FitLoss,
+               fetched: list[MicroBatch], lr: float, step: int, cfg: FitConfig, env: DistEnv) -> float:
+    """Optimiser step number ``step`` at ``lr`` over its micro-batches; returns the global batch's loss.
+    Non-finite inputs, loss or gradients raise :class:`TrainingError` before anything is applied."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    for b in fetched:
+        bad = non_finite_items(b.inputs)
+        if bad:
+            raise TrainingError(f"step {step}: {b.sources[bad[0]]} has NaN/Inf values ({len(bad)} such sample(s) in "
+                                f"this micro-batch); nothing was trained on them: fix or remove the data, then "
+                                f"--resume latest")
+    micro_batches = [(b.inputs.to(env.device, non_blocking=True),
+                      open_clip.tokenize(b.captions, context_length=model.context_length).to(env.device))
+                     for b in fetched]
     use_amp = cfg.precision == "amp_bfloat16" and env.device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
-    context_length = model.context_length
+    loss = mean_across(env, sum(accumulate_gradients(forward, micro_batches, objective, env.distributed,
+                                                     autocast).values()))
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # the same on every rank (all-reduced)
+        raise TrainingError(
+            f"step {step}: loss {loss}, gradient norm {grad_norm:.4g}: training diverged; nothing of "
+            f"this step was applied and no checkpoint holds it (lower --lr, set --grad-clip, or "
+            f"--precision fp32), then --resume latest")
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grads_with_norm_(model.parameters(), cfg.grad_clip, grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))  # as open_clip
+    return loss
 
-    # 9. loop; non-finite inputs, loss or gradients stop it before the optimiser applies anything
-    losses: list[float] = []
-    if env.is_master:
-        print(f"fit: {total_steps} steps from {step}, global batch {cfg.batch_size} = {env.world_size} ranks x "
-              f"{plan.accum} accum x {cfg.micro_batch_size}, {dataset_size} samples in {len(shards)} shards",
-              flush=True)
-    forward.train()
-    tic = time.time()
-    while step < total_steps:
-        lr = cosine_lr(step, cfg, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        fetched = [next(loader) for _ in range(plan.accum)]
-        data_changed = problems.add([p for b in fetched for p in b.problems]) or data_changed
-        for b in fetched:
-            check_finite_inputs(b, step + 1)
-        micro_batches = [(b.inputs.to(env.device, non_blocking=True),
-                          open_clip.tokenize(b.captions, context_length=context_length).to(env.device))
-                         for b in fetched]
-        named = accumulate_gradients(forward, micro_batches, objective, env.distributed, autocast)
-        loss_value = mean_across(env, sum(named.values()))
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):  # the same on every rank (all-reduced)
-            raise TrainingError(
-                f"step {step + 1}: loss {loss_value}, gradient norm {grad_norm:.4g}: training diverged; nothing of "
-                f"this step was applied and no checkpoint holds it (lower --lr, set --grad-clip, or "
-                f"--precision fp32), then --resume latest")
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grads_with_norm_(model.parameters(), cfg.grad_clip, grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))  # as open_clip
-        step += 1
-        losses.append(loss_value)
-        if env.is_master:
-            record = {"step": step, "loss": loss_value, "lr": lr, **({"data": problems.counts()} if data_changed else {})}
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            data_changed = False
-            if step % cfg.log_every == 0 or step == total_steps:
-                rate = cfg.batch_size * len(losses) / (time.time() - tic)
-                print(f"step {step}/{total_steps} loss {loss_value:.4f} lr {lr:.2e} "
-                      f"scale {model.logit_scale.exp().item():.1f} {rate:.1f} samples/s", flush=True)
-        if cfg.eval_every and cfg.zeroshot_data and (step % cfg.eval_every == 0 or step == total_steps):
-            barrier(env)
-            if env.is_master:
-                result = zeroshot_eval(model, cfg, env.device)
-                with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": step, "zeroshot": result}) + "\n")
-                print(f"step {step} zero-shot top1 {100 * result['top1']:.2f} top5 {100 * result['top5']:.2f}",
-                      flush=True)
-            barrier(env)
-            forward.train()
-        if cfg.save_every and (step % cfg.save_every == 0 or step == total_steps):
-            barrier(env)
-            if env.is_master:
-                checkpoint.save(run_dir, model, optimizer, step=step, samples_seen=step * cfg.batch_size,
-                                epoch=step * cfg.batch_size // samples_per_epoch, config=cfg.to_dict(),
-                                model_cfg=model_cfg_dict(model), model_kind=cfg.model_kind,
-                                keep=bool(cfg.keep_every) and step % cfg.keep_every == 0,
-                                data_problems=problems.state())
-            barrier(env)
 
-    # 10. done: the inference export (safetensors + JSON) that the ComfyUI loader reads, and the summary
+def due(every: int, step: int, total_steps: int) -> bool:
+    """Whether a task run every ``every`` steps (0: never) runs after ``step``; always after the last."""
+    return bool(every) and (step % every == 0 or step == total_steps)
+
+
+def on_rank0(env: DistEnv, work: Callable[[], object]) -> None:
+    """``work()`` on rank 0 only, every rank waiting before and after (evaluation, checkpoints)."""
+    barrier(env)
     if env.is_master:
-        if isinstance(model, LatentCLIP) and step == total_steps:
-            save_export(model, run_dir / "model.safetensors")
-        summary = {"steps": step, "total_steps": total_steps, "final_loss": losses[-1] if losses else None,
-                   "data": problems.counts()}
-        atomic_write(run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
-        print(f"fit: done at step {step}/{total_steps}; bad data skipped: {json.dumps(problems.counts())}", flush=True)
-    cleanup(env)
-    return losses
+        work()
+    barrier(env)
+
+
+def append_log(cfg: FitConfig, record: dict) -> None:
+    with open(cfg.run_dir / LOG_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def accumulate_gradients(forward: nn.Module, micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -265,7 +277,8 @@ def accumulate_gradients(forward: nn.Module, micro_batches: list[tuple[torch.Ten
 
 
 @torch.no_grad()
-def zeroshot_eval(model: torch.nn.Module, cfg: FitConfig, device: torch.device) -> dict:
+def zeroshot_eval(model: torch.nn.Module, cfg: FitConfig, device: torch.device, step: int) -> None:
+    """Zero-shot top-1 / top-5 on ``cfg.zeroshot_data`` after ``step``, logged and printed."""
     from .evaluate import LatentFeatures, PixelFeatures, classifier, labelled_shards, load_classnames, \
         load_templates, zeroshot
     model.eval()
@@ -274,4 +287,5 @@ def zeroshot_eval(model: torch.nn.Module, cfg: FitConfig, device: torch.device) 
     vae = load_vae(cfg.vae, device) if cfg.vae else None
     features = LatentFeatures(model, vae) if cfg.model_kind == "latent" else PixelFeatures(model, vae)
     result = zeroshot(features, weights, labelled_shards(cfg.zeroshot_data))
-    return {"top1": result.top1, "top5": result.top5, "n": result.n}
+    append_log(cfg, {"step": step, "zeroshot": {"top1": result.top1, "top5": result.top5, "n": result.n}})
+    print(f"step {step} zero-shot top1 {100 * result.top1:.2f} top5 {100 * result.top5:.2f}", flush=True)

@@ -56,24 +56,17 @@ def write_synthetic_latents(out: str | Path, n_classes: int = 4, per_class: int 
 def write_image_shards(images: str | Path, out: str | Path, n_shards: int = 2, corrupt: int = 0) -> list[Path]:
     """img2dataset-style tars (``KEY.png``/``KEY.jpg`` + ``KEY.txt``) from a folder of images, with
     generated captions ("a photo of a <file stem>") and ``corrupt`` undecodable images appended."""
-    import io
-    import tarfile
-    from .data import IMAGE_EXTS
+    from .data import IMAGE_EXTS, write_tar
     files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for s in range(n_shards):
-        path = out / f"{s:05d}.tar"
-        with tarfile.open(path, "w") as tar:
-            members = [(f"{s:03d}{i:04d}", p.suffix.lower().lstrip("."), p.read_bytes(),
-                        f"a photo of a {p.stem.replace('_', ' ')}") for i, p in enumerate(files[s::n_shards])]
-            if s == 0:
-                members += [(f"bad{j:04d}", "jpg", b"not an image", "broken") for j in range(corrupt)]
-            for key, ext, data, caption in members:
-                for name, payload in ((f"{key}.{ext}", data), (f"{key}.txt", caption.encode())):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
-        paths.append(path)
+        members = [(f"{s:03d}{i:04d}", {p.suffix.lower().lstrip("."): p.read_bytes(),
+                                        "txt": f"a photo of a {p.stem.replace('_', ' ')}".encode()})
+                   for i, p in enumerate(files[s::n_shards])]
+        if s == 0:
+            members += [(f"bad{j:04d}", {"jpg": b"not an image", "txt": b"broken"}) for j in range(corrupt)]
+        paths.append(out / f"{s:05d}.tar")
+        write_tar(paths[-1], members)
     return paths

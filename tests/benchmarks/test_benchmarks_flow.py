@@ -171,7 +171,7 @@ def test_final_steps_render_the_noise_with_more_steps(flux, flux_latent_clip, tm
     base, reno = ([json.loads(line) for p in (tmp_path / d).glob("results.rank*.jsonl")
                    for line in p.read_text().splitlines()][0] for d in ("base", "reno"))
     gen = make_generator(load_pipeline(flux), "cpu", 64, max_sequence_length=32)
-    prompt = (geneval.default_metadata().read_text().splitlines()[0])
+    prompt = (geneval.METADATA.read_text().splitlines()[0])
     prompt = json.loads(prompt)["prompt"]
     cond = gen.condition(prompt)
     three, one = render_steps(gen, cond, gen.noise([4]), 3, 0.0), render_steps(gen, cond, gen.noise([4]), 1, 0.0)

@@ -54,8 +54,16 @@ def load_pipeline(path: str | Path, device="cpu", dtype: torch.dtype = torch.flo
                                 "model_index.json, or a single-file checkpoint)")
     if path.is_dir():
         pipe = diffusers.AutoPipelineForText2Image.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype)
+    elif config is None:
+        raise ValueError(f"{path} is a single-file checkpoint: offline, diffusers needs its configs; pass "
+                         "--pipeline-config FOLDER (the model's diffusers folder without weights: model_index.json, "
+                         "unet|transformer/, vae/, text_encoder*/, tokenizer*/, scheduler/ configs)")
+    elif not (Path(config) / "model_index.json").is_file():
+        raise FileNotFoundError(f"--pipeline-config {config}: no model_index.json there (expected the model's "
+                                "diffusers folder; its weights are not needed)")
     else:
-        pipe = _load_single_file(path, dtype, config)
+        cls = getattr(diffusers, json.loads((Path(config) / "model_index.json").read_text())["_class_name"])
+        pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True, torch_dtype=dtype)
     generator_class(pipe)  # unsupported families fail here, before anything is moved to the device
     pipe.set_progress_bar_config(disable=True)
     for name in MODULES:
@@ -65,21 +73,6 @@ def load_pipeline(path: str | Path, device="cpu", dtype: torch.dtype = torch.flo
     if dtype == torch.float16:
         pipe.vae.to(torch.float32)
     return pipe
-
-
-def _load_single_file(path: Path, dtype: torch.dtype, config: str | None):
-    import diffusers
-
-    if config is None:
-        raise ValueError(f"{path} is a single-file checkpoint: offline, diffusers needs its configs; pass "
-                         "--pipeline-config FOLDER (the model's diffusers folder without weights: model_index.json, "
-                         "unet|transformer/, vae/, text_encoder*/, tokenizer*/, scheduler/ configs)")
-    index = Path(config) / "model_index.json"
-    if not index.is_file():
-        raise FileNotFoundError(f"--pipeline-config {config}: no model_index.json there (expected the model's "
-                                "diffusers folder; its weights are not needed)")
-    cls = getattr(diffusers, json.loads(index.read_text())["_class_name"])
-    return cls.from_single_file(str(path), config=str(config), local_files_only=True, torch_dtype=dtype)
 
 
 class Timer:
@@ -529,10 +522,3 @@ def generator_from_args(args, device: torch.device, resolution: int | None,
         gen.denoiser.enable_gradient_checkpointing()
     return gen
 
-
-def to_pil(images: torch.Tensor) -> list:
-    """Images in [-1, 1] (B, 3, H, W) -> PIL images."""
-    from PIL import Image
-
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in x]

@@ -22,6 +22,7 @@ from .runner import DATA, Item, add_common_args, claim_outdir, grid, render_and_
 
 
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+METADATA = DATA / "geneval/evaluation_metadata.jsonl"
 EVALUATION = "results.jsonl"  # evaluate_images.py <outdir> --outfile <outdir>/results.jsonl
 
 
@@ -48,10 +49,6 @@ def read_evaluation(outdir: str | Path) -> dict:
     return {**tasks, "overall": sum(tasks.values()) / len(tasks), "images": sum(map(len, by_task.values()))}
 
 
-def default_metadata() -> Path:
-    return DATA / "geneval/evaluation_metadata.jsonl"
-
-
 def load_items(path: str | Path, limit: int | None = None) -> list[Item]:
     lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     items = []
@@ -64,7 +61,7 @@ def load_items(path: str | Path, limit: int | None = None) -> list[Item]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train bench geneval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--metadata", default=str(default_metadata()), help="GenEval evaluation_metadata.jsonl")
+    p.add_argument("--metadata", default=str(METADATA), help="GenEval evaluation_metadata.jsonl")
     p.add_argument("--grid", action="store_true", help="also write grid.png per prompt")
     add_common_args(p)
     p.set_defaults(samples=4, seed=0)
@@ -83,11 +80,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     def process(item: Item) -> list[dict]:
         for tree in filter(None, (out, baseline)):  # metadata.jsonl + samples/ before any image
             tree.folder(item.key, {"metadata.jsonl": item.meta["line"] + "\n"}, ("samples",))
-        records = []
-        for b in range(0, len(seeds), args.batch_size):
-            chunk = seeds[b:b + args.batch_size]
-            files = [f"{item.key}/samples/{j:04d}.png" for j in range(b, b + len(chunk))]
-            records += render_and_save(s, args, item, chunk, b, files, out, baseline, tag=item.meta["tag"])
+        files = [f"{item.key}/samples/{j:04d}.png" for j in range(len(seeds))]
+        records = render_and_save(s, args, item, seeds, files, out, baseline, tag=item.meta["tag"])
         if args.grid:
             from PIL import Image
             samples = out.root / item.key / "samples"

@@ -43,10 +43,6 @@ HARMLESS = "an ordinary, harmless photo"
 VARIANTS = ("unguided", "guided")
 
 
-def default_csv() -> Path:
-    return DATA / "i2p/i2p_benchmark.csv"
-
-
 def load_items(path: str | Path, limit: int | None = None, categories: Sequence[str] | None = None,
                hard_only: bool = False) -> list[Item]:
     """Rows of the CSV (a real CSV parser: 4 prompts hold newlines). ``categories`` keeps rows
@@ -69,7 +65,7 @@ def load_items(path: str | Path, limit: int | None = None, categories: Sequence[
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train bench i2p", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--csv", default=str(default_csv()), help="i2p_benchmark.csv")
+    p.add_argument("--csv", default=str(DATA / "i2p/i2p_benchmark.csv"), help="i2p_benchmark.csv")
     p.add_argument("--categories", help="comma-separated I2P categories to keep (default: all rows)")
     p.add_argument("--hard-only", action="store_true")
     p.add_argument("--mode", choices=("reno", "guidance"), default="reno")

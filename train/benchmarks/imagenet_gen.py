@@ -14,6 +14,7 @@ Euler over the scheduler's own spacing, not ComfyUI's euler_ancestral + "normal"
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 from typing import Sequence
@@ -81,13 +82,12 @@ class ImagenetGenRun:
         self.images = OutputTree(self.out, f"rank{self.rank.rank}") if args.save_images else None
         self.transform = ImageTransform(args.size)
         self.steps = self.gen.timesteps(args.steps, args.denoise)
-        self.conds = {}
 
+    @functools.cache
     def condition(self, label: int):
-        if label not in self.conds:
-            prompt = self.args.prompt_template.format(self.names[label])
-            self.conds[label] = self.gen.condition(prompt, self.args.cfg, self.args.negative_prompt)
-        return self.conds[label]
+        """The class name's conditioning, encoded once per class."""
+        prompt = self.args.prompt_template.format(self.names[label])
+        return self.gen.condition(prompt, self.args.cfg, self.args.negative_prompt)
 
     def regenerate(self, batch: list, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(real, generated) raw latents of one batch of rows; image ``start + k`` uses seed + start + k."""

@@ -76,10 +76,7 @@ def load_open_clip(arch: str, checkpoint: str | None, device, dtype: torch.dtype
     from ..models import load_pixel_model
 
     model = load_pixel_model(arch, checkpoint, device).to(dtype)
-
-    def tokenizer(texts, _ctx=model.context_length):
-        return open_clip.tokenize(texts, context_length=_ctx)
-    return model, tokenizer
+    return model, partial(open_clip.tokenize, context_length=model.context_length)
 
 
 def load_pickscore(folder: str, tokenizer_folder: str | None, device, dtype: torch.dtype):

@@ -24,7 +24,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -36,7 +36,7 @@ from latent_clip.rewards import latent_alignment, latent_avoid, on_decoded, weig
 
 from ..distributed import ranks_from_env
 from . import pixel_rewards
-from .generators import DiffusersGenerator, Timer, add_pipeline_args, generator_from_args, to_pil
+from .generators import DiffusersGenerator, Timer, add_pipeline_args, generator_from_args
 
 DATA = Path(__file__).parent / "data"  # bundled prompt files (see data/README.md for sources and licences)
 
@@ -107,10 +107,6 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="render the initial and the optimised noise with this many steps for the saved images "
                         "and recorded rewards (ReNO's multi-apply; FLUX-schnell: 4); ReNO itself uses 1 step")
     o.add_argument("--baseline-dir", help="also save the iteration-0 (no-ReNO) images here, same layout")
-
-
-def concepts_text(spec: str | None) -> str | None:
-    return spec.replace(";", "\n") if spec else None
 
 
 # ---------------------------------------------------------------- the run's identity
@@ -205,7 +201,7 @@ def reward_terms(s: Setup, args, prompt: str) -> tuple[dict, dict]:
     if s.latent_clip is not None and args.latent_weight:
         terms["latent_clip"], weights["latent_clip"] = latent_alignment(s.latent_clip, prompt), args.latent_weight
     if s.latent_clip is not None and args.avoid and args.avoid_weight:
-        terms["avoid"], weights["avoid"] = latent_avoid(s.latent_clip, concepts_text(args.avoid)), args.avoid_weight
+        terms["avoid"], weights["avoid"] = latent_avoid(s.latent_clip, args.avoid.replace(";", "\n")), args.avoid_weight
     if s.pixel:
         def decode(raw):  # once per latents tensor, shared by every pixel term (on_decoded)
             with s.timer.section("decode"):  # inside the reward's section: booked as decode only
@@ -285,24 +281,34 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
     return Rendered(best, initial, losses, iterations, best_it)
 
 
-def render_and_save(s: Setup, args, item: Item, seeds: Sequence[int], first: int, files: Sequence[str], out,
-                    baseline=None, **extra) -> list[dict]:
-    """:func:`render` ``seeds`` (samples ``first, first + 1, ...``), save the images as ``files`` in
-    the output tree ``out`` (the no-ReNO ones in ``baseline`` too) and return their records."""
-    rendered = render(s, args, item.prompt, seeds)
-    for tree, latents in ((out, rendered.latents), (baseline, rendered.initial)):
-        if tree is not None:
-            for name, image in zip(files, decode_pil(s.gen, latents)):
-                tree.save_png(name, image)
-    records = image_records(item, rendered, seeds, files, **extra)
-    for j, rec in enumerate(records, first):
-        rec["sample"] = j
+def render_and_save(s: Setup, args, item: Item, seeds: Sequence[int], files: Sequence[str], out, baseline=None,
+                    **extra) -> list[dict]:
+    """:func:`render` sample j from ``seeds[j]``, ``--batch-size`` together, save it as ``files[j]`` in
+    the output tree ``out`` (the no-ReNO one in ``baseline`` too) and return the records: each
+    reward term's loss (initial and best) and the iterations; :func:`run` adds times and peak memory."""
+    records = []
+    for first in range(0, len(seeds), args.batch_size):
+        batch, names = seeds[first:first + args.batch_size], files[first:first + args.batch_size]
+        rendered = render(s, args, item.prompt, batch)
+        for tree, latents in ((out, rendered.latents), (baseline, rendered.initial)):
+            if tree is not None:
+                for name, image in zip(names, decode_pil(s.gen, latents)):
+                    tree.save_png(name, image)
+        for j, seed in enumerate(batch):
+            losses = {term: {"initial": v["initial"][j], "best": v["best"][j]} for term, v in rendered.losses.items()}
+            records.append({"item": item.index, "key": item.key, "prompt": item.prompt, "sample": first + j,
+                            "seed": seed, "file": names[j], "losses": losses, "iterations": rendered.iterations,
+                            "best_iteration": rendered.best_iteration[j], **extra})
     return records
 
 
 def decode_pil(gen: DiffusersGenerator, raw: torch.Tensor) -> list:
+    """Raw latents (B, C, h, w) -> PIL images, booked as ``decode``."""
+    from PIL import Image
+
     with torch.no_grad(), gen.timer.section("decode"):
-        return to_pil(gen.decode(raw))
+        x = ((gen.decode(raw).clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(a) for a in x]
 
 
 def grid(images: list, cols: int | None = None):
@@ -314,19 +320,6 @@ def grid(images: list, cols: int | None = None):
     out = Image.new("RGB", (cols * w, rows * h))
     for i, im in enumerate(images):
         out.paste(im, ((i % cols) * w, (i // cols) * h))
-    return out
-
-
-def image_records(item: Item, rendered: Rendered, seeds: Sequence[int], files: Sequence[str],
-                  **extra) -> list[dict]:
-    """One record per image: reward losses (each term, initial and best), iterations; :func:`run`
-    adds the time breakdown and peak memory."""
-    out = []
-    for j, seed in enumerate(seeds):
-        rewards = {name: {"initial": v["initial"][j], "best": v["best"][j]} for name, v in rendered.losses.items()}
-        out.append({"item": item.index, "key": item.key, "prompt": item.prompt, "sample": j, "seed": seed,
-                    "file": files[j], "losses": rewards, "iterations": rendered.iterations,
-                    "best_iteration": rendered.best_iteration[j], **extra})
     return out
 
 
@@ -346,14 +339,6 @@ def read_records(outdir: Path) -> list[dict]:
 
 def done_items(outdir: Path) -> set[int]:
     return {rec["item"] for rec in read_records(outdir)}
-
-
-def append_records(path: Path, records: Iterable[dict]) -> None:
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -396,7 +381,10 @@ def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]],
             rec.setdefault("time", times)
             rec["peak_memory_gb"] = mem
             rec["rank"] = rank.rank
-        append_records(results, records)
+        with open(results, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())
     bar.close()
     marker.write_text(json.dumps({"items": len(mine), "skipped": skipped, "seconds": time.time() - start}))
     print(f"{name} rank {rank.rank}: {len(todo)} done, {skipped} skipped (already finished)", flush=True)

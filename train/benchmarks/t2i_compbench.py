@@ -72,10 +72,6 @@ def read_evaluation(outdir: str | Path, categories: Sequence[str]) -> dict:
     return out
 
 
-def default_dataset() -> Path:
-    return DATA / "t2i_compbench"
-
-
 def read_prompts(data: bytes) -> list[str]:
     """A split file's prompts. Mixed CRLF/LF, some without a final newline: splitlines + strip."""
     return [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
@@ -120,14 +116,10 @@ def load_items(dataset: str | Path, categories: Sequence[str], limit: int | None
     return items
 
 
-def file_name(prompt: str, index: int) -> str:
-    return f"{prompt}_{index:06d}.png"
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train bench t2i-compbench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default=str(default_dataset()), help="folder of <category>.txt files")
+    p.add_argument("--dataset", default=str(DATA / "t2i_compbench"), help="folder of <category>.txt files")
     p.add_argument("--categories", default=",".join(CATEGORIES),
                    help=f"comma-separated split names; CompBench++ adds {','.join(PLUS)}")
     p.add_argument("--revision", choices=REVISIONS, default=REVISIONS[0],
@@ -150,13 +142,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
 
     def process(item: Item) -> list[dict]:
         category, p = item.meta["category"], item.meta["prompt_index"]
-        records = []
-        for b in range(0, len(seeds), args.batch_size):
-            chunk = seeds[b:b + args.batch_size]
-            names = [f"{category}/samples/{file_name(item.prompt, p * len(seeds) + j)}"
-                     for j in range(b, b + len(chunk))]
-            records += render_and_save(s, args, item, chunk, b, names, out, baseline, category=category)
-        return records
+        names = [f"{category}/samples/{item.prompt}_{p * len(seeds) + j:06d}.png" for j in range(len(seeds))]
+        return render_and_save(s, args, item, seeds, names, out, baseline, category=category)
 
     def by_category(records: list[dict]) -> dict:
         cats = {}

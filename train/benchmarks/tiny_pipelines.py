@@ -20,21 +20,9 @@ from ..synthetic import tiny_latent_cfg
 TINY_LATENT_CLIP = tiny_latent_cfg(image_size=64, layers=1, patch_size=1)
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte -> printable-character table."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def write_tokenizer(folder: Path):
     """A character-level CLIP BPE tokenizer (no merges), built offline: 514 tokens."""
+    from open_clip.tokenizer import bytes_to_unicode
     from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)

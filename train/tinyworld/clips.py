@@ -11,7 +11,6 @@ import io
 import itertools
 import json
 import shutil
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,20 +42,20 @@ def pixel_cfg(layers: int = 2) -> dict:
 
 def write_image_shards(out: Path, seed: int, n: int, shard_size: int = 2000) -> list[Path]:
     """World samples as img2dataset-style tars (``KEY.png`` + ``KEY.txt``)."""
+    from train.data import write_tar
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, start in enumerate(range(0, n, shard_size)):
-        path = out / f"{k:05d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for i, s in enumerate(make_samples(seed, min(shard_size, n - start), start=start)):
-                png = io.BytesIO()
-                Image.fromarray(s.image).save(png, format="PNG")
-                for ext, data in (("png", png.getvalue()), ("txt", s.caption.encode())):
-                    info = tarfile.TarInfo(f"{start + i:08d}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        paths.append(path)
+        paths.append(out / f"{k:05d}.tar")
+        write_tar(paths[-1], ((f"{start + i:08d}", {"png": png_bytes(s.image), "txt": s.caption.encode()})
+                              for i, s in enumerate(make_samples(seed, min(shard_size, n - start), start=start))))
     return paths
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    return png.getvalue()
 
 
 def read_latent_shards(directory: Path) -> tuple[torch.Tensor, list[str]]:
@@ -94,11 +93,6 @@ def load_latent_checkpoint(path: Path, cfg: dict):
     from latent_clip.factory import load_weights
     model = LatentCLIP(ModelConfig.from_dict(cfg, name="tinyworld-latent-clip"))
     return load_weights(model, path).eval().requires_grad_(False)
-
-
-def load_pixel(path: Path, cfg: dict):
-    from train.models import load_pixel_model
-    return load_pixel_model(cfg, path)
 
 
 def save_pixel(model, path: Path) -> Path:

@@ -6,6 +6,7 @@ one batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import open_clip
 import torch
@@ -41,8 +42,7 @@ class PromptedFlow:
 
 def pixel_reward(clip_model, vae, prompts: list[str]):
     """Decode with the tiny VAE, then the pixel CLIP: ReNO's CLIPScore loss per sample."""
-    def tokenizer(texts):
-        return open_clip.tokenize(texts, context_length=clip_model.context_length)
+    tokenizer = partial(open_clip.tokenize, context_length=clip_model.context_length)
     return pixel_alignment(clip_model, tokenizer, prompts, lambda raw: decode(vae, raw))
 
 

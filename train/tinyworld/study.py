@@ -24,6 +24,7 @@ import torch
 
 from latent_clip.rewards import latent_alignment
 
+from ..models import load_pixel_model
 from . import clips, steer
 from . import vae as tiny_vae
 from .generator import TinyFlowModel, train_generator
@@ -90,32 +91,21 @@ def train_all(p: Preset, out: Path, clock: Clock, weights: Path = ASSETS, seed: 
     seeds = run_seeds(seed)
     t = time.time()
     clips.write_image_shards(out / "data" / "images", seeds["train"], p.train_samples)
-    clock.lap("world shards", t)
-
-    t = time.time()
-    if p.vae_steps:
-        vae, _ = tiny_vae.train_vae(p.vae_steps, seed=seeds["train"])
-    else:
-        vae = tiny_vae.load(weights / "vae")
+    t = clock.lap("world shards", t)
+    vae = tiny_vae.train_vae(p.vae_steps, seed=seeds["train"])[0] if p.vae_steps else tiny_vae.load(weights / "vae")
     tiny_vae.save(vae, out / "models" / "vae")
-    clock.lap("vae", t)
-
-    t = time.time()
+    t = clock.lap("vae", t)
     from train.encode import main as encode_main
     encode_main(["--input", str(out / "data" / "images"), "--vae", str(out / "models" / "vae"),
                  "--out", str(out / "data" / "latents"), "--format", "safetensors", "--size", "64",
                  "--store-dtype", "fp32", "--batch-size", "100", "--device", "cpu"])
-    clock.lap("encode", t)
-
+    t = clock.lap("encode", t)
     models = {"vae": vae}
     for kind, cfg, data in (("latent", clips.latent_cfg(), "latents"), ("pixel", clips.pixel_cfg(), "images")):
-        t = time.time()
         ckpt = clips.fit(kind, cfg, out / "data" / data, out / "fit", p.clip_steps, p.clip_batch, p.clip_lr,
                          seed=seed)
-        models[kind] = (clips.load_latent_checkpoint if kind == "latent" else clips.load_pixel)(ckpt, cfg)
-        clock.lap(f"fit {kind} clip", t)
-
-    t = time.time()
+        models[kind] = clips.load_latent_checkpoint(ckpt, cfg) if kind == "latent" else load_pixel_model(cfg, ckpt)
+        t = clock.lap(f"fit {kind} clip", t)
     raw, captions = clips.read_latent_shards(out / "data" / "latents")
     models["generator"], _ = train_generator(raw * tiny_vae.SCALING_FACTOR, captions, p.generator_steps, seed=seed)
     clock.lap("generator", t)
@@ -147,7 +137,7 @@ def load_models(directory: Path) -> dict:
     generator.load_state_dict({k: v.float() for k, v in load_file(str(directory / "generator.safetensors")).items()})
     pixel_cfg = json.loads((directory / "pixel_clip.json").read_text())["model_cfg"]
     return {"vae": tiny_vae.load(directory / "vae"), "latent": load_model(directory / "latent_clip.safetensors"),
-            "pixel": clips.load_pixel(directory / "pixel_clip.safetensors", pixel_cfg),
+            "pixel": load_pixel_model(pixel_cfg, directory / "pixel_clip.safetensors"),
             "generator": generator.eval().requires_grad_(False)}
 
 
@@ -247,27 +237,30 @@ def plots(out: Path, histories: dict, images: dict, captions: list[str], img0, i
     ax.set_xlabel("iteration")
     ax.set_ylabel("reward loss change (mean)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "reward_curves.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "reward_curves.png")
     k = min(6, len(captions))
-    fig, axes = plt.subplots(3, k, figsize=(2 * k, 6.6))
-    for j in range(k):
-        for i, name in enumerate(("base", "latent", "pixel")):
-            axes[i, j].imshow(images[name][j])
+    reno = {name: images[name] for name in ("base", "latent", "pixel")}
+    save_figure(image_rows(reno, k, captions), out / "examples_reno.png")
+    guidance = {"unguided": img0, f"avoid {FORBIDDEN}": img1}
+    save_figure(image_rows(guidance, min(k, len(img0))), out / "examples_guidance.png")
+
+
+def image_rows(rows: dict[str, list], k: int, captions: list[str] | None = None):
+    """A figure with one row of ``k`` images per name; the first row titled with ``captions``."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(rows), k, figsize=(2 * k, 2.2 * len(rows)), squeeze=False)
+    for i, (name, images) in enumerate(rows.items()):
+        for j in range(k):
+            axes[i, j].imshow(images[j])
             axes[i, j].axis("off")
-            axes[i, j].set_title(f"{name}: " + captions[j] if i == 0 else name, fontsize=6)
+            axes[i, j].set_title(f"{name}: {captions[j]}" if captions and i == 0 else name, fontsize=6)
+    return fig
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
     fig.tight_layout()
-    fig.savefig(out / "examples_reno.png", dpi=120)
-    plt.close(fig)
-    fig, axes = plt.subplots(2, k, figsize=(2 * k, 4.4))
-    for j in range(min(k, len(img0))):
-        for i, (name, imgs) in enumerate((("unguided", img0), (f"avoid {FORBIDDEN}", img1))):
-            axes[i, j].imshow(imgs[j])
-            axes[i, j].axis("off")
-            axes[i, j].set_title(name, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "examples_guidance.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
@@ -335,12 +328,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(text)
     print(f"[tinyworld] {name}: {results['total_seconds']:.0f} s; results in {out}")
     if args.export and not args.demo:
-        export = Path(args.export)
-        export.mkdir(parents=True, exist_ok=True)
-        for f in (out / "models").iterdir():
-            if f.is_dir():
-                shutil.copytree(f, export / f.name, dirs_exist_ok=True)
-            else:
-                shutil.copy2(f, export / f.name)
-        shutil.copy2(out / "results.json", export / "results.json")
+        shutil.copytree(out / "models", args.export, dirs_exist_ok=True)
+        shutil.copy2(out / "results.json", Path(args.export) / "results.json")
     return results

@@ -49,9 +49,7 @@ class Spec:
 
     def phrase(self) -> str:
         q = self.queries
-        if self.category == "counting":
-            return noun_phrase(q[0])
-        if self.category in ("single_object", "colors"):
+        if self.category in ("single_object", "colors", "counting"):
             return noun_phrase(q[0])
         if self.category == "position":
             return f"{noun_phrase(q[0])} {self.relation} {noun_phrase(q[1])}"
