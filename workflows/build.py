@@ -9,7 +9,9 @@
 * ``tests/api_workflows/<name>.json``: test twins the tests POST. They replace the SDXL-Turbo part
   (checkpoint, text encoders, KSampler) by ``LoadLatent`` of a test latent file and load the tiny
   test weights; the Latent-CLIP part is the same nodes with the same values, plus a Preview Any on
-  each per-sample output so the tests read every value.
+  each per-sample output so the tests read every value. The ReNO/guidance twins (RENO_SPECS) keep the
+  whole graph on the tests' random SD1.5 checkpoint at 64 px with tiny Latent-CLIP weights of the SD1.5
+  family (a valid pairing too), 2 iterations, and SaveLatent instead of decoding.
 
 Each template previews its node's text report (one string): Preview Any shows only the first item
 of a list output. Widget order comes from a running server's /object_info (this script boots one
@@ -231,6 +233,70 @@ def test_twin(spec: dict, object_info: dict) -> dict:
     return out
 
 
+TEST_CKPT = "latent_clip_test_sd15.safetensors"
+TEST_WEIGHTS_SD15 = "latent_clip_tiny_sd15.safetensors"  # the harness's tiny config, latent family sd15
+RENO_PROMPT = "a red cube on top of a blue sphere, studio photo"
+
+
+def txt2img(ckpt: str, size: int, negative: bool = False) -> dict:
+    """Nodes 1-6: checkpoint, prompts, empty latent, Latent-CLIP loader."""
+    out = {1: ("CheckpointLoaderSimple", {"ckpt_name": ckpt}),
+           2: ("CLIPTextEncode", {"text": RENO_PROMPT, "clip": L(1, 1)}),
+           4: ("EmptyLatentImage", {"width": size, "height": size, "batch_size": 1}),
+           6: ("LatentCLIPLoader", {"model_name": LC_WEIGHTS, "dtype": "auto", "device": "default"})}
+    if negative:
+        out[3] = ("CLIPTextEncode", {"text": "blurry, low quality", "clip": L(1, 1)})
+    return out
+
+
+def custom_advanced(guider: list, sampler: list, steps: int) -> dict:
+    return {14: ("RandomNoise", {"noise_seed": 0}),
+            15: ("SDTurboScheduler", {"model": L(1), "steps": steps, "denoise": 1.0}),
+            16: ("SamplerCustomAdvanced", {"noise": L(14), "guider": guider, "sampler": sampler,
+                                           "sigmas": L(15), "latent_image": L(4)})}
+
+
+RENO_SPECS = {  # ReNO and guidance: their own txt2img and test twin
+    "reno_sdxl_turbo": {**txt2img(CKPT, 512),
+        10: ("LatentCLIPRewardPrompt", {"latent_clip": L(6), "prompt": RENO_PROMPT, "weight": 0.01}),
+        11: ("KSamplerSelect", {"sampler_name": "euler"}),
+        12: ("LatentCLIPRenoSampler", {"reward": L(10), "sampler": L(11), "iterations": 50, "lr": 5.0,
+                                       "grad_clip": 0.1, "reg_weight": 0.01, "momentum": 0.9,
+                                       "allow_family_mismatch": False}),
+        13: ("BasicGuider", {"model": L(1), "conditioning": L(2)}),
+        **custom_advanced(L(13), L(12), 1), **decode(L(16), "latent_clip/reno")},
+    "reno_sdxl_turbo_prompt": {**txt2img(CKPT, 512),
+        10: ("LatentCLIPReno", {"model": L(1), "positive": L(2), "latent_clip": L(6), "prompt": RENO_PROMPT,
+                                "latent": L(4), "seed": 0, "iterations": 50, "lr": 5.0, "steps": 1,
+                                "cfg": 1.0, "allow_family_mismatch": False}),
+        **decode(L(10), "latent_clip/reno_prompt")},
+    "guidance_sdxl_turbo": {**txt2img(CKPT, 512, negative=True),
+        10: ("LatentCLIPAvoidGuider", {"model": L(1), "positive": L(2), "negative": L(3), "cfg": 1.0,
+                                       "latent_clip": L(6), "concepts": "nudity\nviolence | a photo of "
+                                       "a peaceful scene", "strength": 0.05, "start_percent": 0.0,
+                                       "end_percent": 0.8, "allow_family_mismatch": False}),
+        11: ("KSamplerSelect", {"sampler_name": "euler_ancestral"}),
+        **custom_advanced(L(10), L(11), 4), **decode(L(16), "latent_clip/guided")},
+}
+
+
+def reno_test_twin(name: str, spec: dict) -> dict:
+    """A ReNO/guidance graph on the test checkpoint at 64 px, tiny sd15 weights, 2 iterations / steps, SaveLatent."""
+    out = {nid: (cls, dict(values)) for nid, (cls, values) in spec.items() if nid < 20}
+    out[1][1]["ckpt_name"], out[6][1]["model_name"] = TEST_CKPT, TEST_WEIGHTS_SD15
+    out[4][1].update(width=64, height=64)
+    for nid, (cls, values) in out.items():
+        if "iterations" in values:
+            values["iterations"] = 2
+        if cls == "SDTurboScheduler":
+            values["steps"] = min(values["steps"], 2)
+        if cls == "LatentCLIPAvoidGuider":
+            values.update(cfg=1.5, strength=0.5, end_percent=1.0)
+    src = L(16) if 16 in out else L(10)
+    out[22] = ("SaveLatent", {"samples": src, "filename_prefix": f"latents/{name}"})
+    return out
+
+
 def fetch_object_info(url: str | None) -> dict:
     """/object_info of the server at ``url``, or of a test-harness server booted for it."""
     if url is None:
@@ -258,10 +324,9 @@ def write(name: str, ui: dict, api: dict, test: dict) -> None:
 def main(object_info: dict) -> None:
     for name, spec in SPECS.items():
         write(name, to_ui(name, spec, object_info), to_api(spec), to_api(test_twin(spec, object_info)))
+    for name, spec in RENO_SPECS.items():
+        write(name, to_ui(name, spec, object_info), to_api(spec), to_api(reno_test_twin(name, spec)))
 
 
 if __name__ == "__main__":
-    import reno_build
-    info = fetch_object_info(sys.argv[1] if len(sys.argv) > 1 else None)
-    main(info)
-    reno_build.main(info)
+    main(fetch_object_info(sys.argv[1] if len(sys.argv) > 1 else None))
