@@ -1,7 +1,7 @@
 """What several test modules share: paths to the repository's own test data (tests/data/README.md
-says where each file comes from), the full-size random SD1.5 checkpoint the slow ComfyUI and
-single-file tests load, and the arguments and log of a smoke ``train fit`` run. Pytest fixtures
-are in conftest.py."""
+says where each file comes from), a seeded tiny Latent-CLIP, the full-size random SD1.5 checkpoint
+the slow ComfyUI and single-file tests load, and the arguments and log of a smoke ``train fit`` run.
+Pytest fixtures are in conftest.py."""
 import json
 import subprocess
 import sys
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
+from latent_clip import LatentCLIP, ModelConfig
 from latent_clip.factory import atomic_write
+from train.synthetic import TINY_LATENT_CFG
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -26,6 +28,12 @@ SD15_UNET = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_c
              "legacy": False, "adm_in_channels": None, "use_temporal_resblock": False, "use_temporal_attention": False}
 SD15_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
             "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+
+
+def tiny_model(cfg: dict = TINY_LATENT_CFG, **vision) -> LatentCLIP:
+    """A LatentCLIP of ``cfg`` with ``vision`` replacing keys of its vision_cfg, seeded, in eval mode."""
+    torch.manual_seed(0)
+    return LatentCLIP(ModelConfig.from_dict({**cfg, "vision_cfg": {**cfg["vision_cfg"], **vision}})).eval()
 
 
 def _random_fp16(module: torch.nn.Module, prefix: str, seed: int) -> dict[str, torch.Tensor]:

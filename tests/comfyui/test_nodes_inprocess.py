@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import latent_clip
-from comfy_harness import TINY_EXPORT, make_latents, tiny_model
+from comfy_harness import TINY_CONFIG, TINY_EXPORT, make_latents
+from fixtures import tiny_model
 
 pytestmark = pytest.mark.comfyui
 
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.comfyui
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lc_models")
-    latent_clip.save_export(tiny_model(), folder / TINY_EXPORT)
+    latent_clip.save_export(tiny_model(TINY_CONFIG), folder / TINY_EXPORT)
     (folder / "notes.txt").write_text("not weights")
     return folder
 

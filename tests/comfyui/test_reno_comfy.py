@@ -57,14 +57,11 @@ def tiny_latent_clip_patcher(inprocess, family: str = "sd15", channels: int = 4)
     a valid pairing), weights as inference tensors as when the loader node runs."""
     import comfy.model_patcher
     from comfy_harness import TINY_CONFIG
+    from fixtures import tiny_model
 
-    import latent_clip
     loaders = importlib.import_module(f"{inprocess.pack.__name__}.nodes.loaders")
-    cfg = {**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "latent_family": family,
-                                         "latent_n_channels": channels}}
-    torch.manual_seed(0)
     with torch.inference_mode():
-        clip = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(cfg)).eval()
+        clip = tiny_model(TINY_CONFIG, latent_family=family, latent_n_channels=channels)
     return comfy.model_patcher.ModelPatcher(loaders.ModelHolder(clip), load_device=torch.device("cpu"),
                                             offload_device=torch.device("cpu"))
 

@@ -16,7 +16,7 @@ import torch
 
 from comfy_harness import ROOT, TINY_CONFIG, TINY_EXPORT, execution_error, load_api_workflow, read_latent_file, \
     run_graph, run_graph_with_texts
-from fixtures import CKPT_CACHE, CKPT_NAME, sd15_checkpoint
+from fixtures import CKPT_CACHE, CKPT_NAME, sd15_checkpoint, tiny_model
 
 pytestmark = pytest.mark.comfyui
 
@@ -36,9 +36,7 @@ def sd15_server(comfy_server):
             (folder / name).symlink_to(CKPT_CACHE)
     weights = comfy_server.models_dir / "latent_clip" / SD15_WEIGHTS
     if not weights.exists():
-        config = {**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "latent_family": "sd15"}}
-        torch.manual_seed(0)
-        latent_clip.save_export(latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(config)).eval(), weights)
+        latent_clip.save_export(tiny_model(TINY_CONFIG, latent_family="sd15"), weights)
     return comfy_server
 
 

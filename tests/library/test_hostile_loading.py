@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import latent_clip
-from fixtures import REPO
-from hostile_files import CASES, MARKER, MEMORY_BOUND, TIME_BOUND, tiny_model
+from fixtures import REPO, tiny_model
+from hostile_files import CASES, MARKER, MEMORY_BOUND, TIME_BOUND
 from latent_clip.__main__ import main as cli
 
 PROBE = r"""

@@ -7,7 +7,7 @@ import torch
 
 import latent_clip
 from latent_clip import safety
-from hostile_files import tiny_model
+from fixtures import tiny_model
 
 LATENTS = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * 4
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import latent_clip
-from fixtures import IMAGES, N_IMAGES, REPO, fit_args, records
+from fixtures import IMAGES, N_IMAGES, REPO, fit_args, records, tiny_model
 from hostile_files import truncate
 from train.data import SIZES_FILE, expand_shards, shard_sizes, write_latent_shard
 from train.encode import main as encode
@@ -189,7 +189,6 @@ def test_divergence_stops_before_the_optimiser_applies_nan(tmp_path):
 
 
 def test_zeroshot_eval_names_the_samples_with_nan_latents(tmp_path):
-    from hostile_files import tiny_model
     from train.evaluate import main as evaluate
     latent_clip.save_official_checkpoint(tmp_path / "model.pt", tiny_model(), epoch=1, name="tiny")
     z = torch.randn(4, 4, 16, 16)
