@@ -4,7 +4,6 @@ with a clear error naming the step, shard and sample, and nothing NaN is exporte
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,20 +13,16 @@ import pytest
 import torch
 
 import latent_clip
-from fixtures import IMAGES, N_IMAGES, REPO, fit_args, records, tiny_model
+from fixtures import IMAGE_FILES, IMAGES, N_IMAGES, REPO, child_env, fit_args, records, tiny_model
 from hostile_files import truncate
 from train.data import SIZES_FILE, expand_shards, shard_sizes, write_latent_shard
 from train.encode import main as encode
 from train.main import TrainingError, main as fit
 from train.synthetic import write_image_shards, write_synthetic_latents
 
-IMAGE_FILES = sorted(p for p in IMAGES.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
-
-
 def run_cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "train", *argv], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "train", *argv], cwd=REPO, env=child_env(), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def encode_args(src: Path, out: Path, vae: Path, *extra: str) -> list[str]:
