@@ -102,6 +102,11 @@ def records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
+def bench_records(out: Path) -> list[dict]:
+    """Every record of a benchmark run in ``out`` (its results.rank*.jsonl, rank by rank)."""
+    return [json.loads(line) for p in sorted(out.glob("results.rank*.jsonl")) for line in p.read_text().splitlines()]
+
+
 def logged_losses(run: Path) -> dict[int, float]:
     """step -> loss from a fit run's log.jsonl (the last record of a step wins; a torn last line is ignored)."""
     out = {}

@@ -2,16 +2,9 @@
 one-step / few-step generator maths (the bundled prompt files are checked in test_repository.py)."""
 import json
 
-import pytest
 import torch
 
-from train.benchmarks.tiny_pipelines import build_all, build_sdxl
-
-
-# ---------------------------------------------------------------- checks of the builders and generator maths
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_all(tmp_path_factory.mktemp("tiny"))
+from train.benchmarks.tiny_pipelines import build_sdxl
 
 
 def test_pipelines_load_from_local_folders_and_give_raw_latents(tiny, tmp_path):

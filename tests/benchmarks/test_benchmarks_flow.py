@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import latent_clip
+from fixtures import bench_records
 from train.benchmarks.tiny_pipelines import build_flux, build_latent_clip, build_sd3
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -127,7 +128,7 @@ def test_i2p_guidance_on_flux(flux, flux_latent_clip, tmp_path):
     main(["i2p", "--pipeline", str(flux), "--latent-clip", str(flux_latent_clip), "--max-sequence-length", "32",
           "--outdir", str(out), "--resolution", "64", "--device", "cpu", "--limit", "1", "--steps", "2",
           "--strength", "0.5", "--summary-wait", "60"])
-    recs = {r["variant"]: r for p in out.glob("results.rank*.jsonl") for r in map(json.loads, p.read_text().splitlines())}
+    recs = {r["variant"]: r for r in bench_records(out)}
     assert set(recs) == {"guided", "unguided"} and recs["guided"]["seed"] == recs["unguided"]["seed"]
     assert recs["guided"]["avoid_loss"] != recs["unguided"]["avoid_loss"]
 
@@ -138,16 +139,14 @@ def test_geneval_on_flux_with_a_16_channel_latent_clip(flux, flux_latent_clip, t
     from train.benchmarks import geneval
 
     out = tmp_path / "out"
-    geneval.main(["--pipeline", str(flux), "--resolution", "64", "--max-sequence-length", "32",
-                  "--limit", "2",
-                  "--latent-clip", str(flux_latent_clip), "--latent-weight", "1.0",
-                  "--iterations", "4", "--lr", "5.0", "--samples", "2", "--outdir", str(out), "--device", "cpu",
-                  "--summary-wait", "60"])
+    geneval.main(["--pipeline", str(flux), "--resolution", "64", "--max-sequence-length", "32", "--limit", "2",
+                  "--latent-clip", str(flux_latent_clip), "--latent-weight", "1.0", "--iterations", "4", "--lr", "5.0",
+                  "--samples", "2", "--outdir", str(out), "--device", "cpu", "--summary-wait", "60"])
     for i in range(2):
         folder = out / f"{i:05d}"
         assert json.loads((folder / "metadata.jsonl").read_text())["prompt"]
         assert sorted(p.name for p in (folder / "samples").iterdir()) == ["0000.png", "0001.png"]
-    records = [json.loads(line) for p in out.glob("results.rank*.jsonl") for line in p.read_text().splitlines()]
+    records = bench_records(out)
     assert len(records) == 4
     for r in records:
         assert r["iterations"] == 4 and r["time"]["unet"] > 0 and r["time"]["reward"] > 0
@@ -168,11 +167,9 @@ def test_final_steps_render_the_noise_with_more_steps(flux, flux_latent_clip, tm
               "--summary-wait", "60", "--seed", "4"]
     geneval.main([*common, "--iterations", "0", "--final-steps", "3", "--outdir", str(tmp_path / "base")])
     geneval.main([*common, "--iterations", "3", "--final-steps", "3", "--outdir", str(tmp_path / "reno")])
-    base, reno = ([json.loads(line) for p in (tmp_path / d).glob("results.rank*.jsonl")
-                   for line in p.read_text().splitlines()][0] for d in ("base", "reno"))
+    base, reno = (bench_records(tmp_path / d)[0] for d in ("base", "reno"))
     gen = make_generator(load_pipeline(flux), "cpu", 64, max_sequence_length=32)
-    prompt = (geneval.default_metadata().read_text().splitlines()[0])
-    prompt = json.loads(prompt)["prompt"]
+    prompt = json.loads(geneval.default_metadata().read_text().splitlines()[0])["prompt"]
     cond = gen.condition(prompt)
     three, one = render_steps(gen, cond, gen.noise([4]), 3, 0.0), render_steps(gen, cond, gen.noise([4]), 1, 0.0)
     assert not torch.allclose(three, one, atol=1e-3)
