@@ -20,8 +20,6 @@ frontend: the history entry and the progress texts shown under each node), ``loa
 Without build/ComfyUI (or $LATENT_CLIP_COMFYUI_DIR) these fixtures skip, or fail when
 LATENT_CLIP_REQUIRE_COMFYUI=1.
 """
-from __future__ import annotations
-
 import importlib.util
 import json
 import os

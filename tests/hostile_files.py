@@ -1,8 +1,6 @@
 """Hostile weight files, generated: one builder per attack of the reliability table (README,
 "Reliability"). Each builder writes its file into a folder and returns the path to load; the
 expected outcome (a clear error, or a clean load) lives with it in :data:`CASES`."""
-from __future__ import annotations
-
 import io
 import json
 import os

@@ -1,7 +1,5 @@
 """The nodes' execute() on real tensors with the real ComfyUI imported in this process (no server):
 model folder registration, model management, caching, interrupts and LATENT-dict hygiene."""
-from __future__ import annotations
-
 import pytest
 import torch
 

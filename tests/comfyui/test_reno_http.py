@@ -6,8 +6,6 @@ a mismatched one).
 Slow: the 2 GB checkpoint is built once (~30 s, cached in build/test_models/) and every UNet
 step runs the real 860 M-parameter UNet on the CPU.
 """
-from __future__ import annotations
-
 import json
 from pathlib import Path
 

@@ -1,6 +1,4 @@
 """The latent contract: accepted inputs, clear errors, sizes, scaling, chunking, gradients."""
-from __future__ import annotations
-
 from contextlib import contextmanager
 
 import pytest

@@ -1,6 +1,4 @@
 """Official checkpoints, safetensors exports, architecture inference and safe unpickling."""
-from __future__ import annotations
-
 import os
 import subprocess
 import sys
@@ -11,7 +9,6 @@ import pytest
 import torch
 from open_clip import tokenize
 
-import latent_clip
 from latent_clip import CheckpointError, LatentCLIP, get_model_config, infer_config, list_models, load_model
 from latent_clip.__main__ import main as cli
 from latent_clip.contract import fit_latents

@@ -1,8 +1,6 @@
 """Hostile weight files (tests/hostile_files.py, one per attack of the README's reliability table):
 each gets one clear line, from the library, the CLI and the ComfyUI loader alike, within a stated
 time and memory bound measured in a fresh process, and nothing in any of them runs."""
-from __future__ import annotations
-
 import json
 import os
 import re

@@ -1,7 +1,5 @@
 """NaN never passes silently out of a model: scores and class probabilities raise, the safety filter
 fails closed (the library and the real ComfyUI node), for NaN weights and for an fp16 overflow."""
-from __future__ import annotations
-
 import pytest
 import torch
 

@@ -1,8 +1,6 @@
 """Bad data in encode and fit: truncated tars and safetensors, bad captions, stale size caches are
 skipped and counted (summary, log) while healthy shards are still processed; NaN data stops fit
 with a clear error naming the step, shard and sample, and nothing NaN is exported."""
-from __future__ import annotations
-
 import json
 import shutil
 import subprocess

@@ -2,8 +2,6 @@
 readable one, a requested resume with nothing to resume from is an error, a fresh start or an early
 resume never overwrites a checkpoint, the log has one record per step after any number of kill -9
 resumes, and a full disk gives one readable line and leaves no temporary behind."""
-from __future__ import annotations
-
 import shutil
 import signal
 import subprocess
