@@ -10,6 +10,9 @@ import importlib
 import pytest
 import torch
 
+from latent_clip.reno import private_saved_tensors
+from latent_clip.rewards import latent_alignment, latent_avoid
+
 pytestmark = pytest.mark.comfyui
 
 TINY_UNET = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
@@ -129,8 +132,6 @@ def test_reno_sampler_lowers_the_reward_loss(comfy_inprocess, reno, sampling, re
 
 def test_reward_reads_raw_latents_not_model_space(comfy_inprocess, reward_nodes):
     """The reward must see process_out(x0) (raw), not x0 * scale: check against the library."""
-    from latent_clip.rewards import latent_alignment
-
     import comfy.latent_formats
 
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
@@ -250,7 +251,6 @@ def test_safety_guider_moves_away_from_the_concept(comfy_inprocess, guidance, sa
                                            sigmas, seed=0, disable_pbar=True)
         if strength:
             assert len(guider.last_losses) == 4
-    from latent_clip.rewards import latent_avoid
     avoid = latent_avoid(lclip.model.clip, "a red apple")
     assert avoid(outs[0.5].clone()) < avoid(outs[0.0].clone())
 
@@ -310,8 +310,6 @@ def test_reno_sampler_on_a_flux_schnell_model(comfy_inprocess, reno, reward_node
     (scale 0.3611, shift 0.1159) between model space and the raw latents Latent-CLIP reads; the
     1-step result is the best iterate, and a 4-step render from the optimised noise also runs."""
     import comfy.samplers
-    from latent_clip.rewards import latent_alignment
-
     model = tiny_model_patcher(flux=True)
     lclip = tiny_latent_clip_patcher(comfy_inprocess, "flux", 16)
     reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
@@ -341,8 +339,6 @@ def test_comfy_flux_needs_private_saved_tensors_and_the_unet_is_unchanged_by_the
     """ComfyUI's FLUX cannot be differentiated as it is (its blocks add residuals in place after
     saving them); under private_saved_tensors it can, and on a model without in-place updates (the
     SD1.5 UNet) the gradient is the same with and without."""
-    from latent_clip.reno import private_saved_tensors
-
     def grad_of_model(patcher, shape, context, wrap):
         model = patcher.model
         autograd_nodes.autograd_safe_(model)

@@ -4,12 +4,13 @@ import shutil
 
 import pytest
 import torch
+from PIL import Image
 
 from fixtures import IMAGE_FILES, tiny_model
 import latent_clip
 from train.data import write_latent_shard
 from train.evaluate import main as evaluate
-from train.models import build_model, pixel_transform
+from train.models import DecodedTeacher, build_model, pixel_transform
 from train.synthetic import TINY_PIXEL_CFG as TINY_PIXEL, NAMES
 CLASSES = list(NAMES[:6])  # alphabetical, so folder order == class index
 
@@ -40,7 +41,6 @@ def test_zeroshot_accuracy_is_exact_on_latent_shards(tmp_path):
 
 def test_pixel_clip_side_by_side_on_an_imagenet_style_folder(vae_dir, tmp_path):
     import open_clip
-    from PIL import Image
     torch.manual_seed(0)
     pixel = build_model("pixel", TINY_PIXEL).eval()
     torch.save({"state_dict": {f"module.{k}": v for k, v in pixel.state_dict().items()}}, tmp_path / "pixel.pt")
@@ -72,9 +72,7 @@ def test_decoded_teacher_sees_the_decode_as_the_pixel_clip_sees_an_image():
     transform of the decode saved as 8-bit RGB, to half a grey level over the smallest std (the
     rounding), where squashing the image to a square would differ by more than 1 (measured 3.2-3.8)."""
     from diffusers import AutoencoderKL
-    from PIL import Image
 
-    from train.models import DecodedTeacher
     transform_error = 0.5 / 255 / min(pixel_transform(build_model("pixel", TINY_PIXEL)).std.flatten()) + 1e-4
     for seed in range(3):
         torch.manual_seed(seed)
