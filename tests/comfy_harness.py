@@ -208,10 +208,7 @@ def wait_history(server: ComfyServer, prompt_id: str, timeout: float = 180) -> d
 
 
 def execution_error(entry: dict) -> dict | None:
-    for kind, data in entry["status"].get("messages", []):
-        if kind == "execution_error":
-            return data
-    return None
+    return next((data for kind, data in entry["status"].get("messages", []) if kind == "execution_error"), None)
 
 
 def run_graph(server: ComfyServer, graph: dict) -> dict:

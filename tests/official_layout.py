@@ -16,7 +16,6 @@ from latent_clip import LatentCLIP, ModelConfig, get_model_config
 from latent_clip.factory import official_state_dict
 
 
-
 def manifest(name: str) -> dict:
     return json.loads((LAYOUT / f"manifest-{name}.json").read_text())
 

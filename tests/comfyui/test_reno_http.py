@@ -38,11 +38,6 @@ def sd15_server(comfy_server):
     return comfy_server
 
 
-def _saved(server, outputs: dict, node: str) -> torch.Tensor:
-    item = outputs[node]["latents"][0]
-    return read_latent_file(server.output_dir / item["subfolder"] / item["filename"])
-
-
 def test_reno_workflows_use_our_nodes(comfy_server):
     """Every node of the ReNO/guidance workflows (UI and API) exists; our inputs have tooltips."""
     info = comfy_server.get("/object_info")
@@ -69,7 +64,8 @@ def test_workflow_runs_through_the_real_loader(sd15_server, name):
     graph = load_api_workflow(name)
     outputs = run_graph(sd15_server, graph)
     (save,) = [n for n, node in graph.items() if node["class_type"] == "SaveLatent"]
-    z = _saved(sd15_server, outputs, save)
+    item = outputs[save]["latents"][0]
+    z = read_latent_file(sd15_server.output_dir / item["subfolder"] / item["filename"])
     assert z.shape == (1, 4, 8, 8) and torch.isfinite(z).all()
     if name.startswith("reno"):
         assert "ReNO: 2 iterations" in sd15_server.log_tail(200_000)
