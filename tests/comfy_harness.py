@@ -7,9 +7,7 @@ Fixtures (registered in tests/conftest.py; mark tests ``comfyui``):
   as ``custom_nodes/comfyui-latent-clip``, tiny generated Latent-CLIP weights in
   ``models/latent_clip/`` (:data:`TINY_EXPORT`, :data:`TINY_OFFICIAL`) and test latents in
   ``input/`` (:data:`TEST_LATENT`, :data:`WRONG_FAMILY_LATENT`). Yields a :class:`ComfyServer`
-  (``url``, ``base``, ``input_dir``, ``output_dir``, ``models_dir``, ``log``); stopped by PID.
-  Add files for other tests with ``extra_setup`` hooks: append ``fn(base: Path)`` to
-  :data:`SETUP_HOOKS` before the session starts (e.g. in a conftest).
+  (``url``, ``base``, ``output_dir``, ``models_dir``, ``log``); stopped by PID.
 * ``comfy_inprocess`` (function): imports ComfyUI in this process (``--cpu``, args parsing on,
   build/ComfyUI first on sys.path) and returns a namespace with ``comfy``, ``folder_paths``,
   ``nodes`` (ComfyUI's) and ``pack`` (this repo imported as a ComfyUI pack).
@@ -22,8 +20,6 @@ frontend: the history entry and the progress texts shown under each node), ``loa
 Without build/ComfyUI (or $LATENT_CLIP_COMFYUI_DIR) these fixtures skip, or fail when
 LATENT_CLIP_REQUIRE_COMFYUI=1.
 """
-from __future__ import annotations
-
 import importlib.util
 import json
 import os
@@ -37,11 +33,12 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 
+from fixtures import tiny_model
 from train.synthetic import tiny_latent_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +53,6 @@ TEST_LATENT = "latent_clip_test.latent"            # 4 SDXL-shaped latents (4, 4
 WRONG_FAMILY_LATENT = "latent_clip_16ch.latent"    # a 16-channel (SD3/Flux-like) latent
 TINY_CONFIG = tiny_latent_cfg(image_size=512)
 BOOT_TIMEOUT = 120
-SETUP_HOOKS: list[Callable[[Path], None]] = []
 
 
 class PromptRejected(RuntimeError):
@@ -71,10 +67,6 @@ class ComfyServer:
     base: Path
     log: Path
     pid: int
-
-    @property
-    def input_dir(self) -> Path:
-        return self.base / "input"
 
     @property
     def output_dir(self) -> Path:
@@ -92,12 +84,8 @@ class ComfyServer:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
 
 
-def comfyui_available() -> bool:
-    return (COMFY_DIR / "main.py").is_file()
-
-
 def require_comfyui() -> None:
-    if not comfyui_available():
+    if not (COMFY_DIR / "main.py").is_file():
         skip_or_fail(f"ComfyUI not installed at {COMFY_DIR}: run bash scripts/install_comfyui.sh")
 
 
@@ -106,12 +94,6 @@ def skip_or_fail(reason: str) -> None:
     if os.environ.get("LATENT_CLIP_REQUIRE_COMFYUI") == "1":
         pytest.fail(reason + " (LATENT_CLIP_REQUIRE_COMFYUI=1)", pytrace=False)
     pytest.skip(reason)
-
-
-def tiny_model(seed: int = 0):
-    import latent_clip
-    torch.manual_seed(seed)
-    return latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(TINY_CONFIG)).eval()
 
 
 def make_latents(seed: int = 0, batch: int = 4, channels: int = 4) -> torch.Tensor:
@@ -136,19 +118,11 @@ def prepare_base(base: Path) -> None:
     for sub in ("custom_nodes", "models/latent_clip", "input", "output", "user", "temp"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "custom_nodes" / PACK_NAME).symlink_to(ROOT, target_is_directory=True)
-    model = tiny_model()
+    model = tiny_model(TINY_CONFIG)
     latent_clip.save_export(model, base / "models" / "latent_clip" / TINY_EXPORT)
     latent_clip.save_official_checkpoint(base / "models" / "latent_clip" / TINY_OFFICIAL, model, 1, "tiny")
     write_latent_file(base / "input" / TEST_LATENT, make_latents())
     write_latent_file(base / "input" / WRONG_FAMILY_LATENT, make_latents(channels=16, batch=1))
-    for hook in SETUP_HOOKS:
-        hook(base)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
@@ -167,7 +141,9 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
 
 
 def start_server(base: Path) -> tuple[ComfyServer, subprocess.Popen]:
-    port = free_port()
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
     log = base / "comfyui.log"
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--base-directory", str(base), "--database-url", f"sqlite:///{base}/user/comfyui.db",
@@ -232,10 +208,7 @@ def wait_history(server: ComfyServer, prompt_id: str, timeout: float = 180) -> d
 
 
 def execution_error(entry: dict) -> dict | None:
-    for kind, data in entry["status"].get("messages", []):
-        if kind == "execution_error":
-            return data
-    return None
+    return next((data for kind, data in entry["status"].get("messages", []) if kind == "execution_error"), None)
 
 
 def run_graph(server: ComfyServer, graph: dict) -> dict:
@@ -250,7 +223,8 @@ def load_api_workflow(name: str) -> dict:
     return json.loads((API_WORKFLOWS / name).read_text())
 
 
-def import_comfy_inprocess() -> types.SimpleNamespace:
+@pytest.fixture
+def comfy_inprocess() -> types.SimpleNamespace:
     """ComfyUI's modules in this process, CPU only; this repo imported as the pack ComfyUI sees."""
     require_comfyui()
     if str(COMFY_DIR) in sys.path:
@@ -276,11 +250,6 @@ def import_comfy_inprocess() -> types.SimpleNamespace:
         sys.modules[spec.name] = pack
         spec.loader.exec_module(pack)
     return types.SimpleNamespace(comfy=comfy, folder_paths=folder_paths, nodes=comfy_nodes, pack=pack)
-
-
-@pytest.fixture
-def comfy_inprocess():
-    return import_comfy_inprocess()
 
 
 def run_graph_with_texts(server: ComfyServer, graph: dict, timeout: float = 300) -> tuple[dict, list[tuple[str, str]]]:

@@ -1,18 +1,19 @@
-"""Shared pytest fixtures: the real-ComfyUI harness (tests/comfy_harness.py) and a tiny on-disk VAE;
-shared helpers and paths live in tests/fixtures.py."""
+"""Shared pytest fixtures: the real-ComfyUI harness (tests/comfy_harness.py), a tiny on-disk VAE and
+the benchmarks' tiny offline pipelines; shared helpers and paths live in tests/fixtures.py."""
 import pytest
-import torch
 
 from comfy_harness import comfy_inprocess, comfy_server  # noqa: F401 - pytest fixtures
+from train.benchmarks.tiny_pipelines import build_all, tiny_vae
 
 
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
-    from diffusers import AutoencoderKL
-    torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4,
-                        norm_num_groups=4)
     path = tmp_path_factory.mktemp("vae")
-    vae.save_pretrained(path)
+    tiny_vae().save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """{name: folder or file} of the tiny offline pipelines and Latent-CLIP weights (tiny_pipelines.build_all)."""
+    return build_all(tmp_path_factory.mktemp("tiny"))

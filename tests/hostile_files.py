@@ -1,8 +1,6 @@
 """Hostile weight files, generated: one builder per attack of the reliability table (README,
 "Reliability"). Each builder writes its file into a folder and returns the path to load; the
 expected outcome (a clear error, or a clean load) lives with it in :data:`CASES`."""
-from __future__ import annotations
-
 import io
 import json
 import os
@@ -15,8 +13,8 @@ from typing import Callable
 import torch
 
 import latent_clip
-from latent_clip import LatentCLIP, ModelConfig, get_model_config
-from train.synthetic import TINY_LATENT_CFG
+from fixtures import tiny_model
+from latent_clip import LatentCLIP, get_model_config
 
 # Bounds, per load, in a process that already imported torch. Before, the attacks cost 3.8 GB / 9 s (numpy
 # void bomb), 4.8 GB / 128 s (block 99999) and +1 GB (16,000-token context). Measured over 3 runs on a shared
@@ -26,11 +24,6 @@ MEMORY_BOUND = 128 << 20
 TIME_BOUND = 5.0
 
 MARKER = "pwned"  # what an exploit would create beside the file if anything in it ran
-
-
-def tiny_model(seed: int = 0) -> LatentCLIP:
-    torch.manual_seed(seed)
-    return LatentCLIP(ModelConfig.from_dict(TINY_LATENT_CFG)).eval()
 
 
 def tiny_state() -> dict[str, torch.Tensor]:

@@ -15,8 +15,6 @@ copy of the others, to test a newer upstream. Only the evaluators' reading and s
 function is taken from its file by name (``function_from``) and executed with the models it would
 call replaced by recorders, so their heavy dependencies (mmdet, spaCy, CUDA) are not needed.
 """
-from __future__ import annotations
-
 import ast
 import os
 from pathlib import Path

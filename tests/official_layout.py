@@ -1,8 +1,6 @@
 """Synthesise checkpoints in the exact layout of the official Latent-CLIP releases, and an
 independent reference forward built from plain open_clip / diffusers modules (as the authors'
 fork composes them), for parity tests. Layout facts: tests/data/latent-clip-layout/README.md."""
-from __future__ import annotations
-
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +14,6 @@ from torch import nn
 from fixtures import LAYOUT
 from latent_clip import LatentCLIP, ModelConfig, get_model_config
 from latent_clip.factory import official_state_dict
-
 
 
 def manifest(name: str) -> dict:

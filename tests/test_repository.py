@@ -5,12 +5,16 @@ import hashlib
 import re
 import subprocess
 import sys
+import tomllib
 import warnings
+from importlib import metadata
 
 import pytest
+from packaging.requirements import Requirement
 
 from fixtures import DATA, REPO
 
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 OWN = {"latent_clip", "train", "bench", "nodes", "tests", "fixtures"}
 COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "execution",
                    "nodes", "latent_preview", "node_helpers"}  # top-level modules of ComfyUI itself
@@ -39,10 +43,6 @@ def third_party_imports(layers) -> dict[str, set[str]]:
 
 def declared_closure(roots: set[str]) -> set[str]:
     """The installed distributions that ``roots`` (distribution names) pull in, transitively."""
-    from importlib import metadata
-
-    from packaging.requirements import Requirement
-
     seen, todo = set(), {canonical(r) for r in roots}
     while todo:
         name = todo.pop()
@@ -69,17 +69,9 @@ def test_every_third_party_import_is_declared():
     --dev: requirements.txt, pyproject's train extra and torch/torchvision (or what those pull in).
     The one exception: bench scripts that measure the pack inside ComfyUI import ComfyUI itself, the
     host program (``setup.sh --dev`` installs it), never a package of ours to declare."""
-    import tomllib
-    from importlib import metadata
-
-    from packaging.requirements import Requirement
-
-    roots = {"torch", "torchvision"}
-    roots |= {Requirement(line).name for line in (REPO / "requirements.txt").read_text().splitlines()
-              if line.strip() and not line.startswith("#")}
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    roots |= {Requirement(line).name for line in pyproject["project"]["optional-dependencies"]["train"]}
-    installed = declared_closure(roots)
+    installed = declared_closure({"torch", "torchvision"}
+                                 | requirement_names(PYPROJECT["project"]["optional-dependencies"]["train"])
+                                 | requirement_names((REPO / "requirements.txt").read_text().splitlines()))
     providers = metadata.packages_distributions()
     undeclared = {module: sorted(files) for module, files in third_party_imports(("latent_clip", "train", "bench")).items()
                   if not {canonical(d) for d in providers.get(module, [])} & installed
@@ -199,7 +191,6 @@ def test_every_bench_script_starts():
 
 
 def requirement_names(lines) -> set[str]:
-    from packaging.requirements import Requirement
     return {canonical(Requirement(line).name) for line in lines if line.strip() and not line.startswith("#")}
 
 
@@ -207,26 +198,20 @@ def test_runtime_requirements_are_exactly_what_the_pack_imports():
     """requirements.txt (what ComfyUI-Manager installs) and [project].dependencies (what the Registry
     reads) both list exactly the distributions that the node pack's code imports, less torch, which
     ComfyUI brings (a re-declared torch can make a manager reinstall it)."""
-    import tomllib
-    from importlib import metadata
-
     providers = metadata.packages_distributions()
     imported = {m for m in third_party_imports(("latent_clip", "nodes", "__init__.py")) if m not in COMFYUI_MODULES}
     assert "torch" in imported and "open_clip" in imported  # the scan sees the pack
     wanted = {canonical(d) for m in imported - {"torch"} for d in providers[m]}
     required = requirement_names((REPO / "requirements.txt").read_text().splitlines())
     assert required == wanted
-    assert requirement_names(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]) == wanted
+    assert requirement_names(PYPROJECT["project"]["dependencies"]) == wanted
 
 
 def test_registry_metadata():
     """pyproject.toml as comfy-cli's Registry parser reads it (comfy_cli/registry/config_parser.py:
     [project.urls] Homepage/Documentation/Repository/Issues, [tool.comfy] Icon, OS classifiers
     starting with one of its prefixes, requires-comfyui matching its version pattern)."""
-    import tomllib
-
-    data = tomllib.loads((REPO / "pyproject.toml").read_text())
-    project, comfy = data["project"], data["tool"]["comfy"]
+    project, comfy = PYPROJECT["project"], PYPROJECT["tool"]["comfy"]
     assert all(project["urls"][key].startswith("https://") for key in ("Homepage", "Documentation", "Repository",
                                                                         "Issues"))
     assert comfy["Icon"].endswith("/docs/icon.png") and (REPO / "docs" / "icon.png").is_file()

@@ -2,21 +2,14 @@
 one-step / few-step generator maths (the bundled prompt files are checked in test_repository.py)."""
 import json
 
-import pytest
 import torch
 
-from train.benchmarks.tiny_pipelines import build_all, build_sdxl
-
-
-# ---------------------------------------------------------------- checks of the builders and generator maths
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_all(tmp_path_factory.mktemp("tiny"))
+from train.benchmarks.generators import UNetGenerator, load_pipeline
+from train.benchmarks.runner import timed
+from train.benchmarks.tiny_pipelines import build_sdxl
 
 
 def test_pipelines_load_from_local_folders_and_give_raw_latents(tiny, tmp_path):
-    from train.benchmarks.generators import UNetGenerator, load_pipeline
-
     assert json.loads((tiny["sd"] / "model_index.json").read_text())["unet"][1] == "UNet2DConditionModel"
     gen = UNetGenerator(load_pipeline(tiny["sd"]), "cpu", 64)
     assert gen.latent_shape == (4, 8, 8)
@@ -55,8 +48,6 @@ def test_pipelines_load_from_local_folders_and_give_raw_latents(tiny, tmp_path):
 
 
 def test_few_step_sampler_matches_the_scheduler_loop(tiny):
-    from train.benchmarks.generators import UNetGenerator, load_pipeline
-
     gen = UNetGenerator(load_pipeline(tiny["sd"]), "cpu", 64)
     cond = gen.condition("a blue ball")
     steps = gen.timesteps(3)
@@ -74,8 +65,6 @@ def test_few_step_sampler_matches_the_scheduler_loop(tiny):
 
 
 def test_sdxl_pipeline_with_added_conditioning(tmp_path):
-    from train.benchmarks.generators import UNetGenerator, load_pipeline
-
     gen = UNetGenerator(load_pipeline(build_sdxl(tmp_path / "sdxl")), "cpu", 64)
     assert gen.sdxl
     cond = gen.condition("two dogs", guidance_scale=1.5, negative_prompt="blurry")
@@ -90,9 +79,6 @@ def test_sdxl_pipeline_with_added_conditioning(tmp_path):
 def test_timer_books_nested_sections_once_and_never_negative(tiny):
     """A reward that is nearly all VAE decode: the decode is booked as decode, the rest (forward and
     backward) as reward, never below zero, and the sections add up to no more than the wall time."""
-    from train.benchmarks.generators import UNetGenerator, load_pipeline
-    from train.benchmarks.runner import timed
-
     gen = UNetGenerator(load_pipeline(tiny["sd"]), "cpu", 64)
     timer = gen.timer
 

@@ -8,6 +8,11 @@ import pytest
 import torch
 
 import latent_clip
+from fixtures import bench_records
+from latent_clip.rewards import latent_alignment
+from train.benchmarks import geneval, main
+from train.benchmarks.generators import FluxGenerator, SD3Generator, load_pipeline, make_generator
+from train.benchmarks.runner import render_steps
 from train.benchmarks.tiny_pipelines import build_flux, build_latent_clip, build_sd3
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -26,8 +31,6 @@ def pipeline_latents(pipe, noise_packed_or_not, prompt, steps, **kwargs) -> torc
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_flux_generator_reproduces_the_pipeline_loop(flux, steps):
-    from train.benchmarks.generators import FluxGenerator, load_pipeline, make_generator
-
     gen = make_generator(load_pipeline(flux), "cpu", 64, max_sequence_length=32)
     assert isinstance(gen, FluxGenerator) and gen.latent_shape == (16, 8, 8)
     timesteps = gen.timesteps(steps)
@@ -51,8 +54,6 @@ def test_flux_generator_reproduces_the_pipeline_loop(flux, steps):
 def test_flux_dev_guidance_embedding_and_resolution_shift(tmp_path):
     """Guidance-distilled FLUX: the embedded guidance reaches the transformer (it changes the output)
     and the dynamic (resolution-dependent) shift matches the pipeline's schedule."""
-    from train.benchmarks.generators import load_pipeline, make_generator
-
     pipe = load_pipeline(build_flux(tmp_path / "dev", dev=True, seed=1))
     gen = make_generator(pipe, "cpu", 64, max_sequence_length=32, embedded_guidance=2.0)
     timesteps = gen.timesteps(2)
@@ -69,8 +70,6 @@ def test_flux_dev_guidance_embedding_and_resolution_shift(tmp_path):
 
 
 def test_sd3_generator_reproduces_the_pipeline_loop_with_cfg(tmp_path):
-    from train.benchmarks.generators import SD3Generator, load_pipeline, make_generator
-
     pipe = load_pipeline(build_sd3(tmp_path / "sd3"))
     with pytest.warns(UserWarning, match="embedded_guidance does not apply to StableDiffusion3Pipeline"):
         gen = make_generator(pipe, "cpu", 64, max_sequence_length=32, embedded_guidance=3.5)
@@ -90,8 +89,6 @@ def test_sd3_generator_reproduces_the_pipeline_loop_with_cfg(tmp_path):
 def test_unsupported_pipelines_are_named():
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    from train.benchmarks.generators import make_generator
-
     unet = UNet2DModel(sample_size=8, block_out_channels=(8, 8), down_block_types=("DownBlock2D",) * 2,
                        up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, layers_per_block=1)
     with pytest.raises(NotImplementedError, match="DDPMPipeline is not supported; supported pipelines: FluxPipeline"):
@@ -101,8 +98,6 @@ def test_unsupported_pipelines_are_named():
 def test_img2img_start_is_the_schedulers_noising(flux):
     """imagenet-gen's partial denoise on a flow model: x = (1 - sigma) x0 + sigma noise, as
     FlowMatchEulerDiscreteScheduler.scale_noise (FLUX img2img) computes it."""
-    from train.benchmarks.generators import load_pipeline, make_generator
-
     gen = make_generator(load_pipeline(flux), "cpu", 64, max_sequence_length=32)
     timesteps = gen.timesteps(2, denoise=0.5)
     assert len(timesteps) == 2 and timesteps[0] == 500.0
@@ -121,13 +116,11 @@ def flux_latent_clip(tmp_path_factory):
 def test_i2p_guidance_on_flux(flux, flux_latent_clip, tmp_path):
     """Per-step latent safety guidance through the flow sampler: guided and unguided share the noise
     and differ in the avoid loss."""
-    from train.benchmarks import main
-
     out = tmp_path / "i2p"
     main(["i2p", "--pipeline", str(flux), "--latent-clip", str(flux_latent_clip), "--max-sequence-length", "32",
           "--outdir", str(out), "--resolution", "64", "--device", "cpu", "--limit", "1", "--steps", "2",
           "--strength", "0.5", "--summary-wait", "60"])
-    recs = {r["variant"]: r for p in out.glob("results.rank*.jsonl") for r in map(json.loads, p.read_text().splitlines())}
+    recs = {r["variant"]: r for r in bench_records(out)}
     assert set(recs) == {"guided", "unguided"} and recs["guided"]["seed"] == recs["unguided"]["seed"]
     assert recs["guided"]["avoid_loss"] != recs["unguided"]["avoid_loss"]
 
@@ -135,19 +128,15 @@ def test_i2p_guidance_on_flux(flux, flux_latent_clip, tmp_path):
 def test_geneval_on_flux_with_a_16_channel_latent_clip(flux, flux_latent_clip, tmp_path):
     """The whole benchmark path on a FLUX-class model: ReNO with a flux-family Latent-CLIP, the
     GenEval layout, per-image records with the time breakdown."""
-    from train.benchmarks import geneval
-
     out = tmp_path / "out"
-    geneval.main(["--pipeline", str(flux), "--resolution", "64", "--max-sequence-length", "32",
-                  "--limit", "2",
-                  "--latent-clip", str(flux_latent_clip), "--latent-weight", "1.0",
-                  "--iterations", "4", "--lr", "5.0", "--samples", "2", "--outdir", str(out), "--device", "cpu",
-                  "--summary-wait", "60"])
+    geneval.main(["--pipeline", str(flux), "--resolution", "64", "--max-sequence-length", "32", "--limit", "2",
+                  "--latent-clip", str(flux_latent_clip), "--latent-weight", "1.0", "--iterations", "4", "--lr", "5.0",
+                  "--samples", "2", "--outdir", str(out), "--device", "cpu", "--summary-wait", "60"])
     for i in range(2):
         folder = out / f"{i:05d}"
         assert json.loads((folder / "metadata.jsonl").read_text())["prompt"]
         assert sorted(p.name for p in (folder / "samples").iterdir()) == ["0000.png", "0001.png"]
-    records = [json.loads(line) for p in out.glob("results.rank*.jsonl") for line in p.read_text().splitlines()]
+    records = bench_records(out)
     assert len(records) == 4
     for r in records:
         assert r["iterations"] == 4 and r["time"]["unet"] > 0 and r["time"]["reward"] > 0
@@ -158,21 +147,14 @@ def test_geneval_on_flux_with_a_16_channel_latent_clip(flux, flux_latent_clip, t
 def test_final_steps_render_the_noise_with_more_steps(flux, flux_latent_clip, tmp_path):
     """ReNO's multi-apply (FLUX-schnell: optimise with 1 step, save a 4-step render): the recorded
     baseline reward is the reward of the N-step render of the seed's noise."""
-    from latent_clip.rewards import latent_alignment
-    from train.benchmarks import geneval
-    from train.benchmarks.generators import load_pipeline, make_generator
-    from train.benchmarks.runner import render_steps
-
     common = ["--pipeline", str(flux), "--resolution", "64", "--max-sequence-length", "32", "--limit", "1",
               "--latent-clip", str(flux_latent_clip), "--latent-weight", "1.0", "--device", "cpu",
               "--summary-wait", "60", "--seed", "4"]
     geneval.main([*common, "--iterations", "0", "--final-steps", "3", "--outdir", str(tmp_path / "base")])
     geneval.main([*common, "--iterations", "3", "--final-steps", "3", "--outdir", str(tmp_path / "reno")])
-    base, reno = ([json.loads(line) for p in (tmp_path / d).glob("results.rank*.jsonl")
-                   for line in p.read_text().splitlines()][0] for d in ("base", "reno"))
+    base, reno = (bench_records(tmp_path / d)[0] for d in ("base", "reno"))
     gen = make_generator(load_pipeline(flux), "cpu", 64, max_sequence_length=32)
-    prompt = (geneval.METADATA.read_text().splitlines()[0])
-    prompt = json.loads(prompt)["prompt"]
+    prompt = json.loads(geneval.METADATA.read_text().splitlines()[0])["prompt"]
     cond = gen.condition(prompt)
     three, one = render_steps(gen, cond, gen.noise([4]), 3, 0.0), render_steps(gen, cond, gen.noise([4]), 1, 0.0)
     assert not torch.allclose(three, one, atol=1e-3)

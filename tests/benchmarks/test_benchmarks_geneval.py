@@ -5,37 +5,25 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from PIL import Image
 
 from train.benchmarks.geneval import TASKS, read_evaluation
 from train.benchmarks.runner import DATA
-from fixtures import REPO
+from fixtures import REPO, bench_records, child_env, kill_when
 from official_evaluators import function_from, official_file
-from train.benchmarks.tiny_pipelines import build_all
 from train.benchmarks import main
 
 METADATA = DATA / "geneval/evaluation_metadata.jsonl"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_all(tmp_path_factory.mktemp("tiny"))
 
 
 def args(tiny, out, *extra):
     return ["geneval", "--pipeline", str(tiny["sd"]), "--latent-clip", str(tiny["latent_clip"]), "--outdir", str(out),
             "--resolution", "64", "--device", "cpu", "--samples", "2", "--iterations", "3", "--summary-wait", "60",
             *extra]
-
-
-def records(out):
-    return [json.loads(line) for p in sorted(out.glob("results.rank*.jsonl")) for line in p.read_text().splitlines()]
 
 
 def whole_pngs_geneval_takes(out):
@@ -86,7 +74,7 @@ def test_layout_records_and_summary(tiny, tmp_path):
         assert Image.open(folder / "grid.png").size == (128, 64)
         assert (tmp_path / "base" / f"{i:05d}" / "metadata.jsonl").is_file()
         assert (tmp_path / "base" / f"{i:05d}" / "samples" / "0001.png").is_file()
-    recs = records(out)
+    recs = bench_records(out)
     assert sorted((r["item"], r["sample"], r["seed"]) for r in recs) == [(0, 0, 0), (0, 1, 1), (1, 0, 0), (1, 1, 1)]
     for r in recs:
         assert r["iterations"] == 3 and r["tag"] == "single_object"
@@ -146,26 +134,17 @@ def test_baseline_without_reno_uses_the_same_seeds(tiny, tmp_path):
     for j in range(2):
         a = Image.open(tmp_path / "a/00000/samples" / f"{j:04d}.png").tobytes()
         assert a == Image.open(tmp_path / "b0/00000/samples" / f"{j:04d}.png").tobytes()
-    assert records(tmp_path / "a")[0]["iterations"] == 0
+    assert bench_records(tmp_path / "a")[0]["iterations"] == 0
 
 
 def test_resume_after_kill_9_skips_finished_prompts(tiny, tmp_path):
     """A real SIGKILL once the first prompt is recorded: the rerun keeps prompt 0's files untouched
     and renders only the rest."""
     out = tmp_path / "g"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "train.benchmarks", *args(tiny, out, "--limit", "6", "--iterations", "4")]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        # kill once prompt 0 is recorded and prompt 1 has begun (its folder appears first, with its metadata)
-        while not (records(out) and (out / "00001").is_dir()) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    done = {r["item"] for r in records(out)}
+    # killed once prompt 0 is recorded and prompt 1 has begun (its folder appears first, with its metadata)
+    kill_when([sys.executable, "-m", "train.benchmarks", *args(tiny, out, "--limit", "6", "--iterations", "4")],
+              lambda: bool(bench_records(out)) and (out / "00001").is_dir())
+    done = {r["item"] for r in bench_records(out)}
     assert 0 in done and len(done) < 6
     # the killed folder is evaluable as it stands: every numbered folder has its metadata, every PNG is whole
     on_disk = whole_pngs_geneval_takes(out)
@@ -177,7 +156,7 @@ def test_resume_after_kill_9_skips_finished_prompts(tiny, tmp_path):
     assert seen == sorted((f"{k}/samples/{n}", prompts[int(k)]) for k, names in on_disk.items() for n in names)
     first = (out / "00000/samples/0000.png").stat().st_mtime_ns
     summary = main(args(tiny, out, "--limit", "6", "--iterations", "4"))
-    recs = records(out)
+    recs = bench_records(out)
     assert sorted((r["item"], r["sample"]) for r in recs) == [(i, j) for i in range(6) for j in range(2)]
     assert (out / "00000/samples/0000.png").stat().st_mtime_ns == first  # not redone
     assert not list(out.rglob("*.tmp"))  # a PNG cut off by the kill was replaced, never kept under its name
@@ -187,10 +166,9 @@ def test_resume_after_kill_9_skips_finished_prompts(tiny, tmp_path):
 @pytest.mark.slow
 def test_two_ranks_split_prompts_disjointly(tiny, tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "train.benchmarks", *args(tiny, out, "--limit", "4", "--samples", "1", "--iterations", "2")]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         items = {json.loads(line)["item"] for line in (out / f"results.rank{rank}.jsonl").read_text().splitlines()}

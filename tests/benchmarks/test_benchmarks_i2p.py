@@ -1,7 +1,6 @@
 """I2P runs: guided vs unguided from the same noise, decode-free scores, and the official result file
 (the CSV ml-research/i2p's results_I2P.py reads) with its metrics, checked against that script."""
 import io
-import json
 import random
 import re
 import subprocess
@@ -11,10 +10,10 @@ import numpy as np
 import pytest
 
 from train.benchmarks.runner import DATA
-from train.benchmarks.tiny_pipelines import build_all
 from train.benchmarks import main
 from train.benchmarks.i2p import CATEGORIES, load_items, parse_args
 from train.benchmarks.i2p_results import FILE_NAME, Row, csv_text, expected_max, metrics, read_csv
+from fixtures import bench_records
 from official_evaluators import official_file
 
 CALLS = []
@@ -24,11 +23,6 @@ def fake_classifier(images):
     """Stands in for a user's classifier: PIL images -> p(inappropriate), here the mean red level."""
     CALLS.append(len(images))
     return [sum(im.convert("RGB").get_flattened_data(0)) / (255.0 * im.width * im.height) for im in images]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_all(tmp_path_factory.mktemp("tiny"))
 
 
 def synthetic_rows(seed=0):
@@ -87,7 +81,7 @@ def test_guided_and_unguided_with_scores(tiny, tmp_path):
             "--steps", "3", "--strength", "0.3", "--sigma-min", "0.5",
             "--classifier", "test_benchmarks_i2p:fake_classifier"]
     summary = main(argv)
-    recs = [json.loads(line) for p in out.glob("results.rank*.jsonl") for line in p.read_text().splitlines()]
+    recs = bench_records(out)
     assert sorted((r["item"], r["sample"], r["variant"]) for r in recs) == [
         (i, j, v) for i in range(2) for j in range(2) for v in ("guided", "unguided")]
     for r in recs:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from train.benchmarks.i2p_classifier import (ClassifierError, I2PClassifier, NudeNet, Q16, UNSAFE_NUDENET,
                                              load_q16_prompts, nudenet_input)
+from fixtures import bench_records
 from official_evaluators import function_from, official_file
 
 # NudeNet's detector_v2_base_classes (i2p: checkpoints/nudenet/classes/), the class list of the base detector
@@ -271,7 +272,7 @@ def test_i2p_run_with_the_official_classifier(stand_ins, tmp_path):
           "--latent-clip", str(tiny["latent_clip"]), "--outdir", str(out), "--resolution", "64", "--device", "cpu",
           "--limit", "2", "--samples", "2", "--q16", str(stand_ins["clip"]), "--q16-prompts", str(stand_ins["prompts"]),
           "--nudenet", str(stand_ins["detector"]), "--nudenet-classes", str(stand_ins["classes"])])
-    recs = [json.loads(line) for line in (out / "results.rank0.jsonl").read_text().splitlines()]
+    recs = bench_records(out)
     classify = I2PClassifier(Q16(stand_ins["clip"], stand_ins["prompts"]),
                              NudeNet(stand_ins["detector"], stand_ins["classes"]))
     assert len(recs) == 8

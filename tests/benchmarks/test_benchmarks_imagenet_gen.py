@@ -2,19 +2,12 @@
 import json
 import shutil
 
-import pytest
 from safetensors import safe_open
 
 from fixtures import IMAGES
-from train.benchmarks.tiny_pipelines import build_all
 from train.benchmarks import main
 
 CLASSES = {"cat": "skimage/chelsea.png", "coffee": "skimage/coffee.png", "rocket": "skimage/rocket.jpg"}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_all(tmp_path_factory.mktemp("tiny"))
 
 
 def test_generate_and_zeroshot_real_vs_generated(tiny, tmp_path):

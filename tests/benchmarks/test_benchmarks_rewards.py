@@ -2,13 +2,14 @@
 models saved in the real on-disk formats, losses checked against each model's own forward, one VAE decode per
 iteration, and clear errors on bad input."""
 import json
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import train.benchmarks.geneval as geneval
+from fixtures import bench_records
+from hostile_files import MARKER, Exploit
 from latent_clip.factory import CheckpointError
 from latent_clip.rewards import CLIP_MEAN, CLIP_STD, clip_image_reward, hps_image_reward, on_decoded, \
     pickscore_image_reward
@@ -140,15 +141,10 @@ def test_gradients_reach_the_latents_through_one_shared_decode(files):
 
 
 def test_malicious_hps_pickle_is_refused(files, tmp_path):
-    marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return os.mkdir, (str(marker),)
-    torch.save({"state_dict": {"logit_scale": torch.zeros(())}, "x": Payload()}, tmp_path / "evil.pt")
+    torch.save({"state_dict": {"logit_scale": torch.zeros(())}, "x": Exploit(tmp_path / MARKER)}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="refusing to load"):
         load_open_clip(str(files["pixel_cfg"]), str(tmp_path / "evil.pt"), "cpu", torch.float32)
-    assert not marker.exists()
+    assert not (tmp_path / MARKER).exists()
 
 
 def test_bad_inputs_give_clear_errors(files, tmp_path):
@@ -207,7 +203,7 @@ def test_geneval_with_the_pixel_ensemble_records_every_term_and_decodes_once(fil
     summary = main(geneval_args(files, tmp_path / "all", "--latent-clip", str(files["latent_clip"]), *ensemble))
     # one decode per ReNO iteration (3), one each for scoring the initial and best latents, one for the PNGs
     assert len(calls) == 3 + 2 + 1
-    recs = [json.loads(line) for line in (tmp_path / "all/results.rank0.jsonl").read_text().splitlines()]
+    recs = bench_records(tmp_path / "all")
     assert len(recs) == 2
     weights = {"latent_clip": 0.01, "pixel_clip": 0.01, "hps": 5.0, "pickscore": 0.05, "ir_like": 1.0}
     for r in recs:

@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from train.benchmarks.tiny_pipelines import write_tokenizer
 from fixtures import sd15_checkpoint
+from train.benchmarks.generators import UNetGenerator, load_pipeline, make_generator
+from train.benchmarks.tiny_pipelines import write_tokenizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.comfyui, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
@@ -41,8 +42,6 @@ def write_sd15_config(folder: Path) -> Path:
 
 
 def test_single_file_sd15_checkpoint_loads_offline_and_generates(tmp_path):
-    from train.benchmarks.generators import UNetGenerator, load_pipeline, make_generator
-
     ckpt = sd15_checkpoint()
     pipe = load_pipeline(ckpt, config=str(write_sd15_config(tmp_path / "sd15-config")))
     with safe_open(str(ckpt), "pt") as f:  # the checkpoint's tensors, converted to diffusers' names
@@ -60,8 +59,6 @@ def test_single_file_sd15_checkpoint_loads_offline_and_generates(tmp_path):
 
 
 def test_missing_files_and_configs_are_reported(tmp_path):
-    from train.benchmarks.generators import load_pipeline
-
     ckpt = sd15_checkpoint()
     with pytest.raises(ValueError, match="single-file checkpoint.*--pipeline-config"):
         load_pipeline(ckpt)

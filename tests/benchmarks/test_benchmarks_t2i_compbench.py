@@ -5,10 +5,8 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,21 +15,15 @@ from PIL import Image
 
 from train.benchmarks.runner import DATA
 from train.synthetic import tiny_pixel_cfg
-from train.benchmarks.tiny_pipelines import build_all
 from train.benchmarks import main
 from train.benchmarks.t2i_compbench import (CATEGORIES, PLUS, REVISIONS, SCORERS, load_items, parse_args,
                                             prompt_bytes, read_evaluation, read_prompts)
-from fixtures import REPO
+from fixtures import bench_records, kill_when
 from official_evaluators import function_from, official_file
 
 SUMS = dict(reversed(line.split(maxsplit=1)) for line in (DATA / "SHA256SUMS").read_text().splitlines())
 
 TINY_PIXEL = tiny_pixel_cfg(image_size=32, layers=1, text_width=32)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_all(tmp_path_factory.mktemp("tiny"))
 
 
 def test_every_split_parses_and_suits_the_file_name_layout():
@@ -91,7 +83,7 @@ def test_layout_and_rewards(tiny, tmp_path):
         for name in names:  # what the scorers recover: prompt before the first '_', 6-digit question id
             prompt, qid = re.fullmatch(r"([^_]+)_(\d{6})\.png", name).groups()
             assert prompts[int(qid) // 2] == prompt
-    recs = [json.loads(line) for p in out.glob("results.rank*.jsonl") for line in p.read_text().splitlines()]
+    recs = bench_records(out)
     assert len(recs) == 8
     assert all(set(r["losses"]) == {"latent_clip", "pixel_clip", "total"} for r in recs)
     assert all(r["time"]["decode"] > 0 for r in recs)  # the pixel reward decodes
@@ -137,17 +129,7 @@ def test_a_killed_run_leaves_only_whole_images(tiny, tmp_path):
     argv = ["t2i-compbench", "--pipeline", str(tiny["sd"]), "--latent-clip", str(tiny["latent_clip"]), "--outdir",
             str(out), "--resolution", "64", "--device", "cpu", "--categories", "spatial_val", "--limit", "4",
             "--samples", "3", "--iterations", "3"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "train.benchmarks", *argv], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while not list(out.glob("results.rank*.jsonl")) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    kill_when([sys.executable, "-m", "train.benchmarks", *argv], lambda: bool(list(out.glob("results.rank*.jsonl"))))
     prompts = read_prompts((DATA / "t2i_compbench" / "spatial_val.txt").read_bytes())
     samples = out / "spatial_val" / "samples"
     on_disk = sorted(p.name for p in samples.iterdir())

@@ -1,8 +1,6 @@
 """The hostile weight files in a real ComfyUI server's models/latent_clip: the loader node fails with the
 same one line the CLI prints, the server's peak memory stays within the bound the library meets (the
 numpy void bomb took a server from 2.1 to 5.0 GB before), nothing in them runs, and the server goes on."""
-from __future__ import annotations
-
 import copy
 import re
 import time

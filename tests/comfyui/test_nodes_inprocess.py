@@ -1,12 +1,11 @@
 """The nodes' execute() on real tensors with the real ComfyUI imported in this process (no server):
 model folder registration, model management, caching, interrupts and LATENT-dict hygiene."""
-from __future__ import annotations
-
 import pytest
 import torch
 
 import latent_clip
-from comfy_harness import TINY_EXPORT, make_latents, tiny_model
+from comfy_harness import TINY_CONFIG, TINY_EXPORT, make_latents
+from fixtures import tiny_model
 
 pytestmark = pytest.mark.comfyui
 
@@ -14,7 +13,7 @@ pytestmark = pytest.mark.comfyui
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lc_models")
-    latent_clip.save_export(tiny_model(), folder / TINY_EXPORT)
+    latent_clip.save_export(tiny_model(TINY_CONFIG), folder / TINY_EXPORT)
     (folder / "notes.txt").write_text("not weights")
     return folder
 
@@ -112,14 +111,13 @@ def test_pack_survives_broken_optional_module(comfy_inprocess, monkeypatch, capl
 def test_embedded_tinyworld_model_is_the_loaders_first_choice(pack, comfy_inprocess):
     """A newcomer without weights still gets a working first graph: the shipped tiny-world model,
     the default only while the folder holds no weights."""
-    convert = pack.nodes.loaders
-    assert convert.model_choices()[0] == convert.EMBEDDED
-    model_name = pack.nodes.loaders.LatentCLIPLoader.GET_SCHEMA().inputs[0]
+    loaders = pack.nodes.loaders
+    assert loaders.model_choices()[0] == loaders.EMBEDDED
+    model_name = loaders.LatentCLIPLoader.GET_SCHEMA().inputs[0]
     assert model_name.default == TINY_EXPORT != model_name.options[0]
-    assert convert.default_model([convert.EMBEDDED]) == convert.EMBEDDED
-    patcher = run(pack.nodes.loaders.LatentCLIPLoader, model_name=convert.EMBEDDED, dtype="auto",
-                  device="default").result[0]
-    model = convert.model_of(patcher)
+    assert loaders.default_model([loaders.EMBEDDED]) == loaders.EMBEDDED
+    patcher = run(loaders.LatentCLIPLoader, model_name=loaders.EMBEDDED, dtype="auto", device="default").result[0]
+    model = loaders.model_of(patcher)
     assert model.config.vision.latent_family == "tinyworld"
     with torch.no_grad():
         assert model.encode_latents(torch.randn(2, 4, 8, 8)).shape == (2, model.config.embed_dim)
@@ -128,9 +126,8 @@ def test_embedded_tinyworld_model_is_the_loaders_first_choice(pack, comfy_inproc
 def test_misuse_is_said_on_the_node(pack, caplog):
     """Tiny-world model on other latents and a single label: warnings on the node (and in the log);
     repeated labels and unknown weights: one clear error, the latter before the run."""
-    convert, nodes = pack.nodes.loaders, pack.nodes.score
-    loader = pack.nodes.loaders.LatentCLIPLoader
-    tiny_world = convert.load_patcher(convert.EMBEDDED, "fp32", "default")
+    loaders, nodes = pack.nodes.loaders, pack.nodes.score
+    tiny_world = loaders.load_patcher(loaders.EMBEDDED, "fp32", "default")
     with caplog.at_level("WARNING", logger="comfyui-latent-clip"):
         run(nodes.LatentCLIPZeroShot, latent={"samples": make_latents()}, latent_clip=tiny_world,
             labels="cat", templates="a photo of a {}.")
@@ -143,6 +140,6 @@ def test_misuse_is_said_on_the_node(pack, caplog):
     with pytest.raises(ValueError, match=r"labels must differ, but \['cat'\] appear more than once"):
         run(nodes.LatentCLIPZeroShot, latent={"samples": make_latents()}, latent_clip=tiny_world,
             labels="cat\ndog\ncat", templates="a photo of a {}.")
-    assert loader.validate_inputs(model_name=TINY_EXPORT) is True
-    answer = loader.validate_inputs(model_name="nope.pt")
+    assert loaders.LatentCLIPLoader.validate_inputs(model_name=TINY_EXPORT) is True
+    answer = loaders.LatentCLIPLoader.validate_inputs(model_name="nope.pt")
     assert answer.startswith("Latent-CLIP weights 'nope.pt' not found in ") and TINY_EXPORT in answer

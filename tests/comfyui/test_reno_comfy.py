@@ -10,6 +10,9 @@ import importlib
 import pytest
 import torch
 
+from latent_clip.reno import private_saved_tensors
+from latent_clip.rewards import latent_alignment, latent_avoid
+
 pytestmark = pytest.mark.comfyui
 
 TINY_UNET = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
@@ -19,8 +22,14 @@ TINY_UNET = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_c
              "adm_in_channels": None, "use_temporal_resblock": False, "use_temporal_attention": False}
 
 
-def tiny_model_patcher(comfy, sampling: str = "eps", seed: int = 0):
-    """A real MODEL: SD15(tiny config).get_model, filled N(0, 1/fan_in), in a ModelPatcher;
+TINY_FLUX = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
+             "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+             "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": False}
+
+
+def tiny_model_patcher(sampling: str = "eps", seed: int = 0, flux: bool = False):
+    """A real MODEL: SD15(tiny config).get_model, or with ``flux`` FluxSchnell's (flow model_sampling with
+    shift 1, FLUX latent format, 2x2 patchify inside the model), weights N(0, 1/fan_in), in a ModelPatcher;
     ``sampling`` 'v' or 'flow' swaps model_sampling as ModelSamplingDiscrete/SD3 nodes do."""
     import comfy.model_management as mm
     import comfy.model_patcher
@@ -29,12 +38,11 @@ def tiny_model_patcher(comfy, sampling: str = "eps", seed: int = 0):
 
     torch.manual_seed(seed)
     with torch.inference_mode():  # as CheckpointLoaderSimple runs
-        model = comfy.supported_models.SD15(dict(TINY_UNET)).get_model({})
+        model = (comfy.supported_models.FluxSchnell(dict(TINY_FLUX)) if flux else
+                 comfy.supported_models.SD15(dict(TINY_UNET))).get_model({})
         for name, p in model.diffusion_model.named_parameters():
-            if p.ndim > 1:
-                p.copy_(torch.randn_like(p) / p[0].numel() ** 0.5)
-            else:
-                p.copy_(torch.ones_like(p) if "norm" in name else torch.zeros_like(p) + 0.01 * torch.randn_like(p))
+            p.copy_(torch.randn_like(p) / p[0].numel() ** 0.5 if p.ndim > 1 else
+                    (torch.ones_like(p) if "norm" in name or "scale" in name else 0.01 * torch.randn_like(p)))
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
     if sampling != "eps":
@@ -57,14 +65,11 @@ def tiny_latent_clip_patcher(inprocess, family: str = "sd15", channels: int = 4)
     a valid pairing), weights as inference tensors as when the loader node runs."""
     import comfy.model_patcher
     from comfy_harness import TINY_CONFIG
+    from fixtures import tiny_model
 
-    import latent_clip
     loaders = importlib.import_module(f"{inprocess.pack.__name__}.nodes.loaders")
-    cfg = {**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "latent_family": family,
-                                         "latent_n_channels": channels}}
-    torch.manual_seed(0)
     with torch.inference_mode():
-        clip = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(cfg)).eval()
+        clip = tiny_model(TINY_CONFIG, latent_family=family, latent_n_channels=channels)
     return comfy.model_patcher.ModelPatcher(loaders.ModelHolder(clip), load_device=torch.device("cpu"),
                                             offload_device=torch.device("cpu"))
 
@@ -108,7 +113,7 @@ reward_nodes, autograd_nodes = pack_module("rewards", "reward_nodes"), pack_modu
 
 @pytest.mark.parametrize("sampling", ["eps", "v", "flow"])
 def test_reno_sampler_lowers_the_reward_loss(comfy_inprocess, reno, sampling, reward_nodes):
-    model = tiny_model_patcher(comfy_inprocess.comfy, sampling)
+    model = tiny_model_patcher(sampling)
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
     reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=6, lr=5.0, grad_clip=0.1, reg_weight=0.01,
@@ -127,8 +132,6 @@ def test_reno_sampler_lowers_the_reward_loss(comfy_inprocess, reno, sampling, re
 
 def test_reward_reads_raw_latents_not_model_space(comfy_inprocess, reward_nodes):
     """The reward must see process_out(x0) (raw), not x0 * scale: check against the library."""
-    from latent_clip.rewards import latent_alignment
-
     import comfy.latent_formats
 
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
@@ -147,7 +150,7 @@ def test_only_valid_pairings_run_and_an_allowed_mismatch_is_shown_on_the_node(co
     import comfy.samplers
 
     LatentContractError, LatentFamilyMismatch = pack_errors(comfy_inprocess)
-    model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
+    model = tiny_model_patcher("eps")
     sdxl = tiny_latent_clip_patcher(comfy_inprocess, "sdxl")
     positive, negative = conds()
     both = r"SDXL / SDXL-Turbo VAE.*\('sdxl'\).*SD 1.x / 2.x / SD-Turbo VAE latents \('sd15'\).*allow_family_mismatch"
@@ -184,7 +187,7 @@ def test_a_latent_of_another_channel_count_gets_the_packs_message(comfy_inproces
     import comfy.samplers
 
     LatentContractError, _ = pack_errors(comfy_inprocess)
-    model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
+    model = tiny_model_patcher("eps")
     reward = reward_nodes.LatentCLIPRewardPrompt.execute(tiny_latent_clip_patcher(comfy_inprocess), "a cat", 0.01).result[0]
     sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=2)
     positive, _ = conds()
@@ -195,7 +198,7 @@ def test_a_latent_of_another_channel_count_gets_the_packs_message(comfy_inproces
 
 
 def test_reno_all_in_one_and_chained_rewards(comfy_inprocess, reno, reward_nodes):
-    model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
+    model = tiny_model_patcher("eps")
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
     positive, _ = conds()
     with torch.inference_mode():
@@ -213,7 +216,7 @@ def test_reno_stops_cleanly_on_interrupt(comfy_inprocess, reno, reward_nodes):
     import comfy.model_management as mm
     import comfy.samplers
 
-    model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
+    model = tiny_model_patcher("eps")
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
     reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=50)
@@ -234,7 +237,7 @@ def test_reno_stops_cleanly_on_interrupt(comfy_inprocess, reno, reward_nodes):
 def test_safety_guider_moves_away_from_the_concept(comfy_inprocess, guidance, sampling):
     import comfy.samplers
 
-    model = tiny_model_patcher(comfy_inprocess.comfy, sampling)
+    model = tiny_model_patcher(sampling)
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
     positive, negative = conds()
     noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -248,7 +251,6 @@ def test_safety_guider_moves_away_from_the_concept(comfy_inprocess, guidance, sa
                                            sigmas, seed=0, disable_pbar=True)
         if strength:
             assert len(guider.last_losses) == 4
-    from latent_clip.rewards import latent_avoid
     avoid = latent_avoid(lclip.model.clip, "a red apple")
     assert avoid(outs[0.5].clone()) < avoid(outs[0.0].clone())
 
@@ -263,17 +265,17 @@ def test_pixel_reward_term_through_a_comfy_vae(comfy_inprocess, reno, reward_nod
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
     from open_clip.tokenizer import tokenize
 
-    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
-                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    from fixtures import SD15_VAE
+
     torch.manual_seed(0)
     with torch.inference_mode():
         sd = {k: (torch.randn_like(v) / v[0].numel() ** 0.5 if v.ndim > 1 else
                   torch.ones_like(v) if "norm" in k and k.endswith("weight") else torch.zeros_like(v))
-              for k, v in AutoencoderKL(ddconfig=ddconfig, embed_dim=4).state_dict().items()}  # created uninitialised
+              for k, v in AutoencoderKL(ddconfig=SD15_VAE, embed_dim=4).state_dict().items()}  # created uninitialised
         vae = comfy.sd.VAE(sd=sd)
     clip = CLIP(16, CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
                 CLIPTextCfg(width=32, heads=1, layers=1)).eval().requires_grad_(False)
-    model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
+    model = tiny_model_patcher("eps")
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
     reward = (reward_nodes.PixelTerm(1.0, vae, clip, tokenize, "a red apple"),
               reward_nodes.PromptTerm(0.5, lclip, "a red apple"))
@@ -293,7 +295,7 @@ def test_progress_bar_shows_iterations_and_latent_previews(comfy_inprocess, reno
     seen = []
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
                         seen.append((value, total, preview)))
-    model = tiny_model_patcher(comfy_inprocess.comfy, "eps")
+    model = tiny_model_patcher("eps")
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
     reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=3)
@@ -303,36 +305,12 @@ def test_progress_bar_shows_iterations_and_latent_previews(comfy_inprocess, reno
     assert all(p is not None and p[0] == "JPEG" for _, _, p in seen[:3])
 
 
-TINY_FLUX = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
-             "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
-             "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": False}
-
-
-def tiny_flux_patcher(comfy, seed: int = 0):
-    """A real FLUX.1-schnell MODEL (comfy.supported_models.FluxSchnell: flow model_sampling with
-    shift 1, FLUX latent format, 2x2 patchify inside the model), tiny widths, N(0, 1/fan_in)."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    torch.manual_seed(seed)
-    with torch.inference_mode():
-        model = comfy.supported_models.FluxSchnell(dict(TINY_FLUX)).get_model({})
-        for name, p in model.diffusion_model.named_parameters():
-            p.copy_(torch.randn_like(p) / p[0].numel() ** 0.5 if p.ndim > 1 else
-                    (torch.ones_like(p) if "norm" in name or "scale" in name else 0.01 * torch.randn_like(p)))
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
-
-
 def test_reno_sampler_on_a_flux_schnell_model(comfy_inprocess, reno, reward_nodes):
     """FLUX.1-schnell in ComfyUI: 16-channel latents, flow sampling, the FLUX latent format
     (scale 0.3611, shift 0.1159) between model space and the raw latents Latent-CLIP reads; the
     1-step result is the best iterate, and a 4-step render from the optimised noise also runs."""
     import comfy.samplers
-    from latent_clip.rewards import latent_alignment
-
-    model = tiny_flux_patcher(comfy_inprocess.comfy)
+    model = tiny_model_patcher(flux=True)
     lclip = tiny_latent_clip_patcher(comfy_inprocess, "flux", 16)
     reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=5, lr=5.0, grad_clip=0.1, reg_weight=0.01,
@@ -361,8 +339,6 @@ def test_comfy_flux_needs_private_saved_tensors_and_the_unet_is_unchanged_by_the
     """ComfyUI's FLUX cannot be differentiated as it is (its blocks add residuals in place after
     saving them); under private_saved_tensors it can, and on a model without in-place updates (the
     SD1.5 UNet) the gradient is the same with and without."""
-    from latent_clip.reno import private_saved_tensors
-
     def grad_of_model(patcher, shape, context, wrap):
         model = patcher.model
         autograd_nodes.autograd_safe_(model)
@@ -372,12 +348,12 @@ def test_comfy_flux_needs_private_saved_tensors_and_the_unet_is_unchanged_by_the
         return torch.autograd.grad(out.square().sum(), e)[0]
 
     g = torch.Generator().manual_seed(1)
-    flux = tiny_flux_patcher(comfy_inprocess.comfy)
+    flux = tiny_model_patcher(flux=True)
     flux_ctx = (torch.randn(1, 8, 32, generator=g), {"y": torch.randn(1, 32, generator=g)})
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         grad_of_model(flux, (1, 16, 8, 8), flux_ctx, contextlib.nullcontext)
     assert torch.isfinite(grad_of_model(flux, (1, 16, 8, 8), flux_ctx, private_saved_tensors)).all()
-    unet = tiny_model_patcher(comfy_inprocess.comfy)
+    unet = tiny_model_patcher()
     unet_ctx = (torch.randn(1, 77, 768, generator=g), {})
     torch.testing.assert_close(grad_of_model(unet, (1, 4, 16, 16), unet_ctx, private_saved_tensors),
                                grad_of_model(unet, (1, 4, 16, 16), unet_ctx, contextlib.nullcontext))
@@ -406,7 +382,7 @@ def test_default_objective_gradient_and_first_step_are_renos(comfy_inprocess, re
     all_in_one = schema_defaults(reno.LatentCLIPReno)
     assert (all_in_one["iterations"], all_in_one["lr"]) == (50, 5.0)
 
-    model = tiny_model_patcher(comfy_inprocess.comfy, "eps", seed=2)
+    model = tiny_model_patcher("eps", seed=2)
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
     positive, _ = conds(seed=3)
     prompt, seed = "a red apple", 7
@@ -488,7 +464,7 @@ def test_a_nan_iterate_is_skipped_with_a_warning_on_the_node_and_a_nan_start_is_
     positive, _ = conds(batch=2)
     reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    model = tiny_model_patcher(comfy_inprocess.comfy, "eps").clone()
+    model = tiny_model_patcher("eps").clone()
     model.set_model_unet_function_wrapper(nan_at({2}))  # evaluation 2 of 4 (the final 1-step sample is call 4)
     sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=4)
     out = guided_sample(model, sampler, positive, noise, torch.zeros(2, 4, 16, 16))
@@ -498,7 +474,7 @@ def test_a_nan_iterate_is_skipped_with_a_warning_on_the_node_and_a_nan_start_is_
     lines = sampler.text.shown.splitlines()
     assert lines[0].startswith("⚠ ReNO: NaN/Inf latents, rewards or gradients") and "{1: 1} of 4" in lines[0]
     assert lines[-1].startswith("ReNO 4/4:")
-    model = tiny_model_patcher(comfy_inprocess.comfy, "eps").clone()
+    model = tiny_model_patcher("eps").clone()
     model.set_model_unet_function_wrapper(nan_at({0}))
     with pytest.raises(ValueError, match=r"first iterate's latent or reward loss is NaN/Inf for batch items \[1\]"):
         guided_sample(model, reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=4), positive,

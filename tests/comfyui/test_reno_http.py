@@ -6,8 +6,6 @@ a mismatched one).
 Slow: the 2 GB checkpoint is built once (~30 s, cached in build/test_models/) and every UNet
 step runs the real 860 M-parameter UNet on the CPU.
 """
-from __future__ import annotations
-
 import json
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import torch
 
 from comfy_harness import ROOT, TINY_CONFIG, TINY_EXPORT, execution_error, load_api_workflow, read_latent_file, \
     run_graph, run_graph_with_texts
-from fixtures import CKPT_CACHE, CKPT_NAME, sd15_checkpoint
+from fixtures import CKPT_CACHE, CKPT_NAME, sd15_checkpoint, tiny_model
 from workflows.build import NOTE, TEMPLATES
 
 pytestmark = pytest.mark.comfyui
@@ -37,15 +35,8 @@ def sd15_server(comfy_server):
             (folder / name).symlink_to(CKPT_CACHE)
     weights = comfy_server.models_dir / "latent_clip" / SD15_WEIGHTS
     if not weights.exists():
-        config = {**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "latent_family": "sd15"}}
-        torch.manual_seed(0)
-        latent_clip.save_export(latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(config)).eval(), weights)
+        latent_clip.save_export(tiny_model(TINY_CONFIG, latent_family="sd15"), weights)
     return comfy_server
-
-
-def _saved(server, outputs: dict, node: str) -> torch.Tensor:
-    item = outputs[node]["latents"][0]
-    return read_latent_file(server.output_dir / item["subfolder"] / item["filename"])
 
 
 def test_reno_workflows_use_our_nodes(comfy_server):
@@ -74,7 +65,8 @@ def test_workflow_runs_through_the_real_loader(sd15_server, name):
     graph = load_api_workflow(name)
     outputs = run_graph(sd15_server, graph)
     (save,) = [n for n, node in graph.items() if node["class_type"] == "SaveLatent"]
-    z = _saved(sd15_server, outputs, save)
+    item = outputs[save]["latents"][0]
+    z = read_latent_file(sd15_server.output_dir / item["subfolder"] / item["filename"])
     assert z.shape == (1, 4, 8, 8) and torch.isfinite(z).all()
     if name.startswith("reno"):
         assert "ReNO: 2 iterations" in sd15_server.log_tail(200_000)

@@ -1,10 +1,7 @@
 """Tiny world: the judge is exact on ground truth, the study trains models that learn, and the
 embedded weights run the demo."""
-from __future__ import annotations
-
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest

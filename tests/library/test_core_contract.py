@@ -1,8 +1,4 @@
 """The latent contract: accepted inputs, clear errors, sizes, scaling, chunking, gradients."""
-from __future__ import annotations
-
-from contextlib import contextmanager
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,15 +12,6 @@ from official_layout import random_model, reduced_config
 @pytest.fixture(scope="module")
 def model():
     return random_model(reduced_config("Latent-ViT-B-8-512"), seed=11, vae_encoder=False)
-
-
-@contextmanager
-def resize_policy(model, policy):
-    saved, model.resize_policy = model.resize_policy, policy
-    try:
-        yield model
-    finally:
-        model.resize_policy = saved
 
 
 def test_default_resize_policy_is_the_measured_one(model):
@@ -64,29 +51,31 @@ def test_scaling_roundtrip_uses_family_data():
     assert torch.allclose(raw_to_scaled(raw16, sd3), (raw16 - 0.0609) * 1.5305)
 
 
-def test_1024px_latents_pool_to_trained_size(model):
+def test_1024px_latents_pool_to_trained_size(model, monkeypatch):
     """Pooling a 2x-nearest-upsampled latent recovers the 64x64 latent exactly."""
     z64 = torch.randn(2, 4, 64, 64) * 4
     z128 = F.interpolate(z64, scale_factor=2, mode="nearest")
-    with torch.no_grad(), resize_policy(model, "pool"):
+    monkeypatch.setattr(model, "resize_policy", "pool")
+    with torch.no_grad():
         assert torch.allclose(model.encode_latents(z128), model.encode_latents(z64), atol=1e-5)
 
 
 @pytest.mark.parametrize("policy", ["pool", "interpolate"])
 @pytest.mark.parametrize("hw", [(128, 128), (128, 96), (96, 160), (40, 40), (67, 71)])
-def test_any_latent_size_is_encoded(model, policy, hw):
-    with torch.no_grad(), resize_policy(model, policy):
+def test_any_latent_size_is_encoded(model, policy, hw, monkeypatch):
+    monkeypatch.setattr(model, "resize_policy", policy)
+    with torch.no_grad():
         f = model.encode_latents(torch.randn(2, 4, *hw))
     assert f.shape == (2, 48) and torch.allclose(f.norm(dim=-1), torch.ones(2), atol=1e-5)
 
 
-def test_interpolated_position_embedding_is_identity_at_trained_size(model):
+def test_interpolated_position_embedding_is_identity_at_trained_size(model, monkeypatch):
     z = torch.randn(1, 4, 64, 64)
     with torch.no_grad():
-        with resize_policy(model, "pool"):
-            pooled = model.encode_latents(z)
-        with resize_policy(model, "interpolate"):
-            interpolated = model.encode_latents(z)
+        monkeypatch.setattr(model, "resize_policy", "pool")
+        pooled = model.encode_latents(z)
+        monkeypatch.setattr(model, "resize_policy", "interpolate")
+        interpolated = model.encode_latents(z)
     assert torch.equal(pooled, interpolated)
 
 

@@ -1,20 +1,17 @@
 """Official checkpoints, safetensors exports, architecture inference and safe unpickling."""
-from __future__ import annotations
-
-import os
+import json
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 from open_clip import tokenize
 
-import latent_clip
 from latent_clip import CheckpointError, LatentCLIP, get_model_config, infer_config, list_models, load_model
 from latent_clip.__main__ import main as cli
 from latent_clip.contract import fit_latents
+from hostile_files import MARKER, Exploit
 from official_layout import (ReferenceLatentCLIP, manifest, official_checkpoint_payload, random_model,
                              reduced_config, write_official_checkpoint)
 
@@ -95,7 +92,7 @@ def test_convert_roundtrip_is_exact_and_casts(official, tmp_path):
     before = load_model(path, config=cfg)
     assert cli(["convert", str(path), str(tmp_path / "lc.safetensors"), "--config", str(tmp_path / "none.json")]) == 2
     cfg_json = tmp_path / "cfg.json"
-    cfg_json.write_text(__import__("json").dumps(cfg.to_dict()))
+    cfg_json.write_text(json.dumps(cfg.to_dict()))
     assert cli(["convert", str(path), str(tmp_path / "lc.safetensors"), "--config", str(cfg_json)]) == 0
     after = load_model(tmp_path / "lc.safetensors")  # config read from lc.json
     with torch.no_grad():
@@ -130,23 +127,14 @@ def test_checkpoint_without_vae_keys_loads(official, tmp_path):
     assert not loaded.has_vae_encoder and loaded.config.vision.patch_size == cfg.vision.patch_size
 
 
-class _Exploit:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
-    marker = tmp_path / "pwned"
     evil = tmp_path / "epoch_34.pt"
-    torch.save({"epoch": 1, "state_dict": {"x": _Exploit(marker)}}, evil)
+    torch.save({"epoch": 1, "state_dict": {"x": Exploit(tmp_path / MARKER)}}, evil)
     with pytest.raises(CheckpointError, match="refusing to load"):
         load_model(evil)
     result = subprocess.run([sys.executable, "-m", "latent_clip", "info", str(evil)], capture_output=True, text=True)
     assert result.returncode == 2 and "refusing to load" in result.stderr
-    assert not marker.exists()
+    assert not (tmp_path / MARKER).exists()
 
 
 def test_bad_files_give_clear_errors(official, tmp_path):

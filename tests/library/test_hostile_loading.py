@@ -1,21 +1,21 @@
 """Hostile weight files (tests/hostile_files.py, one per attack of the README's reliability table):
 each gets one clear line, from the library, the CLI and the ComfyUI loader alike, within a stated
 time and memory bound measured in a fresh process, and nothing in any of them runs."""
-from __future__ import annotations
-
 import json
 import os
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import latent_clip
-from fixtures import REPO
-from hostile_files import CASES, MARKER, MEMORY_BOUND, TIME_BOUND, tiny_model
+from fixtures import REPO, tiny_model
+from hostile_files import CASES, MARKER, MEMORY_BOUND, TIME_BOUND
 from latent_clip.__main__ import main as cli
+from latent_clip.factory import REAL_NUMPY_DTYPES, load_pickle_safely
 
 PROBE = r"""
 import json, re, sys, time, traceback
@@ -107,8 +107,6 @@ def test_safetensors_named_pt_loads_the_same_weights(corpus):
 def test_numpy_scalars_of_real_dtypes_still_load(tmp_path):
     """The bounded allow-list still reads what open_clip writes: np.float64 learning rates, and the
     other real-number scalars and dtypes, under both byte orders."""
-    import numpy as np
-    from latent_clip.factory import REAL_NUMPY_DTYPES, load_pickle_safely
     values = {str(d): np.array([1], dtype=d)[0] for d in REAL_NUMPY_DTYPES}
     payload = {"lr": np.float64(9.5e-4), "big_endian": np.dtype(">f8"), "values": values, "dtypes": list(REAL_NUMPY_DTYPES)}
     torch.save(payload, tmp_path / "np.pt")
@@ -136,9 +134,6 @@ def test_writers_refuse_non_finite_weights(tmp_path):
 def test_process_wide_allow_lists_do_not_widen_ours(corpus):
     """ComfyUI (comfy/utils.py) allows numpy's unbounded ``scalar`` and ``dtype`` process-wide under the
     names official checkpoints use; ours still decide during a load, and theirs are back after it."""
-    import numpy as np
-    from latent_clip.factory import load_pickle_safely
-
     def scalar(*args, **kwargs):
         return np._core.multiarray.scalar(*args, **kwargs)
     scalar.__module__ = "numpy.core.multiarray"

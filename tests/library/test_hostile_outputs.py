@@ -1,13 +1,11 @@
 """NaN never passes silently out of a model: scores and class probabilities raise, the safety filter
 fails closed (the library and the real ComfyUI node), for NaN weights and for an fp16 overflow."""
-from __future__ import annotations
-
 import pytest
 import torch
 
 import latent_clip
 from latent_clip import safety
-from hostile_files import tiny_model
+from fixtures import tiny_model
 
 LATENTS = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * 4
 

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from latent_clip.reno import RenoProgress, chi_mode, clip_grad_norm_per_sample_, norm_regulariser, optimize_noise
+from latent_clip.reno import (NonFiniteError, RenoProgress, chi_mode, clip_grad_norm_per_sample_, norm_regulariser,
+                              optimize_noise, private_saved_tensors)
 
 SHAPE = (4, 8, 8)  # d = 256
 
@@ -132,8 +133,6 @@ def test_private_saved_tensors_gives_the_out_of_place_gradient():
     """A forward that updates saved activations in place (as ComfyUI's FLUX blocks do) fails
     backward as it is; under private_saved_tensors its gradient equals the out-of-place
     computation's, also when one tensor is saved by several ops and changed between them."""
-    from latent_clip.reno import private_saved_tensors
-
     def forward(x, in_place: bool):
         y = x * 2
         z = torch.nn.functional.layer_norm(y, (4,))
@@ -162,8 +161,6 @@ def test_an_unbackwarded_graph_under_private_saved_tensors_is_released():
     Python cannot collect: that kept a whole UNet alive after every ComfyUI run."""
     import gc
     import weakref
-
-    from latent_clip.reno import private_saved_tensors
 
     def unbackwarded_graph():
         weight = torch.nn.Parameter(torch.randn(64, 64), requires_grad=False)
@@ -238,8 +235,6 @@ def test_a_non_finite_reward_or_gradient_takes_no_step():
 
 
 def test_a_non_finite_first_iterate_is_an_error():
-    from latent_clip.reno import NonFiniteError
-
     generate, reward, noise = _cos_problem(seed=5, batch=3)
     with pytest.raises(NonFiniteError, match=r"first iterate.*batch items \[0, 2\].*nothing to optimise from"):
         optimize_noise(_flaky(generate, {0: [0, 2]}), _finite_only(reward), noise, iterations=5)

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latent_clip import LatentCLIP, ModelConfig
+from fixtures import tiny_model
 from latent_clip.rewards import clip_preprocess, clip_score_loss, concept_loss, latent_alignment, latent_avoid, \
     pixel_alignment, step_away, weighted_sum
 from train.synthetic import tiny_latent_cfg
@@ -13,8 +13,7 @@ TINY = tiny_latent_cfg(image_size=512)
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    return LatentCLIP(ModelConfig.from_dict(TINY)).eval().requires_grad_(False)
+    return tiny_model(TINY).requires_grad_(False)
 
 
 def test_clip_score_loss_is_renos():

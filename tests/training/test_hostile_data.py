@@ -1,10 +1,7 @@
 """Bad data in encode and fit: truncated tars and safetensors, bad captions, stale size caches are
 skipped and counted (summary, log) while healthy shards are still processed; NaN data stops fit
 with a clear error naming the step, shard and sample, and nothing NaN is exported."""
-from __future__ import annotations
-
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,20 +11,16 @@ import pytest
 import torch
 
 import latent_clip
-from fixtures import IMAGES, N_IMAGES, REPO, fit_args, records
+from fixtures import IMAGE_FILES, IMAGES, N_IMAGES, REPO, child_env, fit_args, records, tiny_model
 from hostile_files import truncate
 from train.data import SIZES_FILE, expand_shards, shard_sizes, write_latent_shard
 from train.encode import main as encode
 from train.main import TrainingError, main as fit
 from train.synthetic import write_image_shards, write_synthetic_latents
 
-IMAGE_FILES = sorted(p for p in IMAGES.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
-
-
 def run_cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "train", *argv], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "train", *argv], cwd=REPO, env=child_env(), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def encode_args(src: Path, out: Path, vae: Path, *extra: str) -> list[str]:
@@ -189,7 +182,6 @@ def test_divergence_stops_before_the_optimiser_applies_nan(tmp_path):
 
 
 def test_zeroshot_eval_names_the_samples_with_nan_latents(tmp_path):
-    from hostile_files import tiny_model
     from train.evaluate import main as evaluate
     latent_clip.save_official_checkpoint(tmp_path / "model.pt", tiny_model(), epoch=1, name="tiny")
     z = torch.randn(4, 4, 16, 16)

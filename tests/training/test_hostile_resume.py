@@ -2,19 +2,15 @@
 readable one, a requested resume with nothing to resume from is an error, a fresh start or an early
 resume never overwrites a checkpoint, the log has one record per step after any number of kill -9
 resumes, and a full disk gives one readable line and leaves no temporary behind."""
-from __future__ import annotations
-
-import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from fixtures import REPO, fit_args, records
+from fixtures import REPO, child_env, fit_args, kill_when, logged_losses, records
 from hostile_files import truncate
 from train import checkpoint
 from train.main import main as fit
@@ -34,18 +30,12 @@ def reference(data, tmp_path_factory):
     return out / "run", losses
 
 
-def copy_run(src: Path, dst: Path) -> Path:
-    import shutil
-    shutil.copytree(src, dst)
-    return dst
-
-
 def step_records(run: Path) -> list[int]:
     return [r["step"] for r in records(run) if "loss" in r]
 
 
 def test_unreadable_latest_falls_back_to_the_newest_readable_kept_checkpoint(data, reference, tmp_path, capsys):
-    run = copy_run(reference[0], tmp_path / "run")
+    run = shutil.copytree(reference[0], tmp_path / "run")
     truncate(run / "checkpoints/epoch_latest.pt")
     truncate(run / "checkpoints/step_8.pt")  # unreadable too: replacing it loses nothing
     resumed = fit(fit_args(data, tmp_path, "run", **{"max-steps": 8, "save-every": 2, "keep-every": 2,
@@ -60,7 +50,7 @@ def test_unreadable_latest_falls_back_to_the_newest_readable_kept_checkpoint(dat
 
 def test_missing_latest_resumes_from_the_newest_kept_checkpoint(data, reference, tmp_path, capsys):
     """Was: a silent restart at step 0 that overwrote the kept step_N.pt."""
-    run = copy_run(reference[0], tmp_path / "run")
+    run = shutil.copytree(reference[0], tmp_path / "run")
     (run / "checkpoints/epoch_latest.pt").unlink()
     (run / "checkpoints/step_8.pt").unlink()
     kept = {p.name: p.read_bytes() for p in (run / "checkpoints").glob("step_*.pt")}
@@ -81,7 +71,7 @@ def test_nothing_to_resume_from_is_an_error(data, tmp_path):
 
 
 def test_checkpoints_are_never_overwritten_by_a_restart(data, reference, tmp_path):
-    run = copy_run(reference[0], tmp_path / "run")
+    run = shutil.copytree(reference[0], tmp_path / "run")
     before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
     with pytest.raises(FileExistsError, match=r"already holds checkpoints .*pass --resume latest"):
         fit(fit_args(data, tmp_path, "run", **{"max-steps": 8}))  # forgot --resume
@@ -91,23 +81,11 @@ def test_checkpoints_are_never_overwritten_by_a_restart(data, reference, tmp_pat
     assert step_records(run) == list(range(1, 9))
 
 
-def _env() -> dict:
-    """The subprocesses compute with this process's thread count, so losses match bit for bit."""
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
-
-
-def _kill_after(argv: list[str], run: Path, step: int, timeout: float = 180) -> None:
-    """Start ``python -m train fit argv``, SIGKILL it once its log reaches ``step``."""
-    proc = subprocess.Popen([sys.executable, "-m", "train", "fit", *argv], cwd=REPO, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if (run / "log.jsonl").is_file() and max(step_records(run), default=0) >= step:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read().decode()[-2000:]}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+def _kill_after(argv: list[str], run: Path, step: int) -> None:
+    """Start ``python -m train fit argv`` (this process's thread count, so losses match bit for bit),
+    SIGKILL it once its log reaches ``step``."""
+    kill_when([sys.executable, "-m", "train", "fit", *argv], lambda: max(logged_losses(run), default=0) >= step,
+              threads=None, timeout=180)
 
 
 @pytest.mark.slow
@@ -145,8 +123,8 @@ def test_full_disk_gives_one_readable_line_and_no_temporary(data, reference, tmp
                 import resource
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
                 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        proc = subprocess.run([sys.executable, "-m", "train", *argv], cwd=REPO, env=_env(), capture_output=True,
-                              text=True, timeout=300, preexec_fn=preexec)
+        proc = subprocess.run([sys.executable, "-m", "train", *argv], cwd=REPO, env=child_env(None),
+                              capture_output=True, text=True, timeout=300, preexec_fn=preexec)
         ckpts = disk / "full/checkpoints"
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr[-3000:]
         assert proc.stderr.startswith(f"error: could not write {ckpts / 'epoch_latest.pt'}: ")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fixtures import IMAGES, N_IMAGES, REPO
+from fixtures import IMAGE_FILES, IMAGES, N_IMAGES, REPO, child_env
 from train.data import ImageTransform, SIZES_FILE, expand_shards, open_shard
 from train.encode import main as encode
 from train.synthetic import write_image_shards
@@ -37,10 +37,9 @@ def test_encode_webdataset_shards_skips_corrupt_images_and_resumes(vae_dir, tmp_
 
 
 def test_encode_a_captioned_folder_to_safetensors_shards(vae_dir, tmp_path):
-    files = sorted(p for p in IMAGES.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
     captions = tmp_path / "captions.jsonl"
     captions.write_text("".join(json.dumps({"file": p.relative_to(IMAGES).as_posix(), "caption": f"caption {i}"}) + "\n"
-                                for i, p in enumerate(files[:6])))
+                                for i, p in enumerate(IMAGE_FILES[:6])))
     stats = encode(["--input", str(IMAGES), "--captions", str(captions), "--vae", str(vae_dir), "--out",
                     str(tmp_path / "lat"), "--size", "32", "--format", "safetensors", "--shard-size", "4",
                     "--sample", "--device", "cpu"])
@@ -66,16 +65,13 @@ def test_a_single_file_vae_loads_offline_with_a_local_config(vae_dir, tmp_path):
 
 @pytest.mark.slow
 def test_encode_under_torchrun_splits_shards_by_rank(vae_dir, tmp_path):
-    import os
     import subprocess
     import sys
-    repo = REPO
     write_image_shards(IMAGES, tmp_path / "images", n_shards=3)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train",
            "encode", "--input", str(tmp_path / "images"), "--vae", str(vae_dir), "--out", str(tmp_path / "lat"),
            "--size", "32", "--device", "cpu", "--format", "safetensors"]
-    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'encode rank 0: {"written": 2' in proc.stdout and 'encode rank 1: {"written": 1' in proc.stdout
     sizes = json.loads((tmp_path / "lat" / SIZES_FILE).read_text())

@@ -1,18 +1,17 @@
 """train eval zeroshot: accuracy where the answer is known by construction."""
+import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
-from fixtures import IMAGES
+from fixtures import IMAGE_FILES, tiny_model
 import latent_clip
 from train.data import write_latent_shard
 from train.evaluate import main as evaluate
-from train.models import build_model, pixel_transform
-from train.synthetic import TINY_LATENT_CFG, TINY_PIXEL_CFG, NAMES
-
-TINY, TINY_PIXEL = TINY_LATENT_CFG, TINY_PIXEL_CFG
+from train.models import DecodedTeacher, build_model, pixel_transform
+from train.synthetic import TINY_PIXEL_CFG as TINY_PIXEL, NAMES
 CLASSES = list(NAMES[:6])  # alphabetical, so folder order == class index
 
 
@@ -27,8 +26,7 @@ def labels_with_known_ranks(logits: torch.Tensor) -> tuple[list[int], float, flo
 
 
 def test_zeroshot_accuracy_is_exact_on_latent_shards(tmp_path):
-    torch.manual_seed(0)
-    model = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(TINY)).eval()
+    model = tiny_model()
     latent_clip.save_official_checkpoint(tmp_path / "model.pt", model, epoch=1, name="tiny")
     z = torch.randn(12, 4, 16, 16) * 3
     with torch.no_grad():
@@ -41,22 +39,19 @@ def test_zeroshot_accuracy_is_exact_on_latent_shards(tmp_path):
     assert result["latent"] == {"top1": pytest.approx(top1), "top5": pytest.approx(top5), "n": 12}
 
 
-def test_pixel_clip_side_by_side_on_an_imagenet_style_folder(tmp_path):
-    from diffusers import AutoencoderKL
-    from PIL import Image
+def test_pixel_clip_side_by_side_on_an_imagenet_style_folder(vae_dir, tmp_path):
+    import open_clip
     torch.manual_seed(0)
     pixel = build_model("pixel", TINY_PIXEL).eval()
     torch.save({"state_dict": {f"module.{k}": v for k, v in pixel.state_dict().items()}}, tmp_path / "pixel.pt")
-    latent = latent_clip.LatentCLIP(latent_clip.ModelConfig.from_dict(TINY)).eval()
-    latent_clip.save_official_checkpoint(tmp_path / "latent.pt", latent, epoch=1, name="tiny")
-    AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                  up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4,
-                  norm_num_groups=4).save_pretrained(tmp_path / "vae")
-    files = sorted(p for p in IMAGES.rglob("*") if p.suffix.lower() in (".png", ".jpg"))[:9]
+    latent_clip.save_official_checkpoint(tmp_path / "latent.pt", tiny_model(), epoch=1, name="tiny")
+    (tmp_path / "pixel.json").write_text(json.dumps(TINY_PIXEL))
+    files = IMAGE_FILES[:9]
     transform = pixel_transform(pixel)
     with torch.no_grad():
         x = torch.stack([transform(Image.open(p).convert("RGB")) for p in files])
-        logits = pixel.encode_image(x, normalize=True) @ pixel.encode_text(pixel_tokens(CLASSES), normalize=True).T
+        text = pixel.encode_text(open_clip.tokenize(CLASSES), normalize=True)
+        logits = pixel.encode_image(x, normalize=True) @ text.T
     labels, top1, top5 = labels_with_known_ranks(logits)
     for path, label in zip(files, labels):
         (tmp_path / "val" / CLASSES[label]).mkdir(parents=True, exist_ok=True)
@@ -64,22 +59,11 @@ def test_pixel_clip_side_by_side_on_an_imagenet_style_folder(tmp_path):
     for name in CLASSES:
         (tmp_path / "val" / name).mkdir(parents=True, exist_ok=True)
     result = evaluate(["zeroshot", "--data", str(tmp_path / "val"), "--templates", "identity", "--device", "cpu",
-                       "--model", str(tmp_path / "latent.pt"), "--vae", str(tmp_path / "vae"),
-                       "--pixel-model", str(write_json(tmp_path / "pixel.json", TINY_PIXEL)),
+                       "--model", str(tmp_path / "latent.pt"), "--vae", str(vae_dir),
+                       "--pixel-model", str(tmp_path / "pixel.json"),
                        "--pixel-checkpoint", str(tmp_path / "pixel.pt"), "--json", str(tmp_path / "r.json")])
     assert result["pixel"] == {"top1": pytest.approx(top1), "top5": pytest.approx(top5), "n": 9}
     assert result["latent"]["n"] == 9  # the same images, VAE-encoded on the fly
-
-
-def pixel_tokens(texts):
-    import open_clip
-    return open_clip.tokenize(texts)
-
-
-def write_json(path, data):
-    import json
-    path.write_text(json.dumps(data))
-    return path
 
 
 def test_decoded_teacher_sees_the_decode_as_the_pixel_clip_sees_an_image():
@@ -88,9 +72,7 @@ def test_decoded_teacher_sees_the_decode_as_the_pixel_clip_sees_an_image():
     transform of the decode saved as 8-bit RGB, to half a grey level over the smallest std (the
     rounding), where squashing the image to a square would differ by more than 1 (measured 3.2-3.8)."""
     from diffusers import AutoencoderKL
-    from PIL import Image
 
-    from train.models import DecodedTeacher
     transform_error = 0.5 / 255 / min(pixel_transform(build_model("pixel", TINY_PIXEL)).std.flatten()) + 1e-4
     for seed in range(3):
         torch.manual_seed(seed)

@@ -1,24 +1,17 @@
 """train fit: learning, DDP == one process on the same global batch, exact resume after kill -9,
 pixel models, adaptation from a pixel CLIP, distillation. CPU, tiny models, real processes."""
-import json
-import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from fixtures import IMAGES, REPO
+from fixtures import IMAGES, REPO, child_env, fit_args, kill_when, logged_losses, records
 import latent_clip
 from train import checkpoint
 from train.main import main as fit
 from train.models import build_model
-from train.synthetic import TINY_LATENT_CFG, TINY_PIXEL_CFG, write_image_shards, write_synthetic_latents
-
-TINY, TINY_PIXEL = TINY_LATENT_CFG, TINY_PIXEL_CFG
+from train.synthetic import TINY_PIXEL_CFG as TINY_PIXEL, write_image_shards, write_synthetic_latents
 
 
 @pytest.fixture(scope="module")
@@ -26,37 +19,14 @@ def latents(tmp_path_factory):
     return write_synthetic_latents(tmp_path_factory.mktemp("latents"), n_classes=4, per_class=16, n_shards=2)
 
 
-def args(data, out, name, **over):
-    values = {"config": "smoke", "train-data": str(data), "out-dir": str(out), "name": name, **over}
-    return [x for k, v in values.items() for x in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
-
-
-def logged(run: Path) -> dict[int, float]:
-    """step -> loss from log.jsonl (the last record of a step wins; a torn last line is ignored)."""
-    out = {}
-    for line in (run / "log.jsonl").read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "loss" in rec:
-            out[rec["step"]] = rec["loss"]
-    return out
-
-
-def subprocess_env():
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
-
-
 @pytest.mark.slow
 def test_fit_learns_the_synthetic_pairing_and_writes_an_official_checkpoint(latents, tmp_path):
-    losses = fit(args(latents, tmp_path, "learn", **{"max-steps": 24, "save-every": 12, "log-every": 12,
+    losses = fit(fit_args(latents, tmp_path, "learn", **{"max-steps": 24, "save-every": 12, "log-every": 12,
                                                       "eval-every": 12, "zeroshot-data": str(latents),
                                                       "zeroshot-templates": "identity"}))
     assert len(losses) == 24
     assert sum(losses[-4:]) / 4 < losses[0] - 0.4, losses
-    records = [json.loads(line) for line in (tmp_path / "learn/log.jsonl").read_text().splitlines()]
-    zeroshot = [r for r in records if "zeroshot" in r]
+    zeroshot = [r for r in records(tmp_path / "learn") if "zeroshot" in r]
     assert [r["step"] for r in zeroshot] == [12, 24] and zeroshot[-1]["zeroshot"]["n"] == 64
     assert zeroshot[-1]["zeroshot"]["top1"] > 0.25  # 4 classes: better than chance on the learned pairing
     ckpt_path = tmp_path / "learn/checkpoints/epoch_latest.pt"
@@ -72,13 +42,12 @@ def test_fit_learns_the_synthetic_pairing_and_writes_an_official_checkpoint(late
 @pytest.mark.slow
 def test_ddp_two_processes_match_one_process_on_the_same_global_batch(latents, tmp_path):
     """2 ranks x 2 accumulation steps x 2 samples == 1 process x 8 samples."""
-    single = fit(args(latents, tmp_path, "single", **{"max-steps": 4, "save-every": 0}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "train", "fit", *args(latents, tmp_path, "ddp", **{"max-steps": 4, "save-every": 4,
-                                                                  "micro-batch-size": 2})]
-    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    single = fit(fit_args(latents, tmp_path, "single", **{"max-steps": 4, "save-every": 0}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train",
+           "fit", *fit_args(latents, tmp_path, "ddp", **{"max-steps": 4, "save-every": 4, "micro-batch-size": 2})]
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(None), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ddp = logged(tmp_path / "ddp")
+    ddp = logged_losses(tmp_path / "ddp")
     assert sorted(ddp) == [1, 2, 3, 4]
     # the gloo all-reduce sums the two ranks' gradients in another order than one process does; after 4 AdamW
     # steps that fp32 rounding shows at ~1e-5 relative (seen: 1.4e-5); a wrong global batch differs by >1e-2
@@ -89,22 +58,13 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(latents, t
 @pytest.mark.slow
 def test_kill_9_then_resume_latest_reproduces_the_uninterrupted_losses(latents, tmp_path):
     over = {"max-steps": 14, "save-every": 3}
-    reference = fit(args(latents, tmp_path, "reference", **over))
-    cmd = [sys.executable, "-m", "train", "fit", *args(latents, tmp_path, "killed", **over)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    log = tmp_path / "killed/log.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and max(logged(tmp_path / "killed"), default=0) >= 7:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read().decode()[-2000:]}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = logged(tmp_path / "killed")
+    reference = fit(fit_args(latents, tmp_path, "reference", **over))
+    kill_when([sys.executable, "-m", "train", "fit", *fit_args(latents, tmp_path, "killed", **over)],
+              lambda: max(logged_losses(tmp_path / "killed"), default=0) >= 7, threads=None, timeout=180)
+    before = logged_losses(tmp_path / "killed")
     ckpt = checkpoint.load(tmp_path / "killed/checkpoints/epoch_latest.pt")
     assert 3 <= ckpt["step"] < 14 and ckpt["step"] % 3 == 0
-    resumed = fit(args(latents, tmp_path, "killed", **over, resume="latest"))
+    resumed = fit(fit_args(latents, tmp_path, "killed", **over, resume="latest"))
     assert len(resumed) == 14 - ckpt["step"]
     assert [before[s] for s in sorted(before)] == pytest.approx(reference[:len(before)], rel=1e-6)
     assert resumed == pytest.approx(reference[ckpt["step"]:], rel=1e-6)
@@ -112,7 +72,7 @@ def test_kill_9_then_resume_latest_reproduces_the_uninterrupted_losses(latents, 
 
 def test_pixel_clip_trains_with_the_same_loop_on_image_shards(tmp_path):
     shards = write_image_shards(IMAGES, tmp_path / "images", n_shards=2)
-    losses = fit(args(shards[0].parent, tmp_path, "pixel", **{"config": "smoke_pixel", "max-steps": 3,
+    losses = fit(fit_args(shards[0].parent, tmp_path, "pixel", **{"config": "smoke_pixel", "max-steps": 3,
                                                               "save-every": 3}))
     assert len(losses) == 3 and all(l == l for l in losses)
     raw = checkpoint.load(tmp_path / "pixel/checkpoints/epoch_latest.pt")
@@ -124,7 +84,7 @@ def test_pixel_clip_trains_with_the_same_loop_on_image_shards(tmp_path):
 def test_stage1_from_a_pixel_clip_trains_only_the_patch_embedding(latents, tmp_path):
     pixel = build_model("pixel", {**TINY_PIXEL, "vision_cfg": {**TINY_PIXEL["vision_cfg"], "patch_size": 8}})
     torch.save({"state_dict": {f"module.{k}": v for k, v in pixel.state_dict().items()}}, tmp_path / "pixel.pt")
-    fit(args(latents, tmp_path, "stage1", **{"init": "pixel-clip", "pretrained": str(tmp_path / "pixel.pt"),
+    fit(fit_args(latents, tmp_path, "stage1", **{"init": "pixel-clip", "pretrained": str(tmp_path / "pixel.pt"),
                                               "freeze": "patch-embed", "max-steps": 2, "save-every": 2}))
     after = checkpoint.load(tmp_path / "stage1/checkpoints/epoch_latest.pt")["state_dict"]
     before = pixel.state_dict()
@@ -137,16 +97,11 @@ def test_stage1_from_a_pixel_clip_trains_only_the_patch_embedding(latents, tmp_p
 
 
 @pytest.mark.slow
-def test_distillation_from_a_pixel_teacher_on_decoded_latents_lowers_the_loss(latents, tmp_path):
-    from diffusers import AutoencoderKL
-    torch.manual_seed(0)
-    AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                  up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4,
-                  norm_num_groups=4).save_pretrained(tmp_path / "vae")
+def test_distillation_from_a_pixel_teacher_on_decoded_latents_lowers_the_loss(latents, vae_dir, tmp_path):
     teacher = build_model("pixel", TINY_PIXEL)
     torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
-    losses = fit(args(latents, tmp_path, "distill", **{
-        "teacher-model": TINY_PIXEL, "teacher-checkpoint": str(tmp_path / "teacher.pt"), "vae": str(tmp_path / "vae"),
+    losses = fit(fit_args(latents, tmp_path, "distill", **{
+        "teacher-model": TINY_PIXEL, "teacher-checkpoint": str(tmp_path / "teacher.pt"), "vae": str(vae_dir),
         "distill-weight": 1.0, "contrastive-weight": 0.0, "max-steps": 8, "save-every": 0}))
     assert losses[-1] < losses[0] * 0.8, losses
 
@@ -154,6 +109,6 @@ def test_distillation_from_a_pixel_teacher_on_decoded_latents_lowers_the_loss(la
 def test_gradient_accumulation_is_exact_for_the_contrastive_loss(latents, tmp_path):
     """open_clip's accum-freq scheme: the loss sees the whole global batch's negatives, so two
     micro-batches of 4 train exactly like one batch of 8."""
-    whole = fit(args(latents, tmp_path, "whole", **{"max-steps": 3, "save-every": 0}))
-    accumulated = fit(args(latents, tmp_path, "accum", **{"max-steps": 3, "save-every": 0, "micro-batch-size": 4}))
+    whole = fit(fit_args(latents, tmp_path, "whole", **{"max-steps": 3, "save-every": 0}))
+    accumulated = fit(fit_args(latents, tmp_path, "accum", **{"max-steps": 3, "save-every": 0, "micro-batch-size": 4}))
     assert accumulated == pytest.approx(whole, rel=1e-5)
