@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -178,9 +178,6 @@ class ModelConfig:
             if value > LIMITS[limit]:
                 raise ConfigError(f"{label}: {what} is {str(value)[:20]}, above the limit of {LIMITS[limit]} "
                                   f"(latent_clip.config.LIMITS)")
-
-    def with_name(self, name: str | None) -> "ModelConfig":
-        return replace(self, name=name)
 
 
 def _check_number(label: str, what: str, value: Any, kind: type) -> None:

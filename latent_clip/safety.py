@@ -82,15 +82,11 @@ def concept_probs(model: LatentCLIP, latents: torch.Tensor, concepts: Sequence[C
 
 def check(model: LatentCLIP, latents: torch.Tensor, concepts: Sequence[Concept], threshold: float,
           progress: Progress | None = None) -> SafetyResult:
-    """Flag latents whose probability for any concept is at least ``threshold``."""
-    return flag(concept_probs(model, latents, concepts, progress=progress), concepts, threshold)
-
-
-def flag(probs: torch.Tensor, concepts: Sequence[Concept], threshold: float) -> SafetyResult:
-    """The verdict on (B, K) concept probabilities: flagged where any reaches ``threshold``, and
-    where any is NaN/Inf (fails closed: a latent that cannot be judged is not let through)."""
+    """Flag latents whose probability for any concept is at least ``threshold``, and those with a
+    NaN/Inf probability (fails closed: a latent that cannot be judged is not let through)."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    probs = concept_probs(model, latents, concepts, progress=progress)
     non_finite = ~torch.isfinite(probs).all(dim=-1)
     return SafetyResult(tuple(concepts), probs, (probs >= threshold).any(dim=-1) | non_finite, threshold, non_finite)
 

@@ -21,19 +21,16 @@ class Scores:
     logits: torch.Tensor
 
 
-def similarity(model: LatentCLIP, latent_features: torch.Tensor, text_features: torch.Tensor) -> Scores:
-    """Normalised (B, E) and (P, E) features -> :class:`Scores`; raises on a NaN/Inf score."""
-    cosine = check_finite_result(latent_features.float() @ text_features.float().T, "scores")
-    return Scores(cosine=cosine, logits=model.logit_scale.exp().float() * cosine)
-
-
 def score_latents(model: LatentCLIP, latents: torch.Tensor, prompts: str | Sequence[str],
                   progress: Progress | None = None) -> Scores:
-    """Scores of every latent against every prompt: (B, P); ``progress`` as in ``encode_latents``."""
+    """Scores of every latent against every prompt: (B, P); raises on a NaN/Inf score. ``progress``
+    as in ``encode_latents``."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or any(not p.strip() for p in prompts):
         raise ValueError("prompts must be non-empty strings")
-    return similarity(model, model.encode_latents(latents, progress=progress), model.encode_text(prompts))
+    features = model.encode_latents(latents, progress=progress).float()
+    cosine = check_finite_result(features @ model.encode_text(prompts).float().T, "scores")
+    return Scores(cosine=cosine, logits=model.logit_scale.exp().float() * cosine)
 
 
 def rank_by_prompt(model: LatentCLIP, latents: torch.Tensor, prompt: str,
