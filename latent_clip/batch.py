@@ -7,16 +7,9 @@ ComfyUI's LatentFromBatch.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
-
-
-def _per_sample_masks(mask: torch.Tensor, batch: int) -> torch.Tensor:
-    if mask.ndim < 3 or mask.shape[0] == batch:
-        return mask
-    return mask.repeat(math.ceil(batch / mask.shape[0]), *([1] * (mask.ndim - 1)))[:batch]
 
 
 def select(latent: dict[str, Any], indices: Sequence[int]) -> dict[str, Any]:
@@ -29,10 +22,10 @@ def select(latent: dict[str, Any], indices: Sequence[int]) -> dict[str, Any]:
     if any(not 0 <= i < batch for i in indices):
         raise IndexError(f"indices {indices} out of range for a batch of {batch}")
     out = dict(latent)
-    out["samples"] = samples[indices].clone()
+    out["samples"] = samples[indices]  # a copy (advanced indexing)
     mask = latent.get("noise_mask")
     if isinstance(mask, torch.Tensor) and mask.ndim >= 3 and mask.shape[0] > 1:
-        out["noise_mask"] = _per_sample_masks(mask, batch)[indices].clone()
+        out["noise_mask"] = mask[[i % len(mask) for i in indices]]  # a shorter mask cycles, as in ComfyUI
     original = latent.get("batch_index") or list(range(batch))
     out["batch_index"] = [original[i] for i in indices]
     return out

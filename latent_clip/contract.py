@@ -42,11 +42,6 @@ class LatentFamilyMismatch(LatentContractError):
     """A Latent-CLIP paired with a generator whose latents come from another VAE."""
 
 
-def _families_with(channels: int) -> str:
-    names = [f.description for f in latent_families().values() if f.channels == channels]
-    return " or ".join(names)
-
-
 def family_of(channels: int, scaling_factor: float, shift_factor: float | None = 0.0) -> LatentFamily | None:
     """The registered family whose latents have ``channels`` and this VAE ``scaling_factor`` /
     ``shift_factor`` (a diffusers VAE config's, a ComfyUI latent format's), else None."""
@@ -69,7 +64,7 @@ def describe_latents(channels: int, scaling_factor: float, shift_factor: float |
 
 def channel_error(expected: str, got: int) -> LatentContractError:
     """``"<expected>, got N channels — a <family> latent?"``: the one wording of a channel mismatch."""
-    guess = _families_with(got)
+    guess = " or ".join(f.description for f in latent_families().values() if f.channels == got)
     return LatentContractError(f"{expected}, got {got} channels" + (f" — a {guess} latent?" if guess else ""))
 
 
@@ -97,15 +92,12 @@ def check_family(family: LatentFamily, channels: int, scaling_factor: float, shi
     return message + f" ({override} is set)"
 
 
-TINYWORLD = "tinyworld"
-
-
 def tinyworld_warning(vision: VisionConfig, z: torch.Tensor) -> str | None:
     """The warning for a tiny-world Latent-CLIP (``vision.latent_family == "tinyworld"``) reading
     latents of another size than its procedural world's ``latent_size``; None otherwise. That model
     knows only its shapes world, so on other latents its scores are meaningless (near constant)."""
     side = vision.latent_size
-    if vision.latent_family != TINYWORLD or tuple(z.shape[-2:]) == (side, side):
+    if vision.latent_family != "tinyworld" or tuple(z.shape[-2:]) == (side, side):
         return None
     return (f"the tiny-world demo Latent-CLIP only knows the {side}x{side} latents of its procedural shapes world; "
             f"these are {z.shape[-2]}x{z.shape[-1]}, so its numbers say nothing about them: load real "
