@@ -171,25 +171,24 @@ def read_state_dict(path: str | Path, vae_encoder: bool = True) -> tuple[dict[st
                 state = {k: f.get_tensor(k) for k in f.keys() if vae_encoder or not is_vae_key(k)}
         except Exception as err:  # noqa: BLE001 - safetensors raises its own untyped errors
             raise CheckpointError(f"cannot read {path}: not a valid safetensors file ({_first_line(err)})") from None
-        check_tensors(state, path)
-        return state, read_export_config(export_config_path(path))
-    if path.suffix == ".safetensors":
+        config = read_export_config(export_config_path(path))
+    elif path.suffix == ".safetensors":
         raise CheckpointError(f"cannot read {path}: not a valid safetensors file (no safetensors header)")
-    obj = load_pickle_safely(path)
-    if isinstance(obj, Mapping) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} holds no state dict (expected a dict of tensors or an open_clip "
-                              f"checkpoint with a 'state_dict' entry)")
-    bad_key = next((k for k in obj if not isinstance(k, str)), None)
-    if bad_key is not None:
-        raise CheckpointError(f"{path}: state dict key {bad_key!r} is not a string ({type(bad_key).__name__}); "
-                              f"expected parameter names")
-    state = {strip_prefixes(k): v for k, v in obj.items()}
-    if not vae_encoder:
-        state = {k: v for k, v in state.items() if not is_vae_key(k)}
+    else:
+        obj = load_pickle_safely(path)
+        if isinstance(obj, Mapping) and "state_dict" in obj:
+            obj = obj["state_dict"]
+        if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise CheckpointError(f"{path} holds no state dict (expected a dict of tensors or an open_clip "
+                                  f"checkpoint with a 'state_dict' entry)")
+        bad_key = next((k for k in obj if not isinstance(k, str)), None)
+        if bad_key is not None:
+            raise CheckpointError(f"{path}: state dict key {bad_key!r} is not a string "
+                                  f"({type(bad_key).__name__}); expected parameter names")
+        stripped = ((strip_prefixes(k), v) for k, v in obj.items())
+        state, config = {k: v for k, v in stripped if vae_encoder or not is_vae_key(k)}, None
     check_tensors(state, path)
-    return state, None
+    return state, config
 
 
 def load_weights(model: torch.nn.Module, path: str | Path, label: str | None = None) -> torch.nn.Module:
@@ -270,10 +269,9 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> ModelConfig:
     text_ctx, text_width = _shape(state, "positional_embedding", 2)
     vocab, _ = _shape(state, "token_embedding.weight", 2)
     embed_dim = _shape(state, "visual.latent_vit.proj", 2)[1]
-    families = [f for f in latent_families().values() if f.channels == channels]
-    if not families:
+    family = next((f for f in latent_families().values() if f.channels == channels), None)
+    if family is None:
         raise CheckpointError(f"no known latent family has {channels} channels")
-    family = families[0]
     vision = VisionConfig(image_size=grid * patch * family.downscale, patch_size=patch, width=width,
                           layers=_count_layers(state, VISION_BLOCKS),
                           latent_factor=family.downscale, latent_n_channels=channels, latent_family=family.name)
@@ -284,16 +282,13 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> ModelConfig:
         inferred.validate()
     except ConfigError as err:
         raise CheckpointError(f"the tensors describe an unsupported architecture: {err}") from None
+    shape = ("latent_size", "patch_size", "width", "layers", "latent_n_channels")
     for name in list_models():
         known = get_model_config(name)
-        if (known.embed_dim, known.text) == (embed_dim, text) and _same_shape(known.vision, vision):
+        if (known.embed_dim, known.text) == (embed_dim, text) and all(
+                getattr(known.vision, k) == getattr(vision, k) for k in shape):
             return known
     return inferred
-
-
-def _same_shape(a: VisionConfig, b: VisionConfig) -> bool:
-    keys = ("latent_size", "patch_size", "width", "layers", "latent_n_channels")
-    return all(getattr(a, k) == getattr(b, k) for k in keys)
 
 
 def load_model(path: str | Path, config: ModelConfig | Mapping | str | Path | None = None,
