@@ -108,15 +108,10 @@ class LatentCLIP(CLIP):
         self.resize_policy: ResizePolicy = "interpolate"  # measured closer than pooling: README "Resolution policy"
         self.visual = LatentVisionTower(config.vision, config.embed_dim, vae_encoder)
         text = _build_text_tower(config.embed_dim, CLIPTextCfg(**asdict(config.text)))
-        self.transformer = text.transformer
-        self.context_length = text.context_length
-        self.vocab_size = text.vocab_size
-        self.token_embedding = text.token_embedding
-        self.positional_embedding = text.positional_embedding
-        self.ln_final = text.ln_final
-        self.text_projection = text.text_projection
-        self.text_pool_type = text.pool_type
-        self.text_eos_id = text.eos_id
+        for name in ("transformer", "context_length", "vocab_size", "token_embedding", "positional_embedding",
+                     "ln_final", "text_projection"):  # the text tower's parts, where CLIP.__init__ puts them
+            setattr(self, name, getattr(text, name))
+        self.text_pool_type, self.text_eos_id = text.pool_type, text.eos_id
         self.register_buffer("attn_mask", text.attn_mask, persistent=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.logit_bias = None
