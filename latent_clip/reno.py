@@ -17,7 +17,6 @@ Usage::
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from contextlib import contextmanager
@@ -40,11 +39,6 @@ def norm_regulariser(noise: torch.Tensor, weight: float = 0.01) -> torch.Tensor:
     d = e.shape[1]
     norm = e.norm(dim=1)
     return weight * (0.5 * norm.square() - (d - 1) * norm.log())
-
-
-def chi_mode(d: int) -> float:
-    """Norm at which :func:`norm_regulariser` is minimal: ``sqrt(d - 1)``."""
-    return math.sqrt(d - 1)
 
 
 @dataclass(frozen=True)
@@ -235,8 +229,7 @@ def optimize_noise(generate: Generate, reward: Reward, noise: torch.Tensor, *, i
             latent = generate(e)
             finite = _finite(latent)
             if not finite.all():
-                latent = torch.where(_per_sample(finite, latent), latent, torch.zeros((), dtype=latent.dtype,
-                                                                                        device=latent.device))
+                latent = torch.where(_per_sample(finite, latent), latent, 0.0)
             loss = reward(latent)
             if loss.shape != (n,):
                 raise ValueError(f"reward must return one loss per sample, shape ({n},); got {tuple(loss.shape)}")
