@@ -442,6 +442,3 @@ def convert(src: str | Path, dst: str | Path, config: Any = None, dtype: str | N
     model = load_model(src, config=config, vae_encoder=vae_encoder)
     return save_export(model, dst, dtype=dtype, vae_encoder=vae_encoder)
 
-
-__all__ = ["CheckpointError", "ConfigError", "convert", "infer_config", "load_model", "load_weights",
-           "official_state_dict", "read_state_dict", "resolve_dtype", "save_export", "save_official_checkpoint"]

@@ -1,20 +1,14 @@
-"""Zero-shot classification of latents: class names x templates ensembles.
-
-Reuses open_clip's ``build_zero_shot_classifier`` and its ImageNet class names/templates.
-"""
+"""Zero-shot classification of latents: class names x templates ensembles, built by open_clip's
+``build_zero_shot_classifier``."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
 from open_clip.zero_shot_classifier import build_zero_shot_classifier
-from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
 from .contract import check_finite_result
 from .model import LatentCLIP, Progress
-
-__all__ = ["IMAGENET_CLASSNAMES", "OPENAI_IMAGENET_TEMPLATES", "SIMPLE_IMAGENET_TEMPLATES",
-           "build_classifier", "classify", "parse_labels"]
 
 
 def parse_labels(text: str) -> list[str]:
@@ -23,7 +17,7 @@ def parse_labels(text: str) -> list[str]:
 
 
 def build_classifier(model: LatentCLIP, classnames: Sequence[str],
-                     templates: Sequence[str] = ("a photo of a {}.",), progress: bool = False) -> torch.Tensor:
+                     templates: Sequence[str] = ("a photo of a {}.",)) -> torch.Tensor:
     """(embed_dim, K) unit-norm class embeddings, each the mean over ``templates`` ("...{}...");
     raises on an empty or repeated label."""
     if not classnames:
@@ -37,7 +31,7 @@ def build_classifier(model: LatentCLIP, classnames: Sequence[str],
         raise ValueError(f"templates must each contain '{{}}' for the label; got {list(templates)}")
     with torch.no_grad():
         return build_zero_shot_classifier(model, model.tokenize, list(classnames), list(templates),
-                                          num_classes_per_batch=16, device=model.device, use_tqdm=progress)
+                                          num_classes_per_batch=16, device=model.device)
 
 
 def classify(model: LatentCLIP, latents: torch.Tensor, classifier: torch.Tensor,
