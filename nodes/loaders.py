@@ -143,12 +143,12 @@ def check_pairing(latent_clip, latent_format, allow_mismatch: bool, text: NodeTe
         text.warn(f"Latent-CLIP: {message}")
 
 
-
 def paired_model(latent_clip, latent_format, allow_mismatch: bool, text: NodeText) -> LatentCLIP:
     """The wire's Latent-CLIP for a reward on ``latent_format``'s latents: pairing checked
     (:func:`check_pairing`), weights usable with gradients (:func:`model_of` with ``autograd``)."""
     check_pairing(latent_clip, latent_format, allow_mismatch, text)
     return model_of(latent_clip, autograd=True)
+
 
 LatentClip = io.Custom("LATENT_CLIP")
 
