@@ -147,7 +147,8 @@ class ModelConfig:
         """Types, :data:`LIMITS` and consistency; raises :class:`ConfigError`."""
         label = f"config {self.name or '(unnamed)'}"
         _check_number(label, "embed_dim", self.embed_dim, int)
-        for section, cfg in (("vision_cfg", self.vision), ("text_cfg", self.text)):
+        sections = (("vision_cfg", self.vision), ("text_cfg", self.text))
+        for section, cfg in sections:
             for f in fields(cfg):
                 kind = {"int": int, "float": float}.get(str(f.type))
                 if kind is not None:
@@ -167,14 +168,10 @@ class ModelConfig:
                               f"{v.latent_size} is not a positive multiple of patch_size {v.patch_size}")
         if v.width % v.head_width or t.width % t.heads:
             raise ConfigError(f"{label}: widths must be divisible by the head counts")
-        for what, value, limit in (
-                ("embed_dim", self.embed_dim, "embed_dim"), ("vision_cfg.width", v.width, "width"),
-                ("text_cfg.width", t.width, "width"), ("vision_cfg.layers", v.layers, "layers"),
-                ("text_cfg.layers", t.layers, "layers"), ("text_cfg.context_length", t.context_length, "context_length"),
-                ("text_cfg.vocab_size", t.vocab_size, "vocab_size"), ("the vision token grid", v.grid_size, "grid_size"),
-                ("vision_cfg.patch_size", v.patch_size, "patch_size"),
-                ("vision_cfg.latent_factor", v.latent_factor, "latent_factor"),
-                ("vision_cfg.mlp_ratio", v.mlp_ratio, "mlp_ratio"), ("text_cfg.mlp_ratio", t.mlp_ratio, "mlp_ratio")):
+        limited = [("embed_dim", self.embed_dim, "embed_dim"), ("the vision token grid", v.grid_size, "grid_size")]
+        limited += [(f"{section}.{f.name}", getattr(cfg, f.name), f.name) for section, cfg in sections
+                    for f in fields(cfg) if f.name in LIMITS]  # every field named in LIMITS
+        for what, value, limit in limited:
             if value > LIMITS[limit]:
                 raise ConfigError(f"{label}: {what} is {str(value)[:20]}, above the limit of {LIMITS[limit]} "
                                   f"(latent_clip.config.LIMITS)")
