@@ -112,8 +112,8 @@ def test_samples_are_independent():
 
 def reward_at(reward, z, i, batch):
     """Evaluate a batch-`batch` reward on a single sample placed at index i."""
-    padded = torch.zeros(batch, *z.shape[1:]) + 1.0
-    padded = torch.cat([padded[:i], z, padded[i + 1:]])
+    padded = torch.ones(batch, *z.shape[1:])
+    padded[i:i + 1] = z
     return reward(padded)[i:i + 1]
 
 
