@@ -130,8 +130,8 @@ def check_latents(z: object, family: LatentFamily, min_size: int) -> torch.Tenso
     if min(z.shape[-2:]) < min_size:
         raise LatentContractError(
             f"latent spatial size {tuple(z.shape[-2:])} is smaller than one patch ({min_size})")
-    if z.device.type != "meta" and non_finite_items(z):  # meta: shape/FLOP analysis only
-        raise LatentContractError(f"latents contain NaN or Inf (batch items {non_finite_items(z)})")
+    if z.device.type != "meta" and (bad := non_finite_items(z)):  # meta: shape/FLOP analysis only
+        raise LatentContractError(f"latents contain NaN or Inf (batch items {bad})")
     return z
 
 
