@@ -12,8 +12,7 @@ from latent_clip import CheckpointError, LatentCLIP, get_model_config, infer_con
 from latent_clip.__main__ import main as cli
 from latent_clip.contract import fit_latents
 from hostile_files import MARKER, Exploit
-from official_layout import (ReferenceLatentCLIP, manifest, official_checkpoint_payload, random_model,
-                             reduced_config, write_official_checkpoint)
+from official_layout import ReferenceLatentCLIP, manifest, random_model, reduced_config, write_official_checkpoint
 
 OFFICIAL = ["Latent-ViT-B-8-512", "Latent-ViT-B-4-512-plus"]
 CAPTIONS = ["a photo of a red bus", "two dogs on a beach", "an astronaut riding a horse, oil painting"]
@@ -58,8 +57,7 @@ def official(request, tmp_path_factory):
     model = random_model(cfg, seed=OFFICIAL.index(request.param))
     path = write_official_checkpoint(tmp_path_factory.mktemp("ckpt") / "epoch_34.pt", model,
                                      manifest_name=request.param)
-    state = {k[len("module."):]: v for k, v in official_checkpoint_payload(model, with_optimizer=False)["state_dict"].items()}
-    return cfg, path, ReferenceLatentCLIP(cfg, state)
+    return cfg, path, ReferenceLatentCLIP(cfg, model.state_dict())
 
 
 def _inputs(seed=0):

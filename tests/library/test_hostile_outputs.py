@@ -65,9 +65,9 @@ def test_safety_check_still_passes_finite_latents_below_the_threshold():
 def test_safety_filter_node_blocks_what_it_cannot_judge(comfy_inprocess):
     import comfy.model_patcher
     pack = comfy_inprocess.pack
-    convert = pack.nodes.loaders
-    patcher = comfy.model_patcher.ModelPatcher(convert.ModelHolder(nan_weight_model()), load_device=torch.device("cpu"),
-                                               offload_device=torch.device("cpu"))
+    holder = pack.nodes.loaders.ModelHolder(nan_weight_model())
+    cpu = torch.device("cpu")
+    patcher = comfy.model_patcher.ModelPatcher(holder, load_device=cpu, offload_device=cpu)
     latent = {"samples": LATENTS.clone(), "batch_index": [5, 6, 7]}
     node = pack.nodes.score.LatentCLIPSafetyFilter.PREPARE_CLASS_CLONE({})
     with torch.inference_mode():
