@@ -118,15 +118,15 @@ def _fmt(losses: torch.Tensor) -> str:
 
 
 def reno_sample(model, positive, negative, reward, latent: dict, seed: int, iterations: int, steps: int,
-                cfg: float, lr: float, allow_family_mismatch: bool = False, sampler_name: str = "euler") -> dict:
+                cfg: float, lr: float, allow_family_mismatch: bool = False) -> dict:
     """ComfyUI's own graph CFGGuider -> BasicScheduler ("simple", denoise 1) -> RandomNoise ->
-    SamplerCustomAdvanced, called in code with a :class:`RenoSampler` around ``sampler_name``;
-    returns SamplerCustomAdvanced's first output (the sampled LATENT)."""
+    SamplerCustomAdvanced, called in code with a :class:`RenoSampler` around euler; returns
+    SamplerCustomAdvanced's first output (the sampled LATENT)."""
     guider = comfy.samplers.CFGGuider(model)
     guider.inner_set_conds({"positive": positive} if negative is None else {"positive": positive, "negative": negative})
     guider.set_cfg(cfg if negative is not None else 1.0)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps).cpu()
-    sampler = RenoSampler(comfy.samplers.ksampler(sampler_name), reward, iterations=iterations, lr=lr,
+    sampler = RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=iterations, lr=lr,
                           allow_family_mismatch=allow_family_mismatch)
     return SamplerCustomAdvanced.execute(Noise_RandomNoise(seed), guider, sampler, sigmas, latent).result[0]
 
