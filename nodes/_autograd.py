@@ -45,6 +45,6 @@ def clone_tensors_(obj):
         obj[:] = [clone_tensors_(v) for v in obj]
     elif isinstance(obj, tuple):
         return tuple(clone_tensors_(v) for v in obj)
-    elif hasattr(obj, "cond") and isinstance(getattr(obj, "cond"), torch.Tensor):
+    elif isinstance(getattr(obj, "cond", None), torch.Tensor):
         obj.cond = obj.cond.clone()  # comfy.conds.CONDRegular and friends
     return obj

@@ -94,8 +94,8 @@ class LatentCLIPZeroShot(io.ComfyNode):
         probs = zeroshot.classify(model, z, classifier, progress)
         top_p, top = probs.max(dim=-1)
         rows = [[i, names[k], *(f"{p:.3f}" for p in row)] for i, (k, row) in enumerate(zip(top.tolist(), probs.tolist()))]
-        text = _latent.table(["#", "top", *names], rows)
-        return _reported([names[k] for k in top.tolist()], top_p.tolist(), report=text)
+        return _reported([names[k] for k in top.tolist()], top_p.tolist(),
+                         report=_latent.table(["#", "top", *names], rows))
 
 
 class LatentCLIPSafetyFilter(io.ComfyNode):
