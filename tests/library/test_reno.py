@@ -1,4 +1,5 @@
 """The ReNO loop (latent_clip.reno) on small differentiable generators with known optima."""
+import itertools
 import math
 
 import pytest
@@ -177,16 +178,11 @@ def test_an_unbackwarded_graph_under_private_saved_tensors_is_released():
 
 def _flaky(generate, nan_at: dict[int, list[int]]):
     """``generate`` whose output is NaN for the samples ``nan_at[it]`` at evaluation ``it``."""
-    calls = []
+    calls = itertools.count()
 
     def out(e):
-        latent = generate(e)
-        bad = nan_at.get(len(calls), [])
-        calls.append(None)
-        if bad:
-            latent = latent.clone()
-            latent[bad] = float("nan")
-        return latent
+        bad = nan_at.get(next(calls), [])
+        return generate(e).index_fill(0, torch.tensor(bad, dtype=torch.long), float("nan"))
 
     return out
 
@@ -216,11 +212,10 @@ def test_non_finite_iterates_are_never_chosen_and_the_best_finite_one_is_returne
 def test_a_non_finite_reward_or_gradient_takes_no_step():
     generate, reward, noise = _cos_problem(seed=4, batch=1)
 
+    calls = itertools.count()
+
     def nan_reward(latent):  # the reward itself breaks at evaluation 1
-        loss = reward(latent)
-        nan_reward.calls += 1
-        return loss * float("nan") if nan_reward.calls == 2 else loss
-    nan_reward.calls = 0
+        return reward(latent) * (float("nan") if next(calls) == 1 else 1.0)
 
     def nan_gradient(e):  # forward unchanged, backward NaN (d sqrt(u) at u = 0)
         return generate(e) + 0 * (e - e.detach()).abs().sqrt()
