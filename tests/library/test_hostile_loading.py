@@ -2,7 +2,6 @@
 each gets one clear line, from the library, the CLI and the ComfyUI loader alike, within a stated
 time and memory bound measured in a fresh process, and nothing in any of them runs."""
 import json
-import os
 import re
 import subprocess
 import sys
@@ -12,13 +11,13 @@ import pytest
 import torch
 
 import latent_clip
-from fixtures import REPO, tiny_model
+from fixtures import child_env, tiny_model
 from hostile_files import CASES, MARKER, MEMORY_BOUND, TIME_BOUND
 from latent_clip.__main__ import main as cli
 from latent_clip.factory import REAL_NUMPY_DTYPES, load_pickle_safely
 
 PROBE = r"""
-import json, re, sys, time, traceback
+import json, re, sys, time
 import latent_clip
 from latent_clip.cli import describe
 
@@ -54,8 +53,7 @@ def measured(corpus):
     hostile file, recording the peak RSS above the RSS before each load, and the time."""
     folder, files, valid = corpus
     order = {"warm-up": str(valid), "valid": str(valid), **{k: str(v) for k, v in files.items()}}
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(order)], cwd=folder, env=env,
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(order)], cwd=folder, env=child_env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.splitlines()[-1])
@@ -91,10 +89,9 @@ def test_cli_prints_the_same_single_line(name, corpus, measured, capsys):
 def test_cli_traceback_only_with_debug(corpus):
     _, files, _ = corpus
     cmd = [sys.executable, "-m", "latent_clip", "info", str(files["numpy-void-bomb"])]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    plain = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    plain = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=120)
     assert plain.returncode == 2 and len(plain.stderr.splitlines()) == 1 and "Traceback" not in plain.stderr
-    debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=env, timeout=120)
+    debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=child_env(), timeout=120)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "CheckpointError" in debug.stderr
 
 
