@@ -156,10 +156,10 @@ class ModelConfig:
                 elif str(f.type).startswith("str") and not isinstance(getattr(cfg, f.name), (str, type(None))):
                     raise ConfigError(f"{label}: {section}.{f.name} must be a string")
         v, t = self.vision, self.text
-        if v.latent_family not in latent_families():
-            raise ConfigError(f"{label}: unknown latent family {v.latent_family!r}; known: "
-                              f"{', '.join(latent_families())}")
-        family = v.family
+        try:
+            family = v.family
+        except ConfigError as err:  # an unknown family
+            raise ConfigError(f"{label}: {err}") from None
         if v.latent_n_channels != family.channels:
             raise ConfigError(f"{label}: latent_n_channels={v.latent_n_channels} but family {family.name!r} "
                               f"has {family.channels} channels")

@@ -123,6 +123,5 @@ def apply_action(latent: dict, flagged: torch.Tensor, action: str, family, seed:
         return select(latent, keep) if keep else None
     if action == "zero":
         return replace(latent, flagged, torch.zeros_like(z))
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(z.shape, generator=generator, dtype=torch.float32)
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
     return replace(latent, flagged, scaled_to_raw(noise, family))
