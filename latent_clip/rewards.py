@@ -85,11 +85,7 @@ def latent_alignment(model, prompt: Prompts) -> RewardFn:
 
     ``model`` is a :class:`~latent_clip.LatentCLIP`; the text is encoded once, here."""
     text = _text_features(model, _prompt_list(prompt))
-
-    def loss(latents: torch.Tensor) -> torch.Tensor:
-        return clip_score_loss(model.encode_latents(latents, normalize=True), text, model.logit_scale)
-
-    return loss
+    return lambda latents: clip_score_loss(model.encode_latents(latents), text, model.logit_scale)
 
 
 def latent_avoid(model, concepts: "str | Sequence[Concept]") -> RewardFn:
@@ -104,11 +100,7 @@ def latent_avoid(model, concepts: "str | Sequence[Concept]") -> RewardFn:
         raise ValueError("latent_avoid needs at least one concept")
     concept = _text_features(model, [c.prompt for c in concepts])
     neutral = _text_features(model, [c.counter for c in concepts])
-
-    def loss(latents: torch.Tensor) -> torch.Tensor:
-        return concept_loss(model.encode_latents(latents, normalize=True), concept, neutral, model.logit_scale)
-
-    return loss
+    return lambda latents: concept_loss(model.encode_latents(latents), concept, neutral, model.logit_scale)
 
 
 def clip_normalise(images: torch.Tensor, size: int, mean: Sequence[float] = CLIP_MEAN,
@@ -227,11 +219,7 @@ def weighted_sum(rewards: Mapping[str, RewardFn], weights: Mapping[str, float]) 
     active = {n: fn for n, fn in rewards.items() if weights.get(n, 0.0)}
     if not active:
         raise ValueError("no reward has a non-zero weight")
-
-    def loss(latents: torch.Tensor) -> torch.Tensor:
-        return sum(weights[n] * fn(latents).float().to(latents.device) for n, fn in active.items())
-
-    return loss
+    return lambda latents: sum(weights[n] * fn(latents).float().to(latents.device) for n, fn in active.items())
 
 
 def step_away(latents: torch.Tensor, loss_fn: RewardFn, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
