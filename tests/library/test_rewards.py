@@ -8,12 +8,10 @@ from latent_clip.rewards import clip_preprocess, clip_score_loss, concept_loss, 
     pixel_alignment, step_away, weighted_sum
 from train.synthetic import tiny_latent_cfg
 
-TINY = tiny_latent_cfg(image_size=512)
-
 
 @pytest.fixture(scope="module")
 def tiny():
-    return tiny_model(TINY).requires_grad_(False)
+    return tiny_model(tiny_latent_cfg(image_size=512)).requires_grad_(False)
 
 
 def test_clip_score_loss_is_renos():
