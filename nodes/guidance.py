@@ -11,8 +11,8 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from . import _latent, loaders
-from ..latent_clip import rewards
+from . import loaders
+from ..latent_clip import rewards, safety
 from ._ui import NodeText
 from .loaders import LatentClip
 
@@ -79,7 +79,7 @@ class LatentCLIPAvoidGuider(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, cfg: float, latent_clip, concepts: str, strength: float,
                 start_percent: float, end_percent: float, allow_family_mismatch: bool = False) -> io.NodeOutput:
-        _latent.lines(concepts, "concepts")
+        safety.parse_concepts(concepts)  # bad concepts fail here, before sampling
         loaders.check_pairing(latent_clip, model.get_model_object("latent_format"), allow_family_mismatch, NodeText())
         guider = AvoidGuider(model, latent_clip, concepts, strength, start_percent, end_percent)
         guider.set_conds(positive, negative)

@@ -10,8 +10,8 @@ import folder_paths
 from comfy_api.latest import io
 from torch import nn
 
-from . import _latent, loaders
-from ..latent_clip import rewards
+from . import loaders
+from ..latent_clip import rewards, safety
 from ..latent_clip.reno import RENO
 from ._autograd import autograd_safe_
 from ._ui import NodeText
@@ -135,7 +135,7 @@ class LatentCLIPRewardAvoid(io.ComfyNode):
 
     @classmethod
     def execute(cls, latent_clip, concepts: str, weight: float, reward=None) -> io.NodeOutput:
-        _latent.lines(concepts, "concepts")
+        safety.parse_concepts(concepts)  # bad concepts fail here, before sampling
         return chained(reward, AvoidTerm(weight, latent_clip, concepts))
 
 
