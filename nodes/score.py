@@ -128,8 +128,7 @@ class LatentCLIPSafetyFilter(io.ComfyNode):
     def execute(cls, latent: dict, latent_clip, concepts: str, threshold: float, action: str,
                 seed: int) -> io.NodeOutput:
         model, z, progress = _model_and_latents(latent_clip, latent, NodeText(cls.hidden.unique_id))
-        wanted = safety.parse_concepts(concepts)
-        result = safety.check(model, z, wanted, threshold, progress)
+        result = safety.check(model, z, safety.parse_concepts(concepts), threshold, progress)
         out = safety.apply_action(latent, result.flagged, action, model.config.vision.family, seed)
         text = f"action: {action}\n" + safety.report(result)
         if out is None:  # everything dropped: nodes fed by `latent` are skipped, the job still succeeds
