@@ -83,10 +83,6 @@ def is_vae_key(key: str) -> bool:
     return key.startswith(VAE_PREFIXES)
 
 
-def export_config_path(weights: Path) -> Path:
-    return weights.with_suffix(".json")
-
-
 def is_safetensors(path: Path) -> bool:
     """By content: an 8-byte little-endian header length, then a JSON object, within the file."""
     with open(path, "rb") as f:
@@ -171,7 +167,7 @@ def read_state_dict(path: str | Path, vae_encoder: bool = True) -> tuple[dict[st
                 state = {k: f.get_tensor(k) for k in f.keys() if vae_encoder or not is_vae_key(k)}
         except Exception as err:  # noqa: BLE001 - safetensors raises its own untyped errors
             raise CheckpointError(f"cannot read {path}: not a valid safetensors file ({_first_line(err)})") from None
-        config = read_export_config(export_config_path(path))
+        config = read_export_config(path.with_suffix(".json"))
     elif path.suffix == ".safetensors":
         raise CheckpointError(f"cannot read {path}: not a valid safetensors file (no safetensors header)")
     else:
@@ -307,7 +303,7 @@ def load_model(path: str | Path, config: ModelConfig | Mapping | str | Path | No
         try:
             cfg = ModelConfig.from_dict(stored)
         except ConfigError as err:
-            raise CheckpointError(f"{export_config_path(Path(path))}: {err}") from None
+            raise CheckpointError(f"{Path(path).with_suffix('.json')}: {err}") from None
     else:
         try:
             cfg = infer_config(state)
@@ -365,7 +361,7 @@ def save_export(model: LatentCLIP, path: str | Path, dtype: torch.dtype | str | 
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     meta = {"model_cfg": model.config.to_dict(), "vae_encoder": any(is_vae_key(k) for k in state),
             "dtype": str(next(iter(state.values())).dtype).removeprefix("torch.")}
-    atomic_write(export_config_path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
     return path
 
 
