@@ -35,6 +35,4 @@ def replace(latent: dict[str, Any], which: torch.Tensor, new_samples: torch.Tens
     """``latent`` with the items where ``which`` (B,) is True taken from ``new_samples`` (B, ...)."""
     samples = latent["samples"]
     keep = (~which.to(samples.device).bool()).view(-1, *([1] * (samples.ndim - 1)))
-    out = dict(latent)
-    out["samples"] = torch.where(keep, samples, new_samples.to(samples))
-    return out
+    return {**latent, "samples": torch.where(keep, samples, new_samples.to(samples))}

@@ -13,7 +13,7 @@ together.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from .config import LatentFamily, VisionConfig, latent_families
 
 ResizePolicy = Literal["pool", "interpolate"]
-RESIZE_POLICIES: tuple[str, ...] = ("pool", "interpolate")
 
 
 class LatentContractError(ValueError):
@@ -168,4 +167,4 @@ def fit_latents(z: torch.Tensor, size: int, patch: int, policy: ResizePolicy) ->
         hc, wc = h - h % patch, w - w % patch
         top, left = (h - hc) // 2, (w - wc) // 2
         return z[..., top:top + hc, left:left + wc]
-    raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, got {policy!r}")
+    raise ValueError(f"resize policy must be one of {get_args(ResizePolicy)}, got {policy!r}")
