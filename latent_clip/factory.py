@@ -79,10 +79,6 @@ def strip_prefixes(key: str) -> str:
     return STRIP_PREFIXES.sub("", key)
 
 
-def is_vae_key(key: str) -> bool:
-    return key.startswith(VAE_PREFIXES)
-
-
 def is_safetensors(path: Path) -> bool:
     """By content: an 8-byte little-endian header length, then a JSON object, within the file."""
     with open(path, "rb") as f:
@@ -164,7 +160,7 @@ def read_state_dict(path: str | Path, vae_encoder: bool = True) -> tuple[dict[st
     if is_safetensors(path):
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
-                state = {k: f.get_tensor(k) for k in f.keys() if vae_encoder or not is_vae_key(k)}
+                state = {k: f.get_tensor(k) for k in f.keys() if vae_encoder or not k.startswith(VAE_PREFIXES)}
         except Exception as err:  # noqa: BLE001 - safetensors raises its own untyped errors
             raise CheckpointError(f"cannot read {path}: not a valid safetensors file ({_first_line(err)})") from None
         config = read_export_config(path.with_suffix(".json"))
@@ -182,7 +178,8 @@ def read_state_dict(path: str | Path, vae_encoder: bool = True) -> tuple[dict[st
             raise CheckpointError(f"{path}: state dict key {bad_key!r} is not a string "
                                   f"({type(bad_key).__name__}); expected parameter names")
         stripped = ((strip_prefixes(k), v) for k, v in obj.items())
-        state, config = {k: v for k, v in stripped if vae_encoder or not is_vae_key(k)}, None
+        state = {k: v for k, v in stripped if vae_encoder or not k.startswith(VAE_PREFIXES)}
+        config = None
     check_tensors(state, path)
     return state, config
 
@@ -314,7 +311,7 @@ def load_model(path: str | Path, config: ModelConfig | Mapping | str | Path | No
         if found != layers:  # checked before anything is built from the config
             raise CheckpointError(f"{path} has {found} blocks under {prefix}*, config "
                                   f"{cfg.name or '(inferred)'} expects {layers}")
-    with_vae = any(is_vae_key(k) for k in state)
+    with_vae = any(k.startswith(VAE_PREFIXES) for k in state)
     with torch.device("meta"):  # bounded: the config passed its limits
         model = LatentCLIP(cfg, vae_encoder=with_vae)
     _require_fit(model.state_dict(), state, f"{path} does not match config {cfg.name or '(inferred)'}")
@@ -355,11 +352,11 @@ def save_export(model: LatentCLIP, path: str | Path, dtype: torch.dtype | str | 
         raise ValueError(f"export path must end in .safetensors, got {path.name}")
     target = resolve_dtype(dtype)
     state = {k: (v.to(target) if target else v).detach().contiguous().cpu()
-             for k, v in model.state_dict().items() if vae_encoder or not is_vae_key(k)}
+             for k, v in model.state_dict().items() if vae_encoder or not k.startswith(VAE_PREFIXES)}
     refuse_non_finite(state, path)  # after the cast: fp16 overflows to Inf
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
-    meta = {"model_cfg": model.config.to_dict(), "vae_encoder": any(is_vae_key(k) for k in state),
+    meta = {"model_cfg": model.config.to_dict(), "vae_encoder": any(k.startswith(VAE_PREFIXES) for k in state),
             "dtype": str(next(iter(state.values())).dtype).removeprefix("torch.")}
     atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
     return path
