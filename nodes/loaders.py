@@ -30,8 +30,6 @@ EMBEDDED = "tinyworld (embedded demo)"
 EMBEDDED_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "latent_clip", "assets", "tinyworld",
                              "latent_clip.safetensors")
 EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin"}
-DTYPE_CHOICES = ["auto", *DTYPES]
-DEVICE_CHOICES = ["default", "cpu"]
 
 
 def register_model_folder(name: str = FOLDER, extensions=EXTENSIONS) -> None:
@@ -167,9 +165,9 @@ class LatentCLIPLoader(io.ComfyNode):
                                        "'tinyworld (embedded demo)' is the small model trained on the pack's "
                                        "procedural shapes world: it runs anywhere, but only knows that world "
                                        "(the default only while the folder holds no weights)."),
-                io.Combo.Input("dtype", options=DTYPE_CHOICES, default="auto",
+                io.Combo.Input("dtype", options=["auto", *DTYPES], default="auto",
                                tooltip="Weight precision. auto: fp32 on CPU, ComfyUI's text-encoder dtype on GPU."),
-                io.Combo.Input("device", options=DEVICE_CHOICES, default="default",
+                io.Combo.Input("device", options=["default", "cpu"], default="default",
                                tooltip="default: ComfyUI's device, offloaded when others need the memory. "
                                        "cpu: always run on the CPU."),
             ],

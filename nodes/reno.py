@@ -50,8 +50,7 @@ class RenoSampler(comfy.samplers.KSAMPLER):
                  allow_family_mismatch: bool = False):
         super().__init__(inner.sampler_function, inner.extra_options, inner.inpaint_options)
         self.inner, self.reward = inner, tuple(reward)
-        self.options = dict(iterations=iterations, lr=lr, momentum=momentum, grad_clip=grad_clip,
-                            reg_weight=reg_weight)
+        self.options = dict(iterations=iterations, lr=lr, momentum=momentum, grad_clip=grad_clip, reg_weight=reg_weight)
         self.allow_family_mismatch = allow_family_mismatch
         self.last_result = None
         self.text: NodeText | None = None  # the last run's node text (warnings + progress)
