@@ -118,7 +118,7 @@ def test_vae_encoder_and_optimizer_are_dropped(official):
 
 
 def test_checkpoint_without_vae_keys_loads(official, tmp_path):
-    cfg, _, ref = official
+    cfg, _, _ = official
     model = random_model(cfg, seed=7)
     path = write_official_checkpoint(tmp_path / "novae.pt", model, with_vae=False)
     loaded = load_model(path)
