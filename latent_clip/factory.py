@@ -275,11 +275,11 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> ModelConfig:
         inferred.validate()
     except ConfigError as err:
         raise CheckpointError(f"the tensors describe an unsupported architecture: {err}") from None
-    shape = ("latent_size", "patch_size", "width", "layers", "latent_n_channels")
+    vision_shape = ("latent_size", "patch_size", "width", "layers", "latent_n_channels")
     for name in list_models():
         known = get_model_config(name)
         if (known.embed_dim, known.text) == (embed_dim, text) and all(
-                getattr(known.vision, k) == getattr(vision, k) for k in shape):
+                getattr(known.vision, k) == getattr(vision, k) for k in vision_shape):
             return known
     return inferred
 
@@ -434,4 +434,3 @@ def convert(src: str | Path, dst: str | Path, config: Any = None, dtype: str | N
     """Official checkpoint (or any loadable weights) -> safetensors export at ``dst``."""
     model = load_model(src, config=config, vae_encoder=vae_encoder)
     return save_export(model, dst, dtype=dtype, vae_encoder=vae_encoder)
-
