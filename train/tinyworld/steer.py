@@ -16,7 +16,7 @@ from latent_clip.rewards import latent_alignment, latent_avoid, pixel_alignment,
 from latent_clip.safety import Concept
 
 from .judge import contains_colour, judge_batch, to_uint8
-from .vae import SCALING_FACTOR, decode
+from .vae import SCALING_FACTOR
 from .world import COLOURS, SHAPES, Spec
 
 
@@ -43,7 +43,7 @@ class PromptedFlow:
 def pixel_reward(clip_model, vae, prompts: list[str]):
     """Decode with the tiny VAE, then the pixel CLIP: ReNO's CLIPScore loss per sample."""
     tokenizer = partial(open_clip.tokenize, context_length=clip_model.context_length)
-    return pixel_alignment(clip_model, tokenizer, prompts, lambda raw: decode(vae, raw))
+    return pixel_alignment(clip_model, tokenizer, prompts, lambda raw: vae.decode(raw).sample)
 
 
 def avoid_concepts(colour: str) -> list[Concept]:
@@ -53,13 +53,9 @@ def avoid_concepts(colour: str) -> list[Concept]:
             for s in SHAPES for c in COLOURS if c != colour]
 
 
-def run_reno(generate: PromptedFlow, reward, seed: int, iterations: int, lr: float) -> RenoResult:
-    return optimize_noise(generate, reward, generate.noise(seed), iterations=iterations, lr=lr)
-
-
 @torch.no_grad()
 def judge_latents(vae, raw: torch.Tensor, specs: list[Spec]):
-    images = to_uint8(decode(vae, raw))
+    images = to_uint8(vae.decode(raw).sample)
     return judge_batch(images, specs), images
 
 
@@ -74,4 +70,4 @@ def guided(generate: PromptedFlow, latent_clip_model, colour: str, seed: int, it
     reward = weighted_sum({"avoid": latent_avoid(latent_clip_model, avoid_concepts(colour)),
                            "align": latent_alignment(latent_clip_model, generate.prompts)},
                           {"avoid": 1.0, "align": align_weight})
-    return run_reno(generate, reward, seed, iterations, lr)
+    return optimize_noise(generate, reward, generate.noise(seed), iterations=iterations, lr=lr)

@@ -47,8 +47,7 @@ def object_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
 
 
 def train_vae(steps: int, batch: int = 16, crop: int = 64, lr: float = 2e-3, kl_weight: float = 1e-6,
-              object_weight: float = 8.0,
-              seed: int = 0, log=print):
+              object_weight: float = 8.0, seed: int = 0, log=print):
     """Train from scratch on world seed ``seed``; returns the rescaled VAE (eval mode) and losses."""
     torch.manual_seed(seed)
     vae = build_vae().to(memory_format=torch.channels_last).train()
@@ -74,7 +73,7 @@ def train_vae(steps: int, batch: int = 16, crop: int = 64, lr: float = 2e-3, kl_
             log(f"vae step {step + 1}/{steps} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
                 f"{(time.time() - tic) / (step + 1):.2f} s/step")
     vae.eval().requires_grad_(False)
-    rescale(vae, latent_std(vae, seed + 1))
+    rescale(vae, encode(vae, images_tensor(make_samples(seed + 1, 256))).std().item())
     return vae, losses
 
 
@@ -82,16 +81,6 @@ def train_vae(steps: int, batch: int = 16, crop: int = 64, lr: float = 2e-3, kl_
 def encode(vae, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """Images in [-1, 1] -> raw latents (posterior mean)."""
     return torch.cat([vae.encode(x).latent_dist.mean for x in images.split(batch)])
-
-
-def decode(vae, raw: torch.Tensor) -> torch.Tensor:
-    """Raw latents -> images in [-1, 1]; differentiable."""
-    return vae.decode(raw).sample
-
-
-@torch.no_grad()
-def latent_std(vae, seed: int, n: int = 256) -> float:
-    return encode(vae, images_tensor(make_samples(seed, n))).std().item()
 
 
 @torch.no_grad()
@@ -105,10 +94,8 @@ def rescale(vae, std: float) -> None:
     vae.post_quant_conv.weight /= a
 
 
-def save(vae, path: str | Path) -> Path:
-    vae = vae.to(memory_format=torch.contiguous_format)
-    vae.save_pretrained(str(path), safe_serialization=True)
-    return Path(path)
+def save(vae, path: str | Path) -> None:
+    vae.to(memory_format=torch.contiguous_format).save_pretrained(str(path), safe_serialization=True)
 
 
 def load(path: str | Path):
