@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .data import write_latent_shard, write_sizes
+from .data import IMAGE_EXTS, write_latent_shard, write_sizes, write_tar
 
 NAMES = ("apple", "boat", "castle", "dog", "engine", "forest", "guitar", "house", "island", "jacket",
          "kite", "lamp", "mountain", "needle", "orange", "piano")
@@ -56,7 +56,6 @@ def write_synthetic_latents(out: str | Path, n_classes: int = 4, per_class: int 
 def write_image_shards(images: str | Path, out: str | Path, n_shards: int = 2, corrupt: int = 0) -> list[Path]:
     """img2dataset-style tars (``KEY.png``/``KEY.jpg`` + ``KEY.txt``) from a folder of images, with
     generated captions ("a photo of a <file stem>") and ``corrupt`` undecodable images appended."""
-    from .data import IMAGE_EXTS, write_tar
     files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
