@@ -19,7 +19,6 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import save_file
 
 from latent_clip import LatentCLIP, ModelConfig, build_classifier, classify
 from latent_clip.factory import load_weights
@@ -99,15 +98,6 @@ def fit(kind: str, cfg: dict, data: Path, out: Path, steps: int, batch: int, lr:
 def load_latent_checkpoint(path: Path, cfg: dict):
     model = LatentCLIP(ModelConfig.from_dict(cfg, name="tinyworld-latent-clip"))
     return load_weights(model, path).eval().requires_grad_(False)
-
-
-def save_pixel(model, path: Path) -> Path:
-    """safetensors (fp16) + ``{model_cfg}`` JSON beside it, the layout ``load_pixel_model`` reads."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt"})
-    path.with_suffix(".json").write_text(json.dumps({"model_cfg": model.model_cfg}, indent=2) + "\n")
-    return path
 
 
 # ---------------------------------------------------------------- features

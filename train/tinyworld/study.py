@@ -21,9 +21,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from latent_clip import load_model, save_export
+from latent_clip.factory import export_config_path, load_weights, read_export_config
 from latent_clip.reno import optimize_noise
 from latent_clip.rewards import latent_alignment
 
@@ -121,21 +122,23 @@ def save_models(models: dict, directory: Path) -> None:
     if not (directory / "vae").exists():
         tiny_vae.save(models["vae"], directory / "vae")
     save_export(models["latent"], directory / "latent_clip.safetensors", dtype="fp16")
-    clips.save_pixel(models["pixel"], directory / "pixel_clip.safetensors")
-    g = models["generator"]
-    save_file({k: v.to(torch.float16).contiguous() for k, v in g.state_dict().items()},
-              str(directory / "generator.safetensors"))
-    (directory / "generator.json").write_text(json.dumps(g.config, indent=2) + "\n")
+    save_fp16(models["pixel"], directory / "pixel_clip.safetensors", {"model_cfg": models["pixel"].model_cfg})
+    save_fp16(models["generator"], directory / "generator.safetensors", models["generator"].config)
+
+
+def save_fp16(module: torch.nn.Module, path: Path, sidecar: dict) -> None:
+    """``module``'s weights as fp16 safetensors at ``path``, and ``sidecar`` as the JSON beside it."""
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "pt"})
+    export_config_path(path).write_text(json.dumps(sidecar, indent=2) + "\n")
 
 
 def load_models(directory: Path) -> dict:
-    cfg = json.loads((directory / "generator.json").read_text())
-    generator = TinyFlowModel(**cfg)
-    generator.load_state_dict({k: v.float() for k, v in load_file(str(directory / "generator.safetensors")).items()})
-    pixel_cfg = json.loads((directory / "pixel_clip.json").read_text())["model_cfg"]
+    generator = TinyFlowModel(**json.loads((directory / "generator.json").read_text()))
+    pixel = directory / "pixel_clip.safetensors"
     return {"vae": tiny_vae.load(directory / "vae"), "latent": load_model(directory / "latent_clip.safetensors"),
-            "pixel": load_pixel_model(pixel_cfg, directory / "pixel_clip.safetensors"),
-            "generator": generator.eval().requires_grad_(False)}
+            "pixel": load_pixel_model(read_export_config(export_config_path(pixel)), pixel),
+            "generator": load_weights(generator, directory / "generator.safetensors").eval().requires_grad_(False)}
 
 
 # ---------------------------------------------------------------- measuring (steps 5, 7, 8)
