@@ -88,9 +88,9 @@ def relation_holds(relation: str, a: Detection, b: Detection) -> bool:
     return d >= MIN_OFFSET and d > abs(dx)
 
 
-def judge(image: np.ndarray, spec: Spec, found: list[Detection] | None = None) -> bool:
+def judge(image: np.ndarray, spec: Spec) -> bool:
     """Does ``image`` (H, W, 3 uint8) show what ``spec`` asks for?"""
-    found = detect(image) if found is None else found
+    found = detect(image)
     matches = [_matches(q, found) for q in spec.queries]
     if spec.category == "counting":
         return len(matches[0]) == spec.queries[0].count
