@@ -13,7 +13,7 @@ import torch
 import latent_clip
 from fixtures import IMAGE_FILES, IMAGES, N_IMAGES, REPO, child_env, fit_args, records, tiny_model
 from hostile_files import truncate
-from train.data import SIZES_FILE, expand_shards, shard_sizes, write_latent_shard
+from train.data import SIZES_FILE, expand_shards, open_shard, shard_sizes, write_latent_shard
 from train.encode import main as encode
 from train.main import TrainingError, main as fit
 from train.synthetic import write_image_shards, write_synthetic_latents
@@ -155,12 +155,11 @@ def test_fit_with_no_readable_shard_is_an_error(tmp_path):
 def test_a_nan_latent_stops_fit_naming_step_shard_and_sample(tmp_path):
     data = write_synthetic_latents(tmp_path / "data", n_classes=4, per_class=16, n_shards=2)
     shard = expand_shards(data)[1]
-    from train.data import open_shard
-    rows = open_shard(shard)
-    latents = torch.stack([rows[i].latent for i in range(len(rows))])
+    reader = open_shard(shard)
+    rows = [reader[i] for i in range(len(reader))]
+    latents = torch.stack([r.latent for r in rows])
     latents[5, 0, 3, 3] = float("nan")
-    write_latent_shard(shard, latents, [rows[i].caption for i in range(len(rows))],
-                       [rows[i].key for i in range(len(rows))], [rows[i].label for i in range(len(rows))])
+    write_latent_shard(shard, latents, [r.caption for r in rows], [r.key for r in rows], [r.label for r in rows])
     proc = run_cli("fit", *fit_args(data, tmp_path, "nan", **{"max-steps": 16, "save-every": 1}))
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr[-3000:]
     error = proc.stderr.splitlines()[0]
