@@ -35,17 +35,11 @@ from .world import (CATEGORIES, COLOURS, PREFIXES, RELATIONS, SHAPES, Query, Sam
 CONTEXT = 20
 EMBED, WIDTH = 64, 64
 TEXT_CFG = {"context_length": CONTEXT, "width": WIDTH, "heads": 1, "layers": 2}
-
-
-def latent_cfg(layers: int = 2) -> dict:
-    return {"embed_dim": EMBED, "text_cfg": dict(TEXT_CFG),
-            "vision_cfg": {"image_size": 64, "patch_size": 1, "width": WIDTH, "layers": layers,
-                           "latent_family": "tinyworld", "latent_n_channels": 4, "latent_factor": 8}}
-
-
-def pixel_cfg(layers: int = 2) -> dict:
-    return {"embed_dim": EMBED, "text_cfg": dict(TEXT_CFG),
-            "vision_cfg": {"image_size": 64, "patch_size": 8, "width": WIDTH, "layers": layers}}
+LATENT_CFG = {"embed_dim": EMBED, "text_cfg": TEXT_CFG,
+              "vision_cfg": {"image_size": 64, "patch_size": 1, "width": WIDTH, "layers": 2,
+                             "latent_family": "tinyworld", "latent_n_channels": 4, "latent_factor": 8}}
+PIXEL_CFG = {"embed_dim": EMBED, "text_cfg": TEXT_CFG,
+             "vision_cfg": {"image_size": 64, "patch_size": 8, "width": WIDTH, "layers": 2}}
 
 
 # ---------------------------------------------------------------- data

@@ -105,7 +105,7 @@ def train_all(p: Preset, out: Path, clock: Clock, weights: Path = ASSETS, seed: 
                  "--store-dtype", "fp32", "--batch-size", "100", "--device", "cpu"])
     t = clock.lap("encode", t)
     models = {"vae": vae}
-    for kind, cfg, data in (("latent", clips.latent_cfg(), "latents"), ("pixel", clips.pixel_cfg(), "images")):
+    for kind, cfg, data in (("latent", clips.LATENT_CFG, "latents"), ("pixel", clips.PIXEL_CFG, "images")):
         ckpt = clips.fit(kind, cfg, out / "data" / data, out / "fit", p.clip_steps, p.clip_batch, p.clip_lr,
                          seed=seed)
         models[kind] = clips.load_latent_checkpoint(ckpt, cfg) if kind == "latent" else load_pixel_model(cfg, ckpt)
