@@ -25,11 +25,6 @@ ARCH = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D
             scaling_factor=SCALING_FACTOR)
 
 
-def build_vae():
-    from diffusers import AutoencoderKL
-    return AutoencoderKL(**ARCH)
-
-
 def random_crops(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """One ``size`` crop per image at offsets on the latent grid (multiples of 8)."""
     if size >= x.shape[-1]:
@@ -49,8 +44,9 @@ def object_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
 def train_vae(steps: int, batch: int = 16, crop: int = 64, lr: float = 2e-3, kl_weight: float = 1e-6,
               object_weight: float = 8.0, seed: int = 0, log=print):
     """Train from scratch on world seed ``seed``; returns the rescaled VAE (eval mode) and losses."""
+    from diffusers import AutoencoderKL
     torch.manual_seed(seed)
-    vae = build_vae().to(memory_format=torch.channels_last).train()
+    vae = AutoencoderKL(**ARCH).to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     losses, tic = [], time.time()

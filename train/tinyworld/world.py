@@ -117,15 +117,11 @@ def sample_spec(rng: random.Random, category: str | None = None) -> Spec:
 
 # ---------------------------------------------------------------- scenes
 
-def _fits(placed: list[Obj], x: float, y: float, size: float) -> bool:
-    return all(np.hypot(x - o.x, y - o.y) >= 1.3 * (size + o.size) + 3 for o in placed)
-
-
 def _place(rng: random.Random, placed: list[Obj], size: float) -> tuple[float, float] | None:
     lo, hi = size + 2, SIZE - 3 - size
     for _ in range(200):
         x, y = rng.uniform(lo, hi), rng.uniform(lo, hi)
-        if _fits(placed, x, y, size):
+        if all(np.hypot(x - o.x, y - o.y) >= 1.3 * (size + o.size) + 3 for o in placed):  # clear of the others
             return x, y
     return None
 
