@@ -133,7 +133,7 @@ class TarShard:
             raise CaptionError(f"{self.path} sample {key}: caption or label is not UTF-8 text ({err})") from None
         if "latent.pt" in g:
             return Sample(key, caption, label, latent=_read_latent(g["latent.pt"], f"{self.path} sample {key}"))
-        image = next((g[e] for e in ("jpg", "jpeg", "png", "webp", "bmp") if e in g), None)
+        image = next((g[e[1:]] for e in IMAGE_EXTS if e[1:] in g), None)
         return Sample(key, caption, label, image_bytes=image)
 
 

@@ -105,11 +105,6 @@ def judge_batch(images: np.ndarray, specs: list[Spec]) -> np.ndarray:
     return np.array([judge(img, spec) for img, spec in zip(images, specs)], dtype=bool)
 
 
-def contains_colour(image: np.ndarray, colour: str) -> bool:
-    """Is any object of ``colour`` visible (a component of at least MIN_AREA px)?"""
-    return any(d.colour == colour for d in detect(image))
-
-
 def to_uint8(images) -> np.ndarray:
     """(B, 3, H, W) torch in [-1, 1] -> (B, H, W, 3) uint8."""
     x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()

@@ -15,7 +15,7 @@ from latent_clip.reno import RenoResult, optimize_noise
 from latent_clip.rewards import latent_alignment, latent_avoid, pixel_alignment, weighted_sum
 from latent_clip.safety import Concept
 
-from .judge import contains_colour, judge_batch, to_uint8
+from .judge import detect, judge_batch, to_uint8
 from .vae import SCALING_FACTOR
 from .world import COLOURS, SHAPES, Spec
 
@@ -60,7 +60,8 @@ def judge_latents(vae, raw: torch.Tensor, specs: list[Spec]):
 
 
 def forbidden_rate(images, colour: str) -> float:
-    return float(sum(contains_colour(img, colour) for img in images) / len(images))
+    """The share of ``images`` in which an object of ``colour`` is detected."""
+    return float(sum(any(d.colour == colour for d in detect(img)) for img in images) / len(images))
 
 
 def guided(generate: PromptedFlow, latent_clip_model, colour: str, seed: int, iterations: int, lr: float,
