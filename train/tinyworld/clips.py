@@ -62,13 +62,8 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def read_latent_shards(directory: Path) -> tuple[torch.Tensor, list[str]]:
-    latents, captions = [], []
-    for path in expand_shards(directory):
-        shard = SafetensorsShard(path)
-        rows = [shard[i] for i in range(len(shard))]
-        latents.append(torch.stack([r.latent for r in rows]))
-        captions += [r.caption for r in rows]
-    return torch.cat(latents).float(), captions
+    rows = [shard[i] for shard in map(SafetensorsShard, expand_shards(directory)) for i in range(len(shard))]
+    return torch.stack([r.latent for r in rows]), [r.caption for r in rows]
 
 
 # ---------------------------------------------------------------- training
