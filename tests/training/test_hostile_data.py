@@ -19,6 +19,7 @@ from train.encode import main as encode
 from train.main import TrainingError, main as fit
 from train.synthetic import write_image_shards, write_synthetic_latents
 
+
 def run_cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "train", *argv], cwd=REPO, env=child_env(), capture_output=True,
                           text=True, timeout=timeout)
