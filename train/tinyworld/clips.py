@@ -74,13 +74,12 @@ def fit(kind: str, cfg: dict, data: Path, out: Path, steps: int, batch: int, lr:
     tenth of the steps and gradients are clipped: without both, the pixel CLIP at lr 5e-3
     collapsed to constant features (loss stuck at log(batch))."""
     shutil.rmtree(out / kind, ignore_errors=True)  # the study retrains from scratch; fit refuses to overwrite a run
-    argv = ["--model", json.dumps(cfg), "--model-kind", kind, "--train-data", str(data),
-            "--batch-size", str(batch), "--micro-batch-size", str(batch), "--max-steps", str(steps),
-            "--lr", str(lr), "--warmup", str(max(1, steps // 10)), "--grad-clip", str(grad_clip),
-            "--wd", "0.1", "--precision", "fp32",
-            "--grad-checkpointing", "false", "--workers", "0", "--device", "cpu", "--out-dir", str(out),
-            "--name", kind, "--log-every", str(max(1, steps // 5)), "--save-every", str(steps), "--seed", str(seed)]
-    fit_main(argv)
+    fit_main(["--model", json.dumps(cfg), "--model-kind", kind, "--train-data", str(data),
+              "--batch-size", str(batch), "--micro-batch-size", str(batch), "--max-steps", str(steps),
+              "--lr", str(lr), "--warmup", str(max(1, steps // 10)), "--grad-clip", str(grad_clip), "--wd", "0.1",
+              "--precision", "fp32", "--grad-checkpointing", "false", "--workers", "0", "--device", "cpu",
+              "--out-dir", str(out), "--name", kind, "--log-every", str(max(1, steps // 5)),
+              "--save-every", str(steps), "--seed", str(seed)])
     return out / kind / "checkpoints" / "epoch_latest.pt"
 
 

@@ -97,7 +97,7 @@ def train_all(p: Preset, out: Path, clock: Clock, weights: Path = ASSETS, seed: 
     t = time.time()
     clips.write_image_shards(out / "data" / "images", seeds["train"], p.train_samples)
     t = clock.lap("world shards", t)
-    vae = tiny_vae.train_vae(p.vae_steps, seed=seeds["train"])[0] if p.vae_steps else tiny_vae.load(weights / "vae")
+    vae = tiny_vae.train_vae(p.vae_steps, seed=seeds["train"]) if p.vae_steps else tiny_vae.load(weights / "vae")
     tiny_vae.save(vae, out / "models" / "vae")
     t = clock.lap("vae", t)
     encode_main(["--input", str(out / "data" / "images"), "--vae", str(out / "models" / "vae"),
@@ -111,7 +111,7 @@ def train_all(p: Preset, out: Path, clock: Clock, weights: Path = ASSETS, seed: 
         models[kind] = clips.load_latent_checkpoint(ckpt, cfg) if kind == "latent" else load_pixel_model(cfg, ckpt)
         t = clock.lap(f"fit {kind} clip", t)
     raw, captions = clips.read_latent_shards(out / "data" / "latents")
-    models["generator"], _ = train_generator(raw * tiny_vae.SCALING_FACTOR, captions, p.generator_steps, seed=seed)
+    models["generator"] = train_generator(raw * tiny_vae.SCALING_FACTOR, captions, p.generator_steps, seed=seed)
     clock.lap("generator", t)
     save_models(models, out / "models")
     return models

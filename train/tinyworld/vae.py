@@ -42,8 +42,8 @@ def object_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
 
 
 def train_vae(steps: int, batch: int = 16, crop: int = 64, lr: float = 2e-3, kl_weight: float = 1e-6,
-              object_weight: float = 8.0, seed: int = 0, log=print):
-    """Train from scratch on world seed ``seed``; returns the rescaled VAE (eval mode) and losses."""
+              object_weight: float = 8.0, seed: int = 0):
+    """Train from scratch on world seed ``seed``; returns the rescaled VAE (eval mode, frozen)."""
     from diffusers import AutoencoderKL
     torch.manual_seed(seed)
     vae = AutoencoderKL(**ARCH).to(memory_format=torch.channels_last).train()
@@ -66,11 +66,11 @@ def train_vae(steps: int, batch: int = 16, crop: int = 64, lr: float = 2e-3, kl_
         opt.step()
         losses.append(loss.item())
         if (step + 1) % 50 == 0 or step + 1 == steps:
-            log(f"vae step {step + 1}/{steps} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
+            print(f"vae step {step + 1}/{steps} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
                 f"{(time.time() - tic) / (step + 1):.2f} s/step")
     vae.eval().requires_grad_(False)
     rescale(vae, encode(vae, images_tensor(make_samples(seed + 1, 256))).std().item())
-    return vae, losses
+    return vae
 
 
 @torch.no_grad()
