@@ -156,11 +156,11 @@ def sample_scene(rng: random.Random, spec: Spec) -> Scene | None:
     else:
         for q in spec.queries:
             colour = pick(q)  # counted objects share one colour
-            for size in sizes(q.count):
-                at = _place(rng, objects, size if q.count < 4 else min(size, 8.5))
+            for size in (z if q.count < 4 else min(z, 8.5) for z in sizes(q.count)):  # four need smaller ones
+                at = _place(rng, objects, size)
                 if at is None:
                     return None
-                objects.append(Obj(q.shape, colour, *at, size if q.count < 4 else min(size, 8.5)))
+                objects.append(Obj(q.shape, colour, *at, size))
     texture = rng.choice(("plain", "plain", "stripes", "noise"))
     return Scene(objects, rng.choice(BACKGROUNDS), texture, rng.randrange(2 ** 31))
 
