@@ -117,5 +117,5 @@ def train_generator(latents: torch.Tensor, captions: list[str], steps: int, batc
         losses.append(loss.item())
         if (step + 1) % 100 == 0 or step + 1 == steps:
             print(f"generator step {step + 1}/{steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} "
-                f"{(time.time() - tic) / (step + 1):.3f} s/step")
+                  f"{(time.time() - tic) / (step + 1):.3f} s/step")
     return model.eval().requires_grad_(False)

@@ -67,7 +67,7 @@ def train_vae(steps: int, batch: int = 16, crop: int = 64, lr: float = 2e-3, kl_
         losses.append(loss.item())
         if (step + 1) % 50 == 0 or step + 1 == steps:
             print(f"vae step {step + 1}/{steps} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
-                f"{(time.time() - tic) / (step + 1):.2f} s/step")
+                  f"{(time.time() - tic) / (step + 1):.2f} s/step")
     vae.eval().requires_grad_(False)
     rescale(vae, encode(vae, images_tensor(make_samples(seed + 1, 256))).std().item())
     return vae
