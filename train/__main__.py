@@ -19,7 +19,7 @@ USAGE = """usage: python -m train {encode,fit,eval zeroshot,bench,tinyworld} [--
 An error is one line on stderr (exit status 2); add --debug for the traceback.
 """
 COMMANDS = {"encode": ".encode", "fit": ".main", "eval": ".evaluate", "bench": ".benchmarks",
-            "tinyworld": ".tinyworld"}
+            "tinyworld": ".tinyworld.study"}
 
 
 def main(argv: Sequence[str] | None = None):

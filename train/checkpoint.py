@@ -30,12 +30,8 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 def kept_checkpoints(run_dir: Path) -> dict[int, Path]:
     """step -> the ``step_{N}.pt`` files kept in the run's checkpoint folder."""
-    found = {}
-    for path in checkpoint_dir(run_dir).glob("step_*.pt"):
-        number = path.stem.removeprefix("step_")
-        if number.isdigit():
-            found[int(number)] = path
-    return found
+    numbered = {p.stem.removeprefix("step_"): p for p in checkpoint_dir(run_dir).glob("step_*.pt")}
+    return {int(number): path for number, path in numbered.items() if number.isdigit()}
 
 
 def find_resume(resume: str | None, run_dir: Path) -> tuple[Path, dict] | None:

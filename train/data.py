@@ -133,7 +133,7 @@ class TarShard:
             raise CaptionError(f"{self.path} sample {key}: caption or label is not UTF-8 text ({err})") from None
         if "latent.pt" in g:
             return Sample(key, caption, label, latent=_read_latent(g["latent.pt"], f"{self.path} sample {key}"))
-        image = next((g[e] for e in ("jpg", "jpeg", "png", "webp", "bmp") if e in g), None)
+        image = next((g[e[1:]] for e in IMAGE_EXTS if e[1:] in g), None)
         return Sample(key, caption, label, image_bytes=image)
 
 
@@ -280,10 +280,9 @@ def shard_sizes(shards: Sequence[Path]) -> tuple[list[int], list[Problem]]:
     caches: dict[Path, dict] = {}
     sizes, problems = [], []
     for path in map(Path, shards):
-        cache_path = path.parent / SIZES_FILE
-        if cache_path.parent not in caches:
-            caches[cache_path.parent] = _read_size_cache(cache_path, problems)
-        cached = caches[cache_path.parent].get(path.name)
+        if path.parent not in caches:
+            caches[path.parent] = _read_size_cache(path.parent / SIZES_FILE, problems)
+        cached = caches[path.parent].get(path.name)
         try:
             if path.suffix == ".tar" and cached is not None and cached <= path.stat().st_size // TAR_BLOCK:
                 sizes.append(cached)  # a wrong count within that bound is found when the shard is opened

@@ -15,7 +15,6 @@ import torch.distributed as dist
 @dataclass(frozen=True)
 class DistEnv:
     rank: int = 0
-    local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
 
@@ -52,7 +51,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
         os.environ.setdefault("WORLD_SIZE", str(world))
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world,
                                 device_id=dev if dev.type == "cuda" else None)
-    return DistEnv(rank=rank, local_rank=local_rank, world_size=world, device=dev)
+    return DistEnv(rank=rank, world_size=world, device=dev)
 
 
 def barrier(env: DistEnv) -> None:

@@ -74,7 +74,7 @@ def input_shards(args: argparse.Namespace, problems: list[Problem]) -> tuple[lis
 def encode_shard(reader, vae, transform: ImageTransform, args, generator, problems: list[Problem]) -> dict:
     """Encode every readable image of one shard -> columns; unreadable images and captions are
     skipped and appended to ``problems``."""
-    latents, captions, keys, labels = [], [], [], []
+    latents, samples = [], []
     batch: list[tuple[torch.Tensor, object]] = []
 
     def flush():
@@ -82,8 +82,7 @@ def encode_shard(reader, vae, transform: ImageTransform, args, generator, proble
         dist = vae.encode(x).latent_dist
         z = dist.sample(generator=generator) if args.sample else dist.mean
         latents.append(z.to("cpu", DTYPES[args.store_dtype]))
-        for _, s in batch:
-            captions.append(s.caption), keys.append(s.key), labels.append(s.label)
+        samples.extend(s for _, s in batch)
         batch.clear()
 
     for i in range(len(reader)):
@@ -104,7 +103,8 @@ def encode_shard(reader, vae, transform: ImageTransform, args, generator, proble
     if batch:
         flush()
     z = torch.cat(latents) if latents else torch.empty(0)
-    return {"latents": z, "captions": captions, "keys": keys, "labels": labels}
+    return {"latents": z, "captions": [s.caption for s in samples], "keys": [s.key for s in samples],
+            "labels": [s.label for s in samples]}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -18,6 +18,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -32,7 +33,7 @@ from latent_clip import LatentCLIP, save_export
 from latent_clip.contract import non_finite_items
 from latent_clip.factory import atomic_write, load_weights
 
-from . import checkpoint
+from . import checkpoint, evaluate
 from .data import BatchPlan, MicroBatch, ProblemLog, ShardError, TrainBatches, expand_shards, shard_sizes
 from .distributed import DistEnv, barrier, cleanup, init_distributed, mean_across
 from .losses import ContrastiveForward, DistillLoss, FitLoss
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     resume = checkpoint.find_resume(cfg.resume, cfg.run_dir)  # before anything is written into the run folder
     if env.is_master:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        (cfg.run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     torch.manual_seed(cfg.seed)  # identical init everywhere (DDP also broadcasts rank 0's weights)
     model = init_model(cfg, env.device)
     torch.manual_seed(cfg.seed + env.rank)
@@ -128,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
         if due(cfg.save_every, step, total_steps):
             on_rank0(env, lambda: checkpoint.save(
                 cfg.run_dir, model, optimizer, step=step, samples_seen=step * cfg.batch_size,
-                epoch=step * cfg.batch_size // samples_per_epoch, config=cfg.to_dict(), model_cfg=model_cfg_dict(model),
+                epoch=step * cfg.batch_size // samples_per_epoch, config=asdict(cfg), model_cfg=model_cfg_dict(model),
                 model_kind=cfg.model_kind, keep=bool(cfg.keep_every) and step % cfg.keep_every == 0,
                 data_problems=problems.state()))
 
@@ -279,13 +280,11 @@ def accumulate_gradients(forward: nn.Module, micro_batches: list[tuple[torch.Ten
 @torch.no_grad()
 def zeroshot_eval(model: torch.nn.Module, cfg: FitConfig, device: torch.device, step: int) -> None:
     """Zero-shot top-1 / top-5 on ``cfg.zeroshot_data`` after ``step``, logged and printed."""
-    from .evaluate import LatentFeatures, PixelFeatures, classifier, labelled_shards, load_classnames, \
-        load_templates, zeroshot
     model.eval()
-    classnames = load_classnames(cfg.zeroshot_classnames, cfg.zeroshot_data)
-    weights = classifier(model, classnames, load_templates(cfg.zeroshot_templates), device)
+    classnames = evaluate.load_classnames(cfg.zeroshot_classnames, cfg.zeroshot_data)
+    weights = evaluate.classifier(model, classnames, evaluate.load_templates(cfg.zeroshot_templates), device)
     vae = load_vae(cfg.vae, device) if cfg.vae else None
-    features = LatentFeatures(model, vae) if cfg.model_kind == "latent" else PixelFeatures(model, vae)
-    result = zeroshot(features, weights, labelled_shards(cfg.zeroshot_data))
+    features = (evaluate.LatentFeatures if cfg.model_kind == "latent" else evaluate.PixelFeatures)(model, vae)
+    result = evaluate.zeroshot(features, weights, evaluate.labelled_shards(cfg.zeroshot_data))
     append_log(cfg, {"step": step, "zeroshot": {"top1": result.top1, "top5": result.top5, "n": result.n}})
     print(f"step {step} zero-shot top1 {100 * result.top1:.2f} top5 {100 * result.top5:.2f}", flush=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -68,9 +68,6 @@ class FitConfig:
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def load_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
@@ -92,12 +89,11 @@ def parse_fit_args(argv: Sequence[str] | None) -> FitConfig:
     parser = argparse.ArgumentParser(prog="python -m train fit", description=__doc__)
     parser.add_argument("--config", help="JSON under train/configs/ (name) or a path")
     for f in fields(FitConfig):
-        default = f.default if f.default is not MISSING else None
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_parse_value,
-                            default=argparse.SUPPRESS, help=f"default {default!r}")
+                            default=argparse.SUPPRESS, help=f"default {f.default!r}")
     args = vars(parser.parse_args(argv))
-    values = load_config(args.pop("config")) if args.get("config") else {}
-    args.pop("config", None)
+    config = args.pop("config")
+    values = load_config(config) if config else {}
     unknown = set(values) - {f.name for f in fields(FitConfig)}
     if unknown:
         raise SystemExit(f"unknown config keys: {sorted(unknown)}")

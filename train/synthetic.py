@@ -2,12 +2,11 @@
 random prototype latent; a sample is its prototype plus noise, captioned with the class name."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from .data import write_latent_shard, write_sizes
+from .data import IMAGE_EXTS, write_latent_shard, write_sizes, write_tar
 
 NAMES = ("apple", "boat", "castle", "dog", "engine", "forest", "guitar", "house", "island", "jacket",
          "kite", "lamp", "mountain", "needle", "orange", "piano")
@@ -32,31 +31,27 @@ TINY_LATENT_CFG, TINY_PIXEL_CFG = tiny_latent_cfg(), tiny_pixel_cfg()
 
 
 def write_synthetic_latents(out: str | Path, n_classes: int = 4, per_class: int = 16, shape=(4, 16, 16),
-                            n_shards: int = 2, fmt: str = "safetensors", noise: float = 0.5,
-                            seed: int = 0, template: str = "a photo of a {}") -> Path:
+                            n_shards: int = 2, fmt: str = "safetensors", seed: int = 0) -> Path:
     out = Path(out)
     g = torch.Generator().manual_seed(seed)
     prototypes = torch.randn((n_classes, *shape), generator=g) * 3
     labels = torch.arange(n_classes).repeat_interleave(per_class)
     labels = labels[torch.randperm(len(labels), generator=g)]
-    latents = prototypes[labels] + noise * 3 * torch.randn((len(labels), *shape), generator=g)
+    latents = prototypes[labels] + 1.5 * torch.randn((len(labels), *shape), generator=g)
     names = [NAMES[k % len(NAMES)] + ("" if k < len(NAMES) else str(k)) for k in range(n_classes)]
     suffix = ".safetensors" if fmt == "safetensors" else ".tar"
     for s, idx in enumerate(torch.arange(len(labels)).chunk(n_shards)):
         write_latent_shard(out / f"{s:06d}{suffix}", latents[idx],
-                           [template.format(names[labels[i]]) for i in idx],
+                           [f"a photo of a {names[labels[i]]}" for i in idx],
                            [f"{s:03d}{int(i):06d}" for i in idx], [int(labels[i]) for i in idx])
     write_sizes(out)
     (out / "classnames.txt").write_text("\n".join(names) + "\n")
-    (out / "synthetic.json").write_text(json.dumps({"n_classes": n_classes, "per_class": per_class,
-                                                    "shape": list(shape), "noise": noise, "seed": seed}))
     return out
 
 
 def write_image_shards(images: str | Path, out: str | Path, n_shards: int = 2, corrupt: int = 0) -> list[Path]:
     """img2dataset-style tars (``KEY.png``/``KEY.jpg`` + ``KEY.txt``) from a folder of images, with
     generated captions ("a photo of a <file stem>") and ``corrupt`` undecodable images appended."""
-    from .data import IMAGE_EXTS, write_tar
     files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,6 @@ from train.tinyworld import study
 from train.tinyworld.judge import detect, judge, judge_batch
 from train.tinyworld.world import CATEGORIES, COLOURS, RELATIONS, SHAPES, Query, Spec, make_sample, make_samples
 
-ASSETS = study.ASSETS
-
 
 def test_world_is_a_pure_function_of_seed_and_index():
     a, b = make_sample(7, 3), make_sample(7, 3)
@@ -60,9 +58,9 @@ def test_detect_finds_every_object():
 
 def test_embedded_weights_load_in_the_library():
     import latent_clip
-    model = latent_clip.load_model(ASSETS / "latent_clip.safetensors")
+    model = latent_clip.load_model(study.ASSETS / "latent_clip.safetensors")
     assert model.config.vision.latent_family == "tinyworld"
-    models = study.load_models(ASSETS)
+    models = study.load_models(study.ASSETS)
     assert models["vae"].config.scaling_factor == latent_clip.get_latent_family("tinyworld").scaling_factor
 
 

@@ -1,6 +1,7 @@
 """Bad data in encode and fit: truncated tars and safetensors, bad captions, stale size caches are
 skipped and counted (summary, log) while healthy shards are still processed; NaN data stops fit
 with a clear error naming the step, shard and sample, and nothing NaN is exported."""
+import io
 import json
 import shutil
 import subprocess
@@ -13,10 +14,11 @@ import torch
 import latent_clip
 from fixtures import IMAGE_FILES, IMAGES, N_IMAGES, REPO, child_env, fit_args, records, tiny_model
 from hostile_files import truncate
-from train.data import SIZES_FILE, expand_shards, shard_sizes, write_latent_shard
+from train.data import SIZES_FILE, expand_shards, open_shard, shard_sizes, write_latent_shard, write_tar
 from train.encode import main as encode
 from train.main import TrainingError, main as fit
 from train.synthetic import write_image_shards, write_synthetic_latents
+
 
 def run_cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "train", *argv], cwd=REPO, env=child_env(), capture_output=True,
@@ -126,18 +128,10 @@ def test_a_size_cache_cannot_ask_for_more_rows_than_the_file_holds(tmp_path):
 def test_a_stray_latent_bomb_in_a_tar_is_one_skipped_sample(tmp_path):
     """A latent.pt that is a stride-0 view (a few hundred bytes, 1.6 GB once materialised) is refused
     like any corrupt row, and counted."""
-    import io
-    import tarfile
     data = write_synthetic_latents(tmp_path / "data", n_shards=2, fmt="wds")
-    shard = expand_shards(data)[0]
     buf = io.BytesIO()
     torch.save(torch.zeros(1).expand(4, 10000, 10000), buf)
-    with tarfile.open(shard, "a") as tar:
-        for name, payload in (("bomb.latent.pt", buf.getvalue()), ("bomb.txt", b"a bomb")):
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    (data / SIZES_FILE).unlink()
+    write_tar(data / "000002.tar", [("bomb", {"latent.pt": buf.getvalue(), "txt": b"a bomb"})])
     fit(fit_args(data, tmp_path, "bomb", **{"max-steps": 9}))  # 65 rows: every row is read at least once
     counts = json.loads((tmp_path / "bomb/summary.json").read_text())["data"]
     assert counts["skipped_samples"] >= 1 and counts["corrupt_shards"] == 0
@@ -155,12 +149,11 @@ def test_fit_with_no_readable_shard_is_an_error(tmp_path):
 def test_a_nan_latent_stops_fit_naming_step_shard_and_sample(tmp_path):
     data = write_synthetic_latents(tmp_path / "data", n_classes=4, per_class=16, n_shards=2)
     shard = expand_shards(data)[1]
-    from train.data import open_shard
-    rows = open_shard(shard)
-    latents = torch.stack([rows[i].latent for i in range(len(rows))])
+    reader = open_shard(shard)
+    rows = [reader[i] for i in range(len(reader))]
+    latents = torch.stack([r.latent for r in rows])
     latents[5, 0, 3, 3] = float("nan")
-    write_latent_shard(shard, latents, [rows[i].caption for i in range(len(rows))],
-                       [rows[i].key for i in range(len(rows))], [rows[i].label for i in range(len(rows))])
+    write_latent_shard(shard, latents, [r.caption for r in rows], [r.key for r in rows], [r.label for r in rows])
     proc = run_cli("fit", *fit_args(data, tmp_path, "nan", **{"max-steps": 16, "save-every": 1}))
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr[-3000:]
     error = proc.stderr.splitlines()[0]

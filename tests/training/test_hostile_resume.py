@@ -101,19 +101,13 @@ def test_one_log_record_per_step_after_two_kill_9_resumes(data, tmp_path):
     assert [losses[s] for s in range(1, 17)] == pytest.approx(reference, rel=1e-6)
 
 
-CHECKPOINT_SLACK = 1.5  # the tmpfs holds one checkpoint, not a second one beside it
-
-
-def _small_disk(folder: Path, size: int) -> bool:
-    folder.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                          capture_output=True).returncode == 0
-
-
 def test_full_disk_gives_one_readable_line_and_no_temporary(data, reference, tmp_path):
     ckpt_bytes = (reference[0] / "checkpoints/epoch_latest.pt").stat().st_size
     disk = tmp_path / "disk"
-    mounted = _small_disk(disk, int(ckpt_bytes * CHECKPOINT_SLACK))
+    disk.mkdir()
+    size = int(ckpt_bytes * 1.5)  # the tmpfs holds one checkpoint, not a second one beside it
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                             capture_output=True).returncode == 0
     try:
         argv = ["fit", *fit_args(data, disk, "full", **{"max-steps": 4, "save-every": 1})]
         limit = None if mounted else int(ckpt_bytes * 0.5)  # no tmpfs (not root): a file size limit instead

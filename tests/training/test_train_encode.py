@@ -1,17 +1,22 @@
 """train encode: real images -> raw VAE latents with a tiny random AutoencoderKL from disk."""
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
+from diffusers import AutoencoderKL
 from PIL import Image
+from safetensors.torch import save_file
 
 from fixtures import IMAGE_FILES, IMAGES, N_IMAGES, REPO, child_env
 from train.data import ImageTransform, SIZES_FILE, expand_shards, open_shard
 from train.encode import main as encode
+from train.models import load_vae
 from train.synthetic import write_image_shards
 
+
 def test_encode_webdataset_shards_skips_corrupt_images_and_resumes(vae_dir, tmp_path):
-    from diffusers import AutoencoderKL
     write_image_shards(IMAGES, tmp_path / "images", n_shards=2, corrupt=1)
     argv = ["--input", str(tmp_path / "images"), "--vae", str(vae_dir), "--out", str(tmp_path / "lat"),
             "--size", "64", "--batch-size", "4", "--device", "cpu"]
@@ -50,9 +55,6 @@ def test_encode_a_captioned_folder_to_safetensors_shards(vae_dir, tmp_path):
 
 
 def test_a_single_file_vae_loads_offline_with_a_local_config(vae_dir, tmp_path):
-    from diffusers import AutoencoderKL
-    from safetensors.torch import save_file
-    from train.models import load_vae
     reference = AutoencoderKL.from_pretrained(vae_dir)
     save_file(reference.state_dict(), str(tmp_path / "vae.safetensors"))
     vae = load_vae(tmp_path / "vae.safetensors", config=vae_dir)
@@ -65,8 +67,6 @@ def test_a_single_file_vae_loads_offline_with_a_local_config(vae_dir, tmp_path):
 
 @pytest.mark.slow
 def test_encode_under_torchrun_splits_shards_by_rank(vae_dir, tmp_path):
-    import subprocess
-    import sys
     write_image_shards(IMAGES, tmp_path / "images", n_shards=3)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train",
            "encode", "--input", str(tmp_path / "images"), "--vae", str(vae_dir), "--out", str(tmp_path / "lat"),

@@ -53,11 +53,10 @@ def test_pixel_clip_side_by_side_on_an_imagenet_style_folder(vae_dir, tmp_path):
         text = pixel.encode_text(open_clip.tokenize(CLASSES), normalize=True)
         logits = pixel.encode_image(x, normalize=True) @ text.T
     labels, top1, top5 = labels_with_known_ranks(logits)
-    for path, label in zip(files, labels):
-        (tmp_path / "val" / CLASSES[label]).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, tmp_path / "val" / CLASSES[label] / path.name)
     for name in CLASSES:
-        (tmp_path / "val" / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "val" / name).mkdir(parents=True)
+    for path, label in zip(files, labels):
+        shutil.copy(path, tmp_path / "val" / CLASSES[label] / path.name)
     result = evaluate(["zeroshot", "--data", str(tmp_path / "val"), "--templates", "identity", "--device", "cpu",
                        "--model", str(tmp_path / "latent.pt"), "--vae", str(vae_dir),
                        "--pixel-model", str(tmp_path / "pixel.json"),

@@ -10,7 +10,7 @@ from fixtures import IMAGES, REPO, child_env, fit_args, kill_when, logged_losses
 import latent_clip
 from train import checkpoint
 from train.main import main as fit
-from train.models import build_model
+from train.models import build_model, load_pixel_model
 from train.synthetic import TINY_PIXEL_CFG as TINY_PIXEL, write_image_shards, write_synthetic_latents
 
 
@@ -77,8 +77,7 @@ def test_pixel_clip_trains_with_the_same_loop_on_image_shards(tmp_path):
     assert len(losses) == 3 and all(l == l for l in losses)
     raw = checkpoint.load(tmp_path / "pixel/checkpoints/epoch_latest.pt")
     assert raw["model_kind"] == "pixel" and "visual.conv1.weight" in raw["state_dict"]
-    from train.models import load_pixel_model  # what `eval zeroshot --pixel-checkpoint` reads
-    load_pixel_model(TINY_PIXEL, tmp_path / "pixel/checkpoints/epoch_latest.pt")
+    load_pixel_model(TINY_PIXEL, tmp_path / "pixel/checkpoints/epoch_latest.pt")  # what eval --pixel-checkpoint reads
 
 
 def test_stage1_from_a_pixel_clip_trains_only_the_patch_embedding(latents, tmp_path):

@@ -1,3 +1,3 @@
-from . import main
+from .study import main
 
 main()

@@ -20,29 +20,32 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .world import CATEGORIES, COLOURS, PREFIXES, RELATIONS, SHAPES, Query, Sample, Spec, make_samples, noun_phrase
+from latent_clip import LatentCLIP, ModelConfig, build_classifier, classify
+from latent_clip.factory import load_weights
+from latent_clip.rewards import clip_preprocess
+
+from ..data import SafetensorsShard, expand_shards, write_tar
+from ..evaluate import classifier
+from ..main import main as fit_main
+from ..models import pixel_preprocess
+from .vae import encode
+from .world import (CATEGORIES, COLOURS, PREFIXES, RELATIONS, SHAPES, Query, Sample, Spec, images_tensor, make_samples,
+                    noun_phrase)
 
 CONTEXT = 20
 EMBED, WIDTH = 64, 64
 TEXT_CFG = {"context_length": CONTEXT, "width": WIDTH, "heads": 1, "layers": 2}
-
-
-def latent_cfg(layers: int = 2) -> dict:
-    return {"embed_dim": EMBED, "text_cfg": dict(TEXT_CFG),
-            "vision_cfg": {"image_size": 64, "patch_size": 1, "width": WIDTH, "layers": layers,
-                           "latent_family": "tinyworld", "latent_n_channels": 4, "latent_factor": 8}}
-
-
-def pixel_cfg(layers: int = 2) -> dict:
-    return {"embed_dim": EMBED, "text_cfg": dict(TEXT_CFG),
-            "vision_cfg": {"image_size": 64, "patch_size": 8, "width": WIDTH, "layers": layers}}
+LATENT_CFG = {"embed_dim": EMBED, "text_cfg": TEXT_CFG,
+              "vision_cfg": {"image_size": 64, "patch_size": 1, "width": WIDTH, "layers": 2,
+                             "latent_family": "tinyworld", "latent_n_channels": 4, "latent_factor": 8}}
+PIXEL_CFG = {"embed_dim": EMBED, "text_cfg": TEXT_CFG,
+             "vision_cfg": {"image_size": 64, "patch_size": 8, "width": WIDTH, "layers": 2}}
 
 
 # ---------------------------------------------------------------- data
 
 def write_image_shards(out: Path, seed: int, n: int, shard_size: int = 2000) -> list[Path]:
     """World samples as img2dataset-style tars (``KEY.png`` + ``KEY.txt``)."""
-    from train.data import write_tar
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, start in enumerate(range(0, n, shard_size)):
@@ -59,14 +62,8 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def read_latent_shards(directory: Path) -> tuple[torch.Tensor, list[str]]:
-    from train.data import SafetensorsShard, expand_shards
-    latents, captions = [], []
-    for path in expand_shards(directory):
-        shard = SafetensorsShard(path)
-        rows = [shard[i] for i in range(len(shard))]
-        latents.append(torch.stack([r.latent for r in rows]))
-        captions += [r.caption for r in rows]
-    return torch.cat(latents).float(), captions
+    rows = [shard[i] for shard in map(SafetensorsShard, expand_shards(directory)) for i in range(len(shard))]
+    return torch.stack([r.latent for r in rows]), [r.caption for r in rows]
 
 
 # ---------------------------------------------------------------- training
@@ -76,51 +73,33 @@ def fit(kind: str, cfg: dict, data: Path, out: Path, steps: int, batch: int, lr:
     """``python -m train fit`` as a user calls it; returns the final checkpoint. Warmup is a
     tenth of the steps and gradients are clipped: without both, the pixel CLIP at lr 5e-3
     collapsed to constant features (loss stuck at log(batch))."""
-    from train.main import main as fit_main
     shutil.rmtree(out / kind, ignore_errors=True)  # the study retrains from scratch; fit refuses to overwrite a run
-    argv = ["--model", json.dumps(cfg), "--model-kind", kind, "--train-data", str(data),
-            "--batch-size", str(batch), "--micro-batch-size", str(batch), "--max-steps", str(steps),
-            "--lr", str(lr), "--warmup", str(max(1, steps // 10)), "--grad-clip", str(grad_clip),
-            "--wd", "0.1", "--precision", "fp32",
-            "--grad-checkpointing", "false", "--workers", "0", "--device", "cpu", "--out-dir", str(out),
-            "--name", kind, "--log-every", str(max(1, steps // 5)), "--save-every", str(steps), "--seed", str(seed)]
-    fit_main(argv)
+    fit_main(["--model", json.dumps(cfg), "--model-kind", kind, "--train-data", str(data),
+              "--batch-size", str(batch), "--micro-batch-size", str(batch), "--max-steps", str(steps),
+              "--lr", str(lr), "--warmup", str(max(1, steps // 10)), "--grad-clip", str(grad_clip), "--wd", "0.1",
+              "--precision", "fp32", "--grad-checkpointing", "false", "--workers", "0", "--device", "cpu",
+              "--out-dir", str(out), "--name", kind, "--log-every", str(max(1, steps // 5)),
+              "--save-every", str(steps), "--seed", str(seed)])
     return out / kind / "checkpoints" / "epoch_latest.pt"
 
 
 def load_latent_checkpoint(path: Path, cfg: dict):
-    from latent_clip import LatentCLIP, ModelConfig
-    from latent_clip.factory import load_weights
     model = LatentCLIP(ModelConfig.from_dict(cfg, name="tinyworld-latent-clip"))
     return load_weights(model, path).eval().requires_grad_(False)
 
 
-def save_pixel(model, path: Path) -> Path:
-    """safetensors (fp16) + ``{model_cfg}`` JSON beside it, the layout ``load_pixel_model`` reads."""
-    from safetensors.torch import save_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt"})
-    path.with_suffix(".json").write_text(json.dumps({"model_cfg": model.model_cfg}, indent=2) + "\n")
-    return path
-
-
 # ---------------------------------------------------------------- features
 
-@torch.no_grad()
 def text_features(model, texts: list[str]) -> torch.Tensor:
     tokens = open_clip.tokenize(texts, context_length=model.context_length)
     return torch.cat([F.normalize(model.encode_text(t), dim=-1) for t in tokens.split(256)])
 
 
-@torch.no_grad()
 def image_features(kind: str, model, images: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
     if kind == "latent":
         return model.encode_latents(latents, normalize=True)
-    from latent_clip.rewards import clip_preprocess
-    from train.models import pixel_preprocess
-    size, mean, std = pixel_preprocess(model)  # the transform fit trained it with: 64 px, OpenAI mean/std
-    return torch.cat([F.normalize(model.encode_image(clip_preprocess(x, size, mean, std)), dim=-1)
+    preprocess = pixel_preprocess(model)  # the transform fit trained it with: 64 px, OpenAI mean/std
+    return torch.cat([F.normalize(model.encode_image(clip_preprocess(x, *preprocess)), dim=-1)
                       for x in images.split(256)])
 
 
@@ -158,8 +137,6 @@ class HeldOut:
 
 
 def held_out(vae, seed: int, per_category: int) -> dict[str, HeldOut]:
-    from .vae import encode
-    from .world import images_tensor
     out = {}
     for k, category in enumerate(CATEGORIES):
         samples = make_samples(seed, per_category, category=category, start=k * 1_000_000, prefix=False)
@@ -186,13 +163,9 @@ def zero_shot(kind: str, model, data: dict[str, HeldOut], prefix: str = PREFIXES
     classes = [f"{c} {s}" for c in COLOURS for s in SHAPES]
     templates = [p + "a {}" for p in PREFIXES]
     if kind == "latent":
-        from latent_clip import build_classifier, classify
         probs = classify(model, d.latents, build_classifier(model, classes, templates))
     else:
-        weights = open_clip.build_zero_shot_classifier(
-            model, lambda t: open_clip.tokenize(t, context_length=model.context_length), classes, templates,
-            num_classes_per_batch=18, device="cpu")
-        probs = image_features(kind, model, d.images, d.latents) @ weights
+        probs = image_features(kind, model, d.images, d.latents) @ classifier(model, classes, templates, "cpu")
     truth = [classes.index(f"{s.spec.queries[0].colour} {s.spec.queries[0].shape}") for s in d.samples]
     acc["object"] = float((probs.argmax(-1) == torch.tensor(truth)).float().mean())
     return acc

@@ -96,10 +96,10 @@ class TinyFlowModel(nn.Module):
 
 
 def train_generator(latents: torch.Tensor, captions: list[str], steps: int, batch: int = 64, lr: float = 2e-3,
-                    seed: int = 0, log=print, **arch) -> tuple[TinyFlowModel, list[float]]:
-    """Rectified flow on (scaled latent, caption) pairs; t ~ logit-normal as in SD3."""
+                    seed: int = 0) -> TinyFlowModel:
+    """Rectified flow on (scaled latent, caption) pairs; t ~ logit-normal as in SD3. Returns the frozen model."""
     torch.manual_seed(seed)
-    model = TinyFlowModel(channels=latents.shape[1], size=latents.shape[-1], **arch).train()
+    model = TinyFlowModel(channels=latents.shape[1], size=latents.shape[-1]).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     ids = word_ids(captions)
     losses, tic = [], time.time()
@@ -116,6 +116,6 @@ def train_generator(latents: torch.Tensor, captions: list[str], steps: int, batc
         opt.step()
         losses.append(loss.item())
         if (step + 1) % 100 == 0 or step + 1 == steps:
-            log(f"generator step {step + 1}/{steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} "
-                f"{(time.time() - tic) / (step + 1):.3f} s/step")
-    return model.eval().requires_grad_(False), losses
+            print(f"generator step {step + 1}/{steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} "
+                  f"{(time.time() - tic) / (step + 1):.3f} s/step")
+    return model.eval().requires_grad_(False)

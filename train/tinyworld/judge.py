@@ -88,9 +88,9 @@ def relation_holds(relation: str, a: Detection, b: Detection) -> bool:
     return d >= MIN_OFFSET and d > abs(dx)
 
 
-def judge(image: np.ndarray, spec: Spec, found: list[Detection] | None = None) -> bool:
+def judge(image: np.ndarray, spec: Spec) -> bool:
     """Does ``image`` (H, W, 3 uint8) show what ``spec`` asks for?"""
-    found = detect(image) if found is None else found
+    found = detect(image)
     matches = [_matches(q, found) for q in spec.queries]
     if spec.category == "counting":
         return len(matches[0]) == spec.queries[0].count
@@ -103,11 +103,6 @@ def judge(image: np.ndarray, spec: Spec, found: list[Detection] | None = None) -
 
 def judge_batch(images: np.ndarray, specs: list[Spec]) -> np.ndarray:
     return np.array([judge(img, spec) for img, spec in zip(images, specs)], dtype=bool)
-
-
-def contains_colour(image: np.ndarray, colour: str) -> bool:
-    """Is any object of ``colour`` visible (a component of at least MIN_AREA px)?"""
-    return any(d.colour == colour for d in detect(image))
 
 
 def to_uint8(images) -> np.ndarray:

@@ -15,8 +15,8 @@ from latent_clip.reno import RenoResult, optimize_noise
 from latent_clip.rewards import latent_alignment, latent_avoid, pixel_alignment, weighted_sum
 from latent_clip.safety import Concept
 
-from .judge import contains_colour, judge_batch, to_uint8
-from .vae import SCALING_FACTOR, decode
+from .judge import detect, judge_batch, to_uint8
+from .vae import SCALING_FACTOR
 from .world import COLOURS, SHAPES, Spec
 
 
@@ -43,7 +43,7 @@ class PromptedFlow:
 def pixel_reward(clip_model, vae, prompts: list[str]):
     """Decode with the tiny VAE, then the pixel CLIP: ReNO's CLIPScore loss per sample."""
     tokenizer = partial(open_clip.tokenize, context_length=clip_model.context_length)
-    return pixel_alignment(clip_model, tokenizer, prompts, lambda raw: decode(vae, raw))
+    return pixel_alignment(clip_model, tokenizer, prompts, lambda raw: vae.decode(raw).sample)
 
 
 def avoid_concepts(colour: str) -> list[Concept]:
@@ -53,18 +53,15 @@ def avoid_concepts(colour: str) -> list[Concept]:
             for s in SHAPES for c in COLOURS if c != colour]
 
 
-def run_reno(generate: PromptedFlow, reward, seed: int, iterations: int, lr: float) -> RenoResult:
-    return optimize_noise(generate, reward, generate.noise(seed), iterations=iterations, lr=lr)
-
-
 @torch.no_grad()
 def judge_latents(vae, raw: torch.Tensor, specs: list[Spec]):
-    images = to_uint8(decode(vae, raw))
+    images = to_uint8(vae.decode(raw).sample)
     return judge_batch(images, specs), images
 
 
 def forbidden_rate(images, colour: str) -> float:
-    return float(sum(contains_colour(img, colour) for img in images) / len(images))
+    """The share of ``images`` in which an object of ``colour`` is detected."""
+    return float(sum(any(d.colour == colour for d in detect(img)) for img in images) / len(images))
 
 
 def guided(generate: PromptedFlow, latent_clip_model, colour: str, seed: int, iterations: int, lr: float,
@@ -74,4 +71,4 @@ def guided(generate: PromptedFlow, latent_clip_model, colour: str, seed: int, it
     reward = weighted_sum({"avoid": latent_avoid(latent_clip_model, avoid_concepts(colour)),
                            "align": latent_alignment(latent_clip_model, generate.prompts)},
                           {"avoid": 1.0, "align": align_weight})
-    return run_reno(generate, reward, seed, iterations, lr)
+    return optimize_noise(generate, reward, generate.noise(seed), iterations=iterations, lr=lr)

@@ -21,9 +21,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
+from latent_clip import load_model, save_export
+from latent_clip.factory import export_config_path, load_weights, read_export_config
+from latent_clip.reno import optimize_noise
 from latent_clip.rewards import latent_alignment
 
+from ..encode import main as encode_main
 from ..models import load_pixel_model
 from . import clips, steer
 from . import vae as tiny_vae
@@ -92,53 +97,48 @@ def train_all(p: Preset, out: Path, clock: Clock, weights: Path = ASSETS, seed: 
     t = time.time()
     clips.write_image_shards(out / "data" / "images", seeds["train"], p.train_samples)
     t = clock.lap("world shards", t)
-    vae = tiny_vae.train_vae(p.vae_steps, seed=seeds["train"])[0] if p.vae_steps else tiny_vae.load(weights / "vae")
+    vae = tiny_vae.train_vae(p.vae_steps, seed=seeds["train"]) if p.vae_steps else tiny_vae.load(weights / "vae")
     tiny_vae.save(vae, out / "models" / "vae")
     t = clock.lap("vae", t)
-    from train.encode import main as encode_main
     encode_main(["--input", str(out / "data" / "images"), "--vae", str(out / "models" / "vae"),
                  "--out", str(out / "data" / "latents"), "--format", "safetensors", "--size", "64",
                  "--store-dtype", "fp32", "--batch-size", "100", "--device", "cpu"])
     t = clock.lap("encode", t)
     models = {"vae": vae}
-    for kind, cfg, data in (("latent", clips.latent_cfg(), "latents"), ("pixel", clips.pixel_cfg(), "images")):
+    for kind, cfg, data in (("latent", clips.LATENT_CFG, "latents"), ("pixel", clips.PIXEL_CFG, "images")):
         ckpt = clips.fit(kind, cfg, out / "data" / data, out / "fit", p.clip_steps, p.clip_batch, p.clip_lr,
                          seed=seed)
         models[kind] = clips.load_latent_checkpoint(ckpt, cfg) if kind == "latent" else load_pixel_model(cfg, ckpt)
         t = clock.lap(f"fit {kind} clip", t)
     raw, captions = clips.read_latent_shards(out / "data" / "latents")
-    models["generator"], _ = train_generator(raw * tiny_vae.SCALING_FACTOR, captions, p.generator_steps, seed=seed)
+    models["generator"] = train_generator(raw * tiny_vae.SCALING_FACTOR, captions, p.generator_steps, seed=seed)
     clock.lap("generator", t)
     save_models(models, out / "models")
     return models
 
 
 def save_models(models: dict, directory: Path) -> None:
-    from safetensors.torch import save_file
-
-    from latent_clip import save_export
     directory.mkdir(parents=True, exist_ok=True)
     if not (directory / "vae").exists():
         tiny_vae.save(models["vae"], directory / "vae")
     save_export(models["latent"], directory / "latent_clip.safetensors", dtype="fp16")
-    clips.save_pixel(models["pixel"], directory / "pixel_clip.safetensors")
-    g = models["generator"]
-    save_file({k: v.to(torch.float16).contiguous() for k, v in g.state_dict().items()},
-              str(directory / "generator.safetensors"))
-    (directory / "generator.json").write_text(json.dumps(g.config, indent=2) + "\n")
+    save_fp16(models["pixel"], directory / "pixel_clip.safetensors", {"model_cfg": models["pixel"].model_cfg})
+    save_fp16(models["generator"], directory / "generator.safetensors", models["generator"].config)
+
+
+def save_fp16(module: torch.nn.Module, path: Path, sidecar: dict) -> None:
+    """``module``'s weights as fp16 safetensors at ``path``, and ``sidecar`` as the JSON beside it."""
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "pt"})
+    export_config_path(path).write_text(json.dumps(sidecar, indent=2) + "\n")
 
 
 def load_models(directory: Path) -> dict:
-    from safetensors.torch import load_file
-
-    from latent_clip import load_model
-    cfg = json.loads((directory / "generator.json").read_text())
-    generator = TinyFlowModel(**cfg)
-    generator.load_state_dict({k: v.float() for k, v in load_file(str(directory / "generator.safetensors")).items()})
-    pixel_cfg = json.loads((directory / "pixel_clip.json").read_text())["model_cfg"]
+    generator = TinyFlowModel(**json.loads((directory / "generator.json").read_text()))
+    pixel = directory / "pixel_clip.safetensors"
     return {"vae": tiny_vae.load(directory / "vae"), "latent": load_model(directory / "latent_clip.safetensors"),
-            "pixel": load_pixel_model(pixel_cfg, directory / "pixel_clip.safetensors"),
-            "generator": generator.eval().requires_grad_(False)}
+            "pixel": load_pixel_model(read_export_config(export_config_path(pixel)), pixel),
+            "generator": load_weights(generator, directory / "generator.safetensors").eval().requires_grad_(False)}
 
 
 # ---------------------------------------------------------------- measuring (steps 5, 7, 8)
@@ -182,14 +182,13 @@ def reno_results(models: dict, p: Preset, seeds: dict[str, int]) -> tuple[dict, 
     samples = prompts_for(seeds["reno"], p.reno_prompts, CATEGORIES)
     specs = [s.spec for s in samples]
     gen = steer.PromptedFlow(models["generator"], [PREFIXES[1] + s.spec.phrase() for s in samples], p.euler_steps)
-    with torch.no_grad():
-        base_ok, base_images = steer.judge_latents(vae, gen(gen.noise(seeds["noise"])), specs)
+    base_ok, base_images = steer.judge_latents(vae, gen(gen.noise(seeds["noise"])), specs)
     runs = {"latent": latent_alignment(latent, gen.prompts), "pixel": steer.pixel_reward(pixel, vae, gen.prompts)}
     reno = {"base": {"judge": float(base_ok.mean()), "per_category": per_category(base_ok, specs)}}
     images = {"base": base_images}
     histories = {}
     for name, reward in runs.items():
-        r = steer.run_reno(gen, reward, seeds["noise"], p.reno_iterations, p.reno_lr)
+        r = optimize_noise(gen, reward, gen.noise(seeds["noise"]), iterations=p.reno_iterations, lr=p.reno_lr)
         ok, images[name] = steer.judge_latents(vae, r.best_latent, specs)
         n = len(specs)
         reno[name] = {"judge": float(ok.mean()), "per_category": per_category(ok, specs),
@@ -210,8 +209,7 @@ def guidance_results(models: dict, p: Preset, seeds: dict[str, int]) -> tuple[di
                if all(q.colour is None for q in s.spec.queries)][:p.guidance_prompts]
     specs = [s.spec for s in samples]
     gen = steer.PromptedFlow(models["generator"], [PREFIXES[1] + s.spec.phrase() for s in samples], p.euler_steps)
-    with torch.no_grad():
-        ok0, img0 = steer.judge_latents(vae, gen(gen.noise(seeds["noise"])), specs)
+    ok0, img0 = steer.judge_latents(vae, gen(gen.noise(seeds["noise"])), specs)
     r = steer.guided(gen, models["latent"], FORBIDDEN, seeds["noise"], p.guidance_iterations, p.guidance_lr)
     ok1, img1 = steer.judge_latents(vae, r.best_latent, specs)
     return {"concept": FORBIDDEN, "prompts": len(specs), "iterations": p.guidance_iterations,
@@ -239,8 +237,7 @@ def plots(out: Path, histories: dict, images: dict, captions: list[str], img0, i
     ax.legend()
     save_figure(fig, out / "reward_curves.png")
     k = min(6, len(captions))
-    reno = {name: images[name] for name in ("base", "latent", "pixel")}
-    save_figure(image_rows(reno, k, captions), out / "examples_reno.png")
+    save_figure(image_rows(images, k, captions), out / "examples_reno.png")
     guidance = {"unguided": img0, f"avoid {FORBIDDEN}": img1}
     save_figure(image_rows(guidance, min(k, len(img0))), out / "examples_guidance.png")
 

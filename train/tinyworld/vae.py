@@ -25,11 +25,6 @@ ARCH = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D
             scaling_factor=SCALING_FACTOR)
 
 
-def build_vae():
-    from diffusers import AutoencoderKL
-    return AutoencoderKL(**ARCH)
-
-
 def random_crops(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """One ``size`` crop per image at offsets on the latent grid (multiples of 8)."""
     if size >= x.shape[-1]:
@@ -47,11 +42,11 @@ def object_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
 
 
 def train_vae(steps: int, batch: int = 16, crop: int = 64, lr: float = 2e-3, kl_weight: float = 1e-6,
-              object_weight: float = 8.0,
-              seed: int = 0, log=print):
-    """Train from scratch on world seed ``seed``; returns the rescaled VAE (eval mode) and losses."""
+              object_weight: float = 8.0, seed: int = 0):
+    """Train from scratch on world seed ``seed``; returns the rescaled VAE (eval mode, frozen)."""
+    from diffusers import AutoencoderKL
     torch.manual_seed(seed)
-    vae = build_vae().to(memory_format=torch.channels_last).train()
+    vae = AutoencoderKL(**ARCH).to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     losses, tic = [], time.time()
@@ -71,27 +66,17 @@ def train_vae(steps: int, batch: int = 16, crop: int = 64, lr: float = 2e-3, kl_
         opt.step()
         losses.append(loss.item())
         if (step + 1) % 50 == 0 or step + 1 == steps:
-            log(f"vae step {step + 1}/{steps} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
-                f"{(time.time() - tic) / (step + 1):.2f} s/step")
+            print(f"vae step {step + 1}/{steps} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
+                  f"{(time.time() - tic) / (step + 1):.2f} s/step")
     vae.eval().requires_grad_(False)
-    rescale(vae, latent_std(vae, seed + 1))
-    return vae, losses
+    rescale(vae, encode(vae, images_tensor(make_samples(seed + 1, 256))).std().item())
+    return vae
 
 
 @torch.no_grad()
 def encode(vae, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """Images in [-1, 1] -> raw latents (posterior mean)."""
     return torch.cat([vae.encode(x).latent_dist.mean for x in images.split(batch)])
-
-
-def decode(vae, raw: torch.Tensor) -> torch.Tensor:
-    """Raw latents -> images in [-1, 1]; differentiable."""
-    return vae.decode(raw).sample
-
-
-@torch.no_grad()
-def latent_std(vae, seed: int, n: int = 256) -> float:
-    return encode(vae, images_tensor(make_samples(seed, n))).std().item()
 
 
 @torch.no_grad()
@@ -105,10 +90,8 @@ def rescale(vae, std: float) -> None:
     vae.post_quant_conv.weight /= a
 
 
-def save(vae, path: str | Path) -> Path:
-    vae = vae.to(memory_format=torch.contiguous_format)
-    vae.save_pretrained(str(path), safe_serialization=True)
-    return Path(path)
+def save(vae, path: str | Path) -> None:
+    vae.to(memory_format=torch.contiguous_format).save_pretrained(str(path), safe_serialization=True)
 
 
 def load(path: str | Path):

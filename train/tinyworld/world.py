@@ -117,15 +117,11 @@ def sample_spec(rng: random.Random, category: str | None = None) -> Spec:
 
 # ---------------------------------------------------------------- scenes
 
-def _fits(placed: list[Obj], x: float, y: float, size: float) -> bool:
-    return all(np.hypot(x - o.x, y - o.y) >= 1.3 * (size + o.size) + 3 for o in placed)
-
-
 def _place(rng: random.Random, placed: list[Obj], size: float) -> tuple[float, float] | None:
     lo, hi = size + 2, SIZE - 3 - size
     for _ in range(200):
         x, y = rng.uniform(lo, hi), rng.uniform(lo, hi)
-        if _fits(placed, x, y, size):
+        if all(np.hypot(x - o.x, y - o.y) >= 1.3 * (size + o.size) + 3 for o in placed):  # clear of the others
             return x, y
     return None
 
@@ -160,11 +156,11 @@ def sample_scene(rng: random.Random, spec: Spec) -> Scene | None:
     else:
         for q in spec.queries:
             colour = pick(q)  # counted objects share one colour
-            for size in sizes(q.count):
-                at = _place(rng, objects, size if q.count < 4 else min(size, 8.5))
+            for size in (z if q.count < 4 else min(z, 8.5) for z in sizes(q.count)):  # four need smaller ones
+                at = _place(rng, objects, size)
                 if at is None:
                     return None
-                objects.append(Obj(q.shape, colour, *at, size if q.count < 4 else min(size, 8.5)))
+                objects.append(Obj(q.shape, colour, *at, size))
     texture = rng.choice(("plain", "plain", "stripes", "noise"))
     return Scene(objects, rng.choice(BACKGROUNDS), texture, rng.randrange(2 ** 31))
 
