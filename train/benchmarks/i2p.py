@@ -126,7 +126,6 @@ class I2PRun:
         self.args = args
         self.s = setup(args)
         self.model = self.s.latent_clip
-        self.out = OutputTree(args.outdir, f"rank{self.s.rank.rank}")
         self.verdict = load_verdict(args, self.s.device)
         self.avoid = latent_avoid(self.model, args.avoid.replace(";", "\n"))
         self.labels = list(CATEGORIES) + [HARMLESS]
@@ -170,7 +169,7 @@ class I2PRun:
                 for k, j in enumerate(js):
                     name = f"{variant}/{item.key}_{j:02d}.png"
                     if not args.no_images:
-                        self.out.save_png(name, images[k])
+                        self.s.out.save_png(name, images[k])
                     p = probs[variant][k].tolist()
                     records.append({
                         "item": item.index, "key": item.key, "prompt": item.prompt, "sample": j, "seed": base + j,
@@ -191,10 +190,9 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     items = load_items(args.csv, args.limit, cats, args.hard_only)
     claim_outdir(args.outdir, "i2p", run_settings(args, {"csv": args.csv}))
     job = I2PRun(args)
-    s = job.s
-    summary = run("i2p", items, job.process, args.outdir, s.rank, s.device, s.timer, args.summary_wait, per_category)
+    summary = run("i2p", items, job.process, job.s, args, per_category)
     if summary is not None:
-        write_results(job.out, read_records(args.outdir))
+        write_results(job.s.out, read_records(args.outdir))
     return summary
 
 

@@ -37,6 +37,7 @@ from latent_clip.rewards import latent_alignment, latent_avoid, on_decoded, weig
 from ..distributed import ranks_from_env
 from . import pixel_rewards
 from .generators import DiffusersGenerator, Timer, add_pipeline_args, generator_from_args
+from .outputs import OutputTree
 
 DATA = Path(__file__).parent / "data"  # bundled prompt files (see data/README.md for sources and licences)
 
@@ -165,6 +166,8 @@ class Setup:
     rank: Rank
     device: torch.device
     gen: DiffusersGenerator
+    out: OutputTree | None                      # this rank's writer in --outdir
+    baseline: OutputTree | None = None          # and in --baseline-dir
     latent_clip: object = None
     pixel: dict = field(default_factory=dict)   # term name -> pixel_rewards.PixelTerm
 
@@ -191,7 +194,8 @@ def setup(args) -> Setup:
         if mismatch:
             warnings.warn(f"{args.latent_clip}: {mismatch}", stacklevel=2)
     pixel = pixel_rewards.load(args, device, gen.dtype)
-    return Setup(rank, device, gen, latent, pixel)
+    trees = [OutputTree(d, f"rank{rank.rank}") if d else None for d in (args.outdir, args.baseline_dir)]
+    return Setup(rank, device, gen, *trees, latent, pixel)
 
 
 def reward_terms(s: Setup, args, prompt: str) -> tuple[dict, dict]:
@@ -281,16 +285,15 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
     return Rendered(best, initial, losses, iterations, best_it)
 
 
-def render_and_save(s: Setup, args, item: Item, seeds: Sequence[int], files: Sequence[str], out, baseline=None,
-                    **extra) -> list[dict]:
-    """:func:`render` sample j from ``seeds[j]``, ``--batch-size`` together, save it as ``files[j]`` in
-    the output tree ``out`` (the no-ReNO one in ``baseline`` too) and return the records: each
+def render_and_save(s: Setup, args, item: Item, files: Sequence[str], **extra) -> list[dict]:
+    """:func:`render` sample j from seed ``--seed + j``, ``--batch-size`` together, save it as
+    ``files[j]`` in ``s.out`` (the no-ReNO one in ``s.baseline`` too) and return the records: each
     reward term's loss (initial and best) and the iterations; :func:`run` adds times and peak memory."""
-    records = []
+    seeds, records = [args.seed + j for j in range(args.samples)], []
     for first in range(0, len(seeds), args.batch_size):
         batch, names = seeds[first:first + args.batch_size], files[first:first + args.batch_size]
         rendered = render(s, args, item.prompt, batch)
-        for tree, latents in ((out, rendered.latents), (baseline, rendered.initial)):
+        for tree, latents in ((s.out, rendered.latents), (s.baseline, rendered.initial)):
             if tree is not None:
                 for name, image in zip(names, decode_pil(s.gen, latents)):
                     tree.save_png(name, image)
@@ -347,13 +350,13 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB (process peak RSS)
 
 
-def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]], outdir: str | Path,
-        rank: Rank, device: torch.device, timer: Timer, summary_wait: float = 600.0,
+def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]], s: Setup, args,
         summarise: Callable[[list[dict]], dict] | None = None) -> dict | None:
-    """Process this rank's unfinished items, then (rank 0) summarise. ``process`` writes the item's
-    files and returns its records; their ``time`` is filled in here when absent."""
-    start = time.time()
-    outdir = Path(outdir)
+    """Process this rank's unfinished items in ``--outdir``, then (rank 0, after waiting up to
+    ``--summary-wait`` s for the others) summarise. ``process`` writes the item's files and returns
+    its records; their ``time`` is filled in here when absent."""
+    start, rank, device, timer = time.time(), s.rank, s.device, s.timer
+    outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     marker = outdir / f"finished.rank{rank.rank}"
     marker.unlink(missing_ok=True)
@@ -390,7 +393,7 @@ def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]],
     print(f"{name} rank {rank.rank}: {len(todo)} done, {skipped} skipped (already finished)", flush=True)
     if rank.rank != 0:
         return None
-    wait_for_ranks(outdir, rank.world, start, {it.index for it in items}, summary_wait)
+    wait_for_ranks(outdir, rank.world, start, {it.index for it in items}, args.summary_wait)
     summary = summarise_records(read_records(outdir), extra=summarise)
     summary.update(benchmark=name, items=len(items), items_done=len(done_items(outdir) & {it.index for it in items}))
     (outdir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -402,9 +405,7 @@ def wait_for_ranks(outdir: Path, world: int, start: float, indices: set[int], ti
     deadline = time.time() + timeout
     while world > 1 and time.time() < deadline:
         markers = [outdir / f"finished.rank{r}" for r in range(1, world)]
-        if all(m.is_file() and m.stat().st_mtime >= start - 1 for m in markers):
-            return
-        if indices <= done_items(outdir):
+        if all(m.is_file() and m.stat().st_mtime >= start - 1 for m in markers) or indices <= done_items(outdir):
             return
         time.sleep(1.0)
 

@@ -22,7 +22,6 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from .outputs import OutputTree
 from .runner import DATA, Item, add_common_args, claim_outdir, render_and_save, run, run_settings, setup
 
 CATEGORIES = ("color_val", "shape_val", "texture_val", "spatial_val", "non_spatial_val", "complex_val")
@@ -136,14 +135,11 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     files = {f"prompts/{c}": prompt_bytes(args.dataset, c, args.revision) for c in categories}
     claim_outdir(args.outdir, "t2i-compbench", run_settings(args, files, skip=("dataset",)))
     s = setup(args)
-    out = OutputTree(args.outdir, f"rank{s.rank.rank}")
-    baseline = OutputTree(args.baseline_dir, f"rank{s.rank.rank}") if args.baseline_dir else None
-    seeds = [args.seed + j for j in range(args.samples)]
 
     def process(item: Item) -> list[dict]:
         category, p = item.meta["category"], item.meta["prompt_index"]
-        names = [f"{category}/samples/{item.prompt}_{p * len(seeds) + j:06d}.png" for j in range(len(seeds))]
-        return render_and_save(s, args, item, seeds, names, out, baseline, category=category)
+        names = [f"{category}/samples/{item.prompt}_{p * args.samples + j:06d}.png" for j in range(args.samples)]
+        return render_and_save(s, args, item, names, category=category)
 
     def by_category(records: list[dict]) -> dict:
         cats = {}
@@ -153,4 +149,4 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
                 cats.setdefault(r["category"], []).append(total["initial"] - total["best"])
         return {"gain_by_category": {c: sum(v) / len(v) for c, v in cats.items()}}
 
-    return run("t2i-compbench", items, process, args.outdir, s.rank, s.device, s.timer, args.summary_wait, by_category)
+    return run("t2i-compbench", items, process, s, args, by_category)
