@@ -25,8 +25,10 @@ every family.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,13 +190,10 @@ class DiffusersGenerator:
         ``round(steps / denoise)``-step schedule (ComfyUI's KSampler denoise)."""
         total = max(steps, round(steps / denoise))
         self.scheduler.set_timesteps(total, device="cpu", **self._schedule_kwargs(total))
-        return [self._timestep(t) for t in self.scheduler.timesteps[-steps:]]
+        return [float(t) for t in self.scheduler.timesteps[-steps:]]
 
     def _schedule_kwargs(self, total: int) -> dict:
         return {}
-
-    def _timestep(self, t: torch.Tensor):
-        return float(t)
 
     def sigma(self, t) -> float:
         raise NotImplementedError
@@ -218,16 +217,14 @@ class DiffusersGenerator:
         with self.timer.section("unet"):
             return self._denoise(x, t, self.sigma(t), cond, guidance_scale)
 
-    def one_step(self, cond: Conditioning, timestep=None, guidance_scale: float = 0.0
-                 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    def one_step(self, cond: Conditioning, guidance_scale: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
         """``generate(noise) -> raw x0 latent`` with gradients to the noise (ReNO's generator).
 
         The denoiser's backward time is measured by a hook on the noise and added to ``timer['unet']``;
         a hook on the output books the reward's backward, from ``timer.marks['reward_end']`` (set by
         the reward's wrapper, :func:`train.benchmarks.runner.timed`), to ``timer['reward']``."""
-        steps = self.timesteps(1) if timestep is None else [timestep]
-        t, scale = steps[0], self.noise_scale(steps)
-        timer = self.timer
+        steps = self.timesteps(1)
+        t, scale, timer = steps[0], self.noise_scale(steps), self.timer
 
         def on_latent_grad(grad):
             now = timer.marks["latent_grad"] = timer.now()
@@ -293,14 +290,11 @@ class UNetGenerator(DiffusersGenerator):
         text, uncond = self.pipe.encode_prompt(prompt, self.device, 1, cfg, negative_prompt)
         return Conditioning(text, None, uncond if cfg else None, None)
 
-    def _timestep(self, t: torch.Tensor) -> int:
-        return int(t)
-
-    def sigma(self, t: int) -> float:
+    def sigma(self, t: float) -> float:
         a = self.alphas[int(t)]
         return float(((1 - a) / a).sqrt())
 
-    def _unet(self, x_in: torch.Tensor, t: int, text: torch.Tensor, added: dict | None) -> torch.Tensor:
+    def _unet(self, x_in: torch.Tensor, t: float, text: torch.Tensor, added: dict | None) -> torch.Tensor:
         n = x_in.shape[0]
         kwargs = {}
         if added is not None:
@@ -336,10 +330,12 @@ class UNetGenerator(DiffusersGenerator):
 class FlowMatchGenerator(DiffusersGenerator):
     """Flow-matching transformers: ``x = (1 - sigma) x0 + sigma noise``, velocity prediction."""
 
-    def __init__(self, pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None):
+    def __init__(self, pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None,
+                 max_sequence_length: int = 256):
         super().__init__(pipe, pipe.transformer, device, resolution, timer)
         self.transformer = pipe.transformer
         self.train_steps = self.scheduler.config.num_train_timesteps
+        self.max_sequence_length = max_sequence_length  # T5 tokens of a prompt
 
     def sigma(self, t: float) -> float:
         return float(t) / self.train_steps
@@ -375,8 +371,7 @@ class FluxGenerator(FlowMatchGenerator):
 
     def __init__(self, pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None,
                  max_sequence_length: int = 256, embedded_guidance: float = 3.5):
-        super().__init__(pipe, device, resolution, timer)
-        self.max_sequence_length = max_sequence_length
+        super().__init__(pipe, device, resolution, timer, max_sequence_length)
         self.embedded_guidance = embedded_guidance
         h, w = self.latent_shape[1:]
         self.image_ids = pipe._prepare_latent_image_ids(1, h // 2, w // 2, self.device, self.dtype)
@@ -427,11 +422,6 @@ class SD3Generator(FlowMatchGenerator):
     """Stable Diffusion 3 / 3.5 (incl. Large-Turbo): two CLIPs + T5, pooled projections, patchified
     inside the transformer; ``guidance_scale > 1`` is CFG as in the pipeline."""
 
-    def __init__(self, pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None,
-                 max_sequence_length: int = 256):
-        super().__init__(pipe, device, resolution, timer)
-        self.max_sequence_length = max_sequence_length
-
     def pixel_multiple(self) -> int:
         return self.pipe.vae_scale_factor * self.denoiser.config.patch_size
 
@@ -449,7 +439,7 @@ class SD3Generator(FlowMatchGenerator):
         from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 
         c = self.scheduler.config
-        if not c.get("use_dynamic_shifting", None):
+        if not c.get("use_dynamic_shifting"):
             return {}
         p = self.transformer.config.patch_size
         h, w = self.latent_shape[1:]
@@ -487,9 +477,6 @@ def make_generator(pipe, device="cpu", resolution: int | None = None, timer: Tim
     """The generator for ``pipe``'s family; ``options`` go to its constructor (FLUX:
     ``max_sequence_length``, ``embedded_guidance``; SD3: ``max_sequence_length``). ``None`` means the
     family's default; an option the family does not take is dropped with a warning."""
-    import inspect
-    import warnings
-
     cls = generator_class(pipe)
     accepted = inspect.signature(cls.__init__).parameters
     given = {k: v for k, v in options.items() if v is not None}
