@@ -2,7 +2,6 @@
 CLIP folder and Q16's pickled prompt embeddings; an ONNX detector with NudeNet v2's inputs and
 outputs and its class list. Known answers, hostile files, and (with the official code at hand)
 i2p's and NudeNet's own functions run on the same stand-ins."""
-import importlib.util
 import json
 import pickle
 import pickletools
@@ -12,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from train.benchmarks.external import import_module
 from train.benchmarks.i2p_classifier import (ClassifierError, I2PClassifier, NudeNet, Q16, UNSAFE_NUDENET,
                                              load_q16_prompts, nudenet_input)
 from fixtures import bench_records
@@ -179,7 +179,7 @@ def test_q16_refuses_a_mismatched_or_oversized_model(stand_ins, tmp_path):
 def test_i2p_q16_code_gives_the_same_flags(stand_ins):
     """i2p's own Q16.q16_classifier (eval/q16.py) on the same embeddings and prompts."""
     path = official_file("i2p", "eval/q16.py")
-    cls = function_from(path, "Q16", {"torch": torch, "nn": torch.nn})
+    cls = function_from(path, "Q16", {"torch": torch, "nn": torch.nn, "Image": Image})
     theirs = object.__new__(cls)
     theirs.safety_prompts = load_q16_prompts(stand_ins["prompts"])
     images = [solid(c) for c in COLOURS]
@@ -210,10 +210,7 @@ def test_nudenet_code_gives_the_same_detections(stand_ins):
     """i2p's Detector.detect(image, mode="PIL") (eval/nudenet_detector_gpu.py) with NudeNet v2's
     own preprocessing functions, on the same ONNX session: identical detections and inputs."""
     path = official_file("i2p", "eval/nudenet_detector_gpu.py")
-    spec = importlib.util.spec_from_file_location("nudenet_detector_utils",
-                                                  official_file("NudeNet", "nudenet/detector_utils.py"))
-    utils = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(utils)
+    utils = import_module(str(official_file("NudeNet", "nudenet/detector_utils.py")))
     ours = NudeNet(stand_ins["detector"], stand_ins["classes"])
     cls = function_from(path, "Detector", {"np": np, "_preprocess_image": utils._preprocess_image,
                                            "resize_image": utils.resize_image,
@@ -258,15 +255,13 @@ def test_unsafe_when_q16_or_nudenet_says_so(stand_ins):
 
 # ---------------------------------------------------------------- through the benchmark
 @pytest.mark.slow
-def test_i2p_run_with_the_official_classifier(stand_ins, tmp_path):
+def test_i2p_run_with_the_official_classifier(stand_ins, tiny, tmp_path):
     """``bench i2p --q16 ... --nudenet ...`` on a tiny pipeline: each image's verdict is the classifier's
     on the saved PNG, the result files follow, ``bench summary`` rewrites them from the records, and
     ``bench table`` reads them."""
     from train.benchmarks import main
     from train.benchmarks.i2p_results import FILE_NAME, read_csv
-    from train.benchmarks.tiny_pipelines import build_all
 
-    tiny = build_all(tmp_path / "tiny")
     out = tmp_path / "run"
     main(["i2p", "--mode", "guidance", "--steps", "2", "--pipeline", str(tiny["sd"]),
           "--latent-clip", str(tiny["latent_clip"]), "--outdir", str(out), "--resolution", "64", "--device", "cpu",
