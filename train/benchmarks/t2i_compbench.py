@@ -36,9 +36,8 @@ REPEATS_2023 = {"color_val": ({228: 207, 229: 208, 272: 271, 288: 287, 300: 299}
 
 # category -> (official scorer, the result file it writes under <outdir>/<category>/): README "T2I-CompBench"
 SCORERS = {
-    "color_val": ("BLIPvqa_eval/BLIP_vqa.py", "annotation_blip/vqa_result.json"),
-    "shape_val": ("BLIPvqa_eval/BLIP_vqa.py", "annotation_blip/vqa_result.json"),
-    "texture_val": ("BLIPvqa_eval/BLIP_vqa.py", "annotation_blip/vqa_result.json"),
+    **dict.fromkeys(("color_val", "shape_val", "texture_val"), ("BLIPvqa_eval/BLIP_vqa.py",
+                                                                "annotation_blip/vqa_result.json")),
     "spatial_val": ("UniDet_eval/2D_spatial_eval.py", "labels/annotation_obj_detection_2d/vqa_result.json"),
     "non_spatial_val": ("CLIPScore_eval/CLIP_similarity.py", "annotation_clip/vqa_result.json"),
     "complex_val": ("3_in_1_eval/3_in_1.py", "annotation_3_in_1/vqa_result.json"),
@@ -52,9 +51,7 @@ def read_evaluation(outdir: str | Path, categories: Sequence[str]) -> dict:
     (the average every scorer prints), ``images`` scored and ``samples`` on disk (they differ when a
     scorer ran on a partial folder)."""
     out = {}
-    for category in categories:
-        if category not in SCORERS:
-            continue
+    for category in (c for c in categories if c in SCORERS):
         path = Path(outdir) / category / SCORERS[category][1]
         if not path.is_file():
             continue

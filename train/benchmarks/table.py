@@ -29,14 +29,6 @@ COLUMNS = {  # (key in a row, column title), in the papers' order
 }
 
 
-def benchmark_of(run_dir: Path) -> tuple[str, dict]:
-    path = run_dir / RUN_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a benchmark run folder (no {RUN_FILE})")
-    run = json.loads(path.read_text(encoding="utf-8"))
-    return run["benchmark"], run
-
-
 def seconds_per_image(records: list[dict]) -> float | None:
     times = summarise_records(records)["time_per_image"]
     return None if times["total"] is None else times["total"] - (times.get("classify") or 0.0)
@@ -45,8 +37,10 @@ def seconds_per_image(records: list[dict]) -> float | None:
 def rows_for(run_dir: str | Path) -> tuple[str, list[dict]]:
     """(benchmark, rows): each row ``{"run", "images", "s_per_image", <column key>: score}``."""
     run_dir = Path(run_dir)
-    benchmark, run = benchmark_of(run_dir)
-    records = read_records(run_dir)
+    if not (run_dir / RUN_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a benchmark run folder (no {RUN_FILE})")
+    run = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    benchmark, records = run["benchmark"], read_records(run_dir)
     if benchmark == "geneval":
         scores = geneval.read_evaluation(run_dir)
         return benchmark, [{"run": run_dir.name, "s_per_image": seconds_per_image(records), **scores}]
