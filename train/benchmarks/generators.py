@@ -39,8 +39,6 @@ import torch
 
 from latent_clip.factory import DTYPES
 
-MODULES = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
-
 
 def load_pipeline(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32, config: str | None = None):
     """A diffusers text-to-image pipeline from local files only: a diffusers folder
@@ -68,9 +66,8 @@ def load_pipeline(path: str | Path, device="cpu", dtype: torch.dtype = torch.flo
         pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True, torch_dtype=dtype)
     generator_class(pipe)  # unsupported families fail here, before anything is moved to the device
     pipe.set_progress_bar_config(disable=True)
-    for name in MODULES:
-        module = getattr(pipe, name, None)
-        if module is not None:
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
             module.to(device).eval().requires_grad_(False)
     if dtype == torch.float16:
         pipe.vae.to(torch.float32)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from latent_clip import LatentContractError, check_family, load_model
@@ -307,17 +308,14 @@ def render_and_save(s: Setup, args, item: Item, files: Sequence[str], **extra) -
 
 def decode_pil(gen: DiffusersGenerator, raw: torch.Tensor) -> list:
     """Raw latents (B, C, h, w) -> PIL images, booked as ``decode``."""
-    from PIL import Image
-
     with torch.no_grad(), gen.timer.section("decode"):
         x = ((gen.decode(raw).clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(a) for a in x]
 
 
-def grid(images: list, cols: int | None = None):
-    from PIL import Image
-
-    cols = cols or min(len(images), 4)
+def grid(images: list) -> Image.Image:
+    """``images`` (same size) pasted row by row, at most 4 to a row."""
+    cols = min(len(images), 4)
     rows = (len(images) + cols - 1) // cols
     w, h = images[0].size
     out = Image.new("RGB", (cols * w, rows * h))
