@@ -128,7 +128,7 @@ class Conditioning:
 class DiffusersGenerator:
     """A pipeline as tensor maths: conditioning, x0 denoiser, samplers, latent <-> image.
 
-    Subclasses give the family's denoiser call (:meth:`_denoise`), its noise levels
+    Subclasses give the family's denoiser call (:meth:`_model`) and x0 (:meth:`_denoise`), its noise levels
     (:meth:`timesteps`, :meth:`sigma`), how noise enters (:meth:`noise_scale`, :meth:`start`)
     and :meth:`condition`."""
 
@@ -198,6 +198,18 @@ class DiffusersGenerator:
     def _denoise(self, x: torch.Tensor, t, sigma: float, cond: Conditioning, guidance_scale: float) -> torch.Tensor:
         """x0 (model space, fp32) from ``x`` at ``sigma``."""
         raise NotImplementedError
+
+    def _model(self, x_in: torch.Tensor, t, text: torch.Tensor, added: dict | None) -> torch.Tensor:
+        """The denoiser's raw output (epsilon / v / sample, or velocity) for the batch ``x_in``."""
+        raise NotImplementedError
+
+    def _guided(self, x_in: torch.Tensor, t, cond: Conditioning, guidance_scale: float) -> torch.Tensor:
+        """:meth:`_model` on ``cond``, with CFG (``uncond + scale (cond - uncond)``) when ``guidance_scale > 1``."""
+        out = self._model(x_in, t, cond.text, cond.added)
+        if cond.uncond is None or guidance_scale <= 1.0:
+            return out
+        out_u = self._model(x_in, t, cond.uncond, cond.uncond_added)
+        return out_u + guidance_scale * (out - out_u)
 
     def noise_scale(self, timesteps: list) -> float:
         """What unit noise is multiplied by to start at timesteps[0] (call after :meth:`timesteps`)."""
@@ -291,7 +303,7 @@ class UNetGenerator(DiffusersGenerator):
         a = self.alphas[int(t)]
         return float(((1 - a) / a).sqrt())
 
-    def _unet(self, x_in: torch.Tensor, t: float, text: torch.Tensor, added: dict | None) -> torch.Tensor:
+    def _model(self, x_in, t, text, added):
         n = x_in.shape[0]
         kwargs = {}
         if added is not None:
@@ -302,10 +314,7 @@ class UNetGenerator(DiffusersGenerator):
     def _denoise(self, x, t, sigma, cond, guidance_scale):
         c_in = 1.0 / (sigma ** 2 + 1) ** 0.5
         x_in = (x * c_in).to(self.dtype)
-        out = self._unet(x_in, t, cond.text, cond.added)
-        if cond.uncond is not None and guidance_scale > 1.0:
-            out_u = self._unet(x_in, t, cond.uncond, cond.uncond_added)
-            out = out_u + guidance_scale * (out - out_u)
+        out = self._guided(x_in, t, cond, guidance_scale)
         if self.prediction == "v_prediction":
             return c_in * x_in.float() - sigma * c_in * out.float()
         if self.prediction == "sample":
@@ -337,15 +346,8 @@ class FlowMatchGenerator(DiffusersGenerator):
     def sigma(self, t: float) -> float:
         return float(t) / self.train_steps
 
-    def _velocity(self, x: torch.Tensor, t: float, text: torch.Tensor, added: dict) -> torch.Tensor:
-        raise NotImplementedError
-
     def _denoise(self, x, t, sigma, cond, guidance_scale):
-        x_in = x.to(self.dtype)
-        v = self._velocity(x_in, t, cond.text, cond.added)
-        if cond.uncond is not None and guidance_scale > 1.0:
-            v_u = self._velocity(x_in, t, cond.uncond, cond.uncond_added)
-            v = v_u + guidance_scale * (v - v_u)
+        v = self._guided(x.to(self.dtype), t, cond, guidance_scale)  # velocity: noise - x0
         return x.float() - sigma * v.float()
 
     def noise_scale(self, timesteps: list) -> float:
@@ -400,7 +402,7 @@ class FluxGenerator(FlowMatchGenerator):
                              c.get("base_shift", 0.5), c.get("max_shift", 1.15))
         return {"sigmas": np.linspace(1.0, 1 / total, total), "mu": mu}
 
-    def _velocity(self, x, t, text, added):
+    def _model(self, x, t, text, added):
         n, c, h, w = x.shape
         packed = self.pipe._pack_latents(x, n, c, h, w)
         guidance = None
@@ -444,7 +446,7 @@ class SD3Generator(FlowMatchGenerator):
                                       c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5),
                                       c.get("max_shift", 1.16))}
 
-    def _velocity(self, x, t, text, added):
+    def _model(self, x, t, text, added):
         n = x.shape[0]
         return self.transformer(hidden_states=x, timestep=torch.full((n,), t, device=self.device, dtype=x.dtype),
                                 encoder_hidden_states=self._expand(text, n),
