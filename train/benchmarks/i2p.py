@@ -35,7 +35,7 @@ from latent_clip.rewards import latent_avoid, step_away
 from . import i2p_results
 from .external import load_callable
 from .outputs import OutputTree
-from .runner import (DATA, Item, add_common_args, claim_outdir, decode_pil, read_records, render, run,
+from .runner import (DATA, Item, add_common_args, claim_outdir, decode_pil, fmt, read_records, render, run,
                      run_settings, setup)
 
 CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
@@ -241,8 +241,6 @@ def per_category(records: list[dict]) -> dict:
 
 
 def format_i2p(table: dict) -> str:
-    def f(v):
-        return "-" if v is None else f"{v:.3f}"
     cats = sorted({c for v in table.values() for c in v["latent_p_inappropriate"]}, key=lambda c: (c == "all", c))
     heads = [f"{v} {m}" for v in table for m in ("inappropriate", "latent p")]
     lines = [f"{'I2P category':<18}" + "".join(f"{h:>24}" for h in heads)]
@@ -250,7 +248,7 @@ def format_i2p(table: dict) -> str:
         cells = ""
         for v in table.values():
             official = (v["official"] or {}).get(cat, {})
-            cells += f"{f(official.get('inappropriate')):>24}{f(v['latent_p_inappropriate'].get(cat)):>24}"
+            cells += f"{fmt(official.get('inappropriate')):>24}{fmt(v['latent_p_inappropriate'].get(cat)):>24}"
         lines.append(f"{cat:<18}{cells}")
     for name, v in table.items():
         em = (v["official"] or {}).get("all", {})

@@ -101,10 +101,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     pixel_rewards.add_args(r)
     o = p.add_argument_group("ReNO (latent_clip.reno.optimize_noise)")
     o.add_argument("--iterations", type=int, default=50, help="0: no ReNO (baseline, same seeds)")
-    o.add_argument("--lr", type=float, default=5.0)
-    o.add_argument("--momentum", type=float, default=0.9)
-    o.add_argument("--grad-clip", type=float, default=0.1)
-    o.add_argument("--reg-weight", type=float, default=0.01)
+    for flag, default in (("--lr", 5.0), ("--momentum", 0.9), ("--grad-clip", 0.1), ("--reg-weight", 0.01)):
+        o.add_argument(flag, type=float, default=default)  # optimize_noise's arguments of these names
     o.add_argument("--final-steps", type=int, default=1,
                    help="render the initial and the optimised noise with this many steps for the saved images "
                         "and recorded rewards (ReNO's multi-apply; FLUX-schnell: 4); ReNO itself uses 1 step")
@@ -352,7 +350,7 @@ def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]],
         summarise: Callable[[list[dict]], dict] | None = None) -> dict | None:
     """Process this rank's unfinished items in ``--outdir``, then (rank 0, after waiting up to
     ``--summary-wait`` s for the others) summarise. ``process`` writes the item's files and returns
-    its records; their ``time`` is filled in here when absent."""
+    its records, to which this adds the time split, peak memory and rank."""
     start, rank, device, timer = time.time(), s.rank, s.device, s.timer
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -363,9 +361,8 @@ def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]],
     todo = [it for it in mine if it.index not in done]
     results = outdir / f"results.rank{rank.rank}.jsonl"
     skipped = len(mine) - len(todo)
-    bar = tqdm(todo, desc=f"{name} rank {rank.rank}/{rank.world}", unit="prompt", position=rank.rank,
-               dynamic_ncols=True)
-    for item in bar:
+    for item in tqdm(todo, desc=f"{name} rank {rank.rank}/{rank.world}", unit="prompt", position=rank.rank,
+                     dynamic_ncols=True):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         timer.reset()
@@ -379,14 +376,11 @@ def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]],
         times["total"] = total / n
         mem = peak_memory_gb(device)
         for rec in records:
-            rec.setdefault("time", times)
-            rec["peak_memory_gb"] = mem
-            rec["rank"] = rank.rank
+            rec.update(time=times, peak_memory_gb=mem, rank=rank.rank)
         with open(results, "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             f.flush()
             os.fsync(f.fileno())
-    bar.close()
     marker.write_text(json.dumps({"items": len(mine), "skipped": skipped, "seconds": time.time() - start}))
     print(f"{name} rank {rank.rank}: {len(todo)} done, {skipped} skipped (already finished)", flush=True)
     if rank.rank != 0:
@@ -434,19 +428,20 @@ def summarise_records(records: list[dict], extra: Callable[[list[dict]], dict] |
     return out
 
 
+def fmt(value: float | None, spec: str = ".3f") -> str:
+    """A table cell: ``value`` formatted, ``-`` when missing."""
+    return "-" if value is None else format(value, spec)
+
+
 def format_summary(s: dict) -> str:
-    def f(v, spec=".4f"):
-        return "-" if v is None else format(v, spec)
     lines = [f"== {s.get('benchmark', '')}: {s.get('items_done', '?')}/{s.get('items', '?')} prompts, "
-             f"{s['images']} images, {f(s.get('iterations'), '.1f')} ReNO iterations/image",
+             f"{s['images']} images, {fmt(s.get('iterations'), '.1f')} ReNO iterations/image",
              f"{'reward loss':<16}{'initial':>10}{'best':>10}{'gain':>10}"]
     for n, v in s["rewards"].items():
-        lines.append(f"{n:<16}{f(v['initial_loss']):>10}{f(v['best_loss']):>10}{f(v['gain']):>10}")
+        lines.append(f"{n:<16}" + "".join(f"{fmt(v[k], '.4f'):>10}" for k in ("initial_loss", "best_loss", "gain")))
     t = s["time_per_image"]
-    lines.append("s/image " + f(t["total"], ".3f") + "  (" + ", ".join(
-        f"{k} {f(v, '.3f')}" for k, v in t.items() if k != "total") + ")")
+    lines.append("s/image " + fmt(t["total"]) + "  (" + ", ".join(
+        f"{k} {fmt(v)}" for k, v in t.items() if k != "total") + ")")
     lines.append(f"peak memory {s['peak_memory_gb']:.2f} GiB")
-    for k, v in s.items():
-        if k.startswith("table_"):
-            lines.append(v)
+    lines += [v for k, v in s.items() if k.startswith("table_")]
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import geneval, i2p, t2i_compbench
-from .runner import RUN_FILE, read_records, summarise_records
+from .runner import RUN_FILE, fmt, read_records, summarise_records
 
 COLUMNS = {  # (key in a row, column title), in the papers' order
     "geneval": list(zip(geneval.TASKS, ("Single", "Two obj.", "Counting", "Colors", "Position", "Color attr.")))
@@ -77,14 +77,11 @@ def rows_for(run_dir: str | Path) -> tuple[str, list[dict]]:
 def format_table(benchmark: str, rows: list[dict]) -> str:
     columns = [(k, name) for k, name in COLUMNS[benchmark] if any(k in r for r in rows)]
     width = max(len(r["run"]) for r in rows) + 2
-
-    def cell(v, spec=".3f"):
-        return "-" if v is None else format(v, spec)
     lines = [f"== {benchmark}", f"{'run':<{width}}" + "".join(f"{name:>12}" for _, name in columns) +
              f"{'images':>9}{'s/image':>10}"]
     for r in rows:
-        lines.append(f"{r['run']:<{width}}" + "".join(f"{cell(r.get(k)):>12}" for k, _ in columns) +
-                     f"{cell(r.get('images'), 'd'):>9}{cell(r['s_per_image'], '.2f'):>10}")
+        lines.append(f"{r['run']:<{width}}" + "".join(f"{fmt(r.get(k)):>12}" for k, _ in columns) +
+                     f"{fmt(r.get('images'), 'd'):>9}{fmt(r['s_per_image'], '.2f'):>10}")
         if r.get("partial"):
             lines.append("  scored images / images on disk differ: " +
                          ", ".join(f"{c} {v}" for c, v in r["partial"].items()))
