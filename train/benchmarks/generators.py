@@ -143,6 +143,7 @@ class DiffusersGenerator:
         if self.resolution % multiple:
             raise ValueError(f"resolution {self.resolution} px: {type(pipe).__name__} needs a multiple of {multiple}")
         self.timer = timer or Timer(self.device)
+        self.shift = getattr(self.vae.config, "shift_factor", None) or 0.0  # the VAE's (SD/SDXL have none)
 
     def native_resolution(self) -> int:
         return self.denoiser.config.sample_size * self.pipe.vae_scale_factor
@@ -162,12 +163,10 @@ class DiffusersGenerator:
                             for s in seeds]).to(self.device, self.dtype)
 
     def to_raw(self, scaled: torch.Tensor) -> torch.Tensor:
-        cfg = self.vae.config
-        return scaled.float() / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
+        return scaled.float() / self.vae.config.scaling_factor + self.shift
 
     def to_scaled(self, raw: torch.Tensor) -> torch.Tensor:
-        cfg = self.vae.config
-        return ((raw.float() - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor).to(self.dtype)
+        return ((raw.float() - self.shift) * self.vae.config.scaling_factor).to(self.dtype)
 
     def decode(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw latents -> images in [-1, 1] (differentiable)."""
@@ -221,6 +220,11 @@ class DiffusersGenerator:
         raise NotImplementedError
 
     # -- shared samplers
+    @staticmethod
+    def _expand(tensor: torch.Tensor, n: int) -> torch.Tensor:
+        """A batch-1 conditioning tensor as a batch of ``n`` (a view)."""
+        return tensor.expand(n, *tensor.shape[1:])
+
     def predict_x0(self, x: torch.Tensor, t, cond: Conditioning, guidance_scale: float = 0.0) -> torch.Tensor:
         """x0 (model space, fp32) from ``x`` at timestep ``t``; the time is booked as ``unet``."""
         with self.timer.section("unet"):
@@ -305,11 +309,9 @@ class UNetGenerator(DiffusersGenerator):
 
     def _model(self, x_in, t, text, added):
         n = x_in.shape[0]
-        kwargs = {}
-        if added is not None:
-            kwargs["added_cond_kwargs"] = {k: v.expand(n, *v.shape[1:]) for k, v in added.items()}
+        added = None if added is None else {k: self._expand(v, n) for k, v in added.items()}
         t_in = torch.full((n,), int(t), device=self.device, dtype=torch.long)
-        return self.unet(x_in, t_in, encoder_hidden_states=text.expand(n, *text.shape[1:]), **kwargs).sample
+        return self.unet(x_in, t_in, encoder_hidden_states=self._expand(text, n), added_cond_kwargs=added).sample
 
     def _denoise(self, x, t, sigma, cond, guidance_scale):
         c_in = 1.0 / (sigma ** 2 + 1) ** 0.5
@@ -358,9 +360,6 @@ class FlowMatchGenerator(DiffusersGenerator):
             return noise.float()
         sigma = self.sigma(timesteps[0])
         return (1 - sigma) * clean.float() + sigma * noise.float()
-
-    def _expand(self, tensor: torch.Tensor, n: int) -> torch.Tensor:
-        return tensor.expand(n, *tensor.shape[1:])
 
 
 class FluxGenerator(FlowMatchGenerator):
