@@ -53,13 +53,11 @@ def write_pickscore(folder, seed=0):
 
     tok = write_tokenizer(folder)
     torch.manual_seed(seed)
-    cfg = CLIPConfig(text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 37,
-                                  "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 77,
+    tower = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4}
+    cfg = CLIPConfig(text_config={**tower, "vocab_size": len(tok), "max_position_embeddings": 77,
                                   "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
                                   "pad_token_id": tok.pad_token_id},
-                     vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
-                                    "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
-                     projection_dim=16)
+                     vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=16)
     CLIPModel(cfg).save_pretrained(str(folder))
     return folder
 

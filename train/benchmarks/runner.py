@@ -263,9 +263,8 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
         result = optimize_noise(generate, total, noise, iterations=args.iterations, lr=args.lr,
                                 momentum=args.momentum, grad_clip=args.grad_clip, reg_weight=args.reg_weight,
                                 callback=keep_first)
-        best, initial = result.best_latent.float(), first["latent"].float()
+        best, initial, best_noise = result.best_latent.float(), first["latent"].float(), result.best_noise
         iterations, best_it = int(result.history.shape[0]), result.best_iteration.tolist()
-        best_noise = result.best_noise
     else:
         with torch.no_grad():
             best = initial = generate(noise).float()
