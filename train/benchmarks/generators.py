@@ -352,6 +352,16 @@ class FlowMatchGenerator(DiffusersGenerator):
         v = self._guided(x.to(self.dtype), t, cond, guidance_scale)  # velocity: noise - x0
         return x.float() - sigma * v.float()
 
+    def _shift(self, patch: int, max_shift: float) -> float:
+        """The pipelines' resolution-dependent schedule shift ``mu`` (FLUX's and SD3's ``calculate_shift``,
+        the same code) for ``patch``-sized image tokens; ``max_shift``: the pipeline's default."""
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        c, (h, w) = self.scheduler.config, self.latent_shape[1:]
+        return calculate_shift((h // patch) * (w // patch), c.get("base_image_seq_len", 256),
+                               c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5),
+                               c.get("max_shift", max_shift))
+
     def noise_scale(self, timesteps: list) -> float:
         return 1.0   # the pipelines start from unit noise whatever the first sigma
 
@@ -393,20 +403,13 @@ class FluxGenerator(FlowMatchGenerator):
         return Conditioning(text, added, *encode(negative_prompt or ""))
 
     def _schedule_kwargs(self, total: int) -> dict:
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        c = self.scheduler.config
-        h, w = self.latent_shape[1:]
-        mu = calculate_shift((h // 2) * (w // 2), c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
-                             c.get("base_shift", 0.5), c.get("max_shift", 1.15))
-        return {"sigmas": np.linspace(1.0, 1 / total, total), "mu": mu}
+        return {"sigmas": np.linspace(1.0, 1 / total, total), "mu": self._shift(2, max_shift=1.15)}
 
     def _model(self, x, t, text, added):
         n, c, h, w = x.shape
         packed = self.pipe._pack_latents(x, n, c, h, w)
-        guidance = None
-        if self.transformer.config.guidance_embeds:
-            guidance = torch.full((n,), self.embedded_guidance, device=self.device, dtype=torch.float32)
+        guidance = torch.full((n,), self.embedded_guidance, device=self.device, dtype=torch.float32) \
+            if self.transformer.config.guidance_embeds else None
         out = self.transformer(hidden_states=packed, timestep=torch.full((n,), t / 1000, device=self.device,
                                                                          dtype=x.dtype),
                                guidance=guidance, pooled_projections=self._expand(added["pooled_projections"], n),
@@ -434,16 +437,9 @@ class SD3Generator(FlowMatchGenerator):
         return Conditioning(text, {"pooled_projections": pooled}, uncond, {"pooled_projections": uncond_pooled})
 
     def _schedule_kwargs(self, total: int) -> dict:
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
-
-        c = self.scheduler.config
-        if not c.get("use_dynamic_shifting"):
+        if not self.scheduler.config.get("use_dynamic_shifting"):
             return {}
-        p = self.transformer.config.patch_size
-        h, w = self.latent_shape[1:]
-        return {"mu": calculate_shift((h // p) * (w // p), c.get("base_image_seq_len", 256),
-                                      c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5),
-                                      c.get("max_shift", 1.16))}
+        return {"mu": self._shift(self.transformer.config.patch_size, max_shift=1.16)}
 
     def _model(self, x, t, text, added):
         n = x.shape[0]

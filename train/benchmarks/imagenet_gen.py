@@ -39,10 +39,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--classnames", help="'imagenet' (open_clip's names, folders sorted as wnids) or a file; "
                                         "default: folder names")
     p.add_argument("--prompt-template", default="{}", help="conditioning prompt for a class name")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--denoise", type=float, default=0.66)
-    p.add_argument("--cfg", type=float, default=1.1)
+    for flag, default in (("--size", 512), ("--steps", 2), ("--denoise", 0.66), ("--cfg", 1.1)):
+        p.add_argument(flag, type=type(default), default=default)  # the demo workflow's (px, steps, denoise, CFG)
     p.add_argument("--negative-prompt", default="text, watermark")
     p.add_argument("--seed", type=int, default=0, help="image i's noise uses seed + i")
     p.add_argument("--chunk", type=int, default=256, help="images per shard (the resume unit)")
