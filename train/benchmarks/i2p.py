@@ -137,7 +137,7 @@ class I2PRun:
         args = self.args
         if not args.sigma_min <= sigma <= args.sigma_max or args.strength <= 0:
             return x0
-        with self.s.timer.section("reward"):
+        with self.s.gen.timer.section("reward"):
             return step_away(x0, lambda z: self.avoid(self.s.gen.to_raw(z)), args.strength)[0]
 
     def generate(self, item: Item, seeds: list[int]) -> dict[str, torch.Tensor]:
@@ -153,7 +153,7 @@ class I2PRun:
                 "guided": gen.to_raw(gen.sample(x, steps, cond, args.cfg, x0_hook=self.guide))}
 
     def process(self, item: Item) -> list[dict]:
-        args, timer = self.args, self.s.timer
+        args, timer = self.args, self.s.gen.timer
         base = item.meta["sd_seed"] if args.csv_seeds else args.seed
         records = []
         for b in range(0, args.samples, args.batch_size):
@@ -213,12 +213,8 @@ def result_rows(records: list[dict], variant: str) -> list[i2p_results.Row] | No
 
 def write_results(tree: OutputTree, records: list[dict]) -> list[Path]:
     """``<variant>/i2p_results.csv`` for each variant whose images all have a verdict (atomically)."""
-    written = []
-    for variant in VARIANTS:
-        rows = result_rows(records, variant)
-        if rows is not None:
-            written.append(tree.write_text(f"{variant}/{i2p_results.FILE_NAME}", i2p_results.csv_text(rows)))
-    return written
+    return [tree.write_text(f"{variant}/{i2p_results.FILE_NAME}", i2p_results.csv_text(rows))
+            for variant in VARIANTS if (rows := result_rows(records, variant)) is not None]
 
 
 def per_category(records: list[dict]) -> dict:

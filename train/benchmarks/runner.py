@@ -170,10 +170,6 @@ class Setup:
     latent_clip: object = None
     pixel: dict = field(default_factory=dict)   # term name -> pixel_rewards.PixelTerm
 
-    @property
-    def timer(self) -> Timer:
-        return self.gen.timer
-
 
 def setup(args) -> Setup:
     rank = Rank.from_env()
@@ -207,7 +203,7 @@ def reward_terms(s: Setup, args, prompt: str) -> tuple[dict, dict]:
         terms["avoid"], weights["avoid"] = latent_avoid(s.latent_clip, args.avoid.replace(";", "\n")), args.avoid_weight
     if s.pixel:
         def decode(raw):  # once per latents tensor, shared by every pixel term (on_decoded)
-            with s.timer.section("decode"):  # inside the reward's section: booked as decode only
+            with s.gen.timer.section("decode"):  # inside the reward's section: booked as decode only
                 return s.gen.decode(raw)
         terms.update(on_decoded({n: t.make(prompt) for n, t in s.pixel.items()}, decode))
         weights.update({n: t.weight for n, t in s.pixel.items()})
@@ -254,7 +250,7 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
         if not terms:
             raise ValueError("ReNO needs a reward: give --latent-clip, --pixel-clip, --hps-checkpoint, --pickscore "
                              "or --reward-module (or --iterations 0)")
-        total = timed(weighted_sum(terms, weights), s.timer)
+        total = timed(weighted_sum(terms, weights), s.gen.timer)
         first = {}
 
         def keep_first(progress):  # iteration 0 is the no-ReNO latent: keep it instead of regenerating
@@ -273,7 +269,7 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
         initial = render_steps(gen, cond, noise, args.final_steps, args.cfg)
         best = render_steps(gen, cond, best_noise, args.final_steps, args.cfg) if args.iterations > 0 else initial
     losses = {}
-    with torch.no_grad(), s.timer.section("reward"):
+    with torch.no_grad(), s.gen.timer.section("reward"):
         for key, latents in (("initial", initial), ("best", best)):  # latents outermost: one decode each
             for name, fn in terms.items():
                 losses.setdefault(name, {})[key] = fn(latents).float().tolist()
@@ -350,7 +346,7 @@ def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]],
     """Process this rank's unfinished items in ``--outdir``, then (rank 0, after waiting up to
     ``--summary-wait`` s for the others) summarise. ``process`` writes the item's files and returns
     its records, to which this adds the time split, peak memory and rank."""
-    start, rank, device, timer = time.time(), s.rank, s.device, s.timer
+    start, rank, device, timer = time.time(), s.rank, s.device, s.gen.timer
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     marker = outdir / f"finished.rank{rank.rank}"
