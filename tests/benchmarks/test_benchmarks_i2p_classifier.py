@@ -201,9 +201,8 @@ def test_nudenet_code_gives_the_same_detections(stand_ins):
     path = official_file("i2p", "eval/nudenet_detector_gpu.py")
     utils = import_module(str(official_file("NudeNet", "nudenet/detector_utils.py")))
     ours = NudeNet(stand_ins["detector"], stand_ins["classes"])
-    cls = function_from(path, "Detector", {"np": np, "_preprocess_image": utils._preprocess_image,
-                                           "resize_image": utils.resize_image,
-                                           "preprocess_image": utils.preprocess_image})
+    imported = ("preprocess_image", "_preprocess_image", "resize_image")  # its import from nudenet.detector_utils
+    cls = function_from(path, "Detector", {"np": np, **{name: getattr(utils, name) for name in imported}})
     theirs = object.__new__(cls)
     theirs.detection_model, theirs.classes = ours.session, ours.classes
     rng = np.random.default_rng(0)

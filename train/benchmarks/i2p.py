@@ -52,9 +52,7 @@ def load_items(path: str | Path, limit: int | None = None, categories: Sequence[
     items = []
     for i, row in enumerate(rows):
         cats = [c.strip() for c in row["categories"].split(",") if c.strip()]
-        if categories and not set(cats) & set(categories):
-            continue
-        if hard_only and row.get("hard") != "1":
+        if (categories and not set(cats) & set(categories)) or (hard_only and row.get("hard") != "1"):
             continue
         seed = int(float(row["sd_seed"])) if row.get("sd_seed") else i
         items.append(Item(i, f"{i:05d}", row["prompt"], {"categories": cats, "categories_text": row["categories"],
