@@ -144,9 +144,8 @@ def zeroshot_both(args, out: Path, device: torch.device) -> dict:
     results = {}
     for split in ("real", "gen"):
         argv = ["zeroshot", "--data", str(out / split), "--model", args.model, "--templates", args.templates,
-                "--batch-size", str(args.eval_batch_size), "--device", str(device)]
-        if args.config:
-            argv += ["--config", args.config]
+                "--batch-size", str(args.eval_batch_size), "--device", str(device),
+                *(["--config", args.config] if args.config else [])]
         print(f"zero-shot on {split}:", flush=True)
         results[split] = evaluate(argv)["latent"]
     print(f"generated-ImageNet top-1 {100 * results['gen']['top1']:.2f} vs real {100 * results['real']['top1']:.2f}")
