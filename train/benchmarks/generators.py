@@ -432,9 +432,8 @@ class SD3Generator(FlowMatchGenerator):
         text, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
             prompt, None, None, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
             negative_prompt=negative_prompt, max_sequence_length=self.max_sequence_length)
-        if not cfg:
-            return Conditioning(text, {"pooled_projections": pooled})
-        return Conditioning(text, {"pooled_projections": pooled}, uncond, {"pooled_projections": uncond_pooled})
+        return Conditioning(text, {"pooled_projections": pooled}, uncond if cfg else None,
+                            {"pooled_projections": uncond_pooled} if cfg else None)
 
     def _schedule_kwargs(self, total: int) -> dict:
         if not self.scheduler.config.get("use_dynamic_shifting"):
