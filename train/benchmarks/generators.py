@@ -39,6 +39,8 @@ import torch
 
 from latent_clip.factory import DTYPES
 
+MODULES = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+
 
 def load_pipeline(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32, config: str | None = None):
     """A diffusers text-to-image pipeline from local files only: a diffusers folder
@@ -66,8 +68,9 @@ def load_pipeline(path: str | Path, device="cpu", dtype: torch.dtype = torch.flo
         pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True, torch_dtype=dtype)
     generator_class(pipe)  # unsupported families fail here, before anything is moved to the device
     pipe.set_progress_bar_config(disable=True)
-    for module in pipe.components.values():
-        if isinstance(module, torch.nn.Module):
+    for name in MODULES:
+        module = getattr(pipe, name, None)
+        if module is not None:
             module.to(device).eval().requires_grad_(False)
     if dtype == torch.float16:
         pipe.vae.to(torch.float32)
@@ -210,6 +213,11 @@ class DiffusersGenerator:
         out_u = self._model(x_in, t, cond.uncond, cond.uncond_added)
         return out_u + guidance_scale * (out - out_u)
 
+    @staticmethod
+    def _expand(tensor: torch.Tensor, n: int) -> torch.Tensor:
+        """A batch-1 conditioning tensor as a batch of ``n`` (a view), for :meth:`_model`."""
+        return tensor.expand(n, *tensor.shape[1:])
+
     def noise_scale(self, timesteps: list) -> float:
         """What unit noise is multiplied by to start at timesteps[0] (call after :meth:`timesteps`)."""
         raise NotImplementedError
@@ -220,11 +228,6 @@ class DiffusersGenerator:
         raise NotImplementedError
 
     # -- shared samplers
-    @staticmethod
-    def _expand(tensor: torch.Tensor, n: int) -> torch.Tensor:
-        """A batch-1 conditioning tensor as a batch of ``n`` (a view)."""
-        return tensor.expand(n, *tensor.shape[1:])
-
     def predict_x0(self, x: torch.Tensor, t, cond: Conditioning, guidance_scale: float = 0.0) -> torch.Tensor:
         """x0 (model space, fp32) from ``x`` at timestep ``t``; the time is booked as ``unet``."""
         with self.timer.section("unet"):

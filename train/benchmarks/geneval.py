@@ -48,12 +48,9 @@ def read_evaluation(outdir: str | Path) -> dict:
 
 
 def load_items(path: str | Path, limit: int | None = None) -> list[Item]:
-    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    items = []
-    for i, line in enumerate(lines[:limit]):
-        meta = json.loads(line)
-        items.append(Item(i, f"{i:0>5}", meta["prompt"], {"line": line, "tag": meta.get("tag")}))
-    return items
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()][:limit]
+    return [Item(i, f"{i:0>5}", meta["prompt"], {"line": line, "tag": meta.get("tag")})
+            for i, (line, meta) in enumerate(zip(lines, map(json.loads, lines)))]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
