@@ -80,7 +80,7 @@ def build_detector(path):
         {
             shape = Shape(input_1)
             hw = Gather <axis = 0> (shape, hw_idx)
-            hw_f = Cast <to = 1> (hw)
+            hw_f = Cast <to = 1> (hw)                          # to FLOAT
             wh = Gather <axis = 0> (hw_f, wh_order)            # [W, H]
             box = Concat <axis = 0> (zeros2, wh)               # [0, 0, W, H]
             box1 = Reshape(box, box_shape)
