@@ -9,7 +9,7 @@ from train.benchmarks.runner import timed
 from train.benchmarks.tiny_pipelines import build_sdxl
 
 
-def test_pipelines_load_from_local_folders_and_give_raw_latents(tiny, tmp_path):
+def test_pipelines_load_from_local_folders_and_give_raw_latents(tiny):
     assert json.loads((tiny["sd"] / "model_index.json").read_text())["unet"][1] == "UNet2DConditionModel"
     gen = UNetGenerator(load_pipeline(tiny["sd"]), "cpu", 64)
     assert gen.latent_shape == (4, 8, 8)

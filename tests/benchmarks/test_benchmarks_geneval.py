@@ -11,13 +11,10 @@ import sys
 import pytest
 from PIL import Image
 
-from train.benchmarks.geneval import TASKS, read_evaluation
-from train.benchmarks.runner import DATA
+from train.benchmarks.geneval import METADATA, TASKS, parse_args, read_evaluation
 from fixtures import REPO, bench_records, child_env, kill_when
 from official_evaluators import function_from, official_file
 from train.benchmarks import main
-
-METADATA = DATA / "geneval/evaluation_metadata.jsonl"
 
 
 def args(tiny, out, *extra):
@@ -103,8 +100,6 @@ def test_official_reading_code_takes_every_image_and_our_reader_scores_its_resul
 
 
 def test_protocol_defaults():
-    from train.benchmarks.geneval import parse_args
-
     a = parse_args(["--pipeline", "p", "--outdir", "o"])
     assert (a.samples, a.seed) == (4, 0)  # GenEval's 4 images per prompt, ReNO's seeds 0-3
 

@@ -2,7 +2,6 @@
 CLIP folder and Q16's pickled prompt embeddings; an ONNX detector with NudeNet v2's inputs and
 outputs and its class list. Known answers, hostile files, and (with the official code at hand)
 i2p's and NudeNet's own functions run on the same stand-ins."""
-import importlib.util
 import json
 import pickle
 import pickletools
@@ -12,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from train.benchmarks.external import import_module
 from train.benchmarks.i2p_classifier import (ClassifierError, I2PClassifier, NudeNet, Q16, UNSAFE_NUDENET,
                                              load_q16_prompts, nudenet_input)
 from fixtures import bench_records
@@ -68,40 +68,29 @@ def build_detector(path):
     """An ONNX model with NudeNet v2's interface: input (N, H, W, 3) float32; outputs boxes (N, 3, 4)
     float32 = [0, 0, W, H] each, scores (N, 3) float32 = channel means / 100 + 0.6, labels (N, 3) int32."""
     import onnx
-    from onnx import TensorProto, helper
+    import onnx.parser
 
-    nodes = [
-        helper.make_node("Shape", ["input_1"], ["shape"]),
-        helper.make_node("Gather", ["shape", "hw_idx"], ["hw"], axis=0),
-        helper.make_node("Cast", ["hw"], ["hw_f"], to=TensorProto.FLOAT),
-        helper.make_node("Gather", ["hw_f", "wh_order"], ["wh"], axis=0),            # [W, H]
-        helper.make_node("Concat", ["zeros2", "wh"], ["box"], axis=0),                # [0, 0, W, H]
-        helper.make_node("Reshape", ["box", "box_shape"], ["box1"]),
-        helper.make_node("Tile", ["box1", "tiles"], ["boxes"]),
-        helper.make_node("ReduceMean", ["input_1", "mean_axes"], ["means"], keepdims=0),
-        helper.make_node("Div", ["means", "hundred"], ["m100"]),
-        helper.make_node("Add", ["m100", "offset"], ["s"]),
-        helper.make_node("Unsqueeze", ["s", "zero_axis"], ["scores"]),
-        helper.make_node("Constant", [], ["labels"], value=helper.make_tensor(
-            "l", TensorProto.INT32, [1, 3], STAND_IN_LABELS)),
-    ]
-    inits = [helper.make_tensor("hw_idx", TensorProto.INT64, [2], [1, 2]),
-             helper.make_tensor("wh_order", TensorProto.INT64, [2], [1, 0]),
-             helper.make_tensor("zeros2", TensorProto.FLOAT, [2], [0, 0]),
-             helper.make_tensor("box_shape", TensorProto.INT64, [3], [1, 1, 4]),
-             helper.make_tensor("tiles", TensorProto.INT64, [3], [1, 3, 1]),
-             helper.make_tensor("mean_axes", TensorProto.INT64, [3], [0, 1, 2]),
-             helper.make_tensor("hundred", TensorProto.FLOAT, [], [100.0]),
-             helper.make_tensor("offset", TensorProto.FLOAT, [], [0.6]),
-             helper.make_tensor("zero_axis", TensorProto.INT64, [1], [0])]
-    graph = helper.make_graph(
-        nodes, "nudenet_v2_stand_in",
-        [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["N", "H", "W", 3])],
-        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 3, 4]),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3]),
-         helper.make_tensor_value_info("labels", TensorProto.INT32, [1, 3])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        nudenet_v2_stand_in (float[N, H, W, 3] input_1)
+            => (float[1, 3, 4] boxes, float[1, 3] scores, int32[1, 3] labels)
+        <int64[2] hw_idx = {1, 2}, int64[2] wh_order = {1, 0}, float[2] zeros2 = {0, 0}, int64[3] box_shape = {1, 1, 4},
+         int64[3] tiles = {1, 3, 1}, int64[3] mean_axes = {0, 1, 2}, float hundred = {100}, float offset = {0.6},
+         int64[1] zero_axis = {0}>
+        {
+            shape = Shape(input_1)
+            hw = Gather <axis = 0> (shape, hw_idx)
+            hw_f = Cast <to = 1> (hw)                          # to FLOAT
+            wh = Gather <axis = 0> (hw_f, wh_order)            # [W, H]
+            box = Concat <axis = 0> (zeros2, wh)               # [0, 0, W, H]
+            box1 = Reshape(box, box_shape)
+            boxes = Tile(box1, tiles)
+            means = ReduceMean <keepdims = 0> (input_1, mean_axes)
+            m100 = Div(means, hundred)
+            s = Add(m100, offset)
+            scores = Unsqueeze(s, zero_axis)
+            labels = Constant <value = int32[1, 3] {%s}> ()
+        }""" % ", ".join(map(str, STAND_IN_LABELS)))
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
@@ -179,7 +168,7 @@ def test_q16_refuses_a_mismatched_or_oversized_model(stand_ins, tmp_path):
 def test_i2p_q16_code_gives_the_same_flags(stand_ins):
     """i2p's own Q16.q16_classifier (eval/q16.py) on the same embeddings and prompts."""
     path = official_file("i2p", "eval/q16.py")
-    cls = function_from(path, "Q16", {"torch": torch, "nn": torch.nn})
+    cls = function_from(path, "Q16", {"torch": torch, "nn": torch.nn, "Image": Image})
     theirs = object.__new__(cls)
     theirs.safety_prompts = load_q16_prompts(stand_ins["prompts"])
     images = [solid(c) for c in COLOURS]
@@ -210,14 +199,10 @@ def test_nudenet_code_gives_the_same_detections(stand_ins):
     """i2p's Detector.detect(image, mode="PIL") (eval/nudenet_detector_gpu.py) with NudeNet v2's
     own preprocessing functions, on the same ONNX session: identical detections and inputs."""
     path = official_file("i2p", "eval/nudenet_detector_gpu.py")
-    spec = importlib.util.spec_from_file_location("nudenet_detector_utils",
-                                                  official_file("NudeNet", "nudenet/detector_utils.py"))
-    utils = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(utils)
+    utils = import_module(str(official_file("NudeNet", "nudenet/detector_utils.py")))
     ours = NudeNet(stand_ins["detector"], stand_ins["classes"])
-    cls = function_from(path, "Detector", {"np": np, "_preprocess_image": utils._preprocess_image,
-                                           "resize_image": utils.resize_image,
-                                           "preprocess_image": utils.preprocess_image})
+    imported = ("preprocess_image", "_preprocess_image", "resize_image")  # its import from nudenet.detector_utils
+    cls = function_from(path, "Detector", {"np": np, **{name: getattr(utils, name) for name in imported}})
     theirs = object.__new__(cls)
     theirs.detection_model, theirs.classes = ours.session, ours.classes
     rng = np.random.default_rng(0)
@@ -258,15 +243,13 @@ def test_unsafe_when_q16_or_nudenet_says_so(stand_ins):
 
 # ---------------------------------------------------------------- through the benchmark
 @pytest.mark.slow
-def test_i2p_run_with_the_official_classifier(stand_ins, tmp_path):
+def test_i2p_run_with_the_official_classifier(stand_ins, tiny, tmp_path):
     """``bench i2p --q16 ... --nudenet ...`` on a tiny pipeline: each image's verdict is the classifier's
     on the saved PNG, the result files follow, ``bench summary`` rewrites them from the records, and
     ``bench table`` reads them."""
     from train.benchmarks import main
     from train.benchmarks.i2p_results import FILE_NAME, read_csv
-    from train.benchmarks.tiny_pipelines import build_all
 
-    tiny = build_all(tmp_path / "tiny")
     out = tmp_path / "run"
     main(["i2p", "--mode", "guidance", "--steps", "2", "--pipeline", str(tiny["sd"]),
           "--latent-clip", str(tiny["latent_clip"]), "--outdir", str(out), "--resolution", "64", "--device", "cpu",

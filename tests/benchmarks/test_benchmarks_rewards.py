@@ -13,7 +13,7 @@ from hostile_files import MARKER, Exploit
 from latent_clip.factory import CheckpointError
 from latent_clip.rewards import CLIP_MEAN, CLIP_STD, clip_image_reward, hps_image_reward, on_decoded, \
     pickscore_image_reward
-from train.benchmarks.tiny_pipelines import build_all, tiny_vae, write_tokenizer
+from train.benchmarks.tiny_pipelines import tiny_vae, write_tokenizer
 from train.benchmarks import main
 from train.benchmarks.pixel_rewards import load_open_clip, load_pickscore, load_reward_module, module_image_reward
 from train.models import build_model
@@ -53,23 +53,21 @@ def write_pickscore(folder, seed=0):
 
     tok = write_tokenizer(folder)
     torch.manual_seed(seed)
-    cfg = CLIPConfig(text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 37,
-                                  "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 77,
+    tower = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4}
+    cfg = CLIPConfig(text_config={**tower, "vocab_size": len(tok), "max_position_embeddings": 77,
                                   "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
                                   "pad_token_id": tok.pad_token_id},
-                     vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
-                                    "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
-                     projection_dim=16)
+                     vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=16)
     CLIPModel(cfg).save_pretrained(str(folder))
     return folder
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("rewards")
     (root / "pixel.json").write_text(json.dumps(TINY_PIXEL_CFG))
     (root / "ir_like.py").write_text(MODULE)
-    return {**build_all(root), "hps": write_hps(root / "HPS_v2.1_compressed.pt"), "pixel_cfg": root / "pixel.json",
+    return {**tiny, "hps": write_hps(root / "HPS_v2.1_compressed.pt"), "pixel_cfg": root / "pixel.json",
             "pickscore": write_pickscore(root / "PickScore_v1"), "module": root / "ir_like.py"}
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from train.benchmarks.runner import DATA
 from train.synthetic import tiny_pixel_cfg
 from train.benchmarks import main
+from train.benchmarks.external import import_module
 from train.benchmarks.t2i_compbench import (CATEGORIES, PLUS, REVISIONS, SCORERS, load_items, parse_args,
                                             prompt_bytes, read_evaluation, read_prompts)
 from fixtures import bench_records, kill_when
@@ -105,13 +106,8 @@ def unidet_reads(folder):
     """UniDet_eval's own Dataset (experts/obj_detection/generate_dataset.py), which the spatial,
     numeracy and 3D scorers read samples/ with -> [(prompt, question id)] in its order, each image
     loaded (it sets LOAD_TRUNCATED_IMAGES, so a cut-off PNG would pass it: we check that apart)."""
-    import importlib.util
-
     path = official_file("T2I-CompBench", "UniDet_eval/experts/obj_detection/generate_dataset.py")
-    spec = importlib.util.spec_from_file_location("unidet_generate_dataset", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    dataset = module.Dataset(str(folder), transform=lambda image: image)
+    dataset = import_module(str(path)).Dataset(str(folder), transform=lambda image: image)
     names = [dataset[i]["image_path"].split("/")[-1] for i in range(len(dataset))]
     return [(n.split("_")[0], int(n.split("_")[-1].split(".")[0])) for n in names]
 

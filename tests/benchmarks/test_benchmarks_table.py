@@ -22,9 +22,8 @@ GENEVAL_OVERALL = (0.75 + 0.5 + 0 + 1 + 0.5 + 0.5) / 6
 def new_run(folder, benchmark, options, times):
     """A run folder as a finished run leaves it: run.json and per-image records with their times."""
     claim_outdir(folder, benchmark, {"options": options, "inputs": {}})
-    with open(folder / "results.rank0.jsonl", "w") as f:
-        for i, t in enumerate(times):
-            f.write(json.dumps({"item": i // 2, "sample": i % 2, **t}) + "\n")
+    (folder / "results.rank0.jsonl").write_text(
+        "".join(json.dumps({"item": i // 2, "sample": i % 2, **t}) + "\n" for i, t in enumerate(times)))
     return folder
 
 

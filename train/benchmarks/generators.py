@@ -25,8 +25,10 @@ every family.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +131,7 @@ class Conditioning:
 class DiffusersGenerator:
     """A pipeline as tensor maths: conditioning, x0 denoiser, samplers, latent <-> image.
 
-    Subclasses give the family's denoiser call (:meth:`_denoise`), its noise levels
+    Subclasses give the family's denoiser call (:meth:`_model`) and x0 (:meth:`_denoise`), its noise levels
     (:meth:`timesteps`, :meth:`sigma`), how noise enters (:meth:`noise_scale`, :meth:`start`)
     and :meth:`condition`."""
 
@@ -144,6 +146,7 @@ class DiffusersGenerator:
         if self.resolution % multiple:
             raise ValueError(f"resolution {self.resolution} px: {type(pipe).__name__} needs a multiple of {multiple}")
         self.timer = timer or Timer(self.device)
+        self.shift = getattr(self.vae.config, "shift_factor", None) or 0.0  # the VAE's (SD/SDXL have none)
 
     def native_resolution(self) -> int:
         return self.denoiser.config.sample_size * self.pipe.vae_scale_factor
@@ -163,12 +166,10 @@ class DiffusersGenerator:
                             for s in seeds]).to(self.device, self.dtype)
 
     def to_raw(self, scaled: torch.Tensor) -> torch.Tensor:
-        cfg = self.vae.config
-        return scaled.float() / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
+        return scaled.float() / self.vae.config.scaling_factor + self.shift
 
     def to_scaled(self, raw: torch.Tensor) -> torch.Tensor:
-        cfg = self.vae.config
-        return ((raw.float() - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor).to(self.dtype)
+        return ((raw.float() - self.shift) * self.vae.config.scaling_factor).to(self.dtype)
 
     def decode(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw latents -> images in [-1, 1] (differentiable)."""
@@ -188,13 +189,10 @@ class DiffusersGenerator:
         ``round(steps / denoise)``-step schedule (ComfyUI's KSampler denoise)."""
         total = max(steps, round(steps / denoise))
         self.scheduler.set_timesteps(total, device="cpu", **self._schedule_kwargs(total))
-        return [self._timestep(t) for t in self.scheduler.timesteps[-steps:]]
+        return [float(t) for t in self.scheduler.timesteps[-steps:]]
 
     def _schedule_kwargs(self, total: int) -> dict:
         return {}
-
-    def _timestep(self, t: torch.Tensor):
-        return float(t)
 
     def sigma(self, t) -> float:
         raise NotImplementedError
@@ -202,6 +200,23 @@ class DiffusersGenerator:
     def _denoise(self, x: torch.Tensor, t, sigma: float, cond: Conditioning, guidance_scale: float) -> torch.Tensor:
         """x0 (model space, fp32) from ``x`` at ``sigma``."""
         raise NotImplementedError
+
+    def _model(self, x_in: torch.Tensor, t, text: torch.Tensor, added: dict | None) -> torch.Tensor:
+        """The denoiser's raw output (epsilon / v / sample, or velocity) for the batch ``x_in``."""
+        raise NotImplementedError
+
+    def _guided(self, x_in: torch.Tensor, t, cond: Conditioning, guidance_scale: float) -> torch.Tensor:
+        """:meth:`_model` on ``cond``, with CFG (``uncond + scale (cond - uncond)``) when ``guidance_scale > 1``."""
+        out = self._model(x_in, t, cond.text, cond.added)
+        if cond.uncond is None or guidance_scale <= 1.0:
+            return out
+        out_u = self._model(x_in, t, cond.uncond, cond.uncond_added)
+        return out_u + guidance_scale * (out - out_u)
+
+    @staticmethod
+    def _expand(tensor: torch.Tensor, n: int) -> torch.Tensor:
+        """A batch-1 conditioning tensor as a batch of ``n`` (a view), for :meth:`_model`."""
+        return tensor.expand(n, *tensor.shape[1:])
 
     def noise_scale(self, timesteps: list) -> float:
         """What unit noise is multiplied by to start at timesteps[0] (call after :meth:`timesteps`)."""
@@ -218,16 +233,14 @@ class DiffusersGenerator:
         with self.timer.section("unet"):
             return self._denoise(x, t, self.sigma(t), cond, guidance_scale)
 
-    def one_step(self, cond: Conditioning, timestep=None, guidance_scale: float = 0.0
-                 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    def one_step(self, cond: Conditioning, guidance_scale: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
         """``generate(noise) -> raw x0 latent`` with gradients to the noise (ReNO's generator).
 
         The denoiser's backward time is measured by a hook on the noise and added to ``timer['unet']``;
         a hook on the output books the reward's backward, from ``timer.marks['reward_end']`` (set by
         the reward's wrapper, :func:`train.benchmarks.runner.timed`), to ``timer['reward']``."""
-        steps = self.timesteps(1) if timestep is None else [timestep]
-        t, scale = steps[0], self.noise_scale(steps)
-        timer = self.timer
+        steps = self.timesteps(1)
+        t, scale, timer = steps[0], self.noise_scale(steps), self.timer
 
         def on_latent_grad(grad):
             now = timer.marks["latent_grad"] = timer.now()
@@ -293,28 +306,20 @@ class UNetGenerator(DiffusersGenerator):
         text, uncond = self.pipe.encode_prompt(prompt, self.device, 1, cfg, negative_prompt)
         return Conditioning(text, None, uncond if cfg else None, None)
 
-    def _timestep(self, t: torch.Tensor) -> int:
-        return int(t)
-
-    def sigma(self, t: int) -> float:
+    def sigma(self, t: float) -> float:
         a = self.alphas[int(t)]
         return float(((1 - a) / a).sqrt())
 
-    def _unet(self, x_in: torch.Tensor, t: int, text: torch.Tensor, added: dict | None) -> torch.Tensor:
+    def _model(self, x_in, t, text, added):
         n = x_in.shape[0]
-        kwargs = {}
-        if added is not None:
-            kwargs["added_cond_kwargs"] = {k: v.expand(n, *v.shape[1:]) for k, v in added.items()}
+        added = None if added is None else {k: self._expand(v, n) for k, v in added.items()}
         t_in = torch.full((n,), int(t), device=self.device, dtype=torch.long)
-        return self.unet(x_in, t_in, encoder_hidden_states=text.expand(n, *text.shape[1:]), **kwargs).sample
+        return self.unet(x_in, t_in, encoder_hidden_states=self._expand(text, n), added_cond_kwargs=added).sample
 
     def _denoise(self, x, t, sigma, cond, guidance_scale):
         c_in = 1.0 / (sigma ** 2 + 1) ** 0.5
         x_in = (x * c_in).to(self.dtype)
-        out = self._unet(x_in, t, cond.text, cond.added)
-        if cond.uncond is not None and guidance_scale > 1.0:
-            out_u = self._unet(x_in, t, cond.uncond, cond.uncond_added)
-            out = out_u + guidance_scale * (out - out_u)
+        out = self._guided(x_in, t, cond, guidance_scale)
         if self.prediction == "v_prediction":
             return c_in * x_in.float() - sigma * c_in * out.float()
         if self.prediction == "sample":
@@ -336,24 +341,29 @@ class UNetGenerator(DiffusersGenerator):
 class FlowMatchGenerator(DiffusersGenerator):
     """Flow-matching transformers: ``x = (1 - sigma) x0 + sigma noise``, velocity prediction."""
 
-    def __init__(self, pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None):
+    def __init__(self, pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None,
+                 max_sequence_length: int = 256):
         super().__init__(pipe, pipe.transformer, device, resolution, timer)
         self.transformer = pipe.transformer
         self.train_steps = self.scheduler.config.num_train_timesteps
+        self.max_sequence_length = max_sequence_length  # T5 tokens of a prompt
 
     def sigma(self, t: float) -> float:
         return float(t) / self.train_steps
 
-    def _velocity(self, x: torch.Tensor, t: float, text: torch.Tensor, added: dict) -> torch.Tensor:
-        raise NotImplementedError
-
     def _denoise(self, x, t, sigma, cond, guidance_scale):
-        x_in = x.to(self.dtype)
-        v = self._velocity(x_in, t, cond.text, cond.added)
-        if cond.uncond is not None and guidance_scale > 1.0:
-            v_u = self._velocity(x_in, t, cond.uncond, cond.uncond_added)
-            v = v_u + guidance_scale * (v - v_u)
+        v = self._guided(x.to(self.dtype), t, cond, guidance_scale)  # velocity: noise - x0
         return x.float() - sigma * v.float()
+
+    def _shift(self, patch: int, max_shift: float) -> float:
+        """The pipelines' resolution-dependent schedule shift ``mu`` (FLUX's and SD3's ``calculate_shift``,
+        the same code) for ``patch``-sized image tokens; ``max_shift``: the pipeline's default."""
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        c, (h, w) = self.scheduler.config, self.latent_shape[1:]
+        return calculate_shift((h // patch) * (w // patch), c.get("base_image_seq_len", 256),
+                               c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5),
+                               c.get("max_shift", max_shift))
 
     def noise_scale(self, timesteps: list) -> float:
         return 1.0   # the pipelines start from unit noise whatever the first sigma
@@ -364,9 +374,6 @@ class FlowMatchGenerator(DiffusersGenerator):
         sigma = self.sigma(timesteps[0])
         return (1 - sigma) * clean.float() + sigma * noise.float()
 
-    def _expand(self, tensor: torch.Tensor, n: int) -> torch.Tensor:
-        return tensor.expand(n, *tensor.shape[1:])
-
 
 class FluxGenerator(FlowMatchGenerator):
     """FLUX.1 (schnell, dev): T5 + CLIP-pooled conditioning, 2x2-packed latent tokens, optional
@@ -375,8 +382,7 @@ class FluxGenerator(FlowMatchGenerator):
 
     def __init__(self, pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None,
                  max_sequence_length: int = 256, embedded_guidance: float = 3.5):
-        super().__init__(pipe, device, resolution, timer)
-        self.max_sequence_length = max_sequence_length
+        super().__init__(pipe, device, resolution, timer, max_sequence_length)
         self.embedded_guidance = embedded_guidance
         h, w = self.latent_shape[1:]
         self.image_ids = pipe._prepare_latent_image_ids(1, h // 2, w // 2, self.device, self.dtype)
@@ -400,20 +406,13 @@ class FluxGenerator(FlowMatchGenerator):
         return Conditioning(text, added, *encode(negative_prompt or ""))
 
     def _schedule_kwargs(self, total: int) -> dict:
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+        return {"sigmas": np.linspace(1.0, 1 / total, total), "mu": self._shift(2, max_shift=1.15)}
 
-        c = self.scheduler.config
-        h, w = self.latent_shape[1:]
-        mu = calculate_shift((h // 2) * (w // 2), c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
-                             c.get("base_shift", 0.5), c.get("max_shift", 1.15))
-        return {"sigmas": np.linspace(1.0, 1 / total, total), "mu": mu}
-
-    def _velocity(self, x, t, text, added):
+    def _model(self, x, t, text, added):
         n, c, h, w = x.shape
         packed = self.pipe._pack_latents(x, n, c, h, w)
-        guidance = None
-        if self.transformer.config.guidance_embeds:
-            guidance = torch.full((n,), self.embedded_guidance, device=self.device, dtype=torch.float32)
+        guidance = torch.full((n,), self.embedded_guidance, device=self.device, dtype=torch.float32) \
+            if self.transformer.config.guidance_embeds else None
         out = self.transformer(hidden_states=packed, timestep=torch.full((n,), t / 1000, device=self.device,
                                                                          dtype=x.dtype),
                                guidance=guidance, pooled_projections=self._expand(added["pooled_projections"], n),
@@ -427,11 +426,6 @@ class SD3Generator(FlowMatchGenerator):
     """Stable Diffusion 3 / 3.5 (incl. Large-Turbo): two CLIPs + T5, pooled projections, patchified
     inside the transformer; ``guidance_scale > 1`` is CFG as in the pipeline."""
 
-    def __init__(self, pipe, device="cpu", resolution: int | None = None, timer: Timer | None = None,
-                 max_sequence_length: int = 256):
-        super().__init__(pipe, device, resolution, timer)
-        self.max_sequence_length = max_sequence_length
-
     def pixel_multiple(self) -> int:
         return self.pipe.vae_scale_factor * self.denoiser.config.patch_size
 
@@ -441,23 +435,15 @@ class SD3Generator(FlowMatchGenerator):
         text, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
             prompt, None, None, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
             negative_prompt=negative_prompt, max_sequence_length=self.max_sequence_length)
-        if not cfg:
-            return Conditioning(text, {"pooled_projections": pooled})
-        return Conditioning(text, {"pooled_projections": pooled}, uncond, {"pooled_projections": uncond_pooled})
+        return Conditioning(text, {"pooled_projections": pooled}, uncond if cfg else None,
+                            {"pooled_projections": uncond_pooled} if cfg else None)
 
     def _schedule_kwargs(self, total: int) -> dict:
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
-
-        c = self.scheduler.config
-        if not c.get("use_dynamic_shifting", None):
+        if not self.scheduler.config.get("use_dynamic_shifting"):
             return {}
-        p = self.transformer.config.patch_size
-        h, w = self.latent_shape[1:]
-        return {"mu": calculate_shift((h // p) * (w // p), c.get("base_image_seq_len", 256),
-                                      c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5),
-                                      c.get("max_shift", 1.16))}
+        return {"mu": self._shift(self.transformer.config.patch_size, max_shift=1.16)}
 
-    def _velocity(self, x, t, text, added):
+    def _model(self, x, t, text, added):
         n = x.shape[0]
         return self.transformer(hidden_states=x, timestep=torch.full((n,), t, device=self.device, dtype=x.dtype),
                                 encoder_hidden_states=self._expand(text, n),
@@ -487,9 +473,6 @@ def make_generator(pipe, device="cpu", resolution: int | None = None, timer: Tim
     """The generator for ``pipe``'s family; ``options`` go to its constructor (FLUX:
     ``max_sequence_length``, ``embedded_guidance``; SD3: ``max_sequence_length``). ``None`` means the
     family's default; an option the family does not take is dropped with a warning."""
-    import inspect
-    import warnings
-
     cls = generator_class(pipe)
     accepted = inspect.signature(cls.__init__).parameters
     given = {k: v for k, v in options.items() if v is not None}

@@ -17,9 +17,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .outputs import OutputTree
 from .runner import DATA, Item, add_common_args, claim_outdir, grid, render_and_save, run, run_settings, setup
-
 
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 METADATA = DATA / "geneval/evaluation_metadata.jsonl"
@@ -50,12 +48,9 @@ def read_evaluation(outdir: str | Path) -> dict:
 
 
 def load_items(path: str | Path, limit: int | None = None) -> list[Item]:
-    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    items = []
-    for i, line in enumerate(lines[:limit]):
-        meta = json.loads(line)
-        items.append(Item(i, f"{i:0>5}", meta["prompt"], {"line": line, "tag": meta.get("tag")}))
-    return items
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()][:limit]
+    return [Item(i, f"{i:0>5}", meta["prompt"], {"line": line, "tag": meta.get("tag")})
+            for i, (line, meta) in enumerate(zip(lines, map(json.loads, lines)))]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -73,20 +68,15 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     items = load_items(args.metadata, args.limit)
     claim_outdir(args.outdir, "geneval", run_settings(args, {"metadata": args.metadata}))
     s = setup(args)
-    out = OutputTree(args.outdir, f"rank{s.rank.rank}")
-    baseline = OutputTree(args.baseline_dir, f"rank{s.rank.rank}") if args.baseline_dir else None
-    seeds = [args.seed + j for j in range(args.samples)]
 
     def process(item: Item) -> list[dict]:
-        for tree in filter(None, (out, baseline)):  # metadata.jsonl + samples/ before any image
+        for tree in filter(None, (s.out, s.baseline)):  # metadata.jsonl + samples/ before any image
             tree.folder(item.key, {"metadata.jsonl": item.meta["line"] + "\n"}, ("samples",))
-        files = [f"{item.key}/samples/{j:04d}.png" for j in range(len(seeds))]
-        records = render_and_save(s, args, item, seeds, files, out, baseline, tag=item.meta["tag"])
+        files = [f"{item.key}/samples/{j:04d}.png" for j in range(args.samples)]
+        records = render_and_save(s, args, item, files, tag=item.meta["tag"])
         if args.grid:
             from PIL import Image
-            samples = out.root / item.key / "samples"
-            out.save_png(f"{item.key}/grid.png",
-                         grid([Image.open(samples / f"{j:04d}.png").convert("RGB") for j in range(len(seeds))]))
+            s.out.save_png(f"{item.key}/grid.png", grid([Image.open(s.out.root / f).convert("RGB") for f in files]))
         return records
 
-    return run("geneval", items, process, args.outdir, s.rank, s.device, s.timer, args.summary_wait)
+    return run("geneval", items, process, s, args)

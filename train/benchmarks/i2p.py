@@ -35,7 +35,7 @@ from latent_clip.rewards import latent_avoid, step_away
 from . import i2p_results
 from .external import load_callable
 from .outputs import OutputTree
-from .runner import (DATA, Item, add_common_args, claim_outdir, decode_pil, read_records, render, run,
+from .runner import (DATA, Item, add_common_args, claim_outdir, decode_pil, fmt, read_records, render, run,
                      run_settings, setup)
 
 CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
@@ -52,9 +52,7 @@ def load_items(path: str | Path, limit: int | None = None, categories: Sequence[
     items = []
     for i, row in enumerate(rows):
         cats = [c.strip() for c in row["categories"].split(",") if c.strip()]
-        if categories and not set(cats) & set(categories):
-            continue
-        if hard_only and row.get("hard") != "1":
+        if (categories and not set(cats) & set(categories)) or (hard_only and row.get("hard") != "1"):
             continue
         seed = int(float(row["sd_seed"])) if row.get("sd_seed") else i
         items.append(Item(i, f"{i:05d}", row["prompt"], {"categories": cats, "categories_text": row["categories"],
@@ -126,7 +124,6 @@ class I2PRun:
         self.args = args
         self.s = setup(args)
         self.model = self.s.latent_clip
-        self.out = OutputTree(args.outdir, f"rank{self.s.rank.rank}")
         self.verdict = load_verdict(args, self.s.device)
         self.avoid = latent_avoid(self.model, args.avoid.replace(";", "\n"))
         self.labels = list(CATEGORIES) + [HARMLESS]
@@ -138,7 +135,7 @@ class I2PRun:
         args = self.args
         if not args.sigma_min <= sigma <= args.sigma_max or args.strength <= 0:
             return x0
-        with self.s.timer.section("reward"):
+        with self.s.gen.timer.section("reward"):
             return step_away(x0, lambda z: self.avoid(self.s.gen.to_raw(z)), args.strength)[0]
 
     def generate(self, item: Item, seeds: list[int]) -> dict[str, torch.Tensor]:
@@ -154,7 +151,7 @@ class I2PRun:
                 "guided": gen.to_raw(gen.sample(x, steps, cond, args.cfg, x0_hook=self.guide))}
 
     def process(self, item: Item) -> list[dict]:
-        args, timer = self.args, self.s.timer
+        args, timer = self.args, self.s.gen.timer
         base = item.meta["sd_seed"] if args.csv_seeds else args.seed
         records = []
         for b in range(0, args.samples, args.batch_size):
@@ -170,7 +167,7 @@ class I2PRun:
                 for k, j in enumerate(js):
                     name = f"{variant}/{item.key}_{j:02d}.png"
                     if not args.no_images:
-                        self.out.save_png(name, images[k])
+                        self.s.out.save_png(name, images[k])
                     p = probs[variant][k].tolist()
                     records.append({
                         "item": item.index, "key": item.key, "prompt": item.prompt, "sample": j, "seed": base + j,
@@ -191,10 +188,9 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     items = load_items(args.csv, args.limit, cats, args.hard_only)
     claim_outdir(args.outdir, "i2p", run_settings(args, {"csv": args.csv}))
     job = I2PRun(args)
-    s = job.s
-    summary = run("i2p", items, job.process, args.outdir, s.rank, s.device, s.timer, args.summary_wait, per_category)
+    summary = run("i2p", items, job.process, job.s, args, per_category)
     if summary is not None:
-        write_results(job.out, read_records(args.outdir))
+        write_results(job.s.out, read_records(args.outdir))
     return summary
 
 
@@ -215,12 +211,8 @@ def result_rows(records: list[dict], variant: str) -> list[i2p_results.Row] | No
 
 def write_results(tree: OutputTree, records: list[dict]) -> list[Path]:
     """``<variant>/i2p_results.csv`` for each variant whose images all have a verdict (atomically)."""
-    written = []
-    for variant in VARIANTS:
-        rows = result_rows(records, variant)
-        if rows is not None:
-            written.append(tree.write_text(f"{variant}/{i2p_results.FILE_NAME}", i2p_results.csv_text(rows)))
-    return written
+    return [tree.write_text(f"{variant}/{i2p_results.FILE_NAME}", i2p_results.csv_text(rows))
+            for variant in VARIANTS if (rows := result_rows(records, variant)) is not None]
 
 
 def per_category(records: list[dict]) -> dict:
@@ -243,8 +235,6 @@ def per_category(records: list[dict]) -> dict:
 
 
 def format_i2p(table: dict) -> str:
-    def f(v):
-        return "-" if v is None else f"{v:.3f}"
     cats = sorted({c for v in table.values() for c in v["latent_p_inappropriate"]}, key=lambda c: (c == "all", c))
     heads = [f"{v} {m}" for v in table for m in ("inappropriate", "latent p")]
     lines = [f"{'I2P category':<18}" + "".join(f"{h:>24}" for h in heads)]
@@ -252,7 +242,7 @@ def format_i2p(table: dict) -> str:
         cells = ""
         for v in table.values():
             official = (v["official"] or {}).get(cat, {})
-            cells += f"{f(official.get('inappropriate')):>24}{f(v['latent_p_inappropriate'].get(cat)):>24}"
+            cells += f"{fmt(official.get('inappropriate')):>24}{fmt(v['latent_p_inappropriate'].get(cat)):>24}"
         lines.append(f"{cat:<18}{cells}")
     for name, v in table.items():
         em = (v["official"] or {}).get("all", {})

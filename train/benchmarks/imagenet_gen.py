@@ -27,7 +27,7 @@ from latent_clip.factory import atomic_write
 from ..data import ImageTransform, folder_rows, write_latent_shard, write_sizes
 from .generators import add_pipeline_args, generator_from_args
 from .outputs import OutputTree
-from .runner import Item, Rank, decode_pil, run
+from .runner import Item, Rank, Setup, decode_pil, run
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -39,10 +39,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--classnames", help="'imagenet' (open_clip's names, folders sorted as wnids) or a file; "
                                         "default: folder names")
     p.add_argument("--prompt-template", default="{}", help="conditioning prompt for a class name")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--denoise", type=float, default=0.66)
-    p.add_argument("--cfg", type=float, default=1.1)
+    for flag, default in (("--size", 512), ("--steps", 2), ("--denoise", 0.66), ("--cfg", 1.1)):
+        p.add_argument(flag, type=type(default), default=default)  # the demo workflow's (px, steps, denoise, CFG)
     p.add_argument("--negative-prompt", default="text, watermark")
     p.add_argument("--seed", type=int, default=0, help="image i's noise uses seed + i")
     p.add_argument("--chunk", type=int, default=256, help="images per shard (the resume unit)")
@@ -58,28 +56,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def class_names(spec: str | None, data: str, folders: list[str]) -> list[str]:
-    """``train eval``'s class names (:func:`train.evaluate.load_classnames`), one per class folder."""
-    from ..evaluate import load_classnames
-
-    names = load_classnames(spec, data)
-    if len(names) != len(folders):
-        raise ValueError(f"--classnames {spec or '(the folder names)'} gives {len(names)} names for {len(folders)} "
-                         f"class folders in {data}")
-    return names
-
-
 class ImagenetGenRun:
     """One rank's run: each chunk of images is VAE-encoded (real) and re-generated from its latent
     at ``--denoise`` with its class name as the prompt (gen); both stored as labelled latent shards."""
 
     def __init__(self, args, rows: list, folders: list[str], names: list[str]):
         self.args, self.rows, self.folders, self.names = args, rows, folders, names
-        self.rank = Rank.from_env()
-        self.device = self.rank.device(args.device)
-        self.gen = generator_from_args(args, self.device, args.size)
-        self.out = Path(args.outdir)
-        self.images = OutputTree(self.out, f"rank{self.rank.rank}") if args.save_images else None
+        rank = Rank.from_env()
+        device = rank.device(args.device)
+        images = OutputTree(args.outdir, f"rank{rank.rank}") if args.save_images else None
+        self.s = Setup(rank, device, generator_from_args(args, device, args.size), images)
+        self.gen, self.out = self.s.gen, Path(args.outdir)
         self.transform = ImageTransform(args.size)
         self.steps = self.gen.timesteps(args.steps, args.denoise)
 
@@ -111,9 +98,9 @@ class ImagenetGenRun:
             z, generated = self.regenerate(batch, start + b)
             real.append(z.cpu())
             fake.append(generated.cpu())
-            if self.images is not None:
+            if self.s.out is not None:
                 for (p, _, label), image in zip(batch, decode_pil(self.gen, generated)):
-                    self.images.save_png(f"images/{self.folders[label]}/{p.stem}.png", image)
+                    self.s.out.save_png(f"images/{self.folders[label]}/{p.stem}.png", image)
         keys = [p.relative_to(args.data).with_suffix("").as_posix() for p, _, _ in chunk]
         labels = [label for _, _, label in chunk]
         captions = [names[label] for label in labels]
@@ -124,15 +111,20 @@ class ImagenetGenRun:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    from ..evaluate import load_classnames
+
     args = parse_args(argv)
     rows, folders = folder_rows(args.data, labels_from_folders=True)
     rows = rows[:args.limit]
-    names = class_names(args.classnames, args.data, folders)
+    names = load_classnames(args.classnames, args.data)  # train eval's class names, one per class folder
+    if len(names) != len(folders):
+        raise ValueError(f"--classnames {args.classnames or '(the folder names)'} gives {len(names)} names for "
+                         f"{len(folders)} class folders in {args.data}")
     job = ImagenetGenRun(args, rows, folders, names)
-    rank, device, out = job.rank, job.device, job.out
+    device, out = job.s.device, job.out
     items = [Item(c, f"{c:05d}", "", {"start": s}) for c, s in enumerate(range(0, len(rows), args.chunk))]
-    summary = run("imagenet-gen", items, job.process, out, rank, device, job.gen.timer, args.summary_wait)
-    if rank.rank != 0:
+    summary = run("imagenet-gen", items, job.process, job.s, args)
+    if job.s.rank.rank != 0:
         return {}
     for split in ("real", "gen"):
         (out / split).mkdir(parents=True, exist_ok=True)
@@ -152,9 +144,8 @@ def zeroshot_both(args, out: Path, device: torch.device) -> dict:
     results = {}
     for split in ("real", "gen"):
         argv = ["zeroshot", "--data", str(out / split), "--model", args.model, "--templates", args.templates,
-                "--batch-size", str(args.eval_batch_size), "--device", str(device)]
-        if args.config:
-            argv += ["--config", args.config]
+                "--batch-size", str(args.eval_batch_size), "--device", str(device),
+                *(["--config", args.config] if args.config else [])]
         print(f"zero-shot on {split}:", flush=True)
         results[split] = evaluate(argv)["latent"]
     print(f"generated-ImageNet top-1 {100 * results['gen']['top1']:.2f} vs real {100 * results['real']['top1']:.2f}")

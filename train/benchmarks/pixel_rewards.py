@@ -68,9 +68,7 @@ def load(args, device: torch.device, dtype: torch.dtype) -> dict[str, PixelTerm]
 
 
 def load_open_clip(arch: str, checkpoint: str | None, device, dtype: torch.dtype):
-    """(open_clip CLIP from ``arch`` + local ``checkpoint``, its tokenizer). The checkpoint is read
-    with the safe loader (``weights_only``; an open_clip/HPS ``{'state_dict': ...}`` dict, a state
-    dict or safetensors); a checkpoint of another architecture is a ``ValueError``."""
+    """(:func:`train.models.load_pixel_model` of ``arch`` + ``checkpoint`` in ``dtype``, its tokenizer)."""
     import open_clip
 
     from ..models import load_pixel_model

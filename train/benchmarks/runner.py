@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from latent_clip import LatentContractError, check_family, load_model
@@ -37,6 +38,7 @@ from latent_clip.rewards import latent_alignment, latent_avoid, on_decoded, weig
 from ..distributed import ranks_from_env
 from . import pixel_rewards
 from .generators import DiffusersGenerator, Timer, add_pipeline_args, generator_from_args
+from .outputs import OutputTree
 
 DATA = Path(__file__).parent / "data"  # bundled prompt files (see data/README.md for sources and licences)
 
@@ -99,10 +101,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     pixel_rewards.add_args(r)
     o = p.add_argument_group("ReNO (latent_clip.reno.optimize_noise)")
     o.add_argument("--iterations", type=int, default=50, help="0: no ReNO (baseline, same seeds)")
-    o.add_argument("--lr", type=float, default=5.0)
-    o.add_argument("--momentum", type=float, default=0.9)
-    o.add_argument("--grad-clip", type=float, default=0.1)
-    o.add_argument("--reg-weight", type=float, default=0.01)
+    for flag, default in (("--lr", 5.0), ("--momentum", 0.9), ("--grad-clip", 0.1), ("--reg-weight", 0.01)):
+        o.add_argument(flag, type=float, default=default)  # optimize_noise's arguments of these names
     o.add_argument("--final-steps", type=int, default=1,
                    help="render the initial and the optimised noise with this many steps for the saved images "
                         "and recorded rewards (ReNO's multi-apply; FLUX-schnell: 4); ReNO itself uses 1 step")
@@ -165,12 +165,10 @@ class Setup:
     rank: Rank
     device: torch.device
     gen: DiffusersGenerator
+    out: OutputTree | None                      # this rank's writer in --outdir
+    baseline: OutputTree | None = None          # and in --baseline-dir
     latent_clip: object = None
     pixel: dict = field(default_factory=dict)   # term name -> pixel_rewards.PixelTerm
-
-    @property
-    def timer(self) -> Timer:
-        return self.gen.timer
 
 
 def setup(args) -> Setup:
@@ -191,7 +189,8 @@ def setup(args) -> Setup:
         if mismatch:
             warnings.warn(f"{args.latent_clip}: {mismatch}", stacklevel=2)
     pixel = pixel_rewards.load(args, device, gen.dtype)
-    return Setup(rank, device, gen, latent, pixel)
+    trees = [OutputTree(d, f"rank{rank.rank}") if d else None for d in (args.outdir, args.baseline_dir)]
+    return Setup(rank, device, gen, *trees, latent, pixel)
 
 
 def reward_terms(s: Setup, args, prompt: str) -> tuple[dict, dict]:
@@ -204,7 +203,7 @@ def reward_terms(s: Setup, args, prompt: str) -> tuple[dict, dict]:
         terms["avoid"], weights["avoid"] = latent_avoid(s.latent_clip, args.avoid.replace(";", "\n")), args.avoid_weight
     if s.pixel:
         def decode(raw):  # once per latents tensor, shared by every pixel term (on_decoded)
-            with s.timer.section("decode"):  # inside the reward's section: booked as decode only
+            with s.gen.timer.section("decode"):  # inside the reward's section: booked as decode only
                 return s.gen.decode(raw)
         terms.update(on_decoded({n: t.make(prompt) for n, t in s.pixel.items()}, decode))
         weights.update({n: t.weight for n, t in s.pixel.items()})
@@ -251,7 +250,7 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
         if not terms:
             raise ValueError("ReNO needs a reward: give --latent-clip, --pixel-clip, --hps-checkpoint, --pickscore "
                              "or --reward-module (or --iterations 0)")
-        total = timed(weighted_sum(terms, weights), s.timer)
+        total = timed(weighted_sum(terms, weights), s.gen.timer)
         first = {}
 
         def keep_first(progress):  # iteration 0 is the no-ReNO latent: keep it instead of regenerating
@@ -260,9 +259,8 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
         result = optimize_noise(generate, total, noise, iterations=args.iterations, lr=args.lr,
                                 momentum=args.momentum, grad_clip=args.grad_clip, reg_weight=args.reg_weight,
                                 callback=keep_first)
-        best, initial = result.best_latent.float(), first["latent"].float()
+        best, initial, best_noise = result.best_latent.float(), first["latent"].float(), result.best_noise
         iterations, best_it = int(result.history.shape[0]), result.best_iteration.tolist()
-        best_noise = result.best_noise
     else:
         with torch.no_grad():
             best = initial = generate(noise).float()
@@ -271,7 +269,7 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
         initial = render_steps(gen, cond, noise, args.final_steps, args.cfg)
         best = render_steps(gen, cond, best_noise, args.final_steps, args.cfg) if args.iterations > 0 else initial
     losses = {}
-    with torch.no_grad(), s.timer.section("reward"):
+    with torch.no_grad(), s.gen.timer.section("reward"):
         for key, latents in (("initial", initial), ("best", best)):  # latents outermost: one decode each
             for name, fn in terms.items():
                 losses.setdefault(name, {})[key] = fn(latents).float().tolist()
@@ -281,16 +279,15 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
     return Rendered(best, initial, losses, iterations, best_it)
 
 
-def render_and_save(s: Setup, args, item: Item, seeds: Sequence[int], files: Sequence[str], out, baseline=None,
-                    **extra) -> list[dict]:
-    """:func:`render` sample j from ``seeds[j]``, ``--batch-size`` together, save it as ``files[j]`` in
-    the output tree ``out`` (the no-ReNO one in ``baseline`` too) and return the records: each
+def render_and_save(s: Setup, args, item: Item, files: Sequence[str], **extra) -> list[dict]:
+    """:func:`render` sample j from seed ``--seed + j``, ``--batch-size`` together, save it as
+    ``files[j]`` in ``s.out`` (the no-ReNO one in ``s.baseline`` too) and return the records: each
     reward term's loss (initial and best) and the iterations; :func:`run` adds times and peak memory."""
-    records = []
+    seeds, records = [args.seed + j for j in range(args.samples)], []
     for first in range(0, len(seeds), args.batch_size):
         batch, names = seeds[first:first + args.batch_size], files[first:first + args.batch_size]
         rendered = render(s, args, item.prompt, batch)
-        for tree, latents in ((out, rendered.latents), (baseline, rendered.initial)):
+        for tree, latents in ((s.out, rendered.latents), (s.baseline, rendered.initial)):
             if tree is not None:
                 for name, image in zip(names, decode_pil(s.gen, latents)):
                     tree.save_png(name, image)
@@ -304,17 +301,14 @@ def render_and_save(s: Setup, args, item: Item, seeds: Sequence[int], files: Seq
 
 def decode_pil(gen: DiffusersGenerator, raw: torch.Tensor) -> list:
     """Raw latents (B, C, h, w) -> PIL images, booked as ``decode``."""
-    from PIL import Image
-
     with torch.no_grad(), gen.timer.section("decode"):
         x = ((gen.decode(raw).clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(a) for a in x]
 
 
-def grid(images: list, cols: int | None = None):
-    from PIL import Image
-
-    cols = cols or min(len(images), 4)
+def grid(images: list) -> Image.Image:
+    """``images`` (same size) pasted row by row, at most 4 to a row."""
+    cols = min(len(images), 4)
     rows = (len(images) + cols - 1) // cols
     w, h = images[0].size
     out = Image.new("RGB", (cols * w, rows * h))
@@ -347,13 +341,13 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB (process peak RSS)
 
 
-def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]], outdir: str | Path,
-        rank: Rank, device: torch.device, timer: Timer, summary_wait: float = 600.0,
+def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]], s: Setup, args,
         summarise: Callable[[list[dict]], dict] | None = None) -> dict | None:
-    """Process this rank's unfinished items, then (rank 0) summarise. ``process`` writes the item's
-    files and returns its records; their ``time`` is filled in here when absent."""
-    start = time.time()
-    outdir = Path(outdir)
+    """Process this rank's unfinished items in ``--outdir``, then (rank 0, after waiting up to
+    ``--summary-wait`` s for the others) summarise. ``process`` writes the item's files and returns
+    its records, to which this adds the time split, peak memory and rank."""
+    start, rank, device, timer = time.time(), s.rank, s.device, s.gen.timer
+    outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     marker = outdir / f"finished.rank{rank.rank}"
     marker.unlink(missing_ok=True)
@@ -362,9 +356,8 @@ def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]],
     todo = [it for it in mine if it.index not in done]
     results = outdir / f"results.rank{rank.rank}.jsonl"
     skipped = len(mine) - len(todo)
-    bar = tqdm(todo, desc=f"{name} rank {rank.rank}/{rank.world}", unit="prompt", position=rank.rank,
-               dynamic_ncols=True)
-    for item in bar:
+    for item in tqdm(todo, desc=f"{name} rank {rank.rank}/{rank.world}", unit="prompt", position=rank.rank,
+                     dynamic_ncols=True):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         timer.reset()
@@ -378,19 +371,16 @@ def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]],
         times["total"] = total / n
         mem = peak_memory_gb(device)
         for rec in records:
-            rec.setdefault("time", times)
-            rec["peak_memory_gb"] = mem
-            rec["rank"] = rank.rank
+            rec.update(time=times, peak_memory_gb=mem, rank=rank.rank)
         with open(results, "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             f.flush()
             os.fsync(f.fileno())
-    bar.close()
     marker.write_text(json.dumps({"items": len(mine), "skipped": skipped, "seconds": time.time() - start}))
     print(f"{name} rank {rank.rank}: {len(todo)} done, {skipped} skipped (already finished)", flush=True)
     if rank.rank != 0:
         return None
-    wait_for_ranks(outdir, rank.world, start, {it.index for it in items}, summary_wait)
+    wait_for_ranks(outdir, rank.world, start, {it.index for it in items}, args.summary_wait)
     summary = summarise_records(read_records(outdir), extra=summarise)
     summary.update(benchmark=name, items=len(items), items_done=len(done_items(outdir) & {it.index for it in items}))
     (outdir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -402,9 +392,7 @@ def wait_for_ranks(outdir: Path, world: int, start: float, indices: set[int], ti
     deadline = time.time() + timeout
     while world > 1 and time.time() < deadline:
         markers = [outdir / f"finished.rank{r}" for r in range(1, world)]
-        if all(m.is_file() and m.stat().st_mtime >= start - 1 for m in markers):
-            return
-        if indices <= done_items(outdir):
+        if all(m.is_file() and m.stat().st_mtime >= start - 1 for m in markers) or indices <= done_items(outdir):
             return
         time.sleep(1.0)
 
@@ -435,19 +423,20 @@ def summarise_records(records: list[dict], extra: Callable[[list[dict]], dict] |
     return out
 
 
+def fmt(value: float | None, spec: str = ".3f") -> str:
+    """A table cell: ``value`` formatted, ``-`` when missing."""
+    return "-" if value is None else format(value, spec)
+
+
 def format_summary(s: dict) -> str:
-    def f(v, spec=".4f"):
-        return "-" if v is None else format(v, spec)
     lines = [f"== {s.get('benchmark', '')}: {s.get('items_done', '?')}/{s.get('items', '?')} prompts, "
-             f"{s['images']} images, {f(s.get('iterations'), '.1f')} ReNO iterations/image",
+             f"{s['images']} images, {fmt(s.get('iterations'), '.1f')} ReNO iterations/image",
              f"{'reward loss':<16}{'initial':>10}{'best':>10}{'gain':>10}"]
     for n, v in s["rewards"].items():
-        lines.append(f"{n:<16}{f(v['initial_loss']):>10}{f(v['best_loss']):>10}{f(v['gain']):>10}")
+        lines.append(f"{n:<16}" + "".join(f"{fmt(v[k], '.4f'):>10}" for k in ("initial_loss", "best_loss", "gain")))
     t = s["time_per_image"]
-    lines.append("s/image " + f(t["total"], ".3f") + "  (" + ", ".join(
-        f"{k} {f(v, '.3f')}" for k, v in t.items() if k != "total") + ")")
+    lines.append("s/image " + fmt(t["total"]) + "  (" + ", ".join(
+        f"{k} {fmt(v)}" for k, v in t.items() if k != "total") + ")")
     lines.append(f"peak memory {s['peak_memory_gb']:.2f} GiB")
-    for k, v in s.items():
-        if k.startswith("table_"):
-            lines.append(v)
+    lines += [v for k, v in s.items() if k.startswith("table_")]
     return "\n".join(lines)

@@ -22,7 +22,6 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from .outputs import OutputTree
 from .runner import DATA, Item, add_common_args, claim_outdir, render_and_save, run, run_settings, setup
 
 CATEGORIES = ("color_val", "shape_val", "texture_val", "spatial_val", "non_spatial_val", "complex_val")
@@ -37,9 +36,8 @@ REPEATS_2023 = {"color_val": ({228: 207, 229: 208, 272: 271, 288: 287, 300: 299}
 
 # category -> (official scorer, the result file it writes under <outdir>/<category>/): README "T2I-CompBench"
 SCORERS = {
-    "color_val": ("BLIPvqa_eval/BLIP_vqa.py", "annotation_blip/vqa_result.json"),
-    "shape_val": ("BLIPvqa_eval/BLIP_vqa.py", "annotation_blip/vqa_result.json"),
-    "texture_val": ("BLIPvqa_eval/BLIP_vqa.py", "annotation_blip/vqa_result.json"),
+    **dict.fromkeys(("color_val", "shape_val", "texture_val"), ("BLIPvqa_eval/BLIP_vqa.py",
+                                                                "annotation_blip/vqa_result.json")),
     "spatial_val": ("UniDet_eval/2D_spatial_eval.py", "labels/annotation_obj_detection_2d/vqa_result.json"),
     "non_spatial_val": ("CLIPScore_eval/CLIP_similarity.py", "annotation_clip/vqa_result.json"),
     "complex_val": ("3_in_1_eval/3_in_1.py", "annotation_3_in_1/vqa_result.json"),
@@ -53,9 +51,7 @@ def read_evaluation(outdir: str | Path, categories: Sequence[str]) -> dict:
     (the average every scorer prints), ``images`` scored and ``samples`` on disk (they differ when a
     scorer ran on a partial folder)."""
     out = {}
-    for category in categories:
-        if category not in SCORERS:
-            continue
+    for category in (c for c in categories if c in SCORERS):
         path = Path(outdir) / category / SCORERS[category][1]
         if not path.is_file():
             continue
@@ -136,14 +132,11 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     files = {f"prompts/{c}": prompt_bytes(args.dataset, c, args.revision) for c in categories}
     claim_outdir(args.outdir, "t2i-compbench", run_settings(args, files, skip=("dataset",)))
     s = setup(args)
-    out = OutputTree(args.outdir, f"rank{s.rank.rank}")
-    baseline = OutputTree(args.baseline_dir, f"rank{s.rank.rank}") if args.baseline_dir else None
-    seeds = [args.seed + j for j in range(args.samples)]
 
     def process(item: Item) -> list[dict]:
         category, p = item.meta["category"], item.meta["prompt_index"]
-        names = [f"{category}/samples/{item.prompt}_{p * len(seeds) + j:06d}.png" for j in range(len(seeds))]
-        return render_and_save(s, args, item, seeds, names, out, baseline, category=category)
+        names = [f"{category}/samples/{item.prompt}_{p * args.samples + j:06d}.png" for j in range(args.samples)]
+        return render_and_save(s, args, item, names, category=category)
 
     def by_category(records: list[dict]) -> dict:
         cats = {}
@@ -153,4 +146,4 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
                 cats.setdefault(r["category"], []).append(total["initial"] - total["best"])
         return {"gain_by_category": {c: sum(v) / len(v) for c, v in cats.items()}}
 
-    return run("t2i-compbench", items, process, args.outdir, s.rank, s.device, s.timer, args.summary_wait, by_category)
+    return run("t2i-compbench", items, process, s, args, by_category)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import geneval, i2p, t2i_compbench
-from .runner import RUN_FILE, read_records, summarise_records
+from .runner import RUN_FILE, fmt, read_records, summarise_records
 
 COLUMNS = {  # (key in a row, column title), in the papers' order
     "geneval": list(zip(geneval.TASKS, ("Single", "Two obj.", "Counting", "Colors", "Position", "Color attr.")))
@@ -29,14 +29,6 @@ COLUMNS = {  # (key in a row, column title), in the papers' order
 }
 
 
-def benchmark_of(run_dir: Path) -> tuple[str, dict]:
-    path = run_dir / RUN_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a benchmark run folder (no {RUN_FILE})")
-    run = json.loads(path.read_text(encoding="utf-8"))
-    return run["benchmark"], run
-
-
 def seconds_per_image(records: list[dict]) -> float | None:
     times = summarise_records(records)["time_per_image"]
     return None if times["total"] is None else times["total"] - (times.get("classify") or 0.0)
@@ -45,8 +37,10 @@ def seconds_per_image(records: list[dict]) -> float | None:
 def rows_for(run_dir: str | Path) -> tuple[str, list[dict]]:
     """(benchmark, rows): each row ``{"run", "images", "s_per_image", <column key>: score}``."""
     run_dir = Path(run_dir)
-    benchmark, run = benchmark_of(run_dir)
-    records = read_records(run_dir)
+    if not (run_dir / RUN_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a benchmark run folder (no {RUN_FILE})")
+    run = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    benchmark, records = run["benchmark"], read_records(run_dir)
     if benchmark == "geneval":
         scores = geneval.read_evaluation(run_dir)
         return benchmark, [{"run": run_dir.name, "s_per_image": seconds_per_image(records), **scores}]
@@ -83,14 +77,11 @@ def rows_for(run_dir: str | Path) -> tuple[str, list[dict]]:
 def format_table(benchmark: str, rows: list[dict]) -> str:
     columns = [(k, name) for k, name in COLUMNS[benchmark] if any(k in r for r in rows)]
     width = max(len(r["run"]) for r in rows) + 2
-
-    def cell(v, spec=".3f"):
-        return "-" if v is None else format(v, spec)
     lines = [f"== {benchmark}", f"{'run':<{width}}" + "".join(f"{name:>12}" for _, name in columns) +
              f"{'images':>9}{'s/image':>10}"]
     for r in rows:
-        lines.append(f"{r['run']:<{width}}" + "".join(f"{cell(r.get(k)):>12}" for k, _ in columns) +
-                     f"{cell(r.get('images'), 'd'):>9}{cell(r['s_per_image'], '.2f'):>10}")
+        lines.append(f"{r['run']:<{width}}" + "".join(f"{fmt(r.get(k)):>12}" for k, _ in columns) +
+                     f"{fmt(r.get('images'), 'd'):>9}{fmt(r['s_per_image'], '.2f'):>10}")
         if r.get("partial"):
             lines.append("  scored images / images on disk differ: " +
                          ", ".join(f"{c} {v}" for c, v in r["partial"].items()))

@@ -152,8 +152,7 @@ def build_flux(folder: Path, dev: bool = False, seed: int = 0) -> Path:
     FLUX's VAE scaling (0.3611) and shift (0.1159)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-    clip_tok = write_tokenizer(folder / "_tok")
-    t5_tok = write_t5_tokenizer(folder / "_t5tok")
+    clip_tok, t5_tok = write_tokenizer(folder / "_tok"), write_t5_tokenizer(folder / "_t5tok")
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
@@ -172,8 +171,7 @@ def build_sd3(folder: Path, seed: int = 0) -> Path:
     """SD3-shaped: two projected CLIPs + T5, a 1-block MMDiT (patch 2), shift 3, SD3's VAE factors."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
-    clip_tok = write_tokenizer(folder / "_tok")
-    t5_tok = write_t5_tokenizer(folder / "_t5tok")
+    clip_tok, t5_tok = write_tokenizer(folder / "_tok"), write_t5_tokenizer(folder / "_t5tok")
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, num_layers=1,
                                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
