@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.memory import status_gb
 from comfy_harness import ROOT, TINY_CONFIG, TINY_EXPORT, execution_error, load_api_workflow, read_latent_file, \
     run_graph, run_graph_with_texts
 from fixtures import CKPT_CACHE, CKPT_NAME, sd15_checkpoint, tiny_model
@@ -123,11 +124,6 @@ def test_a_family_mismatch_is_a_node_error_and_an_allowed_one_a_warning_on_the_n
         assert shown[-1].splitlines()[-1].startswith("ReNO 2/2: reward loss")
 
 
-def _rss_gb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 2 ** 20
-
-
 def plain_one_step(graph: dict) -> dict:
     """The ReNO twin's checkpoint, prompt and empty latent, sampled by a plain 1-step KSampler from
     the checkpoint under another name (so ComfyUI loads the model anew)."""
@@ -160,7 +156,7 @@ def test_server_memory_stays_bounded_over_repeated_reno_runs(sd15_server):
     for _ in range(10):
         run_graph(sd15_server, plain)  # drops the ReNO graph's model from ComfyUI's cache, loads its own
         run_graph(sd15_server, reno)
-        after.append(_rss_gb(sd15_server.pid))
+        after.append(status_gb("VmRSS", sd15_server.pid))
         assert after[-1] - after[0] <= RSS_BOUND_GB, f"RSS after each ReNO run (GB): {after}"
     loads = sd15_server.log_tail(10_000_000).count("model_type EPS") - loads_before
     assert loads == 20, f"expected the checkpoint loaded anew for every graph, saw {loads} loads"

@@ -2,7 +2,6 @@
 checked against the library computed here on the same latents and weights, and node errors."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -171,16 +170,14 @@ def _error_of(server, graph: dict) -> dict:
 
 
 def test_node_errors_and_server_survives(comfy_server):
-    score = load_api_workflow("latent_clip_score.json")
-
-    missing = copy.deepcopy(score)
+    missing = load_api_workflow("latent_clip_score.json")
     missing["6"]["inputs"]["model_name"] = "no_such_weights.safetensors"
     with pytest.raises(PromptRejected) as rejected:  # before the run: V3 combos are not checked by ComfyUI
         post_prompt(comfy_server, missing)
     (error,) = rejected.value.body["node_errors"]["6"]["errors"]
     assert error["details"].startswith("model_name - Latent-CLIP weights 'no_such_weights.safetensors' not found in ")
 
-    wrong_family = copy.deepcopy(score)
+    wrong_family = load_api_workflow("latent_clip_score.json")
     wrong_family["5"]["inputs"]["latent"] = WRONG_FAMILY_LATENT
     error = _error_of(comfy_server, wrong_family)
     assert error["node_type"] == "LatentCLIPScore" and "16 channels" in error["exception_message"]
@@ -190,6 +187,7 @@ def test_node_errors_and_server_survives(comfy_server):
     error = _error_of(comfy_server, no_labels)
     assert error["node_type"] == "LatentCLIPZeroShot" and "no labels given" in error["exception_message"]
 
+    score = load_api_workflow("latent_clip_score.json")
     score["10"]["inputs"]["prompt"] = "still alive after errors"
     assert run_graph(comfy_server, score)["10"]["text"]
     assert TEST_LATENT in comfy_server.get("/object_info/LoadLatent")["LoadLatent"]["input"]["required"]["latent"][0]
