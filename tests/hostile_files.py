@@ -86,40 +86,23 @@ def block_99999(folder: Path) -> Path:
     return folder / "block_99999.pt"
 
 
-def _export_with_sidecar(folder: Path, name: str, edit: Callable[[dict], object]) -> Path:
-    path = latent_clip.save_export(tiny_model(), folder / f"{name}.safetensors")
-    meta = json.loads(path.with_suffix(".json").read_text())
-    path.with_suffix(".json").write_text(json.dumps(edit(meta)))
-    return path
+def sidecar(name: str, edit: Callable[[dict], object]) -> Callable[[Path], Path]:
+    """The builder of a tiny export ``<name>.safetensors`` whose sidecar is ``edit(sidecar)`` as JSON, or
+    written as it is when ``edit`` returns a str."""
+    def build(folder: Path) -> Path:
+        path = latent_clip.save_export(tiny_model(), folder / f"{name}.safetensors")
+        meta = edit(json.loads(path.with_suffix(".json").read_text()))
+        path.with_suffix(".json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+        return path
+    return build
 
 
-def _set_vision(key: str, value):
+def vision(key: str, value) -> Callable[[dict], dict]:
+    """A sidecar edit setting ``model_cfg.vision_cfg[key]`` to ``value``."""
     def edit(meta: dict) -> dict:
         meta["model_cfg"]["vision_cfg"][key] = value
         return meta
     return edit
-
-
-def sidecar_layers_100000(folder: Path) -> Path:
-    return _export_with_sidecar(folder, "layers_100000", _set_vision("layers", 100000))
-
-
-def sidecar_patch_size_0(folder: Path) -> Path:
-    return _export_with_sidecar(folder, "patch_0", _set_vision("patch_size", 0))
-
-
-def sidecar_width_string(folder: Path) -> Path:
-    return _export_with_sidecar(folder, "width_str", _set_vision("width", "64"))
-
-
-def sidecar_list(folder: Path) -> Path:
-    return _export_with_sidecar(folder, "sidecar_list", lambda meta: [meta])
-
-
-def sidecar_invalid_json(folder: Path) -> Path:
-    path = latent_clip.save_export(tiny_model(), folder / "sidecar_bad_json.safetensors")
-    path.with_suffix(".json").write_text('{"model_cfg": {"embed_dim": 32,')
-    return path
 
 
 def text_context_16000(folder: Path) -> Path:
@@ -153,13 +136,8 @@ def empty(folder: Path) -> Path:
 
 
 def _truncated(folder: Path, name: str, save: Callable[[Path], object]) -> Path:
-    whole = folder / f"whole_{name}"
-    save(whole)
-    data = whole.read_bytes()
-    (folder / name).write_bytes(data[:len(data) // 2])
-    whole.unlink()
-    if whole.with_suffix(".json").exists():
-        whole.with_suffix(".json").rename((folder / name).with_suffix(".json"))
+    save(folder / name)
+    truncate(folder / name)
     return folder / name
 
 
@@ -206,8 +184,8 @@ CASES = {
     "exploit-legacy-format": Case(exploit_legacy_format, r"^refusing to load .*nothing in it was run"),
     "block-index-99999": Case(block_99999, r"transformer\.resblocks\.\*: block indices run to 99999 over 3 "
                                            r"distinct blocks; expected blocks 0\.\.n-1 with n <= 64"),
-    "sidecar-layers-100000": Case(sidecar_layers_100000, r"layers_100000\.json: config .*vision_cfg\.layers is "
-                                                         r"100000, above the limit of 64"),
+    "sidecar-layers-100000": Case(sidecar("layers_100000", vision("layers", 100000)),
+                                  r"layers_100000\.json: config .*vision_cfg\.layers is 100000, above the limit of 64"),
     "text-context-16000": Case(text_context_16000, r"context_16000\.pt: .*text_cfg\.context_length is 16000, "
                                                    r"above the limit of 1024"),
     "stride-0-views": Case(stride_0, r"stride_0\.pt: tensor .* \(strides \(0[,)].*\) brings the tensors' data to "
@@ -221,12 +199,15 @@ CASES = {
                                                          r"safetensors file"),
     "int-keys": Case(int_keys, r"int_keys\.pt: state dict key 0 is not a string \(int\); expected parameter names"),
     "meta-tensors": Case(meta_tensors, r"meta\.pt: tensor \S+ is a meta strided tensor, expected dense weights with data"),
-    "sidecar-list": Case(sidecar_list, r"sidecar_list\.json: config sidecar must be a JSON object"),
-    "sidecar-invalid-json": Case(sidecar_invalid_json, r"sidecar_bad_json\.json: config sidecar is not valid JSON"),
-    "sidecar-patch-size-0": Case(sidecar_patch_size_0, r"patch_0\.json: config .*vision_cfg\.patch_size must be a "
-                                                       r"positive int, got 0"),
-    "sidecar-width-string": Case(sidecar_width_string, r"width_str\.json: config .*vision_cfg\.width must be a "
-                                                       r"positive int, got '64' \(str\)"),
+    "sidecar-list": Case(sidecar("sidecar_list", lambda meta: [meta]),
+                         r"sidecar_list\.json: config sidecar must be a JSON object"),
+    "sidecar-invalid-json": Case(sidecar("sidecar_bad_json", lambda meta: '{"model_cfg": {"embed_dim": 32,'),
+                                 r"sidecar_bad_json\.json: config sidecar is not valid JSON"),
+    "sidecar-patch-size-0": Case(sidecar("patch_0", vision("patch_size", 0)),
+                                 r"patch_0\.json: config .*vision_cfg\.patch_size must be a positive int, got 0"),
+    "sidecar-width-string": Case(sidecar("width_str", vision("width", "64")),
+                                 r"width_str\.json: config .*vision_cfg\.width must be a positive int, got '64' "
+                                 r"\(str\)"),
     "safetensors-named-pt": Case(safetensors_named_pt, None),
 }
 
