@@ -135,23 +135,13 @@ def empty(folder: Path) -> Path:
     return folder / "empty.pt"
 
 
-def _truncated(folder: Path, name: str, save: Callable[[Path], object]) -> Path:
-    save(folder / name)
-    truncate(folder / name)
-    return folder / name
-
-
-def truncated_zip(folder: Path) -> Path:
-    return _truncated(folder, "truncated.pt", lambda p: torch.save(tiny_state(), p))
-
-
-def truncated_legacy(folder: Path) -> Path:
-    return _truncated(folder, "truncated_legacy.pt",
-                      lambda p: torch.save(tiny_state(), p, _use_new_zipfile_serialization=False))
-
-
-def truncated_safetensors(folder: Path) -> Path:
-    return _truncated(folder, "truncated.safetensors", lambda p: latent_clip.save_export(tiny_model(), p))
+def truncated(name: str, save: Callable[[Path], object]) -> Callable[[Path], Path]:
+    """The builder of the file ``name`` as ``save`` writes it, cut to its first half (a sidecar kept whole)."""
+    def build(folder: Path) -> Path:
+        save(folder / name)
+        truncate(folder / name)
+        return folder / name
+    return build
 
 
 def int_keys(folder: Path) -> Path:
@@ -192,11 +182,14 @@ CASES = {
                                      r"more than the file's [\d,]+ bytes: expanded or overlapping views are refused"),
     "nan-weights": Case(nan_weights, r"nan_weights\.pt: tensor visual\.latent_vit\.proj contains NaN or Inf"),
     "empty-file": Case(empty, r"cannot read .*empty\.pt: the file is empty \(0 bytes\)"),
-    "truncated-zip": Case(truncated_zip, r"cannot read .*truncated\.pt: truncated or not a PyTorch checkpoint"),
-    "truncated-legacy": Case(truncated_legacy, r"cannot read .*truncated_legacy\.pt: truncated or not a PyTorch "
-                                               r"checkpoint"),
-    "truncated-safetensors": Case(truncated_safetensors, r"cannot read .*truncated\.safetensors: not a valid "
-                                                         r"safetensors file"),
+    "truncated-zip": Case(truncated("truncated.pt", lambda p: torch.save(tiny_state(), p)),
+                          r"cannot read .*truncated\.pt: truncated or not a PyTorch checkpoint"),
+    "truncated-legacy": Case(truncated("truncated_legacy.pt",
+                                       lambda p: torch.save(tiny_state(), p, _use_new_zipfile_serialization=False)),
+                             r"cannot read .*truncated_legacy\.pt: truncated or not a PyTorch checkpoint"),
+    "truncated-safetensors": Case(truncated("truncated.safetensors",
+                                            lambda p: latent_clip.save_export(tiny_model(), p)),
+                                  r"cannot read .*truncated\.safetensors: not a valid safetensors file"),
     "int-keys": Case(int_keys, r"int_keys\.pt: state dict key 0 is not a string \(int\); expected parameter names"),
     "meta-tensors": Case(meta_tensors, r"meta\.pt: tensor \S+ is a meta strided tensor, expected dense weights with data"),
     "sidecar-list": Case(sidecar("sidecar_list", lambda meta: [meta]),
