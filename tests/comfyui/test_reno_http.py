@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from bench.memory import status_gb
-from comfy_harness import ROOT, TINY_CONFIG, TINY_EXPORT, execution_error, load_api_workflow, read_latent_file, \
-    run_graph, run_graph_with_texts
+from comfy_harness import ROOT, TINY_CONFIG, TINY_EXPORT, execution_error, load_api_workflow, run_graph, \
+    run_graph_with_texts, saved_latents
 from fixtures import CKPT_CACHE, CKPT_NAME, sd15_checkpoint, tiny_model
 from workflows.build import NOTE, TEMPLATES
 
@@ -32,11 +32,9 @@ def sd15_server(comfy_server):
     folder = comfy_server.models_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     for name in (CKPT_NAME, RELOAD_NAME):
-        if not (folder / name).exists():
-            (folder / name).symlink_to(CKPT_CACHE)
-    weights = comfy_server.models_dir / "latent_clip" / SD15_WEIGHTS
-    if not weights.exists():
-        latent_clip.save_export(tiny_model(TINY_CONFIG, latent_family="sd15"), weights)
+        (folder / name).symlink_to(CKPT_CACHE)
+    latent_clip.save_export(tiny_model(TINY_CONFIG, latent_family="sd15"),
+                            comfy_server.models_dir / "latent_clip" / SD15_WEIGHTS)
     return comfy_server
 
 
@@ -66,8 +64,7 @@ def test_workflow_runs_through_the_real_loader(sd15_server, name):
     graph = load_api_workflow(name)
     outputs = run_graph(sd15_server, graph)
     (save,) = [n for n, node in graph.items() if node["class_type"] == "SaveLatent"]
-    item = outputs[save]["latents"][0]
-    z = read_latent_file(sd15_server.output_dir / item["subfolder"] / item["filename"])
+    z = saved_latents(sd15_server, outputs, save)
     assert z.shape == (1, 4, 8, 8) and torch.isfinite(z).all()
     if name.startswith("reno"):
         assert "ReNO: 2 iterations" in sd15_server.log_tail(200_000)
