@@ -129,8 +129,7 @@ def main(argv=None):
     noise = torch.randn(args.batch, 4, args.size // 8, args.size // 8, generator=torch.Generator().manual_seed(0))
     out = {}
     for name, reward in rewards.items():
-        out[name] = run_path(generate, reward, noise, args.iterations)
-        r = out[name]
+        out[name] = r = run_path(generate, reward, noise, args.iterations)
         print(f"{name}: iteration {r['iteration_cpu_s']:.2f} s CPU / {r['iteration_wall_s']:.2f} s wall; "
               f"reward fwd+bwd {r['reward_fwd_bwd_cpu_s']:.2f} s CPU / {r['reward_fwd_bwd_wall_s']:.2f} s wall; "
               f"loop {r['loop_cpu_s']:.1f} s CPU / {r['loop_wall_s']:.1f} s wall", flush=True)

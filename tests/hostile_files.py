@@ -156,9 +156,7 @@ def meta_tensors(folder: Path) -> Path:
 
 def safetensors_named_pt(folder: Path) -> Path:
     """A valid export renamed to .pt (with its sidecar): read by content, not refused as a pickle."""
-    path = latent_clip.save_export(tiny_model(), folder / "renamed.safetensors")
-    path.rename(folder / "renamed.pt")
-    return folder / "renamed.pt"
+    return latent_clip.save_export(tiny_model(), folder / "renamed.safetensors").rename(folder / "renamed.pt")
 
 
 @dataclass(frozen=True)
