@@ -11,26 +11,22 @@ requires_grad False: diffusers UNet2DConditionModel with the SD-2.1-base config 
 UNet, 866 M params), the SD VAE decoder, open_clip ViT-L-14 without pretrained weights, and
 Latent-CLIP Latent-ViT-B-8-512. Both paths run in this one process, one after the other.
 
-Run from the repository root (slow on CPU: about 4-8 min with 1 thread at 512 px, batch 1)::
+Slow on CPU: about 4-8 min with 1 thread at 512 px, batch 1::
 
-    .venv/bin/python bench/bench_reno.py --iterations 2 --size 512 [--threads 1] [--json out.json]
+    .venv/bin/python -m bench.bench_reno --iterations 2 --size 512 [--threads 1] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from latent_clip import LatentCLIP, get_latent_family, get_model_config, scaled_to_raw  # noqa: E402
-from latent_clip.reno import optimize_noise  # noqa: E402
-from latent_clip.rewards import latent_alignment, pixel_alignment  # noqa: E402
+from latent_clip import LatentCLIP, get_latent_family, get_model_config, scaled_to_raw
+from latent_clip.reno import optimize_noise
+from latent_clip.rewards import latent_alignment, pixel_alignment
 
 B1_CEILING = 0.719  # the reference ceiling (FLOP-matched CPU time, 1 thread), see the docstring
 SD21_BASE_UNET = dict(
@@ -87,13 +83,10 @@ def build(args):
     family = get_latent_family("sd15")  # SD-Turbo's VAE; its scale comes from the registry, not code
     generate = turbo_one_step(unet, family, encoder_hidden_states=torch.randn(args.batch, 77, 1024))
 
-    def decode(raw):
-        return vae.decode(raw).sample
-
     prompt = "a photo of an astronaut riding a horse"
     rewards = {"latent (Latent-ViT-B/8)": latent_alignment(lclip, prompt),
                "pixel (VAE decode + ViT-L-14)": pixel_alignment(clip, open_clip.get_tokenizer("ViT-L-14"),
-                                                                prompt, decode)}
+                                                                prompt, lambda raw: vae.decode(raw).sample)}
     return generate, rewards
 
 
@@ -136,8 +129,7 @@ def main(argv=None):
     noise = torch.randn(args.batch, 4, args.size // 8, args.size // 8, generator=torch.Generator().manual_seed(0))
     out = {}
     for name, reward in rewards.items():
-        out[name] = run_path(generate, reward, noise, args.iterations)
-        r = out[name]
+        out[name] = r = run_path(generate, reward, noise, args.iterations)
         print(f"{name}: iteration {r['iteration_cpu_s']:.2f} s CPU / {r['iteration_wall_s']:.2f} s wall; "
               f"reward fwd+bwd {r['reward_fwd_bwd_cpu_s']:.2f} s CPU / {r['reward_fwd_bwd_wall_s']:.2f} s wall; "
               f"loop {r['loop_cpu_s']:.1f} s CPU / {r['loop_wall_s']:.1f} s wall", flush=True)

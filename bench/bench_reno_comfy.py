@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from bench.inprocess import import_comfyui
 from bench.memory import reset_peak, status_gb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,31 +66,12 @@ def live_tensor_bytes() -> dict[int, int]:
     return out
 
 
-def comfy_with_pack(comfy_dir: Path, comfy_args: list[str]):
-    """ComfyUI's modules in this process (``--cpu`` and ``comfy_args``) and this repository imported as
-    the pack ComfyUI loads: its ``nodes.reno``, ``nodes.rewards``, ``nodes.loaders`` and ``latent_clip``."""
-    sys.path.insert(0, str(comfy_dir))
-    sys.modules.pop("nodes", None)  # ComfyUI's nodes.py, not this repository's nodes/
-    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu", *comfy_args]
-    try:
-        import comfy.options
-        comfy.options.enable_args_parsing()
-        import comfy.model_management  # noqa: F401 - parses the arguments
-    finally:
-        sys.argv = argv
-    spec = importlib.util.spec_from_file_location("comfyui_latent_clip", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = pack
-    spec.loader.exec_module(pack)
-    return tuple(importlib.import_module(f"comfyui_latent_clip.{name}") for name in ("nodes.reno", "nodes.rewards",
-                                                                                       "nodes.loaders", "latent_clip"))
-
-
 def child(variant: str, model_name: str, size: int, iterations: int, threads: int, comfy_dir: Path,
           comfy_args: list[str]) -> dict:
     torch.set_num_threads(threads)
-    reno, reward_nodes, loaders, latent_clip = comfy_with_pack(comfy_dir, comfy_args)
+    pack = import_comfyui(comfy_dir, *comfy_args).pack
+    reno, reward_nodes, loaders, latent_clip = (importlib.import_module(f"{pack.__name__}.{name}") for name in
+                                                ("nodes.reno", "nodes.rewards", "nodes.loaders", "latent_clip"))
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.samplers

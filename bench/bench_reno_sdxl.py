@@ -156,10 +156,10 @@ def child(name: str, size: int, iterations: int, threads: int) -> dict:
     return out
 
 
-def summarise(runs: dict) -> dict:
-    """Ratios of one run. The pixel iteration and its autograd memory are the pixel loop's when it
-    ran, else composed: the latent loop's iteration with its reward swapped for the pixel one
-    (iteration - Lat + Pix, the same UNet step and loop overhead)."""
+def report(runs: dict) -> dict:
+    """Prints and returns the ratios of one run. The pixel iteration and its autograd memory are the
+    pixel loop's when it ran, else composed: the latent loop's iteration with its reward swapped for the
+    pixel one (iteration - Lat + Pix, the same UNet step and loop overhead)."""
     lat, pix_reward = runs["latent"], runs["pixel-reward"]
     swap = pix_reward["reward_cpu_s"] - lat["reward_cpu_s"]
     composed = {"iteration_cpu_s": lat["iteration_cpu_s"] + swap,
@@ -184,18 +184,13 @@ def summarise(runs: dict) -> dict:
     if loop:
         out["pixel loop / composed, time"] = loop["iteration_cpu_s"] / composed["iteration_cpu_s"]
         out["pixel loop / composed, autograd"] = loop["loop_autograd_gib"] / composed["autograd_gib"]
-    return out
-
-
-def report(runs: dict) -> dict:
-    summary = summarise(runs)
     print("\nmeasured in this one run:")
-    for k, v in summary.items():
+    for k, v in out.items():
         shown = (f"{v * 100:.1f} %" if k in ("iteration saving", "ceiling from components, this run",
                                               "anchors' ceiling C1", "reward share of the latent iteration")
                  else f"{v:.2f}" if isinstance(v, float) else v)
         print(f"  {k:46s} {shown}")
-    return summary
+    return out
 
 
 def main(argv=None) -> dict:

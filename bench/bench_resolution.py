@@ -38,14 +38,6 @@ def load_image(path: Path, width: int, height: int) -> torch.Tensor:
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
-def write_world_images(n: int, folder: Path) -> Path:
-    from train.tinyworld.world import make_samples
-
-    for i, sample in enumerate(make_samples(999, n)):
-        Image.fromarray(sample.image).save(folder / f"{i:03d}.png")
-    return folder
-
-
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,7 +56,10 @@ def main() -> None:
     vae.eval()
     size = args.size or model.config.vision.image_size
     if args.world:
-        args.images = write_world_images(args.world, Path(tempfile.mkdtemp()))
+        from train.tinyworld.world import make_samples
+        args.images = Path(tempfile.mkdtemp())
+        for i, sample in enumerate(make_samples(999, args.world)):
+            Image.fromarray(sample.image).save(args.images / f"{i:03d}.png")
     paths = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
 
     def latents(w, h):

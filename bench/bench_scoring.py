@@ -43,9 +43,7 @@ def build(device: str):
         model = latents[name]
         return lambda z: model.encode_latents(z) @ text[name].T
 
-    paths = {"pixel: SDXL VAE decode + ViT-L-14": pixel_reward}
-    paths.update({f"latent: {n}": latent_reward(n) for n in latents})
-    return paths
+    return {"pixel: SDXL VAE decode + ViT-L-14": pixel_reward, **{f"latent: {n}": latent_reward(n) for n in latents}}
 
 
 def run(fn, z, backward: bool):

@@ -37,19 +37,18 @@ def throughput(config: ModelConfig, batch: int, steps: int, device: torch.device
     z = torch.randn(batch, v.latent_n_channels, v.latent_size, v.latent_size, device=device) * 4
     tokens = open_clip.tokenize([f"a photo of thing number {i}" for i in range(batch)]).to(device)
     on_gpu = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu)
+    sync = torch.cuda.synchronize if on_gpu else lambda: None
     times = []
     for i in range(steps + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync()
         tic = time.perf_counter()
         with autocast:
             loss = loss_fn(*forward(z, tokens))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync()
         if i:  # the first step is warm-up
             times.append(time.perf_counter() - tic)
     params = sum(p.numel() for p in model.parameters())

@@ -1,4 +1,4 @@
-"""Process memory from Linux's /proc, for benches that compare memory side by side in one run:
+"""Process memory from Linux's /proc, for benches and tests that measure it (this process or a server):
 the resident set (``VmRSS``), its high-water mark (``VmHWM``) and a reset of that mark."""
 from __future__ import annotations
 

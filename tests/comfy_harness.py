@@ -12,15 +12,12 @@ Fixtures (registered in tests/conftest.py; mark tests ``comfyui``):
   build/ComfyUI first on sys.path) and returns a namespace with ``comfy``, ``folder_paths``,
   ``nodes`` (ComfyUI's) and ``pack`` (this repo imported as a ComfyUI pack).
 
-Helpers: ``post_prompt(server, graph) -> prompt_id`` (raises :class:`PromptRejected` with the
-server's node errors on a 4xx), ``wait_history(server, prompt_id) -> history entry``,
-``run_graph(server, graph)`` (both, asserting success), ``run_graph_with_texts(server, graph)`` (as the
-frontend: the history entry and the progress texts shown under each node), ``load_api_workflow(name)``.
+Helpers post graphs and read their results: ``post_prompt``, ``wait_history``, ``run_graph``,
+``run_graph_with_texts`` (as the frontend: with the progress texts shown under each node), ``load_api_workflow``.
 
 Without build/ComfyUI (or $LATENT_CLIP_COMFYUI_DIR) these fixtures skip, or fail when
 LATENT_CLIP_REQUIRE_COMFYUI=1.
 """
-import importlib.util
 import json
 import os
 import socket
@@ -38,6 +35,7 @@ from typing import Any
 import pytest
 import torch
 
+from bench.inprocess import import_comfyui
 from fixtures import tiny_model
 from train.synthetic import tiny_latent_cfg
 
@@ -96,9 +94,9 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-def make_latents(seed: int = 0, batch: int = 4, channels: int = 4) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, channels, 32, 32, generator=g) * 5
+def make_latents(batch: int = 4, channels: int = 4) -> torch.Tensor:
+    """Seeded test latents (batch, channels, 32, 32) of std 5."""
+    return torch.randn(batch, channels, 32, 32, generator=torch.Generator().manual_seed(0)) * 5
 
 
 def write_latent_file(path: Path, samples: torch.Tensor) -> None:
@@ -107,9 +105,11 @@ def write_latent_file(path: Path, samples: torch.Tensor) -> None:
     save_file({"latent_tensor": samples.contiguous(), "latent_format_version_0": torch.tensor([])}, str(path))
 
 
-def read_latent_file(path: Path) -> torch.Tensor:
+def saved_latents(server: ComfyServer, outputs: dict, node: str) -> torch.Tensor:
+    """The latents the SaveLatent node ``node`` of a run with ``outputs`` wrote (its first file)."""
     from safetensors.torch import load_file
-    return load_file(str(path))["latent_tensor"]
+    item = outputs[node]["latents"][0]
+    return load_file(str(server.output_dir / item["subfolder"] / item["filename"]))["latent_tensor"]
 
 
 def prepare_base(base: Path) -> None:
@@ -130,10 +130,9 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"ComfyUI exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url + "/object_info/LatentCLIPLoader", timeout=5) as r:
-                if r.status == 200:
-                    return
+        try:  # an HTTP error status raises too
+            urllib.request.urlopen(url + "/object_info/LatentCLIPLoader", timeout=5).close()
+            return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.5)
@@ -161,13 +160,12 @@ def start_server(base: Path) -> tuple[ComfyServer, subprocess.Popen]:
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+    proc.terminate()  # a no-op once it exited
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)
 
 
 @pytest.fixture(scope="session")
@@ -227,29 +225,7 @@ def load_api_workflow(name: str) -> dict:
 def comfy_inprocess() -> types.SimpleNamespace:
     """ComfyUI's modules in this process, CPU only; this repo imported as the pack ComfyUI sees."""
     require_comfyui()
-    if str(COMFY_DIR) in sys.path:
-        sys.path.remove(str(COMFY_DIR))
-    sys.path.insert(0, str(COMFY_DIR))
-    if "nodes" in sys.modules and not str(getattr(sys.modules["nodes"], "__file__", "")).startswith(str(COMFY_DIR)):
-        del sys.modules["nodes"]  # our nodes/ package, not ComfyUI's nodes.py
-    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
-    try:
-        import comfy.options
-        comfy.options.enable_args_parsing()
-        import comfy.model_management  # noqa: F401 - parses args
-        import comfy.utils  # noqa: F401
-        import folder_paths
-        import nodes as comfy_nodes
-    finally:
-        sys.argv = argv
-    pack = sys.modules.get("comfyui_latent_clip")
-    if pack is None:
-        spec = importlib.util.spec_from_file_location("comfyui_latent_clip", ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        pack = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = pack
-        spec.loader.exec_module(pack)
-    return types.SimpleNamespace(comfy=comfy, folder_paths=folder_paths, nodes=comfy_nodes, pack=pack)
+    return import_comfyui(COMFY_DIR)
 
 
 def run_graph_with_texts(server: ComfyServer, graph: dict, timeout: float = 300) -> tuple[dict, list[tuple[str, str]]]:

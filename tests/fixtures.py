@@ -57,24 +57,20 @@ def _random_fp16(module: torch.nn.Module, prefix: str, seed: int) -> dict[str, t
 
 def build_sd15_checkpoint(path: Path) -> None:
     """A random SD1.5 checkpoint from ComfyUI's own classes (run in a child process: ~6 GB RSS)."""
+    from bench.inprocess import import_comfyui
     from comfy_harness import COMFY_DIR
-    sys.path.insert(0, str(COMFY_DIR))
-    sys.argv = [sys.argv[0], "--cpu"]
-    import comfy.options
-    comfy.options.enable_args_parsing()
+    import_comfyui(COMFY_DIR)
     import comfy.ops
     import comfy.sd1_clip
     from comfy.ldm.models.autoencoder import AutoencoderKL
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     from safetensors.torch import save_file
 
-    state = {}
-    with torch.no_grad():
-        ops = comfy.ops.disable_weight_init
-        state.update(_random_fp16(UNetModel(**SD15_UNET, operations=ops), "model.diffusion_model.", 0))
-        state.update(_random_fp16(AutoencoderKL(ddconfig=SD15_VAE, embed_dim=4), "first_stage_model.", 1))
-        clip = _random_fp16(comfy.sd1_clip.SDClipModel(), "cond_stage_model.", 2)
-        state.update({k: v for k, v in clip.items() if "logit_scale" not in k and "text_projection" not in k})
+    ops = comfy.ops.disable_weight_init
+    state = _random_fp16(UNetModel(**SD15_UNET, operations=ops), "model.diffusion_model.", 0)
+    state.update(_random_fp16(AutoencoderKL(ddconfig=SD15_VAE, embed_dim=4), "first_stage_model.", 1))
+    clip = _random_fp16(comfy.sd1_clip.SDClipModel(), "cond_stage_model.", 2)
+    state.update({k: v for k, v in clip.items() if "logit_scale" not in k and "text_projection" not in k})
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 

@@ -86,40 +86,23 @@ def block_99999(folder: Path) -> Path:
     return folder / "block_99999.pt"
 
 
-def _export_with_sidecar(folder: Path, name: str, edit: Callable[[dict], object]) -> Path:
-    path = latent_clip.save_export(tiny_model(), folder / f"{name}.safetensors")
-    meta = json.loads(path.with_suffix(".json").read_text())
-    path.with_suffix(".json").write_text(json.dumps(edit(meta)))
-    return path
+def sidecar(name: str, edit: Callable[[dict], object]) -> Callable[[Path], Path]:
+    """The builder of a tiny export ``<name>.safetensors`` whose sidecar is ``edit(sidecar)`` as JSON, or
+    written as it is when ``edit`` returns a str."""
+    def build(folder: Path) -> Path:
+        path = latent_clip.save_export(tiny_model(), folder / f"{name}.safetensors")
+        meta = edit(json.loads(path.with_suffix(".json").read_text()))
+        path.with_suffix(".json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+        return path
+    return build
 
 
-def _set_vision(key: str, value):
+def vision(key: str, value) -> Callable[[dict], dict]:
+    """A sidecar edit setting ``model_cfg.vision_cfg[key]`` to ``value``."""
     def edit(meta: dict) -> dict:
         meta["model_cfg"]["vision_cfg"][key] = value
         return meta
     return edit
-
-
-def sidecar_layers_100000(folder: Path) -> Path:
-    return _export_with_sidecar(folder, "layers_100000", _set_vision("layers", 100000))
-
-
-def sidecar_patch_size_0(folder: Path) -> Path:
-    return _export_with_sidecar(folder, "patch_0", _set_vision("patch_size", 0))
-
-
-def sidecar_width_string(folder: Path) -> Path:
-    return _export_with_sidecar(folder, "width_str", _set_vision("width", "64"))
-
-
-def sidecar_list(folder: Path) -> Path:
-    return _export_with_sidecar(folder, "sidecar_list", lambda meta: [meta])
-
-
-def sidecar_invalid_json(folder: Path) -> Path:
-    path = latent_clip.save_export(tiny_model(), folder / "sidecar_bad_json.safetensors")
-    path.with_suffix(".json").write_text('{"model_cfg": {"embed_dim": 32,')
-    return path
 
 
 def text_context_16000(folder: Path) -> Path:
@@ -152,28 +135,13 @@ def empty(folder: Path) -> Path:
     return folder / "empty.pt"
 
 
-def _truncated(folder: Path, name: str, save: Callable[[Path], object]) -> Path:
-    whole = folder / f"whole_{name}"
-    save(whole)
-    data = whole.read_bytes()
-    (folder / name).write_bytes(data[:len(data) // 2])
-    whole.unlink()
-    if whole.with_suffix(".json").exists():
-        whole.with_suffix(".json").rename((folder / name).with_suffix(".json"))
-    return folder / name
-
-
-def truncated_zip(folder: Path) -> Path:
-    return _truncated(folder, "truncated.pt", lambda p: torch.save(tiny_state(), p))
-
-
-def truncated_legacy(folder: Path) -> Path:
-    return _truncated(folder, "truncated_legacy.pt",
-                      lambda p: torch.save(tiny_state(), p, _use_new_zipfile_serialization=False))
-
-
-def truncated_safetensors(folder: Path) -> Path:
-    return _truncated(folder, "truncated.safetensors", lambda p: latent_clip.save_export(tiny_model(), p))
+def truncated(name: str, save: Callable[[Path], object]) -> Callable[[Path], Path]:
+    """The builder of the file ``name`` as ``save`` writes it, cut to its first half (a sidecar kept whole)."""
+    def build(folder: Path) -> Path:
+        save(folder / name)
+        truncate(folder / name)
+        return folder / name
+    return build
 
 
 def int_keys(folder: Path) -> Path:
@@ -188,9 +156,7 @@ def meta_tensors(folder: Path) -> Path:
 
 def safetensors_named_pt(folder: Path) -> Path:
     """A valid export renamed to .pt (with its sidecar): read by content, not refused as a pickle."""
-    path = latent_clip.save_export(tiny_model(), folder / "renamed.safetensors")
-    path.rename(folder / "renamed.pt")
-    return folder / "renamed.pt"
+    return latent_clip.save_export(tiny_model(), folder / "renamed.safetensors").rename(folder / "renamed.pt")
 
 
 @dataclass(frozen=True)
@@ -206,27 +172,33 @@ CASES = {
     "exploit-legacy-format": Case(exploit_legacy_format, r"^refusing to load .*nothing in it was run"),
     "block-index-99999": Case(block_99999, r"transformer\.resblocks\.\*: block indices run to 99999 over 3 "
                                            r"distinct blocks; expected blocks 0\.\.n-1 with n <= 64"),
-    "sidecar-layers-100000": Case(sidecar_layers_100000, r"layers_100000\.json: config .*vision_cfg\.layers is "
-                                                         r"100000, above the limit of 64"),
+    "sidecar-layers-100000": Case(sidecar("layers_100000", vision("layers", 100000)),
+                                  r"layers_100000\.json: config .*vision_cfg\.layers is 100000, above the limit of 64"),
     "text-context-16000": Case(text_context_16000, r"context_16000\.pt: .*text_cfg\.context_length is 16000, "
                                                    r"above the limit of 1024"),
     "stride-0-views": Case(stride_0, r"stride_0\.pt: tensor .* \(strides \(0[,)].*\) brings the tensors' data to "
                                      r"more than the file's [\d,]+ bytes: expanded or overlapping views are refused"),
     "nan-weights": Case(nan_weights, r"nan_weights\.pt: tensor visual\.latent_vit\.proj contains NaN or Inf"),
     "empty-file": Case(empty, r"cannot read .*empty\.pt: the file is empty \(0 bytes\)"),
-    "truncated-zip": Case(truncated_zip, r"cannot read .*truncated\.pt: truncated or not a PyTorch checkpoint"),
-    "truncated-legacy": Case(truncated_legacy, r"cannot read .*truncated_legacy\.pt: truncated or not a PyTorch "
-                                               r"checkpoint"),
-    "truncated-safetensors": Case(truncated_safetensors, r"cannot read .*truncated\.safetensors: not a valid "
-                                                         r"safetensors file"),
+    "truncated-zip": Case(truncated("truncated.pt", lambda p: torch.save(tiny_state(), p)),
+                          r"cannot read .*truncated\.pt: truncated or not a PyTorch checkpoint"),
+    "truncated-legacy": Case(truncated("truncated_legacy.pt",
+                                       lambda p: torch.save(tiny_state(), p, _use_new_zipfile_serialization=False)),
+                             r"cannot read .*truncated_legacy\.pt: truncated or not a PyTorch checkpoint"),
+    "truncated-safetensors": Case(truncated("truncated.safetensors",
+                                            lambda p: latent_clip.save_export(tiny_model(), p)),
+                                  r"cannot read .*truncated\.safetensors: not a valid safetensors file"),
     "int-keys": Case(int_keys, r"int_keys\.pt: state dict key 0 is not a string \(int\); expected parameter names"),
     "meta-tensors": Case(meta_tensors, r"meta\.pt: tensor \S+ is a meta strided tensor, expected dense weights with data"),
-    "sidecar-list": Case(sidecar_list, r"sidecar_list\.json: config sidecar must be a JSON object"),
-    "sidecar-invalid-json": Case(sidecar_invalid_json, r"sidecar_bad_json\.json: config sidecar is not valid JSON"),
-    "sidecar-patch-size-0": Case(sidecar_patch_size_0, r"patch_0\.json: config .*vision_cfg\.patch_size must be a "
-                                                       r"positive int, got 0"),
-    "sidecar-width-string": Case(sidecar_width_string, r"width_str\.json: config .*vision_cfg\.width must be a "
-                                                       r"positive int, got '64' \(str\)"),
+    "sidecar-list": Case(sidecar("sidecar_list", lambda meta: [meta]),
+                         r"sidecar_list\.json: config sidecar must be a JSON object"),
+    "sidecar-invalid-json": Case(sidecar("sidecar_bad_json", lambda meta: '{"model_cfg": {"embed_dim": 32,'),
+                                 r"sidecar_bad_json\.json: config sidecar is not valid JSON"),
+    "sidecar-patch-size-0": Case(sidecar("patch_0", vision("patch_size", 0)),
+                                 r"patch_0\.json: config .*vision_cfg\.patch_size must be a positive int, got 0"),
+    "sidecar-width-string": Case(sidecar("width_str", vision("width", "64")),
+                                 r"width_str\.json: config .*vision_cfg\.width must be a positive int, got '64' "
+                                 r"\(str\)"),
     "safetensors-named-pt": Case(safetensors_named_pt, None),
 }
 

@@ -52,19 +52,15 @@ def official_checkpoint_payload(model: LatentCLIP, manifest_name: str | None = N
         state = {k: state[k] for k in order if k in state}
     payload = {"epoch": 34, "name": "synthetic-latent-clip", "state_dict": state}
     if with_optimizer:
-        params = [(n, p) for n, p in model.named_parameters() if ".vae_" not in n]
+        # stepped on copies: the model keeps its weights, only the optimizer state matters here
+        params = [(n, p.detach().clone()) for n, p in model.named_parameters() if ".vae_" not in n]
         def no_wd(n, p): return p.ndim < 2 or any(s in n for s in ("bn", "ln", "bias", "logit_scale"))
         groups = [{"params": [p for n, p in params if no_wd(n, p)], "weight_decay": 0.0},
                   {"params": [p for n, p in params if not no_wd(n, p)], "weight_decay": 0.2}]
         for _, p in params:
             p.grad = torch.randn_like(p) * 1e-3
         opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.98), eps=1e-6)
-        with torch.no_grad():
-            saved = {n: p.clone() for n, p in params}
-            opt.step()
-            for n, p in params:  # keep the model's weights; only the optimizer state matters here
-                p.copy_(saved[n])
-                p.grad = None
+        opt.step()
         for group in opt.param_groups:
             group["lr"] = np.float64(9.5e-4)
         payload["optimizer"] = opt.state_dict()

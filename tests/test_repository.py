@@ -101,12 +101,9 @@ def imported_modules(source: str, package: tuple[str, ...]) -> set[str]:
 def test_layers_import_only_downward(layer):
     files = sorted((REPO / layer).rglob("*.py"))
     assert files
-    leaks = {}
-    for f in files:
-        names = imported_modules(f.read_text(), f.relative_to(REPO).parent.parts) & FORBIDDEN_IMPORTS[layer]
-        if names:
-            leaks[str(f.relative_to(REPO))] = sorted(names)
-    assert not leaks, f"{layer}/ imports a layer above it"
+    leaks = {f.relative_to(REPO): imported_modules(f.read_text(), f.relative_to(REPO).parent.parts)
+             & FORBIDDEN_IMPORTS[layer] for f in files}
+    assert not {str(f): sorted(names) for f, names in leaks.items() if names}, f"{layer}/ imports a layer above it"
 
 
 def test_no_test_module_imports_another():
@@ -182,12 +179,8 @@ def test_every_bench_script_starts():
     assert len(scripts) >= 7
     procs = {s: subprocess.Popen([sys.executable, "-m", f"bench.{s}", "--help"], cwd=REPO, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True) for s in scripts}
-    failed = {}
-    for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=300)
-        if proc.returncode != 0 or "usage:" not in out:
-            failed[name] = out[-2000:]
-    assert not failed
+    outs = {name: proc.communicate(timeout=300)[0] for name, proc in procs.items()}
+    assert not {name: out[-2000:] for name, out in outs.items() if procs[name].returncode or "usage:" not in out}
 
 
 def requirement_names(lines) -> set[str]:

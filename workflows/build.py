@@ -125,18 +125,10 @@ TEST_SOURCE = {5: ("LoadLatent", {"latent": TEST_LATENT}),
                6: ("LatentCLIPLoader", {"model_name": TEST_WEIGHTS, "dtype": "auto", "device": "default"})}
 
 
-def _inputs(info: dict) -> list[tuple[str, list]]:
-    spec = info["input"]
-    return [(n, v) for part in ("required", "optional") for n, v in spec.get(part, {}).items()]
-
-
-def _type(spec: list) -> str:
-    return "COMBO" if isinstance(spec[0], list) else spec[0]
-
-
-def _is_widget(spec: list) -> bool:
-    opts = spec[1] if len(spec) > 1 else {}
-    return _type(spec) in WIDGET_TYPES and not opts.get("forceInput")
+def _inputs(info: dict) -> list[tuple[str, str, dict]]:
+    """(name, type, options) of each input of an /object_info entry, required ones first."""
+    return [(name, "COMBO" if isinstance(spec[0], list) else spec[0], spec[1] if len(spec) > 1 else {})
+            for part in ("required", "optional") for name, spec in info["input"].get(part, {}).items()]
 
 
 def layout(spec: dict) -> dict[int, tuple[int, int]]:
@@ -187,25 +179,21 @@ def to_ui(name: str, spec: dict, object_info: dict) -> dict:
                 "properties": {"Node name for S&R": cls}, "widgets_values": []}
         if model_downloads(values):
             node["properties"]["models"] = model_downloads(values)
-        for name, ispec in _inputs(info):
-            if _is_widget(ispec):
+        for name, kind, options in _inputs(info):
+            if kind in WIDGET_TYPES and not options.get("forceInput"):
                 node["widgets_values"].append(values[name])
-                if (ispec[1] if len(ispec) > 1 else {}).get("control_after_generate"):
+                if options.get("control_after_generate"):
                     node["widgets_values"].append("fixed")
-            else:
-                node["inputs"].append({"name": name, "type": _type(ispec), "link": None})
+                continue
+            link = None
+            if name in values:  # a link from an earlier node of the spec
+                link_id = link = link_id + 1
+                origin, origin_slot = values[name]
+                nodes[origin]["outputs"][origin_slot]["links"].append(link)
+                links.append([link, origin, origin_slot, nid, len(node["inputs"]), kind])
+            node["inputs"].append({"name": name, "type": kind, "link": link})
         node["outputs"] = [{"name": n, "type": t, "links": []} for n, t in zip(info["output_name"], info["output"])]
         nodes[nid] = node
-    for nid, (cls, values) in spec.items():
-        for slot, entry in enumerate(nodes[nid]["inputs"]):
-            src = values.get(entry["name"])
-            if src is None:
-                continue
-            link_id += 1
-            origin, origin_slot = src
-            entry["link"] = link_id
-            nodes[origin]["outputs"][origin_slot]["links"].append(link_id)
-            links.append([link_id, origin, origin_slot, nid, slot, entry["type"]])
     return {"last_node_id": max(nodes), "last_link_id": link_id, "nodes": list(nodes.values()), "links": links,
             "groups": [], "config": {}, "extra": {"ds": VIEW}, "version": 0.4}
 
@@ -238,11 +226,11 @@ TEST_WEIGHTS_SD15 = "latent_clip_tiny_sd15.safetensors"  # the harness's tiny co
 RENO_PROMPT = "a red cube on top of a blue sphere, studio photo"
 
 
-def txt2img(ckpt: str, size: int, negative: bool = False) -> dict:
-    """Nodes 1-6: checkpoint, prompts, empty latent, Latent-CLIP loader."""
-    out = {1: ("CheckpointLoaderSimple", {"ckpt_name": ckpt}),
+def txt2img(negative: bool = False) -> dict:
+    """Nodes 1-6: SDXL-Turbo checkpoint, prompts, a 512 px empty latent, Latent-CLIP loader."""
+    out = {1: ("CheckpointLoaderSimple", {"ckpt_name": CKPT}),
            2: ("CLIPTextEncode", {"text": RENO_PROMPT, "clip": L(1, 1)}),
-           4: ("EmptyLatentImage", {"width": size, "height": size, "batch_size": 1}),
+           4: ("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}),
            6: ("LatentCLIPLoader", {"model_name": LC_WEIGHTS, "dtype": "auto", "device": "default"})}
     if negative:
         out[3] = ("CLIPTextEncode", {"text": "blurry, low quality", "clip": L(1, 1)})
@@ -257,7 +245,7 @@ def custom_advanced(guider: list, sampler: list, steps: int) -> dict:
 
 
 RENO_SPECS = {  # ReNO and guidance: their own txt2img and test twin
-    "reno_sdxl_turbo": {**txt2img(CKPT, 512),
+    "reno_sdxl_turbo": {**txt2img(),
         10: ("LatentCLIPRewardPrompt", {"latent_clip": L(6), "prompt": RENO_PROMPT, "weight": 0.01}),
         11: ("KSamplerSelect", {"sampler_name": "euler"}),
         12: ("LatentCLIPRenoSampler", {"reward": L(10), "sampler": L(11), "iterations": 50, "lr": 5.0,
@@ -265,12 +253,12 @@ RENO_SPECS = {  # ReNO and guidance: their own txt2img and test twin
                                        "allow_family_mismatch": False}),
         13: ("BasicGuider", {"model": L(1), "conditioning": L(2)}),
         **custom_advanced(L(13), L(12), 1), **decode(L(16), "latent_clip/reno")},
-    "reno_sdxl_turbo_prompt": {**txt2img(CKPT, 512),
+    "reno_sdxl_turbo_prompt": {**txt2img(),
         10: ("LatentCLIPReno", {"model": L(1), "positive": L(2), "latent_clip": L(6), "prompt": RENO_PROMPT,
                                 "latent": L(4), "seed": 0, "iterations": 50, "lr": 5.0, "steps": 1,
                                 "cfg": 1.0, "allow_family_mismatch": False}),
         **decode(L(10), "latent_clip/reno_prompt")},
-    "guidance_sdxl_turbo": {**txt2img(CKPT, 512, negative=True),
+    "guidance_sdxl_turbo": {**txt2img(negative=True),
         10: ("LatentCLIPAvoidGuider", {"model": L(1), "positive": L(2), "negative": L(3), "cfg": 1.0,
                                        "latent_clip": L(6), "concepts": "nudity\nviolence | a photo of "
                                        "a peaceful scene", "strength": 0.05, "start_percent": 0.0,

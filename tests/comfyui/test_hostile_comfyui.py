@@ -1,23 +1,19 @@
 """The hostile weight files in a real ComfyUI server's models/latent_clip: the loader node fails with the
 same one line the CLI prints, the server's peak memory stays within the bound the library meets (the
 numpy void bomb took a server from 2.1 to 5.0 GB before), nothing in them runs, and the server goes on."""
-import copy
 import re
 import time
 
 import pytest
 
 import latent_clip
+from bench.memory import reset_peak, status_gb
 from comfy_harness import execution_error, load_api_workflow, post_prompt, run_graph, wait_history
 from hostile_files import CASES, MARKER, MEMORY_BOUND
 from latent_clip.cli import describe
 
 pytestmark = pytest.mark.comfyui
 TIME_BOUND = 20.0  # seconds from posting the graph to the error in /history (a valid graph: about 1 s here)
-
-
-def memory(pid: int, field: str) -> int:
-    return int(re.search(field + r":\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1)) * 1024
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +32,13 @@ def library_error(path) -> str:
 @pytest.mark.parametrize("name", list(CASES))
 def test_loader_node_reports_the_cli_line_within_bounds(comfy_server, hostile_models, name):
     folder, files = hostile_models
-    graph = copy.deepcopy(load_api_workflow("latent_clip_score.json"))
+    graph = load_api_workflow("latent_clip_score.json")
     graph["6"]["inputs"]["model_name"] = files[name].name
     graph["10"]["inputs"]["prompt"] = f"hostile {name}"  # not served from ComfyUI's cache
-    open(f"/proc/{comfy_server.pid}/clear_refs", "w").write("5")  # reset the server's peak RSS
-    base, tic = memory(comfy_server.pid, "VmRSS"), time.monotonic()
+    reset_peak(comfy_server.pid)
+    base, tic = status_gb("VmRSS", comfy_server.pid), time.monotonic()
     entry = wait_history(comfy_server, post_prompt(comfy_server, graph), timeout=120)
-    seconds, peak = time.monotonic() - tic, memory(comfy_server.pid, "VmHWM") - base
+    seconds, peak = time.monotonic() - tic, (status_gb("VmHWM", comfy_server.pid) - base) * 2 ** 30
     if CASES[name].error is None:
         assert entry["status"]["status_str"] == "success", execution_error(entry)
     else:

@@ -98,7 +98,7 @@ def test_interrupt_is_respected(pack, comfy_inprocess):
         mm.interrupt_current_processing(False)
 
 
-def test_pack_survives_broken_optional_module(comfy_inprocess, monkeypatch, caplog):
+def test_pack_survives_broken_optional_module(comfy_inprocess, monkeypatch):
     import asyncio
     import sys
     pack = comfy_inprocess.pack

@@ -14,6 +14,7 @@ from latent_clip.reno import private_saved_tensors
 from latent_clip.rewards import latent_alignment, latent_avoid
 
 pytestmark = pytest.mark.comfyui
+RENO_OPTIONS = {"lr": 5.0, "grad_clip": 0.1, "reg_weight": 0.01, "momentum": 0.9}  # the ReNO sampler's defaults
 
 TINY_UNET = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
              "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [1, 1],
@@ -30,10 +31,9 @@ TINY_FLUX = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_
 def tiny_model_patcher(sampling: str = "eps", seed: int = 0, flux: bool = False):
     """A real MODEL: SD15(tiny config).get_model, or with ``flux`` FluxSchnell's (flow model_sampling with
     shift 1, FLUX latent format, 2x2 patchify inside the model), weights N(0, 1/fan_in), in a ModelPatcher;
-    ``sampling`` 'v' or 'flow' swaps model_sampling as ModelSamplingDiscrete/SD3 nodes do."""
+    ``sampling`` 'v' or 'flow' (shift 3) patched by the ModelSamplingDiscrete / ModelSamplingSD3 nodes."""
     import comfy.model_management as mm
     import comfy.model_patcher
-    import comfy.model_sampling
     import comfy.supported_models
 
     torch.manual_seed(seed)
@@ -46,17 +46,9 @@ def tiny_model_patcher(sampling: str = "eps", seed: int = 0, flux: bool = False)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
     if sampling != "eps":
-        kind = {"v": (comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.V_PREDICTION),
-                "flow": (comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST)}[sampling]
-
-        class Sampling(*kind):
-            pass
-
-        patcher = patcher.clone()
-        ms = Sampling(model.model_config)
-        if sampling == "flow":
-            ms.set_parameters(shift=3.0, multiplier=1000)
-        patcher.add_object_patch("model_sampling", ms)
+        from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete, ModelSamplingSD3
+        patcher = (ModelSamplingDiscrete().patch(patcher, "v_prediction", False) if sampling == "v" else
+                   ModelSamplingSD3().patch(patcher, shift=3.0))[0]
     return patcher
 
 
@@ -74,12 +66,13 @@ def tiny_latent_clip_patcher(inprocess, family: str = "sd15", channels: int = 4)
                                             offload_device=torch.device("cpu"))
 
 
-def guided_sample(model, sampler, positive, noise, latent, negative=None, cfg: float = 1.0, steps: int = 1):
+def guided_sample(model, sampler, positive, noise, latent=None, negative=None, cfg: float = 1.0, steps: int = 1):
     """What SamplerCustomAdvanced runs, under inference_mode like ComfyUI's executor: a CFGGuider over
-    ``model`` (positive only when ``negative`` is None) samples ``noise`` from ``latent`` with
-    ``sampler`` on the "simple" schedule of ``steps`` steps."""
+    ``model`` (positive only when ``negative`` is None) samples ``noise`` from ``latent`` (default: an
+    empty latent, zeros like ``noise``) with ``sampler`` on the "simple" schedule of ``steps`` steps."""
     import comfy.samplers
 
+    latent = torch.zeros_like(noise) if latent is None else latent
     with torch.inference_mode():
         guider = comfy.samplers.CFGGuider(model)
         guider.inner_set_conds({"positive": positive} if negative is None else
@@ -116,11 +109,10 @@ def test_reno_sampler_lowers_the_reward_loss(comfy_inprocess, reno, sampling, re
     model = tiny_model_patcher(sampling)
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
     reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
-    sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=6, lr=5.0, grad_clip=0.1, reg_weight=0.01,
-                                                 momentum=0.9).result[0]
+    sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=6, **RENO_OPTIONS).result[0]
     positive, negative = conds()
     noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    out = guided_sample(model, sampler, positive, noise, torch.zeros(2, 4, 16, 16), negative, cfg=2.0)
+    out = guided_sample(model, sampler, positive, noise, negative=negative, cfg=2.0)
     result = sampler.last_result
     assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all()
     assert result.history.shape == (6, 2)
@@ -156,10 +148,10 @@ def test_only_valid_pairings_run_and_an_allowed_mismatch_is_shown_on_the_node(co
     both = r"SDXL / SDXL-Turbo VAE.*\('sdxl'\).*SD 1.x / 2.x / SD-Turbo VAE latents \('sd15'\).*allow_family_mismatch"
     reward = reward_nodes.LatentCLIPRewardPrompt.execute(sdxl, "a red apple", 0.01).result[0]
     for allow in (False, True):
-        sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=2, lr=5.0, grad_clip=0.1, reg_weight=0.01,
-                                                     momentum=0.9, allow_family_mismatch=allow).result[0]
+        sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=2, **RENO_OPTIONS,
+                                                     allow_family_mismatch=allow).result[0]
         with pytest.raises(LatentFamilyMismatch, match=both) if not allow else contextlib.nullcontext():
-            guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16))
+            guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16))
     lines = sampler.text.shown.splitlines()
     assert lines[0].startswith("⚠ Latent-CLIP: this Latent-CLIP reads SDXL") and "is set" in lines[0]
     assert lines[-1].startswith("ReNO 2/2: reward loss")
@@ -178,7 +170,7 @@ def test_only_valid_pairings_run_and_an_allowed_mismatch_is_shown_on_the_node(co
     reward = reward_nodes.LatentCLIPRewardPrompt.execute(flux, "a red apple", 0.01).result[0]
     sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=2, allow_family_mismatch=True)
     with pytest.raises(LatentContractError, match="reads 16-channel FLUX.1 VAE latents.*makes 4-channel"):
-        guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16))
+        guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16))
 
 
 def test_a_latent_of_another_channel_count_gets_the_packs_message(comfy_inprocess, reno, reward_nodes):
@@ -224,12 +216,11 @@ def test_reno_stops_cleanly_on_interrupt(comfy_inprocess, reno, reward_nodes):
     mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16), negative)
+            guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16), negative=negative)
     finally:
         mm.interrupt_current_processing(False)
     # the model still samples afterwards (weights were replaced by equal normal tensors)
-    out = guided_sample(model, comfy.samplers.ksampler("euler"), positive, torch.randn(1, 4, 16, 16),
-                        torch.zeros(1, 4, 16, 16), negative)
+    out = guided_sample(model, comfy.samplers.ksampler("euler"), positive, torch.randn(1, 4, 16, 16), negative=negative)
     assert torch.isfinite(out).all()
 
 
@@ -281,7 +272,7 @@ def test_pixel_reward_term_through_a_comfy_vae(comfy_inprocess, reno, reward_nod
               reward_nodes.PromptTerm(0.5, lclip, "a red apple"))
     sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=3)
     positive, _ = conds()
-    out = guided_sample(model, sampler, positive, torch.randn(1, 4, 8, 8), torch.zeros(1, 4, 8, 8))
+    out = guided_sample(model, sampler, positive, torch.randn(1, 4, 8, 8))
     assert torch.isfinite(out).all() and sampler.last_result.history.shape == (3, 1)
     assert (sampler.last_result.best_loss <= sampler.last_result.initial_loss).all()
 
@@ -300,7 +291,7 @@ def test_progress_bar_shows_iterations_and_latent_previews(comfy_inprocess, reno
     reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=3)
     positive, _ = conds()
-    guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16), torch.zeros(1, 4, 16, 16))
+    guided_sample(model, sampler, positive, torch.randn(1, 4, 16, 16))
     assert [(v, t) for v, t, _ in seen[:3]] == [(1, 3), (2, 3), (3, 3)]
     assert all(p is not None and p[0] == "JPEG" for _, _, p in seen[:3])
 
@@ -313,8 +304,7 @@ def test_reno_sampler_on_a_flux_schnell_model(comfy_inprocess, reno, reward_node
     model = tiny_model_patcher(flux=True)
     lclip = tiny_latent_clip_patcher(comfy_inprocess, "flux", 16)
     reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
-    sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=5, lr=5.0, grad_clip=0.1, reg_weight=0.01,
-                                                 momentum=0.9).result[0]
+    sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=5, **RENO_OPTIONS).result[0]
     g = torch.Generator().manual_seed(3)
     positive = [[torch.randn(2, 8, 32, generator=g), {"pooled_output": torch.randn(2, 32, generator=g)}]]
     ms = model.get_model_object("model_sampling")
@@ -467,7 +457,7 @@ def test_a_nan_iterate_is_skipped_with_a_warning_on_the_node_and_a_nan_start_is_
     model = tiny_model_patcher("eps").clone()
     model.set_model_unet_function_wrapper(nan_at({2}))  # evaluation 2 of 4 (the final 1-step sample is call 4)
     sampler = reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=4)
-    out = guided_sample(model, sampler, positive, noise, torch.zeros(2, 4, 16, 16))
+    out = guided_sample(model, sampler, positive, noise)
     result = sampler.last_result
     assert torch.isfinite(out).all() and result.nonfinite.tolist() == [0, 1]
     assert torch.isnan(result.history[2, 1]) and result.best_iteration[1] != 2
@@ -477,5 +467,4 @@ def test_a_nan_iterate_is_skipped_with_a_warning_on_the_node_and_a_nan_start_is_
     model = tiny_model_patcher("eps").clone()
     model.set_model_unet_function_wrapper(nan_at({0}))
     with pytest.raises(ValueError, match=r"first iterate's latent or reward loss is NaN/Inf for batch items \[1\]"):
-        guided_sample(model, reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=4), positive,
-                      noise, torch.zeros(2, 4, 16, 16))
+        guided_sample(model, reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=4), positive, noise)

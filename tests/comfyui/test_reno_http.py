@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_harness import ROOT, TINY_CONFIG, TINY_EXPORT, execution_error, load_api_workflow, read_latent_file, \
-    run_graph, run_graph_with_texts
+from bench.memory import status_gb
+from comfy_harness import ROOT, TINY_CONFIG, TINY_EXPORT, execution_error, load_api_workflow, run_graph, \
+    run_graph_with_texts, saved_latents
 from fixtures import CKPT_CACHE, CKPT_NAME, sd15_checkpoint, tiny_model
 from workflows.build import NOTE, TEMPLATES
 
@@ -31,11 +32,9 @@ def sd15_server(comfy_server):
     folder = comfy_server.models_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     for name in (CKPT_NAME, RELOAD_NAME):
-        if not (folder / name).exists():
-            (folder / name).symlink_to(CKPT_CACHE)
-    weights = comfy_server.models_dir / "latent_clip" / SD15_WEIGHTS
-    if not weights.exists():
-        latent_clip.save_export(tiny_model(TINY_CONFIG, latent_family="sd15"), weights)
+        (folder / name).symlink_to(CKPT_CACHE)
+    latent_clip.save_export(tiny_model(TINY_CONFIG, latent_family="sd15"),
+                            comfy_server.models_dir / "latent_clip" / SD15_WEIGHTS)
     return comfy_server
 
 
@@ -65,8 +64,7 @@ def test_workflow_runs_through_the_real_loader(sd15_server, name):
     graph = load_api_workflow(name)
     outputs = run_graph(sd15_server, graph)
     (save,) = [n for n, node in graph.items() if node["class_type"] == "SaveLatent"]
-    item = outputs[save]["latents"][0]
-    z = read_latent_file(sd15_server.output_dir / item["subfolder"] / item["filename"])
+    z = saved_latents(sd15_server, outputs, save)
     assert z.shape == (1, 4, 8, 8) and torch.isfinite(z).all()
     if name.startswith("reno"):
         assert "ReNO: 2 iterations" in sd15_server.log_tail(200_000)
@@ -123,11 +121,6 @@ def test_a_family_mismatch_is_a_node_error_and_an_allowed_one_a_warning_on_the_n
         assert shown[-1].splitlines()[-1].startswith("ReNO 2/2: reward loss")
 
 
-def _rss_gb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 2 ** 20
-
-
 def plain_one_step(graph: dict) -> dict:
     """The ReNO twin's checkpoint, prompt and empty latent, sampled by a plain 1-step KSampler from
     the checkpoint under another name (so ComfyUI loads the model anew)."""
@@ -160,7 +153,7 @@ def test_server_memory_stays_bounded_over_repeated_reno_runs(sd15_server):
     for _ in range(10):
         run_graph(sd15_server, plain)  # drops the ReNO graph's model from ComfyUI's cache, loads its own
         run_graph(sd15_server, reno)
-        after.append(_rss_gb(sd15_server.pid))
+        after.append(status_gb("VmRSS", sd15_server.pid))
         assert after[-1] - after[0] <= RSS_BOUND_GB, f"RSS after each ReNO run (GB): {after}"
     loads = sd15_server.log_tail(10_000_000).count("model_type EPS") - loads_before
     assert loads == 20, f"expected the checkpoint loaded anew for every graph, saw {loads} loads"

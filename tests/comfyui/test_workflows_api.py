@@ -2,7 +2,6 @@
 checked against the library computed here on the same latents and weights, and node errors."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 import latent_clip
 from comfy_harness import (API_WORKFLOWS, SHIPPED_API_WORKFLOWS, TEST_LATENT, TINY_EXPORT, TINY_OFFICIAL,
                            UI_WORKFLOWS, WRONG_FAMILY_LATENT, PromptRejected, execution_error, load_api_workflow,
-                           post_prompt, read_latent_file, run_graph, run_graph_with_texts, make_latents, wait_history)
+                           post_prompt, run_graph, run_graph_with_texts, make_latents, saved_latents, wait_history)
 from latent_clip import safety, zeroshot
 from workflows.build import NOTE, TEMPLATES
 
@@ -36,18 +35,9 @@ def latents() -> torch.Tensor:
     return make_latents()
 
 
-def _texts(outputs: dict, node: str) -> list[str]:
-    return list(outputs[node]["text"])
-
-
 def _preview_shows_report(outputs: dict) -> bool:
     """The template's Preview Any (node 12) got node 10's whole report, as a Markdown code block."""
-    return _texts(outputs, "12") == [f"```\n{_texts(outputs, '10')[0]}\n```"]
-
-
-def _saved(server, outputs: dict, node: str) -> torch.Tensor:
-    item = outputs[node]["latents"][0]
-    return read_latent_file(server.output_dir / item["subfolder"] / item["filename"])
+    return outputs["12"]["text"] == [f"```\n{outputs['10']['text'][0]}\n```"]
 
 
 def test_object_info_lists_pack(object_info):
@@ -108,13 +98,13 @@ def test_score_matches_library(comfy_server, model, latents, weights):
     outputs = run_graph(comfy_server, graph)
     prompt = graph["10"]["inputs"]["prompt"]
     expected = latent_clip.score_latents(model, latents, prompt)
-    cosine = torch.tensor([float(t) for t in _texts(outputs, "30")])
-    logit = torch.tensor([float(t) for t in _texts(outputs, "31")])
+    cosine = torch.tensor([float(t) for t in outputs["30"]["text"]])
+    logit = torch.tensor([float(t) for t in outputs["31"]["text"]])
     torch.testing.assert_close(cosine, expected.cosine[:, 0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(logit, expected.logits[:, 0], atol=1e-3, rtol=1e-4)
     threshold = graph["11"]["inputs"]["threshold"]
-    assert _texts(outputs, "29") == [str(bool(c >= threshold)) for c in cosine.tolist()]
-    assert _preview_shows_report(outputs) and "cosine" in _texts(outputs, "10")[0]
+    assert outputs["29"]["text"] == [str(bool(c >= threshold)) for c in cosine.tolist()]
+    assert _preview_shows_report(outputs) and "cosine" in outputs["10"]["text"][0]
 
 
 def test_zero_shot_matches_library(comfy_server, model, latents):
@@ -123,10 +113,10 @@ def test_zero_shot_matches_library(comfy_server, model, latents):
     labels, templates = inputs["labels"].splitlines(), inputs["templates"].splitlines()
     outputs = run_graph(comfy_server, graph)
     probs = zeroshot.classify(model, latents, zeroshot.build_classifier(model, labels, templates))
-    assert _texts(outputs, "30") == [labels[k] for k in probs.argmax(-1).tolist()]
-    top = torch.tensor([float(t) for t in _texts(outputs, "31")])
+    assert outputs["30"]["text"] == [labels[k] for k in probs.argmax(-1).tolist()]
+    top = torch.tensor([float(t) for t in outputs["31"]["text"]])
     torch.testing.assert_close(top, probs.max(-1).values, atol=1e-4, rtol=1e-4)
-    assert _preview_shows_report(outputs) and all(label in _texts(outputs, "10")[0] for label in labels)
+    assert _preview_shows_report(outputs) and all(label in outputs["10"]["text"][0] for label in labels)
 
 
 @pytest.mark.parametrize("action", ["drop", "replace with noise", "zero", "pass with flag"])
@@ -139,9 +129,9 @@ def test_safety_filter_actions(comfy_server, model, latents, action):
     inputs["action"] = action
     outputs = run_graph(comfy_server, graph)
     flagged = probs >= inputs["threshold"]
-    assert _texts(outputs, "31") == [str(f) for f in flagged.tolist()]
+    assert outputs["31"]["text"] == [str(f) for f in flagged.tolist()]
     assert _preview_shows_report(outputs)
-    saved = _saved(comfy_server, outputs, "13")
+    saved = saved_latents(comfy_server, outputs, "13")
     if action == "drop":
         torch.testing.assert_close(saved, latents[~flagged])
         return
@@ -160,8 +150,8 @@ def test_select_best_k(comfy_server, model, latents):
     graph["10"]["inputs"]["k"] = 2
     outputs = run_graph(comfy_server, graph)
     order, _ = latent_clip.rank_by_prompt(model, latents, graph["10"]["inputs"]["prompt"])
-    assert _texts(outputs, "31") == [str(order[0].item())]
-    torch.testing.assert_close(_saved(comfy_server, outputs, "13"), latents[order[:2]])
+    assert outputs["31"]["text"] == [str(order[0].item())]
+    torch.testing.assert_close(saved_latents(comfy_server, outputs, "13"), latents[order[:2]])
 
 
 def _error_of(server, graph: dict) -> dict:
@@ -171,16 +161,14 @@ def _error_of(server, graph: dict) -> dict:
 
 
 def test_node_errors_and_server_survives(comfy_server):
-    score = load_api_workflow("latent_clip_score.json")
-
-    missing = copy.deepcopy(score)
+    missing = load_api_workflow("latent_clip_score.json")
     missing["6"]["inputs"]["model_name"] = "no_such_weights.safetensors"
     with pytest.raises(PromptRejected) as rejected:  # before the run: V3 combos are not checked by ComfyUI
         post_prompt(comfy_server, missing)
     (error,) = rejected.value.body["node_errors"]["6"]["errors"]
     assert error["details"].startswith("model_name - Latent-CLIP weights 'no_such_weights.safetensors' not found in ")
 
-    wrong_family = copy.deepcopy(score)
+    wrong_family = load_api_workflow("latent_clip_score.json")
     wrong_family["5"]["inputs"]["latent"] = WRONG_FAMILY_LATENT
     error = _error_of(comfy_server, wrong_family)
     assert error["node_type"] == "LatentCLIPScore" and "16 channels" in error["exception_message"]
@@ -190,6 +178,7 @@ def test_node_errors_and_server_survives(comfy_server):
     error = _error_of(comfy_server, no_labels)
     assert error["node_type"] == "LatentCLIPZeroShot" and "no labels given" in error["exception_message"]
 
+    score = load_api_workflow("latent_clip_score.json")
     score["10"]["inputs"]["prompt"] = "still alive after errors"
     assert run_graph(comfy_server, score)["10"]["text"]
     assert TEST_LATENT in comfy_server.get("/object_info/LoadLatent")["LoadLatent"]["input"]["required"]["latent"][0]
@@ -211,8 +200,8 @@ def test_safety_filter_blocking_everything_skips_what_follows(comfy_server, late
     graph["10"]["inputs"].update(threshold=0.0, action="drop")
     outputs = run_graph(comfy_server, graph)
     assert "13" not in outputs  # SaveLatent: blocked, not failed
-    assert _texts(outputs, "31") == ["True"] * len(latents) and _texts(outputs, "32") == ["True"]
-    assert "nothing passed on" in _texts(outputs, "10")[0] and _preview_shows_report(outputs)
+    assert outputs["31"]["text"] == ["True"] * len(latents) and outputs["32"]["text"] == ["True"]
+    assert "nothing passed on" in outputs["10"]["text"][0] and _preview_shows_report(outputs)
 
 
 def test_misuse_warnings_reach_the_node(comfy_server):
