@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from latent_clip import load_model, save_export
-from latent_clip.factory import export_config_path, load_weights, read_export_config
+from latent_clip.factory import load_weights, read_export_config
 from latent_clip.reno import optimize_noise
 from latent_clip.rewards import latent_alignment
 
@@ -130,14 +130,14 @@ def save_fp16(module: torch.nn.Module, path: Path, sidecar: dict) -> None:
     """``module``'s weights as fp16 safetensors at ``path``, and ``sidecar`` as the JSON beside it."""
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(path), metadata={"format": "pt"})
-    export_config_path(path).write_text(json.dumps(sidecar, indent=2) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
 
 
 def load_models(directory: Path) -> dict:
     generator = TinyFlowModel(**json.loads((directory / "generator.json").read_text()))
     pixel = directory / "pixel_clip.safetensors"
     return {"vae": tiny_vae.load(directory / "vae"), "latent": load_model(directory / "latent_clip.safetensors"),
-            "pixel": load_pixel_model(read_export_config(export_config_path(pixel)), pixel),
+            "pixel": load_pixel_model(read_export_config(pixel.with_suffix(".json")), pixel),
             "generator": load_weights(generator, directory / "generator.safetensors").eval().requires_grad_(False)}
 
 
