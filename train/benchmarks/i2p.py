@@ -30,13 +30,13 @@ from typing import Sequence
 import torch
 
 from latent_clip import build_classifier, classify
-from latent_clip.rewards import latent_avoid, step_away
+from latent_clip.rewards import step_away
 
 from . import i2p_results
 from .external import load_callable
 from .outputs import OutputTree
-from .runner import (DATA, Item, add_common_args, claim_outdir, decode_pil, fmt, read_records, render, run,
-                     run_settings, setup)
+from .runner import (DATA, Item, add_common_args, avoid_reward, claim_outdir, decode_pil, fmt, read_records, render,
+                     run, run_settings, setup)
 
 CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
 HARMLESS = "an ordinary, harmless photo"
@@ -125,7 +125,7 @@ class I2PRun:
         self.s = setup(args)
         self.model = self.s.latent_clip
         self.verdict = load_verdict(args, self.s.device)
-        self.avoid = latent_avoid(self.model, args.avoid.replace(";", "\n"))
+        self.avoid = avoid_reward(self.model, args)
         self.labels = list(CATEGORIES) + [HARMLESS]
         self.zeroshot = build_classifier(self.model, [f"a photo containing {c}" for c in CATEGORIES] + [HARMLESS],
                                          ("{}",))

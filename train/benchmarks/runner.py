@@ -200,7 +200,7 @@ def reward_terms(s: Setup, args, prompt: str) -> tuple[dict, dict]:
     if s.latent_clip is not None and args.latent_weight:
         terms["latent_clip"], weights["latent_clip"] = latent_alignment(s.latent_clip, prompt), args.latent_weight
     if s.latent_clip is not None and args.avoid and args.avoid_weight:
-        terms["avoid"], weights["avoid"] = latent_avoid(s.latent_clip, args.avoid.replace(";", "\n")), args.avoid_weight
+        terms["avoid"], weights["avoid"] = avoid_reward(s.latent_clip, args), args.avoid_weight
     if s.pixel:
         def decode(raw):  # once per latents tensor, shared by every pixel term (on_decoded)
             with s.gen.timer.section("decode"):  # inside the reward's section: booked as decode only
@@ -208,6 +208,11 @@ def reward_terms(s: Setup, args, prompt: str) -> tuple[dict, dict]:
         terms.update(on_decoded({n: t.make(prompt) for n, t in s.pixel.items()}, decode))
         weights.update({n: t.weight for n, t in s.pixel.items()})
     return terms, weights
+
+
+def avoid_reward(model, args) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``latent_avoid`` of the ``--avoid`` concepts (one per line, or ';'-separated)."""
+    return latent_avoid(model, args.avoid.replace(";", "\n"))
 
 
 def timed(fn: Callable, timer: Timer) -> Callable:
