@@ -41,6 +41,7 @@ from train.synthetic import tiny_latent_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFY_DIR = Path(os.environ.get("LATENT_CLIP_COMFYUI_DIR") or ROOT / "build" / "ComfyUI")
+FRONTEND_ROOT = os.environ.get("LATENT_CLIP_FRONTEND_ROOT")  # a frontend's static/ to serve instead of the pinned one
 PACK_NAME = "comfyui-latent-clip"
 API_WORKFLOWS = ROOT / "tests" / "api_workflows"   # test twins of the templates (workflows/build.py)
 SHIPPED_API_WORKFLOWS = ROOT / "workflows" / "api"
@@ -147,6 +148,8 @@ def start_server(base: Path) -> tuple[ComfyServer, subprocess.Popen]:
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--base-directory", str(base), "--database-url", f"sqlite:///{base}/user/comfyui.db",
            "--disable-auto-launch", "--preview-method", "none"]
+    if FRONTEND_ROOT:
+        cmd += ["--front-end-root", FRONTEND_ROOT]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=out, stderr=subprocess.STDOUT, env=env)
