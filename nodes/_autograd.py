@@ -1,9 +1,31 @@
 """Autograd on ComfyUI's weights and conds: ComfyUI loads them under inference mode, and autograd
-refuses to save inference tensors for backward. These helpers make them usable in place."""
+refuses to save inference tensors for backward. These helpers make them usable in place, and switch
+ComfyUI's models to their differentiable code paths while a gradient is taken through them."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import comfy.model_management as mm
 import torch
 from torch import nn
+
+
+@contextlib.contextmanager
+def comfy_training_paths() -> Iterator[None]:
+    """Sets ``comfy.model_management.in_training`` for the body, as ComfyUI's own trainer does around
+    its loop (``comfy_extras/nodes_train.py``), so the models take their differentiable paths: from
+    ComfyUI 0.8 FLUX's rotary embedding otherwise runs comfy_kitchen ops that have no autograd formula.
+    The previous value is restored afterwards, also on an error or an interrupt. Does nothing on
+    ComfyUI versions without the flag (it exists from 0.14; 0.3.75's models are plain torch)."""
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    previous, mm.in_training = mm.in_training, True
+    try:
+        yield
+    finally:
+        mm.in_training = previous
 
 
 def autograd_safe_(module: nn.Module) -> int:

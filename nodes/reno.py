@@ -7,7 +7,8 @@
 
 The loop is ``latent_clip.reno.optimize_noise``; here is the glue: model space -> raw latents
 through the model's ``latent_format``, autograd-safe weights and conds once per run (in place,
-never copied), progress, previews, interrupts and node warnings. Nothing of a run outlives it but
+never copied), ComfyUI's differentiable model paths during the optimisation only, progress,
+previews, interrupts and node warnings. Nothing of a run outlives it but
 ``RenoSampler.last_result`` (best noise/latent and the loss history, a few KB).
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from . import loaders
 from ..latent_clip import rewards
 from ..latent_clip.contract import channel_error, describe_latents
 from ..latent_clip.reno import RENO, RenoProgress, optimize_noise, private_saved_tensors
-from ._autograd import autograd_safe_, clone_tensors_
+from ._autograd import autograd_safe_, clone_tensors_, comfy_training_paths
 from ._ui import NodeText
 from .loaders import LatentClip
 from .rewards import PromptTerm, Reward, build_reward
@@ -90,7 +91,7 @@ class RenoSampler(comfy.samplers.KSAMPLER):
             with private_saved_tensors():
                 return reward(base.process_latent_out(x0))
 
-        with self.text.forward_warnings():
+        with self.text.forward_warnings(), comfy_training_paths():
             result = optimize_noise(generate, score, noise, callback=self._progress(model_wrap), **self.options)
         self.last_result = result
         log.info("ReNO: %d iterations in %.1f s (%d weight tensors made autograd-safe); reward loss %s -> %s",

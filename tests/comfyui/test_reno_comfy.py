@@ -1,6 +1,7 @@
-"""ReNO sampler, reward nodes and safety guider with real ComfyUI 0.3.75 modules, in-process.
+"""ReNO sampler, reward nodes and safety guider with real ComfyUI modules (0.3.75, or the one
+$LATENT_CLIP_COMFYUI_DIR names), in-process.
 
-A tiny SD1.5-shaped UNet in a real ModelPatcher, run under
+A tiny SD1.5-shaped UNet, FLUX.1-schnell or FLUX.2 in a real ModelPatcher, run under
 ``torch.inference_mode()`` like ComfyUI's executor, through CFGGuider.sample with eps,
 v-prediction and flow (CONST) model_sampling.
 """
@@ -23,23 +24,46 @@ TINY_UNET = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_c
              "adm_in_channels": None, "use_temporal_resblock": False, "use_temporal_attention": False}
 
 
+# FLUX.1 and FLUX.2 as comfy/model_detection.py describes them, shrunk: FLUX.2 has four rope axes, global
+# modulation, SiLU-gated MLPs, no biases, no pooled text vector and 128 latent channels at patch size 1
 TINY_FLUX = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
              "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
              "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": False}
+TINY_FLUX2 = {"image_model": "flux2", "in_channels": 128, "out_channels": 128, "vec_in_dim": None,
+              "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 3.0, "num_heads": 2, "depth": 1,
+              "depth_single_blocks": 1, "axes_dim": [8, 8, 8, 8], "theta": 2000, "patch_size": 1, "qkv_bias": False,
+              "guidance_embed": False, "global_modulation": True, "mlp_silu_act": True, "ops_bias": False,
+              "default_ref_method": "index", "ref_index_scale": 10.0}
+# the rope axes that number text tokens, a required FluxParams field from ComfyUI 0.4 on (model_detection's values;
+# 0.3.75 has no such field and numbers FLUX.2's along axis 3)
+TXT_IDS_DIMS = {"flux": [], "flux2": [3]}
+LATENT_CHANNELS = {"sd15": 4, "flux": 16, "flux2": 128}
 
 
-def tiny_model_patcher(sampling: str = "eps", seed: int = 0, flux: bool = False):
-    """A real MODEL: SD15(tiny config).get_model, or with ``flux`` FluxSchnell's (flow model_sampling with
-    shift 1, FLUX latent format, 2x2 patchify inside the model), weights N(0, 1/fan_in), in a ModelPatcher;
-    ``sampling`` 'v' or 'flow' (shift 3) patched by the ModelSamplingDiscrete / ModelSamplingSD3 nodes."""
+def flux_config(family: str) -> dict:
+    """The tiny config of ``family`` ('flux' or 'flux2') that the imported ComfyUI's FluxParams accepts."""
+    from comfy.ldm.flux.model import FluxParams
+
+    config = dict(TINY_FLUX if family == "flux" else TINY_FLUX2)
+    if "txt_ids_dims" in FluxParams.__dataclass_fields__:
+        config["txt_ids_dims"] = TXT_IDS_DIMS[family]
+    return config
+
+
+def tiny_model_patcher(sampling: str = "eps", seed: int = 0, family: str = "sd15"):
+    """A real MODEL: SD15(tiny config).get_model, FluxSchnell's for ``family`` 'flux' (flow model_sampling
+    with shift 1, FLUX latent format, 2x2 patchify inside the model) or Flux2's for 'flux2' (flow, shift
+    2.02, 128-channel identity latent format), weights N(0, 1/fan_in), in a ModelPatcher; ``sampling`` 'v'
+    or 'flow' (shift 3) patched by the ModelSamplingDiscrete / ModelSamplingSD3 nodes."""
     import comfy.model_management as mm
     import comfy.model_patcher
-    import comfy.supported_models
+    import comfy.supported_models as sm
 
     torch.manual_seed(seed)
     with torch.inference_mode():  # as CheckpointLoaderSimple runs
-        model = (comfy.supported_models.FluxSchnell(dict(TINY_FLUX)) if flux else
-                 comfy.supported_models.SD15(dict(TINY_UNET))).get_model({})
+        config = {"sd15": lambda: sm.SD15(dict(TINY_UNET)), "flux": lambda: sm.FluxSchnell(flux_config("flux")),
+                  "flux2": lambda: sm.Flux2(flux_config("flux2"))}[family]()
+        model = config.get_model({})
         for name, p in model.diffusion_model.named_parameters():
             p.copy_(torch.randn_like(p) / p[0].numel() ** 0.5 if p.ndim > 1 else
                     (torch.ones_like(p) if "norm" in name or "scale" in name else 0.01 * torch.randn_like(p)))
@@ -85,6 +109,14 @@ def guided_sample(model, sampler, positive, noise, latent=None, negative=None, c
 def conds(batch=1, seed=1):
     g = torch.Generator().manual_seed(seed)
     return [[torch.randn(batch, 77, 768, generator=g), {}]], [[torch.randn(batch, 77, 768, generator=g), {}]]
+
+
+def flux_conds(family: str, batch: int = 1, seed: int = 3) -> list:
+    """Text conditioning of the tiny FLUX configs: 8 tokens of width 32, with a pooled vector for FLUX.1;
+    FLUX.2 has no input for one (``pooled_output`` None; 0.3.75 needs the key)."""
+    g = torch.Generator().manual_seed(seed)
+    context = torch.randn(batch, 8, 32, generator=g)
+    return [[context, {"pooled_output": torch.randn(batch, 32, generator=g) if family == "flux" else None}]]
 
 
 def pack_errors(inprocess):
@@ -224,21 +256,71 @@ def test_reno_stops_cleanly_on_interrupt(comfy_inprocess, reno, reward_nodes):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("sampling", ["eps", "flow"])
-def test_safety_guider_moves_away_from_the_concept(comfy_inprocess, guidance, sampling):
+def test_comfy_training_paths_are_on_only_while_reno_optimises(comfy_inprocess, reno, reward_nodes):
+    """ComfyUI's ``in_training`` flag (from ComfyUI 0.14) is set for every model call of the optimisation and
+    not for the final sample, and is back to its previous value after a run, an error (NaN at the first
+    iterate) and an interrupt; a ComfyUI without the flag does not get one."""
+    import comfy.model_management as mm
     import comfy.samplers
 
-    model = tiny_model_patcher(sampling)
+    has_flag = hasattr(mm, "in_training")
+    on, off = (True, False) if has_flag else (None, None)
+    unet = tiny_model_patcher("eps")
     lclip = tiny_latent_clip_patcher(comfy_inprocess)
-    positive, negative = conds()
-    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a cat", 1.0).result[0]
+    positive, _ = conds()
+
+    def run(previous: bool, nan: bool = False, interrupt: bool = False) -> tuple:
+        """(the flag after 3 ReNO iterations and the sample, the flag at each model call), from ``previous``."""
+        seen = []
+
+        def wrapper(apply_model, args):
+            seen.append(getattr(mm, "in_training", None))
+            out = apply_model(args["input"], args["timestep"], **args["c"])
+            return out * float("nan") if nan else out
+
+        model = unet.clone()
+        model.set_model_unet_function_wrapper(wrapper)
+        error = ValueError if nan else mm.InterruptProcessingException if interrupt else None
+        if has_flag:
+            mm.in_training = previous
+        mm.interrupt_current_processing(interrupt)
+        try:
+            with pytest.raises(error) if error else contextlib.nullcontext():
+                guided_sample(model, reno.RenoSampler(comfy.samplers.ksampler("euler"), reward, iterations=3),
+                              positive, torch.randn(1, 4, 16, 16))
+            return getattr(mm, "in_training", None), seen
+        finally:
+            mm.interrupt_current_processing(False)
+            if has_flag:
+                mm.in_training = False
+
+    assert run(False) == (off, [on, on, on, off])
+    assert run(True) == (on, [on] * 4)
+    assert run(False, nan=True) == (off, [on])  # the first iterate is NaN: an error
+    assert run(False, interrupt=True) == (off, [on])  # interrupted at the first progress update
+
+
+@pytest.mark.parametrize("kind", ["eps", "flow", "flux", "flux2"])
+def test_safety_guider_moves_away_from_the_concept(comfy_inprocess, guidance, kind):
+    """Guided 4-step sampling ends further from the concept than unguided, on the SD1.5 UNet (eps, flow)
+    and FLUX.1 / FLUX.2 (the guidance gradient goes through Latent-CLIP only, never through the model)."""
+    import comfy.samplers
+
+    family = kind if kind.startswith("flux") else "sd15"
+    model = tiny_model_patcher(family=family) if family != "sd15" else tiny_model_patcher(kind)
+    channels = LATENT_CHANNELS[family]
+    lclip = tiny_latent_clip_patcher(comfy_inprocess, family, channels)
+    positive, negative = conds() if family == "sd15" else (flux_conds(family, seed=1), flux_conds(family, seed=2))
+    shape = (1, channels, 16, 16) if family == "sd15" else (1, channels, 8, 8)
+    noise = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     outs = {}
     for strength in (0.0, 0.5):
         with torch.inference_mode():
             guider = guidance.LatentCLIPAvoidGuider.execute(model, positive, negative, 2.0, lclip, "a red apple",
                                                             strength, 0.0, 1.0).result[0]
             sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 4)
-            outs[strength] = guider.sample(noise, torch.zeros(1, 4, 16, 16), comfy.samplers.ksampler("euler"),
+            outs[strength] = guider.sample(noise, torch.zeros(shape), comfy.samplers.ksampler("euler"),
                                            sigmas, seed=0, disable_pbar=True)
         if strength:
             assert len(guider.last_losses) == 4
@@ -296,55 +378,60 @@ def test_progress_bar_shows_iterations_and_latent_previews(comfy_inprocess, reno
     assert all(p is not None and p[0] == "JPEG" for _, _, p in seen[:3])
 
 
-def test_reno_sampler_on_a_flux_schnell_model(comfy_inprocess, reno, reward_nodes):
-    """FLUX.1-schnell in ComfyUI: 16-channel latents, flow sampling, the FLUX latent format
-    (scale 0.3611, shift 0.1159) between model space and the raw latents Latent-CLIP reads; the
-    1-step result is the best iterate, and a 4-step render from the optimised noise also runs."""
+@pytest.mark.parametrize("family", ["flux", "flux2"])
+def test_reno_sampler_on_a_flux_model(comfy_inprocess, reno, reward_nodes, family):
+    """FLUX.1-schnell and FLUX.2 in ComfyUI: 16 or 128-channel latents, flow sampling, the family's latent
+    format (FLUX.1: scale 0.3611, shift 0.1159; FLUX.2: identity) between model space and the raw latents
+    Latent-CLIP reads; the 1-step result is the best iterate, and a 4-step render from the optimised noise
+    also runs. From ComfyUI 0.8 the gradient only exists on ComfyUI's training paths (RenoSampler sets them)."""
     import comfy.samplers
-    model = tiny_model_patcher(flux=True)
-    lclip = tiny_latent_clip_patcher(comfy_inprocess, "flux", 16)
+    model = tiny_model_patcher(family=family)
+    channels = LATENT_CHANNELS[family]
+    lclip = tiny_latent_clip_patcher(comfy_inprocess, family, channels)
     reward = reward_nodes.LatentCLIPRewardPrompt.execute(lclip, "a red apple", 1.0).result[0]
     sampler = reno.LatentCLIPRenoSampler.execute(reward, iterations=5, **RENO_OPTIONS).result[0]
-    g = torch.Generator().manual_seed(3)
-    positive = [[torch.randn(2, 8, 32, generator=g), {"pooled_output": torch.randn(2, 32, generator=g)}]]
+    positive = flux_conds(family, batch=2)
     ms = model.get_model_object("model_sampling")
-    latent = torch.zeros(2, 16, 8, 8)
-    noise = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    latent = torch.zeros(2, channels, 8, 8)
+    noise = torch.randn(2, channels, 8, 8, generator=torch.Generator().manual_seed(0))
     out = guided_sample(model, sampler, positive, noise, latent)
     result = sampler.last_result
-    assert float(ms.sigma_max) == 1.0 and out.shape == (2, 16, 8, 8) and torch.isfinite(out).all()
+    assert float(ms.sigma_max) == 1.0 and out.shape == (2, channels, 8, 8) and torch.isfinite(out).all()
     assert (result.best_loss < result.initial_loss).all()
     fmt = model.model.latent_format
-    assert fmt.scale_factor == pytest.approx(0.3611) and fmt.shift_factor == pytest.approx(0.1159)
+    scale, shift = (0.3611, 0.1159) if family == "flux" else (1.0, 0.0)
+    assert fmt.scale_factor == pytest.approx(scale) and getattr(fmt, "shift_factor", 0.0) == pytest.approx(shift)
     assert torch.allclose(out, fmt.process_out(result.best_latent).float(), atol=1e-4)
-    with torch.no_grad():  # the reward saw raw latents: (model-space / 0.3611) + 0.1159
-        raw = result.best_latent.float() / 0.3611 + 0.1159
+    with torch.no_grad():  # the reward saw raw latents: model space / scale + shift
+        raw = result.best_latent.float() / scale + shift
         assert torch.allclose(latent_alignment(lclip.model.clip, "a red apple")(raw), result.best_loss, atol=1e-4)
     # ReNO's multi-apply: the optimised noise rendered with 4 steps
     four = guided_sample(model, comfy.samplers.sampler_object("euler"), positive, result.best_noise, latent, steps=4)
     assert torch.isfinite(four).all() and not torch.allclose(four, out, atol=1e-3)
 
 
-def test_comfy_flux_needs_private_saved_tensors_and_the_unet_is_unchanged_by_them(comfy_inprocess, autograd_nodes):
-    """ComfyUI's FLUX cannot be differentiated as it is (its blocks add residuals in place after
-    saving them); under private_saved_tensors it can, and on a model without in-place updates (the
-    SD1.5 UNet) the gradient is the same with and without."""
+@pytest.mark.parametrize("family", ["flux", "flux2"])
+def test_comfy_flux_needs_private_saved_tensors_and_the_unet_is_unchanged_by_them(comfy_inprocess, autograd_nodes,
+                                                                                  family):
+    """ComfyUI's FLUX.1 and FLUX.2 cannot be differentiated as they are (their blocks add residuals in place
+    after saving them), even on ComfyUI's training paths; under private_saved_tensors they can, and on a
+    model without in-place updates (the SD1.5 UNet) the gradient is the same with and without."""
     def grad_of_model(patcher, shape, context, wrap):
         model = patcher.model
         autograd_nodes.autograd_safe_(model)
         e = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
-        with wrap():
+        with wrap(), autograd_nodes.comfy_training_paths():
             out = model.apply_model(e, torch.tensor([0.9]), c_crossattn=context[0], **context[1])
         return torch.autograd.grad(out.square().sum(), e)[0]
 
-    g = torch.Generator().manual_seed(1)
-    flux = tiny_model_patcher(flux=True)
-    flux_ctx = (torch.randn(1, 8, 32, generator=g), {"y": torch.randn(1, 32, generator=g)})
+    flux = tiny_model_patcher(family=family)
+    [[context, extra]] = flux_conds(family, seed=1)
+    flux_ctx, flux_shape = (context, {"y": extra["pooled_output"]}), (1, LATENT_CHANNELS[family], 8, 8)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        grad_of_model(flux, (1, 16, 8, 8), flux_ctx, contextlib.nullcontext)
-    assert torch.isfinite(grad_of_model(flux, (1, 16, 8, 8), flux_ctx, private_saved_tensors)).all()
+        grad_of_model(flux, flux_shape, flux_ctx, contextlib.nullcontext)
+    assert torch.isfinite(grad_of_model(flux, flux_shape, flux_ctx, private_saved_tensors)).all()
     unet = tiny_model_patcher()
-    unet_ctx = (torch.randn(1, 77, 768, generator=g), {})
+    unet_ctx = (torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(1)), {})
     torch.testing.assert_close(grad_of_model(unet, (1, 4, 16, 16), unet_ctx, private_saved_tensors),
                                grad_of_model(unet, (1, 4, 16, 16), unet_ctx, contextlib.nullcontext))
 
