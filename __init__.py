@@ -9,6 +9,9 @@ import logging
 
 try:
     import comfy.utils  # noqa: F401
+    # The pack (here and every nodes/ module) imports comfy_api.latest, as ComfyUI's own comfy_extras do: in
+    # 0.3.75 and 0.33.0 comfy_api.v0_0_2 only re-exports latest's io, ui and ComfyExtension (both STABLE = False),
+    # so naming it would pin nothing, and latest is the name both versions load the pack with.
     from comfy_api.latest import ComfyExtension
 except ImportError:  # not inside ComfyUI: the library alone
     ComfyExtension = None

@@ -1,4 +1,5 @@
-"""A real ComfyUI 0.3.75 (build/ComfyUI, from scripts/install_comfyui.sh) for tests.
+"""A real ComfyUI for tests: 0.3.75 (build/ComfyUI, from scripts/install_comfyui.sh), or the one
+$LATENT_CLIP_COMFYUI_DIR names (0.33.0 from scripts/test_current_comfyui.sh).
 
 Fixtures (registered in tests/conftest.py; mark tests ``comfyui``):
 

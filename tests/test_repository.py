@@ -125,11 +125,12 @@ def test_boundary_check_sees_relative_and_local_imports():
 
 PARENTS = re.compile(r"Path\(__file__\)(?:\.resolve\(\))?(?:\.parents\[(\d+)\]|((?:\.parent(?!s))+))")
 OUTSIDE = re.compile(r"\.\./shared|/work/|\b(?:PAPER|PERF-ANCHORS|COMFYUI|STYLE)\.md\b")
+MAY_NAME_SHARED = {".ci/run"}  # CI uses the reference material in ../shared/ when it lies beside the clone
 
 
 def test_no_file_names_a_path_outside_the_checkout():
-    """No tracked text file points outside the repository: no sibling folders, no absolute machine
-    paths, no documents that only exist beside it, and no ``Path(__file__)`` climb past the root."""
+    """No tracked text file points outside the repository: no sibling folders (but CI's ../shared), no
+    absolute machine paths, no documents that only exist beside it, and no ``Path(__file__)`` climb past the root."""
     problems = []
     for rel in tracked_files():
         path = REPO / rel
@@ -140,7 +141,8 @@ def test_no_file_names_a_path_outside_the_checkout():
             text = path.read_text()
         except UnicodeDecodeError:
             continue
-        problems += [f"{rel}: {m.group(0)}" for m in OUTSIDE.finditer(text)]
+        problems += [f"{rel}: {m.group(0)}" for m in OUTSIDE.finditer(text)
+                     if not (rel in MAY_NAME_SHARED and m.group(0) == "../shared")]
         problems += [f"{rel}: {climb}" for climb in climbs_out(text, rel)]
     assert not problems, problems
 
@@ -216,7 +218,7 @@ def test_registry_metadata():
     version = r"^(?:(==|>=|<=|!=|~=|>|<|<>|=)\s*)?(\d+\.\d+\.\d+(?:-[a-zA-Z0-9]+)?)?$"
     assert all(re.match(version, part.strip()) for part in comfy["requires-comfyui"].split(","))
     tested = re.search(r"Install ComfyUI (\d+\.\d+\.\d+)", (REPO / "scripts" / "install_comfyui.sh").read_text())
-    assert comfy["requires-comfyui"] == f">={tested.group(1)}"  # the one version the tests install
+    assert comfy["requires-comfyui"] == f">={tested.group(1)}"  # the oldest version the tests install
 
 
 def shipped_files() -> set[str]:
