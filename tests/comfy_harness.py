@@ -3,12 +3,15 @@ $LATENT_CLIP_COMFYUI_DIR names (0.33.0 from scripts/test_current_comfyui.sh).
 
 Fixtures (registered in tests/conftest.py; mark tests ``comfyui``):
 
-* ``comfy_server`` (session): one ``main.py --cpu`` on 127.0.0.1 with a fresh temp base directory
+* ``comfy_server`` (session): one ``main.py --cpu --cache-classic`` on 127.0.0.1 with a fresh temp base directory
   (``--base-directory``: custom_nodes/, models/, input/, output/, user/) holding this pack symlinked
   as ``custom_nodes/comfyui-latent-clip``, tiny generated Latent-CLIP weights in
   ``models/latent_clip/`` (:data:`TINY_EXPORT`, :data:`TINY_OFFICIAL`) and test latents in
   ``input/`` (:data:`TEST_LATENT`, :data:`WRONG_FAMILY_LATENT`). Yields a :class:`ComfyServer`
-  (``url``, ``base``, ``output_dir``, ``models_dir``, ``log``); stopped by PID.
+  (``url``, ``base``, ``output_dir``, ``models_dir``, ``log``); stopped by PID. Classic caching (0.3.75's
+  default, an option in 0.33.0 too) drops a graph's outputs once the next graph does not use them, so what a
+  server holds after a run is the pack's doing and every graph with a new checkpoint name loads it anew; 0.33.0's
+  default RAM-pressure cache keeps earlier graphs' models while RAM is free.
 * ``comfy_inprocess`` (function): imports ComfyUI in this process (``--cpu``, args parsing on,
   build/ComfyUI first on sys.path) and returns a namespace with ``comfy``, ``folder_paths``,
   ``nodes`` (ComfyUI's) and ``pack`` (this repo imported as a ComfyUI pack).
@@ -148,7 +151,7 @@ def start_server(base: Path) -> tuple[ComfyServer, subprocess.Popen]:
     log = base / "comfyui.log"
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--base-directory", str(base), "--database-url", f"sqlite:///{base}/user/comfyui.db",
-           "--disable-auto-launch", "--preview-method", "none"]
+           "--disable-auto-launch", "--preview-method", "none", "--cache-classic"]
     if FRONTEND_ROOT:
         cmd += ["--front-end-root", FRONTEND_ROOT]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
