@@ -35,7 +35,10 @@ else
         mkdir -p "$COMFY.tmp"
         tar -xzf "$SRC" -C "$COMFY.tmp"
         main=$(find "$COMFY.tmp" -maxdepth 2 -name main.py -print -quit)
-        [ -n "$main" ] || { echo "$SRC holds no main.py at its top or one folder down: not a ComfyUI source" >&2; exit 2; }
+        [ -n "$main" ] || {
+            echo "$SRC holds no main.py at its top or one folder down: not a ComfyUI source" >&2
+            exit 2
+        }
         mv "$(dirname "$main")" "$COMFY"
         rm -rf "$COMFY.tmp"
         echo "$sum" > "$COMFY.sha256"
@@ -51,7 +54,8 @@ say "ComfyUI $COMFY_VERSION at $COMFY"
 # 2. Its own venv, rebuilt only when a requirement changes.
 extras=$(python3 -c 'import tomllib; e = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
 print(" ".join(e["train"] + e["test"]))')
-wanted=$(printf '%s\n' "$TORCH" "$extras" | cat - "$COMFY/requirements.txt" requirements.txt | sha256sum | cut -d' ' -f1)
+wanted=$(printf '%s\n' "$TORCH" "$extras" | cat - "$COMFY/requirements.txt" requirements.txt |
+    sha256sum | cut -d' ' -f1)
 if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" = "$wanted" ]; then
     say "venv $VENV up to date ($(size "$VENV"))"
 else
