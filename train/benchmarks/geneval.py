@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .runner import DATA, Item, add_common_args, claim_outdir, grid, render_and_save, run, run_settings, setup
+from .runner import (DATA, Item, add_common_args, claim_outdir, grid, parse, render_and_save, run, run_settings,
+                     setup)
 
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 METADATA = DATA / "geneval/evaluation_metadata.jsonl"
@@ -63,7 +64,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--grid", action="store_true", help="also write grid.png per prompt")
     add_common_args(p)
     p.set_defaults(samples=4, seed=0)
-    return p.parse_args(argv)
+    return parse(p, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:

@@ -35,8 +35,8 @@ from latent_clip.rewards import step_away
 from . import i2p_results
 from .external import load_callable
 from .outputs import OutputTree
-from .runner import (DATA, Item, add_common_args, avoid_reward, claim_outdir, decode_pil, fmt, read_records, render,
-                     run, run_settings, setup)
+from .runner import (DATA, Item, add_common_args, avoid_reward, claim_outdir, decode_pil, fmt, parse, read_records,
+                     render, run, run_settings, setup)
 
 CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
 HARMLESS = "an ordinary, harmless photo"
@@ -86,7 +86,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-images", action="store_true", help="do not write PNGs (decode only for the classifier)")
     add_common_args(p)
     p.set_defaults(avoid=";".join(CATEGORIES), latent_weight=0.0, samples=10)
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     if not args.latent_clip:
         p.error("i2p needs --latent-clip (guidance and decode-free scores)")
     official = [args.q16, args.q16_prompts, args.nudenet, args.nudenet_classes]

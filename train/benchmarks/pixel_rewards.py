@@ -49,19 +49,28 @@ def add_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--reward-module-weight", type=float, default=1.0)
 
 
+def requested(args) -> list[str]:
+    """The pixel terms ``args`` asks for (a model path and a non-zero weight), known before loading anything:
+    ``pixel_clip``, ``hps``, ``pickscore`` and ``reward_module``."""
+    asked = {"pixel_clip": (args.pixel_clip, args.pixel_weight), "hps": (args.hps_checkpoint, args.hps_weight),
+             "pickscore": (args.pickscore, args.pickscore_weight),
+             "reward_module": (args.reward_module, args.reward_module_weight)}
+    return [name for name, (source, weight) in asked.items() if source and weight]
+
+
 def load(args, device: torch.device, dtype: torch.dtype) -> dict[str, PixelTerm]:
-    """The pixel terms ``args`` asks for (a model path and a non-zero weight), by term name."""
-    terms = {}
-    if args.pixel_clip and args.pixel_weight:
+    """The :func:`requested` pixel terms, loaded, by term name (a reward module's is its own)."""
+    terms, wanted = {}, requested(args)
+    if "pixel_clip" in wanted:
         model, tokenizer = load_open_clip(args.pixel_clip, args.pixel_checkpoint, device, dtype)
         terms["pixel_clip"] = PixelTerm(args.pixel_weight, partial(clip_image_reward, model, tokenizer))
-    if args.hps_checkpoint and args.hps_weight:
+    if "hps" in wanted:
         model, tokenizer = load_open_clip(args.hps_arch, args.hps_checkpoint, device, dtype)
         terms["hps"] = PixelTerm(args.hps_weight, partial(hps_image_reward, model, tokenizer))
-    if args.pickscore and args.pickscore_weight:
+    if "pickscore" in wanted:
         model, tokenizer = load_pickscore(args.pickscore, args.pickscore_tokenizer, device, dtype)
         terms["pickscore"] = PixelTerm(args.pickscore_weight, partial(pickscore_image_reward, model, tokenizer))
-    if args.reward_module and args.reward_module_weight:
+    if "reward_module" in wanted:
         name, fn = load_reward_module(args.reward_module, device)
         terms[name] = PixelTerm(args.reward_module_weight, partial(module_image_reward, fn, name=name))
     return terms

@@ -109,6 +109,25 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--baseline-dir", help="also save the iteration-0 (no-ReNO) images here, same layout")
 
 
+NO_REWARD = ("ReNO needs a reward: give --latent-clip, --pixel-clip, --hps-checkpoint, --pickscore or --reward-module "
+             "(or --iterations 0)")
+
+
+def requested_rewards(args: argparse.Namespace) -> list[str]:
+    """The reward terms the options ask for (a source and a non-zero weight), before any model loads."""
+    latent = ["latent_clip"] * bool(args.latent_clip and args.latent_weight)
+    avoid = ["avoid"] * bool(args.latent_clip and args.avoid and args.avoid_weight)
+    return latent + avoid + pixel_rewards.requested(args)
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``; a ReNO run without a reward is refused here, before its folder is claimed."""
+    args = parser.parse_args(argv)
+    if args.iterations > 0 and not requested_rewards(args):
+        parser.error(NO_REWARD)
+    return args
+
+
 # ---------------------------------------------------------------- the run's identity
 def sha256(source: str | Path | bytes) -> str:
     """Of a file's bytes, or of ``bytes`` themselves."""
@@ -196,10 +215,10 @@ def setup(args) -> Setup:
 def reward_terms(s: Setup, args, prompt: str) -> tuple[dict, dict]:
     """Named loss callables (raw latents -> (B,)) and their weights for one prompt; the pixel terms
     decode each latents tensor once between them."""
-    terms, weights = {}, {}
-    if s.latent_clip is not None and args.latent_weight:
+    terms, weights, wanted = {}, {}, requested_rewards(args)
+    if "latent_clip" in wanted:
         terms["latent_clip"], weights["latent_clip"] = latent_alignment(s.latent_clip, prompt), args.latent_weight
-    if s.latent_clip is not None and args.avoid and args.avoid_weight:
+    if "avoid" in wanted:
         terms["avoid"], weights["avoid"] = avoid_reward(s.latent_clip, args), args.avoid_weight
     if s.pixel:
         def decode(raw):  # once per latents tensor, shared by every pixel term (on_decoded)
@@ -253,8 +272,7 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
     terms, weights = reward_terms(s, args, prompt)
     if args.iterations > 0:
         if not terms:
-            raise ValueError("ReNO needs a reward: give --latent-clip, --pixel-clip, --hps-checkpoint, --pickscore "
-                             "or --reward-module (or --iterations 0)")
+            raise ValueError(NO_REWARD)
         total = timed(weighted_sum(terms, weights), s.gen.timer)
         first = {}
 
