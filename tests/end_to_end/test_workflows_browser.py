@@ -1,12 +1,13 @@
 """Every UI-format workflow in example_workflows/ opened in the real ComfyUI frontend (headless
-Debian Chromium via Playwright): no missing-node dialog, the missing-models dialog offers each
-template's model downloads, no two nodes overlap (title bars included; again after a run, when
-reports and previews have grown), the page's own prompt validates except for model files that
-cannot exist here, then it is queued with the test weights swapped in and its results show on the
-canvas. The template browser lists every template by its title with its thumbnail, and opening one
-shows its note. Screenshots ``<id>.png`` go to $LATENT_CLIP_SCREENSHOTS if set (else the test's temp
-dir); with $LATENT_CLIP_THUMBNAILS set, each template's ``<title>.jpg`` thumbnail is written there
-(example_workflows/ holds the shipped ones)."""
+Debian Chromium via Playwright; frontends 1.32.9, 1.48.7 and 1.58.1 tested, $LATENT_CLIP_FRONTEND_ROOT
+picks one): no missing-node dialog, the frontend's missing-models list (1.32.9: a dialog; 1.48+: the
+right side panel) offers each template's model downloads, no two nodes overlap (title bars included;
+again after a run, when reports and previews have grown), the page's own prompt validates except for
+model files that cannot exist here, then it is queued with the test weights swapped in and its results
+show on the canvas. The template browser lists every template by its whole title with its thumbnail,
+and opening one shows its note. Screenshots ``<id>.png`` go to $LATENT_CLIP_SCREENSHOTS if set (else
+the test's temp dir); with $LATENT_CLIP_THUMBNAILS set, each template's ``<title>.jpg`` thumbnail is
+written there (example_workflows/ holds the shipped ones, from ComfyUI 0.33.0 + frontend 1.48.7)."""
 from __future__ import annotations
 
 import contextlib
@@ -135,7 +136,7 @@ def _load(page, path: Path) -> tuple[dict, list[dict]]:
     missing = page.evaluate("wf => wf.nodes.map(n => n.type).filter(t => !(t in LiteGraph.registered_node_types))",
                             workflow)
     assert missing == [], f"{path.name}: unknown node types {missing}"
-    page.evaluate("wf => window.app.loadGraphData(wf)", workflow)
+    page.evaluate("([wf, name]) => window.app.loadGraphData(wf, true, true, name)", [workflow, path.stem])  # its tab
     page.wait_for_timeout(500)
     assert page.locator(".p-dialog", has_text="missing nodes").count() == 0
     assert page.evaluate("() => window.app.graph.nodes.length") == len(workflow["nodes"])
