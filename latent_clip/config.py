@@ -18,6 +18,8 @@ from typing import Any, Mapping
 _HERE = Path(__file__).parent
 CONFIG_DIR = _HERE / "model_configs"
 FAMILIES_FILE = _HERE / "latent_families.json"
+DEMO_DIR = _HERE / "assets" / "tinyworld"  # the tiny-world demo models that ship with the package (train/tinyworld)
+DEMO_WEIGHTS = DEMO_DIR / "latent_clip.safetensors"  # its Latent-CLIP, the loader node's embedded choice
 
 
 # What a config may ask for, checked before any module is built: far above every released Latent-CLIP

@@ -34,6 +34,8 @@ Prompts = Union[str, Sequence[str]]  # one prompt for the batch, or one per samp
 # uses it too). concept_loss is a logit_scale * cos difference like CLIPScore, so the same weight pushes
 # as hard per unit of cosine.
 CLIP_SCORE_WEIGHT = 0.01
+# step_away's strength per guided sampling step, in units of the latent's RMS: the safety guider's and I2P's default
+GUIDANCE_STRENGTH = 0.05
 
 # open_clip's OPENAI_DATASET_MEAN/STD, the default when a model does not carry its own
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -18,6 +18,7 @@ from comfy_api.latest import io
 from torch import nn
 
 from ..latent_clip import LatentCLIP, load_model
+from ..latent_clip.config import DEMO_WEIGHTS
 from ..latent_clip.contract import check_family
 from ..latent_clip.factory import DTYPES
 from ._autograd import autograd_safe_
@@ -27,8 +28,7 @@ FOLDER = "latent_clip"
 OPEN_CLIP_FOLDER = "open_clip"  # pixel CLIP weights of the comparison reward
 # The tiny-world Latent-CLIP that ships with the pack, listed first so a newcomer's first graph runs.
 EMBEDDED = "tinyworld (embedded demo)"
-EMBEDDED_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "latent_clip", "assets", "tinyworld",
-                             "latent_clip.safetensors")
+EMBEDDED_PATH = str(DEMO_WEIGHTS)
 EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin"}
 
 

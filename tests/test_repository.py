@@ -131,11 +131,12 @@ OUTSIDE = re.compile(r"\.\./shared|/work/|\b(?:PAPER|PERF-ANCHORS|COMFYUI|STYLE)
 
 def test_no_file_names_a_path_outside_the_checkout():
     """No tracked text file points outside the repository: no sibling folders, no absolute machine
-    paths, no documents that only exist beside it, and no ``Path(__file__)`` climb past the root."""
+    paths, no documents that only exist beside it, and no ``Path(__file__)`` climb past the root.
+    ``.ci/run`` alone may point extra stages at CI's ``../shared``, each skipped with a line where it is absent."""
     problems = []
     for rel in tracked_files():
         path = REPO / rel
-        if rel == "tests/test_repository.py" or path.suffix not in {".py", ".md", ".sh", ".toml", ".json", ".txt",
+        if rel in ("tests/test_repository.py", ".ci/run") or path.suffix not in {".py", ".md", ".sh", ".toml", ".json", ".txt",
                                                                     ".js", ".yaml", ".cfg", ""}:
             continue
         try:

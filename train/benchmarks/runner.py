@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from latent_clip import LatentContractError, check_family, load_model
 from latent_clip.factory import atomic_write
-from latent_clip.reno import optimize_noise
-from latent_clip.rewards import latent_alignment, latent_avoid, on_decoded, weighted_sum
+from latent_clip.reno import RENO, optimize_noise
+from latent_clip.rewards import CLIP_SCORE_WEIGHT, latent_alignment, latent_avoid, on_decoded, weighted_sum
 
 from ..distributed import ranks_from_env
 from . import pixel_rewards
@@ -95,14 +95,16 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--allow-family-mismatch", action="store_true",
                    help="run a Latent-CLIP on another VAE's latents than the pipeline makes (an experiment; "
                         "by default an error naming both latent families)")
-    r.add_argument("--latent-weight", type=float, default=0.01, help="weight of Latent-CLIP CLIPScore loss")
+    r.add_argument("--latent-weight", type=float, default=CLIP_SCORE_WEIGHT,
+                   help="weight of Latent-CLIP CLIPScore loss")
     r.add_argument("--avoid", help="concepts to avoid, one per line or ';'-separated ('name | counter')")
-    r.add_argument("--avoid-weight", type=float, default=1.0)
+    r.add_argument("--avoid-weight", type=float, default=CLIP_SCORE_WEIGHT,
+                   help="weight of the concept loss (the Avoid node's default: the same pull per unit of cosine)")
     pixel_rewards.add_args(r)
     o = p.add_argument_group("ReNO (latent_clip.reno.optimize_noise)")
-    o.add_argument("--iterations", type=int, default=50, help="0: no ReNO (baseline, same seeds)")
-    for flag, default in (("--lr", 5.0), ("--momentum", 0.9), ("--grad-clip", 0.1), ("--reg-weight", 0.01)):
-        o.add_argument(flag, type=float, default=default)  # optimize_noise's arguments of these names
+    o.add_argument("--iterations", type=int, default=RENO.iterations, help="0: no ReNO (baseline, same seeds)")
+    for name in ("lr", "momentum", "grad_clip", "reg_weight"):  # optimize_noise's arguments of these names
+        o.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(RENO, name))
     o.add_argument("--final-steps", type=int, default=1,
                    help="render the initial and the optimised noise with this many steps for the saved images "
                         "and recorded rewards (ReNO's multi-apply; FLUX-schnell: 4); ReNO itself uses 1 step")
