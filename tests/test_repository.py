@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from fixtures import DATA, REPO
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-OWN = {"latent_clip", "train", "bench", "nodes", "tests", "fixtures"}
+OWN = {"latent_clip", "train", "bench", "nodes", "tests"} | {p.stem for p in (REPO / "tests").glob("*.py")}  # + helpers
 COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "execution",
                    "nodes", "latent_preview", "node_helpers"}  # top-level modules of ComfyUI itself
 FORBIDDEN_IMPORTS = {

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from train.benchmarks.runner import DATA
-from train.synthetic import tiny_pixel_cfg
+from synthetic import tiny_pixel_cfg
 from train.benchmarks import main
 from train.benchmarks.external import import_module
 from train.benchmarks.t2i_compbench import (CATEGORIES, PLUS, REVISIONS, SCORERS, load_items, parse_args,

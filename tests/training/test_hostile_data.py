@@ -17,7 +17,7 @@ from hostile_files import truncate
 from train.data import SIZES_FILE, expand_shards, open_shard, shard_sizes, write_latent_shard, write_tar
 from train.encode import main as encode
 from train.main import TrainingError, main as fit
-from train.synthetic import write_image_shards, write_synthetic_latents
+from synthetic import write_image_shards, write_synthetic_latents
 
 
 def run_cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:

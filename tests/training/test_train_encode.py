@@ -13,7 +13,7 @@ from fixtures import IMAGE_FILES, IMAGES, N_IMAGES, REPO, child_env
 from train.data import ImageTransform, SIZES_FILE, expand_shards, open_shard
 from train.encode import main as encode
 from train.models import load_vae
-from train.synthetic import write_image_shards
+from synthetic import write_image_shards
 
 
 def test_encode_webdataset_shards_skips_corrupt_images_and_resumes(vae_dir, tmp_path):

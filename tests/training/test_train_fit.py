@@ -11,7 +11,7 @@ import latent_clip
 from train import checkpoint
 from train.main import main as fit
 from train.models import build_model, load_pixel_model
-from train.synthetic import TINY_PIXEL_CFG as TINY_PIXEL, write_image_shards, write_synthetic_latents
+from synthetic import TINY_PIXEL_CFG as TINY_PIXEL, write_image_shards, write_synthetic_latents
 
 
 @pytest.fixture(scope="module")
