@@ -3,8 +3,8 @@
 A model config uses the schema of the authors' open_clip fork (``embed_dim``, ``vision_cfg``,
 ``text_cfg``; ``vision_cfg`` carries ``latent_encoder_name``, ``latent_factor``,
 ``latent_n_channels``) plus ``vision_cfg.latent_family``, which names an entry of
-``latent_families.json`` (channel count, VAE scaling/shift, encoder architecture).
-Nothing in code hard-codes a channel count or a VAE scale.
+``latent_families.json`` (channel count, VAE scaling/shift, encoder architecture): the library, the nodes
+and the trainer read channel counts and VAE scales from there (the tests' tiny configs write their own).
 """
 from __future__ import annotations
 

@@ -99,8 +99,8 @@ def tinyworld_warning(vision: VisionConfig, z: torch.Tensor) -> str | None:
     if vision.latent_family != "tinyworld" or tuple(z.shape[-2:]) == (side, side):
         return None
     return (f"the tiny-world demo Latent-CLIP only knows the {side}x{side} latents of its procedural shapes world; "
-            f"these are {z.shape[-2]}x{z.shape[-1]}, so its numbers say nothing about them: load real "
-            f"Latent-CLIP weights (e.g. the official B/8 for SDXL latents) in Load Latent-CLIP")
+            f"these are {z.shape[-2]}x{z.shape[-1]}, so its numbers say nothing about them: use real "
+            f"Latent-CLIP weights (e.g. the official B/8 for SDXL latents)")
 
 
 def check_latents(z: object, family: LatentFamily, min_size: int) -> torch.Tensor:

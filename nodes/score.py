@@ -28,7 +28,7 @@ def _model_and_latents(latent_clip, latent: dict, text: NodeText):
     """The loaded model, the LATENT's samples and the node's progress callback; warns on a senseless pairing."""
     model, z = loaders.model_of(latent_clip), _latent.samples(latent)
     if warning := tinyworld_warning(model.config.vision, z):
-        text.warn(warning)
+        text.warn(f"{warning}, chosen in Load Latent-CLIP")
     return model, z, progress_bar(text.node_id)
 
 
