@@ -8,8 +8,8 @@ downloaded here), device and dtype come from the inputs, weights are a dict
 sequence of strings, one per sample (:data:`Prompts`).
 
 Losses follow ReNO (arXiv 2406.04312, ``rewards/*.py``): CLIPScore is
-``100 - exp(logit_scale) * cos``, PickScore ``30 - exp(logit_scale) * cos``, HPSv2 ``1 - cos``, so
-weights are comparable with ReNO's (``w = 0.01`` CLIPScore, ``0.05`` PickScore, ``5.0`` HPS).
+``100 - exp(logit_scale) * cos``, PickScore ``30 - exp(logit_scale) * cos`` (the benchmarks' transformers
+model: ``train/benchmarks/pixel_rewards.py``), HPSv2 ``1 - cos``, so weights are comparable with ReNO's (``w = 0.01`` CLIPScore, ``0.05`` PickScore, ``5.0`` HPS).
 ReNO's objective for one CLIP reward is :data:`CLIP_SCORE_WEIGHT` times its loss plus
 ``latent_clip.reno.norm_regulariser`` at ``RENO.reg_weight``, clipped after summing: the weight
 is not a free scale, it sets how hard the noise norm is held against the reward.
@@ -72,7 +72,8 @@ def concept_loss(features: torch.Tensor, concept_features: torch.Tensor, neutral
     return F.softplus(s_concept - s_neutral).sum(-1)
 
 
-def _prompt_list(prompt: Prompts) -> list[str]:
+def prompt_list(prompt: Prompts) -> list[str]:
+    """One prompt for the batch, or one per sample, as a list."""
     return [prompt] if isinstance(prompt, str) else list(prompt)
 
 
@@ -86,7 +87,7 @@ def latent_alignment(model, prompt: Prompts) -> RewardFn:
     """Latent-CLIP prompt alignment (ReNO's CLIPScore loss on raw latents, no decode).
 
     ``model`` is a :class:`~latent_clip.LatentCLIP`; the text is encoded once, here."""
-    text = _text_features(model, _prompt_list(prompt))
+    text = _text_features(model, prompt_list(prompt))
     return lambda latents: clip_score_loss(model.encode_latents(latents), text, model.logit_scale)
 
 
@@ -134,7 +135,7 @@ def _open_clip_scorer(clip_model, tokenizer, prompt: Prompts):
     mean, std = cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD)
     param = next(clip_model.parameters())
     with torch.inference_mode(False), torch.no_grad():
-        tokens = tokenizer(_prompt_list(prompt)).to(param.device)
+        tokens = tokenizer(prompt_list(prompt)).to(param.device)
         text = F.normalize(clip_model.encode_text(tokens).float(), dim=-1).detach()
 
     def image_features(images: torch.Tensor) -> torch.Tensor:
@@ -155,30 +156,6 @@ def hps_image_reward(clip_model, tokenizer, prompt: Prompts) -> ImageRewardFn:
     """HPSv2 (an open_clip model with HPS weights): :func:`hps_loss` ``1 - cos`` on images in [0, 1]."""
     features, text = _open_clip_scorer(clip_model, tokenizer, prompt)
     return lambda images: hps_loss(features(images), text)
-
-
-def _projected(out) -> torch.Tensor:
-    # transformers 5 returns the tower's output with the projection in pooler_output, 4.x a tensor
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-def pickscore_image_reward(model, tokenizer, prompt: Prompts) -> ImageRewardFn:
-    """PickScore's loss ``30 - exp(logit_scale) * cos`` on images in [0, 1] (B, 3, H, W) -> (B,)
-    for a transformers ``CLIPModel`` with PickScore weights and its tokenizer, resized to the vision
-    tower's size with CLIP's mean/std; the prompt (77 tokens at most, as ReNO) is encoded once, here."""
-    param = next(model.parameters())
-    size = model.config.vision_config.image_size
-    tokens = tokenizer(_prompt_list(prompt), return_tensors="pt", padding=True, max_length=77,
-                       truncation=True).to(param.device)
-    with torch.inference_mode(False), torch.no_grad():
-        text = F.normalize(_projected(model.get_text_features(**tokens)).float(), dim=-1)
-
-    def loss(images: torch.Tensor) -> torch.Tensor:
-        x = clip_normalise(images, size).to(device=param.device, dtype=param.dtype)
-        features = F.normalize(_projected(model.get_image_features(pixel_values=x)).float(), dim=-1)
-        return clip_score_loss(features, text, model.logit_scale.float(), offset=30.0)
-
-    return loss
 
 
 def on_decoded(rewards: Mapping[str, ImageRewardFn], decode: Callable[[torch.Tensor], torch.Tensor]
