@@ -68,8 +68,13 @@ class TrainingError(RuntimeError):
 
 
 def main(argv: Sequence[str] | None = None) -> list[float]:
-    """Train; returns this process's logged global-batch losses (one per step run)."""
-    cfg = parse_fit_args(argv)
+    """``python -m train fit ...``: :func:`fit` with the command line's :class:`FitConfig`."""
+    return fit(parse_fit_args(argv))
+
+
+def fit(cfg: FitConfig) -> list[float]:
+    """Train as ``cfg`` says (one process, or each rank under torchrun / accelerate launch); returns this
+    process's logged global-batch losses (one per step run)."""
     env = init_distributed(cfg.device)
     resume = checkpoint.find_resume(cfg.resume, cfg.run_dir)  # before anything is written into the run folder
     if env.is_master:
