@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import pickle
 import re
 import shutil
@@ -391,12 +392,15 @@ def refuse_non_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
 def atomic_write(path: Path, write: Callable[[Path], object], staging: Path | None = None) -> None:
     """``write(tmp)`` then rename ``tmp`` to ``path``: readers see the old file or the whole new one.
     ``tmp`` is ``<path>.tmp`` beside it, or a file in ``staging`` (same file system) to keep
-    half-written files out of a folder that others list while it fills. On failure the temporary is
-    removed and the error says why (a full disk, by name)."""
+    half-written files out of a folder that others list while it fills. The file gets the permissions the
+    umask gives a new file, whatever ``write`` created it with (safetensors writes 0600: a ComfyUI running as
+    another user could not read it). On failure the temporary is removed and the error says why (a full disk,
+    by name)."""
     path = Path(path)
     tmp = Path(staging) / f"{path.name}.tmp" if staging is not None else path.with_name(path.name + ".tmp")
     try:
         write(tmp)
+        tmp.chmod(0o666 & ~_umask())
         tmp.replace(path)
     except BaseException as err:
         written = tmp.stat().st_size if tmp.exists() else 0
@@ -405,6 +409,17 @@ def atomic_write(path: Path, write: Callable[[Path], object], staging: Path | No
             raise
         kept = " (the previous version is intact)" if path.exists() else ""
         raise OSError(f"could not write {path}: {_why_write_failed(err, path.parent, written)}{kept}") from None
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, so under a lock: another thread's files keep theirs)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 def _why_write_failed(err: BaseException, directory: Path, written: int) -> str:
