@@ -38,7 +38,8 @@ class LatentFamily:
     """One VAE latent space: what a LATENT of this family holds.
 
     ``raw = scaled / scaling_factor + shift_factor`` converts diffusers-style (UNet-space)
-    latents to the raw VAE latents Latent-CLIP reads.
+    latents to the raw VAE latents Latent-CLIP reads. ``description`` names the VAE in a few words, inside
+    messages ("reads 4-channel <description> latents ('<name>')").
     """
 
     name: str

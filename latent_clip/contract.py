@@ -125,7 +125,7 @@ def check_latents(z: object, family: LatentFamily, min_size: int) -> torch.Tenso
             raise LatentContractError(
                 f"latents look channels-last (NHWC) {tuple(z.shape)}; this model reads NCHW "
                 f"(B, {c}, H, W): use z.permute(0, 3, 1, 2)")
-        raise channel_error(f"this model reads {c}-channel {family.description} latents", z.shape[1])
+        raise channel_error(f"this model reads {c}-channel {family.description} latents ('{family.name}')", z.shape[1])
     if min(z.shape[-2:]) < min_size:
         raise LatentContractError(
             f"latent spatial size {tuple(z.shape[-2:])} is smaller than one patch ({min_size})")
