@@ -20,6 +20,7 @@ from torch import nn
 
 from .config import ModelConfig, VisionConfig
 from .contract import ResizePolicy, check_latents, fit_latents
+from .fields import check_texts
 
 DEFAULT_CHUNK = 64
 # progress(done, total) in samples, after each chunk of a batched call; raising from it stops the call
@@ -151,7 +152,9 @@ class LatentCLIP(CLIP):
         return self.encode_latents(image, normalize=normalize)
 
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
-        return tokenize(texts, context_length=self.context_length).to(self.device)
+        """open_clip's tokens of ``texts``, once they are within :func:`latent_clip.fields.check_texts`'s
+        bounds (open_clip's BPE costs the square of a word's length)."""
+        return tokenize(check_texts(texts, "text"), context_length=self.context_length).to(self.device)
 
     def encode_text(self, text: str | Sequence[str] | torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Strings or (N, context_length) token ids -> features (N, embed_dim)."""
