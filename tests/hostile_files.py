@@ -380,7 +380,8 @@ TEXT_CASES = {  # issue 22 rows 6-8
                 r"templates must each contain '\{\}' where the label goes, and no other braces; got 'a \{\} \{x\}'"),
     7: TextCase("latent_clip_score.json", "10", {"prompt": "a" * 20_000},
                 r"prompt is 20,000 characters, more than 4,096"),
-    8: TextCase("latent_clip_zero_shot.json", "10", {"labels": TEN_THOUSAND_LABELS}, None),
+    8: TextCase("latent_clip_zero_shot.json", "10", {"labels": TEN_THOUSAND_LABELS, "templates": "a photo of a {}."},
+                None),
 }
 
 
