@@ -278,9 +278,9 @@ def check_tensors(state: Mapping[str, torch.Tensor], path: Path) -> None:
                                   f"tensor, expected dense weights with data")
         counter = key.endswith(COUNTER_SUFFIX) and t.dtype == torch.int64 and t.numel() == 1
         if t.dtype not in WEIGHT_DTYPES and not counter:
-            raise CheckpointError(f"{shorten(path)}: tensor {shorten(key, 60)} is {str(t.dtype).removeprefix('torch.')}, "
-                                  f"expected floating-point weights "
-                                  f"({', '.join(str(d).removeprefix('torch.') for d in WEIGHT_DTYPES)})")
+            names = ", ".join(str(d).removeprefix("torch.") for d in WEIGHT_DTYPES)
+            raise CheckpointError(f"{shorten(path)}: tensor {shorten(key, 60)} is "
+                                  f"{str(t.dtype).removeprefix('torch.')}, expected floating-point weights ({names})")
         total += t.numel() * t.element_size()
         if total > budget:
             raise CheckpointError(
@@ -392,9 +392,9 @@ def _require_fit(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch
         raise error(one_line(f"{where}: shapes (checkpoint vs model) {wrong[:3]}"))
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise error(one_line(f"{where}: missing {[shorten(k, 60) for k in missing[:3]]}"
-                             f"{'...' if len(missing) > 3 else ''}, unexpected {[shorten(k, 60) for k in unexpected[:3]]}"
-                             f"{'...' if len(unexpected) > 3 else ''}"))
+        names = {what: [shorten(k, 60) for k in keys[:3]] + (["..."] if len(keys) > 3 else [])
+                 for what, keys in (("missing", missing), ("unexpected", unexpected))}
+        raise error(one_line(f"{where}: missing {names['missing']}, unexpected {names['unexpected']}"))
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

@@ -24,8 +24,8 @@ from pathlib import Path
 from .fields import shorten
 
 # A Latent-CLIP B/8 training checkpoint holds 1,322 tensors (410 weights with the VAE encoder, Adam's two moments
-# and step for each of the 302 trainable ones; tests/data/latent-clip-layout), a ViT-H open_clip state dict ~600. torch.load costs ~90 us per
-# stored tensor and parsing a safetensors header ~60 bytes per tensor: 8,192 tensors load in under a second.
+# and step for each of the 302 trainable ones; tests/data/latent-clip-layout), a ViT-H open_clip state dict ~600.
+# torch.load costs ~90 us per stored tensor: 8,192 load in under a second.
 MAX_TENSORS = 8192
 # The longest key of any known checkpoint is under 100 characters ("module.visual.vae_encoder.down_blocks.0.
 # resnets.0.conv_shortcut.weight"); a key is a module path, never text.
@@ -82,8 +82,8 @@ def check_safetensors_header(path: Path, max_tensors: int = MAX_TENSORS,
 def check_keys(keys, count: int, path: Path, max_tensors: int = MAX_TENSORS) -> None:
     """``count`` tensors at most ``max_tensors``, each key a string of at most :data:`MAX_KEY_CHARS`."""
     if count > max_tensors:
-        raise FileLimitError(f"{shorten(path)}: {count:,} tensors, more than the {max_tensors:,} a model "
-                             f"checkpoint holds")
+        raise FileLimitError(f"{shorten(path)}: {count:,} tensors, more than the {max_tensors:,} allowed "
+                             f"(a Latent-CLIP checkpoint with its optimizer holds 1,322)")
     for key in keys:
         if isinstance(key, str) and len(key) > MAX_KEY_CHARS:
             raise FileLimitError(f"{shorten(path)}: a tensor name of {len(key):,} characters "

@@ -25,8 +25,8 @@ def parse_templates(text: str) -> list[str]:
     return [check_template(t) for t in field_lines(text, "templates", MAX_TEMPLATES)]
 
 
-def build_classifier(model: LatentCLIP, classnames: Sequence[str],
-                     templates: Sequence[str] = ("a photo of a {}.",), progress: Progress | None = None) -> torch.Tensor:
+def build_classifier(model: LatentCLIP, classnames: Sequence[str], templates: Sequence[str] = ("a photo of a {}.",),
+                     progress: Progress | None = None) -> torch.Tensor:
     """(embed_dim, K) unit-norm class embeddings, each the mean over ``templates`` (each ``{}`` replaced by
     the label; no other braces); raises on an empty or repeated label or on text over the bounds.
     ``progress(done, total)`` in labels after each batch; raising from it stops the call."""

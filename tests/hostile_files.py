@@ -294,8 +294,8 @@ CASES = {
     "exploit-in-state-dict": Case(exploit_in_state_dict, r"^refusing to load .*nothing in it was run"),
     "exploit-in-optimizer": Case(exploit_in_optimizer, r"^refusing to load .*nothing in it was run"),
     "exploit-legacy-format": Case(exploit_legacy_format, r"exploit_legacy\.pt: not a zip-format PyTorch file "
-                                                         r"\(torch\.save's format since torch 1\.6; the legacy format is "
-                                                         r"refused"),
+                                                         r"\(torch\.save's format since torch 1\.6; the legacy "
+                                                         r"format is refused"),
     "block-index-99999": Case(block_99999, r"transformer\.resblocks\.\*: block indices run to 99999 over 3 "
                                            r"distinct blocks; expected blocks 0\.\.n-1 with n <= 64"),
     "sidecar-layers-100000": Case(sidecar("layers_100000", vision("layers", 100000)),
@@ -394,8 +394,9 @@ MEASURE = r"""
 import json, resource, subprocess, sys, time
 tic = time.perf_counter()
 proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 print(json.dumps({"seconds": time.perf_counter() - tic, "returncode": proc.returncode, "stderr": proc.stderr,
-                  "stdout": proc.stdout[-2000:], "peak": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))
+                  "stdout": proc.stdout[-2000:], "peak": peak}))
 """
 
 

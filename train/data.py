@@ -181,6 +181,8 @@ class SafetensorsShard:
             self.captions = json.loads(meta.get("captions", "[]"))
             self.keys = json.loads(meta.get("keys", "[]"))
             self.labels = json.loads(meta.get("labels", "[]"))
+        except FileLimitError as err:
+            raise ShardError(str(err)) from None
         except Exception as err:  # noqa: BLE001 - safetensors raises its own untyped errors
             raise ShardError(f"{shorten(self.path)}: truncated or corrupt safetensors shard "
                              f"({shorten(str(err), 120)})") from None

@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from latent_clip.factory import DTYPES, atomic_write
 
-from .data import (SIZES_FILE, CaptionError, FolderShard, ImageTooLarge, ImageTransform, Problem, ProblemLog, ShardError,
-                   TarShard, expand_shards, folder_rows, write_latent_shard, write_sizes)
+from .data import (SIZES_FILE, CaptionError, FolderShard, ImageTooLarge, ImageTransform, Problem, ProblemLog,
+                   ShardError, TarShard, expand_shards, folder_rows, write_latent_shard, write_sizes)
 from .distributed import barrier, cleanup, init_distributed
 from .models import load_vae
 
