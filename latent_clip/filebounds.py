@@ -34,9 +34,9 @@ MAX_KEY_CHARS = 1024
 # of 10,000 rows carries its captions and keys there (1 MB with 100-character captions, 10 MB with 1,000). The
 # tensor count is read off the raw header before it is parsed; a full header costs ~3x its size to parse.
 MAX_SAFETENSORS_HEADER_BYTES = 16 << 20
-# data.pkl of a B/8 training checkpoint with its optimizer is 126 KB (tensor records, keys, param groups); 1 MB
-# also bounds the tensors a pickle can describe as views of one stored tensor (~75 bytes each: 0.7 s to load).
-MAX_PICKLE_BYTES = 1 << 20
+# data.pkl of a B/8 training checkpoint with its optimizer is 126 KB (tensor records, keys, param groups); 512 KB
+# also bounds the tensors a pickle can describe as views of one stored tensor (~77 bytes each: 0.4-0.5 s to load).
+MAX_PICKLE_BYTES = 1 << 19
 TENSOR_ENTRY = b'"data_offsets"'  # once per tensor in a safetensors header (inside a JSON string it is escaped)
 ZIP_MAGIC = b"PK\x03\x04"
 SAFETENSORS_LENGTH_BYTES = 8

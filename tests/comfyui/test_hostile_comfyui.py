@@ -6,6 +6,7 @@ Issue 22's rows, each through the server: the files of rows 1-3 in models/latent
 and an empty file in models/open_clip for the Pixel CLIP reward (rows 4-5), a template ``a {} {x}``, a
 20,000-character prompt and 10,000 labels (rows 6-8); each ends within ISSUE_TIME_BOUND, with one line
 of at most 300 characters and the server still answering."""
+import json
 import re
 import time
 
@@ -13,7 +14,7 @@ import pytest
 
 import latent_clip
 from bench.memory import reset_peak, status_gb
-from comfy_harness import execution_error, load_api_workflow, post_prompt, run_graph, wait_history
+from comfy_harness import PromptRejected, execution_error, load_api_workflow, post_prompt, run_graph, wait_history
 from hostile_files import CASES, ISSUE_22_FILES, MARKER, MEMORY_BOUND, TEXT_CASES
 from latent_clip.cli import describe
 from latent_clip.factory import load_open_clip
@@ -22,9 +23,11 @@ from latent_clip.fields import MAX_ERROR_CHARS
 pytestmark = pytest.mark.comfyui
 TIME_BOUND = 20.0  # seconds from posting the graph to the error in /history (a valid graph: about 1 s here)
 # Issue 22 asks for under 2 s from posting to the answer in /history, polled every 0.2 s. Measured here: rows 1-7
-# 0.2-0.6 s, row 8 (10,000 labels, tiny model) 2.3-2.9 s: see test_ten_thousand_labels_cost_linear_time.
+# 0.01-0.22 s and +0 to +20 MB (the whole corpus: at most 1.05 s, pt-views-at-pickle-limit, and +36 MB).
 ISSUE_TIME_BOUND = 2.0
-TEN_THOUSAND_LABELS_BOUND = 10.0  # row 8 on this shared 2-core CPU; measured 2.3-2.9 s
+# Row 8 needs longer: 10,000 text encodes (tokenising ~0.3 ms and the tiny text tower ~0.3 ms each, one thread),
+# with a progress bar and cancel every 256 labels. Measured 6.96 s and +27 MB on this shared 2-core CPU (load ~6).
+TEN_THOUSAND_LABELS_BOUND = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +69,24 @@ def one_line_error(entry: dict, node_type: str) -> str:
     return message
 
 
+def record(record_property, seconds: float, peak: float) -> None:
+    """The measured figures into the JUnit XML (``--junitxml``), where the README's come from."""
+    record_property("seconds", round(seconds, 2))
+    record_property("peak_mb", round(peak / 2 ** 20, 1))
+
+
 def still_serving(server) -> bool:
     return "queue_running" in server.get("/queue")
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_loader_node_reports_the_cli_line_within_bounds(comfy_server, hostile_models, name):
+def test_loader_node_reports_the_cli_line_within_bounds(comfy_server, hostile_models, name, record_property):
     folder, files = hostile_models
     graph = load_api_workflow("latent_clip_score.json")
     graph["6"]["inputs"]["model_name"] = files[name].name
     graph["10"]["inputs"]["prompt"] = f"hostile {name}"  # not served from ComfyUI's cache
     entry, seconds, peak = measured_run(comfy_server, graph)
+    record(record_property, seconds, peak)
     if CASES[name].error is None:
         assert entry["status"]["status_str"] == "success", execution_error(entry)
     else:
@@ -89,12 +99,13 @@ def test_loader_node_reports_the_cli_line_within_bounds(comfy_server, hostile_mo
 
 
 @pytest.mark.parametrize("row,name", [(r, n) for r, names in ISSUE_22_FILES.items() if r <= 3 for n in names])
-def test_issue_22_weight_files_end_within_two_seconds(comfy_server, hostile_models, row, name):
+def test_issue_22_weight_files_end_within_two_seconds(comfy_server, hostile_models, row, name, record_property):
     _, files = hostile_models
     graph = load_api_workflow("latent_clip_score.json")
     graph["6"]["inputs"]["model_name"] = files[name].name
     graph["10"]["inputs"]["prompt"] = f"issue 22 row {row} {name}"
     entry, seconds, peak = measured_run(comfy_server, graph)
+    record(record_property, seconds, peak)
     assert one_line_error(entry, "LatentCLIPLoader") == library_error(files[name])
     assert seconds < ISSUE_TIME_BOUND and peak < MEMORY_BOUND, (seconds, peak)
     assert still_serving(comfy_server)
@@ -109,11 +120,13 @@ def pixel_reward_graph(clip_name: str) -> dict:
 
 
 @pytest.mark.parametrize("row,name", [(4, "numpy-void-bomb"), (5, "empty-file")])
-def test_issue_22_pixel_clip_weights_refused_by_our_loader(comfy_server, open_clip_folder, row, name):
+def test_issue_22_pixel_clip_weights_refused_by_our_loader(comfy_server, open_clip_folder, row, name,
+                                                           record_property):
     """Rows 4-5: open_clip's loader ran under ComfyUI's process-wide allow-list (the numpy bomb OOM-killed
     the server; an empty file gave a bare EOFError); ours refuses both with the CLI's line."""
     path = CASES[name].build(open_clip_folder)
     entry, seconds, peak = measured_run(comfy_server, pixel_reward_graph(path.name))
+    record(record_property, seconds, peak)
     with pytest.raises(latent_clip.CheckpointError) as caught:
         load_open_clip("ViT-B-32", path)
     assert one_line_error(entry, "LatentCLIPRewardPixelCLIP") == describe(caught.value)
@@ -129,18 +142,20 @@ def text_graph(row: int) -> dict:
 
 
 @pytest.mark.parametrize("row", [r for r, case in TEXT_CASES.items() if case.error])
-def test_issue_22_text_fields_refused_within_two_seconds(comfy_server, row):
+def test_issue_22_text_fields_refused_within_two_seconds(comfy_server, row, record_property):
     """Rows 6-7: a template with a format field was a KeyError; a 20 KB word took 45 s of the queue."""
     entry, seconds, peak = measured_run(comfy_server, text_graph(row))
+    record(record_property, seconds, peak)
     node_type = load_api_workflow(TEXT_CASES[row].workflow)[TEXT_CASES[row].node]["class_type"]
     assert re.search(TEXT_CASES[row].error, one_line_error(entry, node_type))
     assert seconds < ISSUE_TIME_BOUND and peak < MEMORY_BOUND, (seconds, peak)
     assert still_serving(comfy_server)
 
 
-def test_ten_thousand_labels_cost_linear_time(comfy_server):
+def test_ten_thousand_labels_cost_linear_time(comfy_server, record_property):
     """Row 8: 10,000 labels took ~7 min of a blocked queue; now one batched pass with progress."""
     entry, seconds, peak = measured_run(comfy_server, text_graph(8))
+    record(record_property, seconds, peak)
     assert entry["status"]["status_str"] == "success", execution_error(entry)
     assert len(entry["outputs"]["30"]["text"]) == 4
     assert seconds < TEN_THOUSAND_LABELS_BOUND and peak < MEMORY_BOUND, (seconds, peak)
@@ -151,3 +166,26 @@ def test_server_still_scores_after_the_corpus(comfy_server, hostile_models):
     graph = load_api_workflow("latent_clip_score.json")
     graph["10"]["inputs"]["prompt"] = "still alive after the hostile corpus"
     assert run_graph(comfy_server, graph)["10"]["text"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_numbers_that_are_not_numbers_are_refused_at_the_node(comfy_server, value):
+    """NaN passes ComfyUI's min/max checks (every comparison with it is false): Score Threshold compared
+    with it; Infinity is above the widget's max. Both are refused, by the node or by validation."""
+    graph = load_api_workflow("latent_clip_score.json")
+    graph["11"]["inputs"]["threshold"] = value
+    graph["10"]["inputs"]["prompt"] = f"threshold {value}"
+    reward = {"1": {"class_type": "LatentCLIPLoader", "inputs": {"model_name": "latent_clip_tiny.safetensors",
+                                                                 "dtype": "auto", "device": "default"}},
+              "2": {"class_type": "LatentCLIPRewardPrompt", "inputs": {"latent_clip": ["1", 0], "prompt": "a cat",
+                                                                        "weight": value}},
+              "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+    for graph, node_type, what in ((graph, "LatentCLIPScoreThreshold", "threshold"),
+                                   (reward, "LatentCLIPRewardPrompt", "weight")):
+        try:
+            entry = wait_history(comfy_server, post_prompt(comfy_server, graph))
+        except PromptRejected as rejected:  # Infinity: above the widget's max
+            assert "Value inf bigger than max" in json.dumps(rejected.body), rejected.body
+            continue
+        assert re.fullmatch(f"{what} must be a finite number, got {value}", one_line_error(entry, node_type))
+    assert still_serving(comfy_server)

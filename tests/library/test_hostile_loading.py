@@ -20,9 +20,11 @@ from latent_clip.__main__ import main as cli
 from latent_clip.factory import REAL_NUMPY_DTYPES, load_open_clip, load_pickle_safely
 from latent_clip.fields import MAX_ERROR_CHARS
 
-# The CLI's own start (importing torch, open_clip, timm) took 10.7-12.7 s and 893 MB peak RSS here for a valid
-# tiny file; a hostile file may add at most TIME_BOUND seconds and MEMORY_BOUND bytes to the slower of two valid
-# runs. Measured: the issue-22 files ran 0.3 s faster to 1.2 s slower (noise) and used 17 MB less to 0 MB more.
+# The CLI's own start (importing torch, open_clip, timm) took 7-13 s and 891 MB peak RSS here for a valid tiny
+# file; a hostile file may add at most TIME_BOUND seconds and MEMORY_BOUND bytes to the slower of two valid runs.
+# Measured: the issue-22 files took 4.9-7.1 s (valid: 7.2 s) and 874-875 MB (valid: 891 MB). Before: 1.5 M
+# tensors no answer in 60 s (2.8 GB when killed), 300 k tensors 46 s / 1.3 GB, 15 MB names a 78.6 MB line /
+# 1.1 GB, the deflated 1 GB pickle 22 s / 3.8 GB.
 CLI_REFERENCE_RUNS = 2
 
 PROBE = r"""
