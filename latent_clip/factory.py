@@ -27,11 +27,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .fields import one_line, shorten
-from .filebounds import MAX_TENSORS, FileLimitError, check_keys, check_safetensors_header, check_torch_zip, \
-    read_bounded
 from .config import LIMITS, ConfigError, ModelConfig, TextConfig, VisionConfig, latent_families, list_models, \
     get_model_config, resolve_config
+from .fields import one_line, shorten
+from .filebounds import FileLimitError, check_keys, check_safetensors_header, check_torch_zip, \
+    read_bounded
 from .model import LatentCLIP
 
 PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -91,10 +91,10 @@ def strip_prefixes(key: str) -> str:
 
 
 def is_safetensors(path: Path) -> bool:
-    """By content: an 8-byte little-endian header length, then a JSON object."""
+    """By content: an 8-byte little-endian header length, then a JSON object, within the file."""
     with open(path, "rb") as f:
         head = f.read(9)
-    return len(head) == 9 and head[8:] == b"{"
+    return len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
 
 
 def load_pickle_safely(path: Path | bytes, name: object = None) -> Any:
@@ -200,10 +200,6 @@ def read_state_dict(path: str | Path, vae_encoder: bool = True) -> tuple[dict[st
         if bad_key is not None:
             raise CheckpointError(f"{shorten(path)}: state dict key {shorten(repr(bad_key), 40)} is not a string "
                                   f"({type(bad_key).__name__}); expected parameter names")
-        try:
-            check_keys(obj, len(obj), path)
-        except FileLimitError as err:
-            raise CheckpointError(str(err)) from None
         stripped = ((strip_prefixes(k), v) for k, v in obj.items())
         state = {k: v for k, v in stripped if vae_encoder or not k.startswith(VAE_PREFIXES)}
         config = None
@@ -216,7 +212,8 @@ def load_weights(model: torch.nn.Module, path: str | Path, label: str | None = N
     architecture (a Latent-CLIP or a pixel open_clip CLIP): every key with its shape, nothing extra,
     else ``ValueError`` naming ``label`` (default: the model's class). Returns ``model``."""
     state, _ = read_state_dict(path)
-    _require_fit(model.state_dict(), state, f"{shorten(path)} does not fit {label or type(model).__name__}", ValueError)
+    _require_fit(model.state_dict(), state,
+                 f"{shorten(path)} does not fit {shorten(label or type(model).__name__, 60)}", ValueError)
     model.load_state_dict(state)
     return model
 
@@ -262,14 +259,15 @@ def read_export_config(path: Path) -> dict | None:
 
 
 def check_tensors(state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Refuse tensors that cost more than the file holds or carry no usable values: more than
-    :data:`~latent_clip.filebounds.MAX_TENSORS`, meta or sparse tensors, dtypes other than
+    """Refuse tensors that cost more than the file holds or carry no usable values: more of them or
+    longer names than :func:`~latent_clip.filebounds.check_keys` allows, meta or sparse tensors, dtypes other than
     :data:`WEIGHT_DTYPES`, views whose data exceed the file (stride-0 expansions, overlapping views),
     NaN/Inf."""
     budget = path.stat().st_size
-    if len(state) > MAX_TENSORS:
-        raise CheckpointError(f"{shorten(path)}: {len(state):,} tensors, more than the {MAX_TENSORS:,} a model "
-                              f"checkpoint holds")
+    try:
+        check_keys(state, len(state), path)
+    except FileLimitError as err:
+        raise CheckpointError(str(err)) from None
     total = 0
     for key, t in state.items():
         if t.device.type != "cpu" or t.layout != torch.strided:
