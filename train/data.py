@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 from torch.utils.data import IterableDataset, get_worker_info
 
 from latent_clip.factory import CheckpointError, atomic_write, load_pickle_safely
-from latent_clip.fields import shorten
+from latent_clip.fields import check_texts, shorten
 from latent_clip.filebounds import FileLimitError, check_safetensors_header, read_bounded
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -144,10 +144,11 @@ class TarShard:
         key = self.keys[i]
         g = self.groups[key]
         try:
-            caption = g.get("txt", b"").decode("utf-8")
+            caption = check_texts(g.get("txt", b"").decode("utf-8"), "caption")[0]
             label = int(g["cls"].decode()) if "cls" in g else -1
-        except ValueError as err:  # not UTF-8, or a label that is not a number
-            raise CaptionError(f"{self.path} sample {key}: caption or label is not UTF-8 text ({err})") from None
+        except ValueError as err:  # not UTF-8, a label that is not a number, a caption over the text bounds
+            raise CaptionError(f"{shorten(self.path)} sample {shorten(key, 60)}: caption or label is not UTF-8 "
+                               f"text within the bounds ({shorten(str(err), 120)})") from None
         if "latent.pt" in g:
             return Sample(key, caption, label, latent=_read_latent(g["latent.pt"], f"{self.path} sample {key}"))
         image = next((g[e[1:]] for e in IMAGE_EXTS if e[1:] in g), None)
@@ -202,7 +203,12 @@ class SafetensorsShard:
     def __getitem__(self, i: int) -> Sample:
         latent = self._latents[i:i + 1][0].float()
         label = self.labels[i] if self.labels else -1
-        return Sample(str(self.keys[i]), str(self.captions[i]) if self.captions else "", int(label), latent=latent)
+        caption = str(self.captions[i]) if self.captions else ""
+        try:
+            check_texts(caption, "caption")
+        except ValueError as err:
+            raise CaptionError(f"{shorten(self.path)} sample {shorten(self.keys[i], 60)}: {err}") from None
+        return Sample(str(self.keys[i]), caption, int(label), latent=latent)
 
 
 class FolderShard:
@@ -421,6 +427,11 @@ def folder_rows(folder: str | Path, captions: str | Path | None = None, labels_f
             except FileLimitError as err:
                 problems.append(Problem("bad_caption", str(txt), str(err)))
                 continue
+        try:
+            check_texts(caption or "", "caption")
+        except ValueError as err:
+            problems.append(Problem("bad_caption", str(txt if txt.is_file() else p), str(err)))
+            continue
         if caption:
             rows.append((p, caption, -1))
         else:

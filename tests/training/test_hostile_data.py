@@ -18,8 +18,8 @@ import torch
 import latent_clip
 from fixtures import IMAGE_FILES, IMAGES, N_IMAGES, REPO, child_env, fit_args, records, tiny_model
 from hostile_files import CASES, MEMORY_BOUND, TIME_BOUND, run_measured, truncate
-from train.data import (MAX_CAPTION_BYTES, SIZES_FILE, ImageTooLarge, Sample, ShardError, TarShard, expand_shards,
-                        folder_rows, open_shard, shard_sizes, write_latent_shard, write_tar)
+from train.data import (MAX_CAPTION_BYTES, SIZES_FILE, CaptionError, ImageTooLarge, Sample, ShardError, TarShard,
+                        expand_shards, folder_rows, open_shard, shard_sizes, write_latent_shard, write_tar)
 from train.encode import main as encode
 from train.main import TrainingError, main as fit
 from train.synthetic import write_image_shards, write_synthetic_latents
@@ -163,6 +163,29 @@ def test_shard_headers_and_caption_files_are_read_within_bounds(tmp_path):
     problems = []
     rows, _ = folder_rows(folder, problems=problems)
     assert [r[1] for r in rows] == ["ok"] and [p.kind for p in problems] == ["bad_caption", "missing_caption"]
+
+
+def test_captions_over_the_text_bounds_are_bad_captions_not_a_stalled_tokenizer(tmp_path):
+    """A caption CLIP's tokenizer would spend minutes on (one 20,000-letter word: ~45 s) is one bad row, in a tar,
+    a safetensors shard and a folder, refused in milliseconds."""
+    word = "w" * 20_000
+    write_tar(tmp_path / "shard.tar", [("ok", {"txt": b"fine", "png": b"x"}), ("long", {"txt": word.encode(),
+                                                                                      "png": b"x"})])
+    shard = TarShard(tmp_path / "shard.tar")
+    assert shard[0].caption == "fine"
+    tic = time.perf_counter()
+    with pytest.raises(CaptionError, match=r"shard\.tar sample long: .*caption is 20,000 characters, more than 4,096"):
+        shard[1]
+    write_latent_shard(tmp_path / "lat.safetensors", torch.zeros(2, 4, 8, 8), ["fine", word], ["a", "b"], [0, 1])
+    with pytest.raises(CaptionError, match=r"lat\.safetensors sample b: caption is 20,000 characters"):
+        open_shard(tmp_path / "lat.safetensors")[1]
+    (tmp_path / "folder").mkdir()
+    shutil.copy(IMAGE_FILES[0], tmp_path / "folder" / f"a{IMAGE_FILES[0].suffix}")
+    (tmp_path / "folder" / "a.txt").write_text(word)
+    problems = []
+    assert folder_rows(tmp_path / "folder", problems=problems)[0] == []
+    assert [p.kind for p in problems] == ["bad_caption"] and "20,000 characters" in problems[0].detail
+    assert time.perf_counter() - tic < TIME_BOUND
 
 
 def test_a_csv_without_the_columns_is_one_clear_error(tmp_path):
