@@ -24,6 +24,7 @@ from typing import Callable, Mapping, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from .fields import check_texts, finite
 from .safety import Concept, parse_concepts
 
 RewardFn = Callable[[torch.Tensor], torch.Tensor]
@@ -73,8 +74,9 @@ def concept_loss(features: torch.Tensor, concept_features: torch.Tensor, neutral
 
 
 def prompt_list(prompt: Prompts) -> list[str]:
-    """One prompt for the batch, or one per sample, as a list."""
-    return [prompt] if isinstance(prompt, str) else list(prompt)
+    """The prompt(s) as a list (one for the batch, or one per sample), within the text bounds
+    (:func:`latent_clip.fields.check_texts`)."""
+    return check_texts(prompt, "prompt")
 
 
 def _text_features(model, texts: Sequence[str]) -> torch.Tensor:
@@ -193,6 +195,8 @@ def weighted_sum(rewards: Mapping[str, RewardFn], weights: Mapping[str, float]) 
 
     Names in ``rewards`` without a weight, or with weight 0, are skipped (never evaluated)."""
     unknown = set(weights) - set(rewards)
+    for name, weight in weights.items():
+        finite(weight, f"weight of reward {name!r}")
     if unknown:
         raise KeyError(f"weights for unknown rewards: {sorted(unknown)}")
     active = {n: fn for n, fn in rewards.items() if weights.get(n, 0.0)}
