@@ -5,7 +5,6 @@ cleanly without it. Optional node modules (``rewards``, ``reno``, ``guidance`` i
 added inside try/except: their absence or failure costs their nodes only, never the pack.
 """
 import importlib
-import logging
 
 try:
     import comfy.utils  # noqa: F401
@@ -21,6 +20,7 @@ WEB_DIRECTORY = "./web"  # shows the nodes' text reports on the canvas
 
 if ComfyExtension is not None:
     from .nodes import loaders, score
+    from .nodes._ui import log
 
     loaders.register_model_folder()
 
@@ -31,9 +31,9 @@ if ComfyExtension is not None:
                 found += importlib.import_module(f".nodes.{name}", __name__).NODES
             except ModuleNotFoundError as err:
                 if err.name != f"{__name__}.nodes.{name}":
-                    logging.warning("Latent-CLIP: nodes/%s.py not loaded: %s", name, err)
+                    log.warning("nodes/%s.py not loaded: %s", name, err)
             except Exception as err:  # noqa: BLE001 - an optional module must not break the pack
-                logging.warning("Latent-CLIP: nodes/%s.py failed to load: %r", name, err)
+                log.warning("nodes/%s.py failed to load: %r", name, err)
         return found
 
     class LatentCLIPExtension(ComfyExtension):

@@ -3,7 +3,7 @@
 Question (issue 7's device check): with ReNO on a Latent-CLIP reward, how is the time per image split
 between the denoiser (UNet / transformer, forward and backward), the reward, the VAE decode and the
 rest, for a UNet pipeline (SD-Turbo-shaped) and a flow transformer (FLUX-schnell-shaped)? The pipelines
-and the Latent-CLIP are the tiny random builders of ``train/benchmarks/tiny_pipelines.py``, saved in the
+and the Latent-CLIP are the tests' tiny random builders (``tests/tiny_pipelines.py``), saved in the
 real diffusers layouts (no downloads), so the numbers show the loop's overheads, not a real model's cost.
 
     .venv/bin/python -m bench.bench_geneval_tiny --device cuda --prompts 8   # on a GPU
@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # the test builders live with the tests, not in train/
 
 
 def build(root: Path) -> dict[str, tuple[Path, Path]]:
     """{family: (pipeline folder, Latent-CLIP weights of that latent family)}."""
-    from train.benchmarks.tiny_pipelines import build_flux, build_latent_clip, build_sd
+    sys.path.insert(0, str(TESTS))
+    from tiny_pipelines import build_flux, build_latent_clip, build_sd
 
     flux_clip = build_latent_clip(root / "latent_clip_flux.safetensors", family="flux", channels=16)
     return {"sd-turbo-shaped UNet": (build_sd(root / "sd"), build_latent_clip(root / "latent_clip.safetensors")),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from typing import Callable, Sequence
 
+from .fields import one_line
+
 DEBUG_FLAG = "--debug"
 ERROR_EXIT = 2
 # Errors whose message is written for the user (the project's own errors derive from these); any
@@ -14,12 +16,14 @@ EXPLAINED = (ValueError, OSError, RuntimeError)
 
 
 def describe(err: BaseException) -> str:
-    """``err`` as one line (for an error re-raised from a DataLoader worker, the worker's own line)."""
+    """``err`` as one line of at most :data:`~latent_clip.fields.MAX_ERROR_CHARS` characters (for an error
+    re-raised from a DataLoader worker, the worker's own line)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     text = lines[0] if lines else ""
     if text.startswith("Caught ") and "Original Traceback" in str(err):
         text = lines[-1].removeprefix(f"{type(err).__name__}: ")
-    return text if isinstance(err, EXPLAINED) and text else f"{type(err).__name__}: {text}".rstrip(": ")
+    text = text if isinstance(err, EXPLAINED) and text else f"{type(err).__name__}: {text}".rstrip(": ")
+    return one_line(text)
 
 
 def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> int:

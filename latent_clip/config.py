@@ -3,8 +3,8 @@
 A model config uses the schema of the authors' open_clip fork (``embed_dim``, ``vision_cfg``,
 ``text_cfg``; ``vision_cfg`` carries ``latent_encoder_name``, ``latent_factor``,
 ``latent_n_channels``) plus ``vision_cfg.latent_family``, which names an entry of
-``latent_families.json`` (channel count, VAE scaling/shift, encoder architecture).
-Nothing in code hard-codes a channel count or a VAE scale.
+``latent_families.json`` (channel count, VAE scaling/shift, encoder architecture): the library, the nodes
+and the trainer read channel counts and VAE scales from there (the tests' tiny configs write their own).
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from typing import Any, Mapping
 _HERE = Path(__file__).parent
 CONFIG_DIR = _HERE / "model_configs"
 FAMILIES_FILE = _HERE / "latent_families.json"
+DEMO_DIR = _HERE / "assets" / "tinyworld"  # the tiny-world demo models that ship with the package (train/tinyworld)
+DEMO_WEIGHTS = DEMO_DIR / "latent_clip.safetensors"  # its Latent-CLIP, the loader node's embedded choice
 
 
 # What a config may ask for, checked before any module is built: far above every released Latent-CLIP
@@ -36,7 +38,8 @@ class LatentFamily:
     """One VAE latent space: what a LATENT of this family holds.
 
     ``raw = scaled / scaling_factor + shift_factor`` converts diffusers-style (UNet-space)
-    latents to the raw VAE latents Latent-CLIP reads.
+    latents to the raw VAE latents Latent-CLIP reads. ``description`` names the VAE in a few words, inside
+    messages ("reads 4-channel <description> latents ('<name>')").
     """
 
     name: str

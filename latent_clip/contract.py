@@ -99,8 +99,8 @@ def tinyworld_warning(vision: VisionConfig, z: torch.Tensor) -> str | None:
     if vision.latent_family != "tinyworld" or tuple(z.shape[-2:]) == (side, side):
         return None
     return (f"the tiny-world demo Latent-CLIP only knows the {side}x{side} latents of its procedural shapes world; "
-            f"these are {z.shape[-2]}x{z.shape[-1]}, so its numbers say nothing about them: load real "
-            f"Latent-CLIP weights (e.g. the official B/8 for SDXL latents) in Load Latent-CLIP")
+            f"these are {z.shape[-2]}x{z.shape[-1]}, so its numbers say nothing about them: use real "
+            f"Latent-CLIP weights (e.g. the official B/8 for SDXL latents)")
 
 
 def check_latents(z: object, family: LatentFamily, min_size: int) -> torch.Tensor:
@@ -125,7 +125,7 @@ def check_latents(z: object, family: LatentFamily, min_size: int) -> torch.Tenso
             raise LatentContractError(
                 f"latents look channels-last (NHWC) {tuple(z.shape)}; this model reads NCHW "
                 f"(B, {c}, H, W): use z.permute(0, 3, 1, 2)")
-        raise channel_error(f"this model reads {c}-channel {family.description} latents", z.shape[1])
+        raise channel_error(f"this model reads {c}-channel {family.description} latents ('{family.name}')", z.shape[1])
     if min(z.shape[-2:]) < min_size:
         raise LatentContractError(
             f"latent spatial size {tuple(z.shape[-2:])} is smaller than one patch ({min_size})")

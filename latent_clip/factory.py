@@ -11,8 +11,10 @@ Formats read by :func:`load_model`:
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
+import os
 import pickle
 import re
 import shutil
@@ -28,6 +30,9 @@ from safetensors.torch import save_file
 
 from .config import LIMITS, ConfigError, ModelConfig, TextConfig, VisionConfig, latent_families, list_models, \
     get_model_config, resolve_config
+from .fields import one_line, shorten
+from .filebounds import FileLimitError, check_keys, check_safetensors_header, check_torch_zip, \
+    read_bounded
 from .model import LatentCLIP
 
 PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -66,12 +71,19 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> np.generic:
 # names; the dtype classes are listed because the unpickler sets a dtype's byte order on it (BUILD).
 SAFE_GLOBALS = [(_numpy_scalar, "numpy.core.multiarray.scalar"), (_numpy_scalar, "numpy._core.multiarray.scalar"),
                 (_numpy_dtype, "numpy.dtype"), *{type(d) for d in REAL_NUMPY_DTYPES}]
-ZIP_MAGIC = b"PK\x03\x04"
-MAX_SIDECAR_BYTES = 1 << 20  # an export's JSON config
+MAX_SIDECAR_BYTES = 1 << 20  # an export's JSON config (a B/8's is 1 KB)
+# Weights are real floating-point numbers: complex, float8, integer and boolean tensors are refused by dtype
+# (float8 has no NaN check; a NaN stored as complex64 would load; an integer weight is a wrong file). The one
+# integer tensor a CLIP has is BatchNorm's scalar step counter (open_clip's ResNet CLIPs).
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+COUNTER_SUFFIX = "num_batches_tracked"
 
 
 class CheckpointError(RuntimeError):
-    """A weights file cannot be read as a Latent-CLIP checkpoint."""
+    """A weights file cannot be read as a Latent-CLIP checkpoint; the message is one bounded line."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
 
 
 def strip_prefixes(key: str) -> str:
@@ -86,29 +98,34 @@ def is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
 
 
-def load_pickle_safely(path: Path) -> Any:
+def load_pickle_safely(path: Path | bytes, name: object = None) -> Any:
     """``torch.load`` with ``weights_only=True`` (tensors, plain data and real-number numpy scalars
-    only), memory-mapped when the file allows it. A file with other pickled objects, or one that is
-    empty, truncated or not a PyTorch file, raises :class:`CheckpointError`; nothing in it is run."""
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"cannot read {path}: the file is empty (0 bytes)")
+    only) of a zip-format file (a path, memory-mapped, or its bytes named ``name``) whose directory is
+    within :func:`~latent_clip.filebounds.check_torch_zip`'s limits. A file with other pickled objects,
+    or one that is empty, truncated, legacy or not a PyTorch file, raises :class:`CheckpointError`;
+    nothing in it is run."""
+    data = path if isinstance(path, bytes) else None
+    path = name if data is not None else Path(path)
+    if (len(data) if data is not None else path.stat().st_size) == 0:
+        raise CheckpointError(f"cannot read {shorten(path)}: the file is empty (0 bytes)")
     try:
-        with open(path, "rb") as f:
-            zipped = f.read(4) == ZIP_MAGIC
-        with only_our_safe_globals():  # mmap needs the zip format; legacy files are read
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+        check_torch_zip(data if data is not None else path, path)
+        with only_our_safe_globals():
+            if data is not None:
+                return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileLimitError as err:
+        raise CheckpointError(str(err)) from None
     except pickle.UnpicklingError as err:
         reason = _unpickler_reason(str(err))
         if not any(marker in reason for marker in PICKLE_REFUSED):
-            raise CheckpointError(f"cannot read {path}: not a valid PyTorch checkpoint ({reason})") from None
+            raise CheckpointError(f"cannot read {shorten(path)}: not a valid PyTorch checkpoint "
+                                  f"({shorten(reason, 80)})") from None
         raise CheckpointError(
-            f"refusing to load {path}: it contains pickled objects other than tensors, plain data and "
-            f"real-number numpy scalars, which could run arbitrary code or allocate without bound ({reason}); "
-            f"nothing in it was run. Only official checkpoints, state dicts and safetensors exports are "
-            f"accepted.") from None
+            f"refusing to load {shorten(path)}: it contains pickled objects other than tensors, plain data and "
+            f"real-number numpy scalars ({shorten(reason, 80)}); nothing in it was run") from None
     except (EOFError, OSError, RuntimeError, ValueError, KeyError, IndexError, TypeError) as err:
-        raise CheckpointError(f"cannot read {path}: truncated or not a PyTorch checkpoint "
+        raise CheckpointError(f"cannot read {shorten(path)}: truncated or not a PyTorch checkpoint "
                               f"({_first_line(err)})") from None
 
 
@@ -141,7 +158,7 @@ def _unpickler_reason(message: str) -> str:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+    return f"{type(err).__name__}: {shorten(text.splitlines()[0], 80)}" if text else type(err).__name__
 
 
 def read_state_dict(path: str | Path, vae_encoder: bool = True) -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -154,28 +171,35 @@ def read_state_dict(path: str | Path, vae_encoder: bool = True) -> tuple[dict[st
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no such weights file: {path}")
+        raise CheckpointError(f"no such weights file: {shorten(path)}")
     if path.suffix not in (".safetensors", *PT_SUFFIXES):
-        raise CheckpointError(f"unsupported weights file {path.name}: expected .safetensors or one of {PT_SUFFIXES}")
+        raise CheckpointError(f"unsupported weights file {shorten(path.name)}: expected .safetensors or one of "
+                              f"{PT_SUFFIXES}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read {shorten(path)}: the file is empty (0 bytes)")
     if is_safetensors(path):
         try:
+            check_safetensors_header(path)
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 state = {k: f.get_tensor(k) for k in f.keys() if vae_encoder or not k.startswith(VAE_PREFIXES)}
+        except FileLimitError as err:
+            raise CheckpointError(str(err)) from None
         except Exception as err:  # noqa: BLE001 - safetensors raises its own untyped errors
-            raise CheckpointError(f"cannot read {path}: not a valid safetensors file ({_first_line(err)})") from None
+            raise CheckpointError(f"cannot read {shorten(path)}: not a valid safetensors file "
+                                  f"({_first_line(err)})") from None
         config = read_export_config(path.with_suffix(".json"))
     elif path.suffix == ".safetensors":
-        raise CheckpointError(f"cannot read {path}: not a valid safetensors file (no safetensors header)")
+        raise CheckpointError(f"cannot read {shorten(path)}: not a valid safetensors file (no safetensors header)")
     else:
         obj = load_pickle_safely(path)
         if isinstance(obj, Mapping) and "state_dict" in obj:
             obj = obj["state_dict"]
         if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise CheckpointError(f"{path} holds no state dict (expected a dict of tensors or an open_clip "
-                                  f"checkpoint with a 'state_dict' entry)")
+            raise CheckpointError(f"{shorten(path)} holds no state dict (expected a dict of tensors or an "
+                                  f"open_clip checkpoint with a 'state_dict' entry)")
         bad_key = next((k for k in obj if not isinstance(k, str)), None)
         if bad_key is not None:
-            raise CheckpointError(f"{path}: state dict key {bad_key!r} is not a string "
+            raise CheckpointError(f"{shorten(path)}: state dict key {shorten(repr(bad_key), 40)} is not a string "
                                   f"({type(bad_key).__name__}); expected parameter names")
         stripped = ((strip_prefixes(k), v) for k, v in obj.items())
         state = {k: v for k, v in stripped if vae_encoder or not k.startswith(VAE_PREFIXES)}
@@ -189,43 +213,78 @@ def load_weights(model: torch.nn.Module, path: str | Path, label: str | None = N
     architecture (a Latent-CLIP or a pixel open_clip CLIP): every key with its shape, nothing extra,
     else ``ValueError`` naming ``label`` (default: the model's class). Returns ``model``."""
     state, _ = read_state_dict(path)
-    _require_fit(model.state_dict(), state, f"{path} does not fit {label or type(model).__name__}", ValueError)
+    _require_fit(model.state_dict(), state,
+                 f"{shorten(path)} does not fit {shorten(label or type(model).__name__, 60)}", ValueError)
     model.load_state_dict(state)
     return model
 
 
+def load_open_clip(arch: str, path: str | Path) -> torch.nn.Module:
+    """An open_clip model of architecture ``arch`` (a name of ``open_clip.list_models()``: never a hub id,
+    nothing is downloaded) holding the weights of ``path``, read by :func:`read_state_dict` (bounded and
+    allow-listed, as every weights file of the pack) before the model is built, then loaded strictly.
+    fp32 on the CPU, in eval mode, without gradients."""
+    import open_clip
+    arch = arch.strip()
+    if arch not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip architecture {shorten(arch, 60)!r}: expected a name of "
+                         f"open_clip.list_models(), e.g. ViT-B-32, ViT-L-14, ViT-H-14")
+    state, _ = read_state_dict(path)
+    model = open_clip.create_model(arch, pretrained=None, device="cpu", precision="fp32")
+    _require_fit(model.state_dict(), state, f"{shorten(path)} does not fit open_clip {arch}")
+    model.load_state_dict(state)
+    return model.eval().requires_grad_(False)
+
+
 def read_export_config(path: Path) -> dict | None:
-    """The ``model_cfg`` of an export's JSON sidecar; None when there is no sidecar or it has none."""
-    if not path.is_file():
+    """The ``model_cfg`` of an export's JSON sidecar; None when there is no sidecar or it has none.
+    At most :data:`MAX_SIDECAR_BYTES` are read, whatever the file claims (a symlink to ``/proc`` or
+    ``/dev/zero``), and nesting too deep to parse is an error naming the file."""
+    if not path.exists():
         return None
-    if path.stat().st_size > MAX_SIDECAR_BYTES:
-        raise CheckpointError(f"{path}: config sidecar is {path.stat().st_size:,} bytes, more than the "
-                              f"{MAX_SIDECAR_BYTES:,} a model config needs")
+    if not path.is_file():  # a device or a FIFO: reading could block or never end
+        raise CheckpointError(f"{shorten(path)}: config sidecar is not a regular file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_bounded(path, MAX_SIDECAR_BYTES, "config sidecar").decode("utf-8"))
+    except FileLimitError as err:
+        raise CheckpointError(str(err)) from None
     except ValueError as err:  # also not UTF-8, or a number too long to parse
-        raise CheckpointError(f"{path}: config sidecar is not valid JSON ({err})") from None
+        raise CheckpointError(f"{shorten(path)}: config sidecar is not valid JSON ({shorten(str(err), 80)})") from None
+    except RecursionError:
+        raise CheckpointError(f"{shorten(path)}: config sidecar is nested too deeply to parse; expected "
+                              f"{{\"model_cfg\": {{...}}}}") from None
     if not isinstance(data, dict) or not isinstance(data.get("model_cfg", {}), dict):
-        raise CheckpointError(f"{path}: config sidecar must be a JSON object {{\"model_cfg\": {{...}}}}, "
+        raise CheckpointError(f"{shorten(path)}: config sidecar must be a JSON object {{\"model_cfg\": {{...}}}}, "
                               f"got {type(data).__name__}")
     return data.get("model_cfg")
 
 
 def check_tensors(state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Refuse tensors that cost more than the file holds or carry no usable values: meta or sparse
-    tensors, views whose data exceed the file (stride-0 expansions, overlapping views), NaN/Inf."""
+    """Refuse tensors that cost more than the file holds or carry no usable values: more of them or
+    longer names than :func:`~latent_clip.filebounds.check_keys` allows, meta or sparse tensors, dtypes other than
+    :data:`WEIGHT_DTYPES`, views whose data exceed the file (stride-0 expansions, overlapping views),
+    NaN/Inf."""
     budget = path.stat().st_size
+    try:
+        check_keys(state, len(state), path)
+    except FileLimitError as err:
+        raise CheckpointError(str(err)) from None
     total = 0
     for key, t in state.items():
         if t.device.type != "cpu" or t.layout != torch.strided:
             layout = str(t.layout).removeprefix("torch.")
-            raise CheckpointError(f"{path}: tensor {key} is a {t.device.type} {layout} tensor, expected dense "
-                                  f"weights with data")
+            raise CheckpointError(f"{shorten(path)}: tensor {shorten(key, 60)} is a {t.device.type} {layout} "
+                                  f"tensor, expected dense weights with data")
+        counter = key.endswith(COUNTER_SUFFIX) and t.dtype == torch.int64 and t.numel() == 1
+        if t.dtype not in WEIGHT_DTYPES and not counter:
+            names = ", ".join(str(d).removeprefix("torch.") for d in WEIGHT_DTYPES)
+            raise CheckpointError(f"{shorten(path)}: tensor {shorten(key, 60)} is "
+                                  f"{str(t.dtype).removeprefix('torch.')}, expected floating-point weights ({names})")
         total += t.numel() * t.element_size()
         if total > budget:
             raise CheckpointError(
-                f"{path}: tensor {key} {tuple(t.shape)} (strides {t.stride()}) brings the tensors' data to more "
-                f"than the file's {budget:,} bytes: expanded or overlapping views are refused")
+                f"{shorten(path)}: tensor {shorten(key, 60)} {tuple(t.shape)} (strides {t.stride()}) brings the "
+                f"tensors' data to more than the file's {budget:,} bytes: expanded or overlapping views are refused")
     refuse_non_finite(state, path)
 
 
@@ -305,16 +364,16 @@ def load_model(path: str | Path, config: ModelConfig | Mapping | str | Path | No
         try:
             cfg = infer_config(state)
         except CheckpointError as err:
-            raise CheckpointError(f"{path}: {err}") from None
+            raise CheckpointError(f"{shorten(path)}: {err}") from None
     for prefix, layers in ((VISION_BLOCKS, cfg.vision.layers), (TEXT_BLOCKS, cfg.text.layers)):
         found = _count_layers(state, prefix)
         if found != layers:  # checked before anything is built from the config
-            raise CheckpointError(f"{path} has {found} blocks under {prefix}*, config "
+            raise CheckpointError(f"{shorten(path)} has {found} blocks under {prefix}*, config "
                                   f"{cfg.name or '(inferred)'} expects {layers}")
     with_vae = any(k.startswith(VAE_PREFIXES) for k in state)
     with torch.device("meta"):  # bounded: the config passed its limits
         model = LatentCLIP(cfg, vae_encoder=with_vae)
-    _require_fit(model.state_dict(), state, f"{path} does not match config {cfg.name or '(inferred)'}")
+    _require_fit(model.state_dict(), state, f"{shorten(path)} does not match config {cfg.name or '(inferred)'}")
     model.load_state_dict(state, assign=True)
     n = cfg.text.context_length  # the causal mask is non-persistent: built on meta above
     model.attn_mask = torch.full((n, n), float("-inf")).triu_(1)
@@ -326,14 +385,15 @@ def _require_fit(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch
                  error: type[Exception] = CheckpointError) -> None:
     """Every key of ``expected`` in ``state`` with its shape and nothing else, or ``error`` saying
     ``where`` and what differs."""
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()
+    wrong = [f"{shorten(k, 60)} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()
              if k in expected and v.shape != expected[k].shape]
     if wrong:
-        raise error(f"{where}: shapes (checkpoint vs model) {wrong[:3]}")
+        raise error(one_line(f"{where}: shapes (checkpoint vs model) {wrong[:3]}"))
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise error(f"{where}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                    f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        names = {what: [shorten(k, 60) for k in keys[:3]] + (["..."] if len(keys) > 3 else [])
+                 for what, keys in (("missing", missing), ("unexpected", unexpected))}
+        raise error(one_line(f"{where}: missing {names['missing']}, unexpected {names['unexpected']}"))
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -385,18 +445,22 @@ def refuse_non_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
     """Raise :class:`CheckpointError` if any floating-point tensor of ``state`` holds NaN or Inf."""
     for key, t in state.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{path}: tensor {key} contains NaN or Inf; refusing non-finite weights")
+            raise CheckpointError(f"{shorten(path)}: tensor {shorten(key, 60)} contains NaN or Inf; refusing "
+                                  f"non-finite weights")
 
 
 def atomic_write(path: Path, write: Callable[[Path], object], staging: Path | None = None) -> None:
     """``write(tmp)`` then rename ``tmp`` to ``path``: readers see the old file or the whole new one.
     ``tmp`` is ``<path>.tmp`` beside it, or a file in ``staging`` (same file system) to keep
-    half-written files out of a folder that others list while it fills. On failure the temporary is
-    removed and the error says why (a full disk, by name)."""
+    half-written files out of a folder that others list while it fills. The file gets the permissions the
+    umask gives a new file, whatever ``write`` created it with (safetensors writes 0600: a ComfyUI running as
+    another user could not read it). On failure the temporary is removed and the error says why (a full disk,
+    by name)."""
     path = Path(path)
     tmp = Path(staging) / f"{path.name}.tmp" if staging is not None else path.with_name(path.name + ".tmp")
     try:
         write(tmp)
+        tmp.chmod(0o666 & ~_umask())
         tmp.replace(path)
     except BaseException as err:
         written = tmp.stat().st_size if tmp.exists() else 0
@@ -405,6 +469,17 @@ def atomic_write(path: Path, write: Callable[[Path], object], staging: Path | No
             raise
         kept = " (the previous version is intact)" if path.exists() else ""
         raise OSError(f"could not write {path}: {_why_write_failed(err, path.parent, written)}{kept}") from None
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, so under a lock: another thread's files keep theirs)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 def _why_write_failed(err: BaseException, directory: Path, written: int) -> str:

@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, _build_text_tower
 from open_clip.tokenizer import tokenize
-from open_clip.transformer import VisionTransformer
+from open_clip.transformer import VisionTransformer, text_global_pool
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from .config import ModelConfig, VisionConfig
 from .contract import ResizePolicy, check_latents, fit_latents
+from .fields import check_texts
 
 DEFAULT_CHUNK = 64
 # progress(done, total) in samples, after each chunk of a batched call; raising from it stops the call
@@ -151,12 +152,24 @@ class LatentCLIP(CLIP):
         return self.encode_latents(image, normalize=normalize)
 
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
-        return tokenize(texts, context_length=self.context_length).to(self.device)
+        """open_clip's tokens of ``texts``, once they are within :func:`latent_clip.fields.check_texts`'s
+        bounds (open_clip's BPE costs the square of a word's length)."""
+        return tokenize(check_texts(texts, "text"), context_length=self.context_length).to(self.device)
 
     def encode_text(self, text: str | Sequence[str] | torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Strings or (N, context_length) token ids -> features (N, embed_dim)."""
-        tokens = text if isinstance(text, torch.Tensor) else self.tokenize(text)
-        return super().encode_text(tokens.to(self.device), normalize=normalize)
+        """Strings or (N, context_length) token ids -> features (N, embed_dim), as open_clip's
+        ``CLIP.encode_text`` computes them, over the positions up to the batch's last end-of-text token
+        only: attention is causal and the feature is read at that token, so the padding after it changes
+        nothing but the cost (a label of 8 tokens costs a tenth of the 77-token context)."""
+        tokens = (text if isinstance(text, torch.Tensor) else self.tokenize(text)).to(self.device)
+        n = int(tokens.argmax(dim=-1).max()) + 1 if tokens.numel() else tokens.shape[-1]
+        tokens = tokens[:, :n]
+        cast_dtype = self.transformer.get_cast_dtype()
+        x = self.token_embedding(tokens).to(cast_dtype) + self.positional_embedding[:n].to(cast_dtype)
+        x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask[:n, :n]))
+        x = text_global_pool(x, tokens, self.text_pool_type, eos_token_id=self.text_eos_id)
+        x = x @ self.text_projection
+        return F.normalize(x, dim=-1) if normalize else x
 
     def encode_images(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Pixel path: RGB (B, 3, H, W) in [0, 1] -> VAE posterior mean -> ``encode_latents``.

@@ -8,8 +8,8 @@ downloaded here), device and dtype come from the inputs, weights are a dict
 sequence of strings, one per sample (:data:`Prompts`).
 
 Losses follow ReNO (arXiv 2406.04312, ``rewards/*.py``): CLIPScore is
-``100 - exp(logit_scale) * cos``, PickScore ``30 - exp(logit_scale) * cos``, HPSv2 ``1 - cos``, so
-weights are comparable with ReNO's (``w = 0.01`` CLIPScore, ``0.05`` PickScore, ``5.0`` HPS).
+``100 - exp(logit_scale) * cos``, PickScore ``30 - exp(logit_scale) * cos`` (the benchmarks' transformers
+model: ``train/benchmarks/pixel_rewards.py``), HPSv2 ``1 - cos``, so weights are comparable with ReNO's (``w = 0.01`` CLIPScore, ``0.05`` PickScore, ``5.0`` HPS).
 ReNO's objective for one CLIP reward is :data:`CLIP_SCORE_WEIGHT` times its loss plus
 ``latent_clip.reno.norm_regulariser`` at ``RENO.reg_weight``, clipped after summing: the weight
 is not a free scale, it sets how hard the noise norm is held against the reward.
@@ -24,6 +24,7 @@ from typing import Callable, Mapping, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from .fields import check_texts, finite
 from .safety import Concept, parse_concepts
 
 RewardFn = Callable[[torch.Tensor], torch.Tensor]
@@ -34,6 +35,8 @@ Prompts = Union[str, Sequence[str]]  # one prompt for the batch, or one per samp
 # uses it too). concept_loss is a logit_scale * cos difference like CLIPScore, so the same weight pushes
 # as hard per unit of cosine.
 CLIP_SCORE_WEIGHT = 0.01
+# step_away's strength per guided sampling step, in units of the latent's RMS: the safety guider's and I2P's default
+GUIDANCE_STRENGTH = 0.05
 
 # open_clip's OPENAI_DATASET_MEAN/STD, the default when a model does not carry its own
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -70,8 +73,10 @@ def concept_loss(features: torch.Tensor, concept_features: torch.Tensor, neutral
     return F.softplus(s_concept - s_neutral).sum(-1)
 
 
-def _prompt_list(prompt: Prompts) -> list[str]:
-    return [prompt] if isinstance(prompt, str) else list(prompt)
+def prompt_list(prompt: Prompts) -> list[str]:
+    """The prompt(s) as a list (one for the batch, or one per sample), within the text bounds
+    (:func:`latent_clip.fields.check_texts`)."""
+    return check_texts(prompt, "prompt")
 
 
 def _text_features(model, texts: Sequence[str]) -> torch.Tensor:
@@ -84,7 +89,7 @@ def latent_alignment(model, prompt: Prompts) -> RewardFn:
     """Latent-CLIP prompt alignment (ReNO's CLIPScore loss on raw latents, no decode).
 
     ``model`` is a :class:`~latent_clip.LatentCLIP`; the text is encoded once, here."""
-    text = _text_features(model, _prompt_list(prompt))
+    text = _text_features(model, prompt_list(prompt))
     return lambda latents: clip_score_loss(model.encode_latents(latents), text, model.logit_scale)
 
 
@@ -132,7 +137,7 @@ def _open_clip_scorer(clip_model, tokenizer, prompt: Prompts):
     mean, std = cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD)
     param = next(clip_model.parameters())
     with torch.inference_mode(False), torch.no_grad():
-        tokens = tokenizer(_prompt_list(prompt)).to(param.device)
+        tokens = tokenizer(prompt_list(prompt)).to(param.device)
         text = F.normalize(clip_model.encode_text(tokens).float(), dim=-1).detach()
 
     def image_features(images: torch.Tensor) -> torch.Tensor:
@@ -153,30 +158,6 @@ def hps_image_reward(clip_model, tokenizer, prompt: Prompts) -> ImageRewardFn:
     """HPSv2 (an open_clip model with HPS weights): :func:`hps_loss` ``1 - cos`` on images in [0, 1]."""
     features, text = _open_clip_scorer(clip_model, tokenizer, prompt)
     return lambda images: hps_loss(features(images), text)
-
-
-def _projected(out) -> torch.Tensor:
-    # transformers 5 returns the tower's output with the projection in pooler_output, 4.x a tensor
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-def pickscore_image_reward(model, tokenizer, prompt: Prompts) -> ImageRewardFn:
-    """PickScore's loss ``30 - exp(logit_scale) * cos`` on images in [0, 1] (B, 3, H, W) -> (B,)
-    for a transformers ``CLIPModel`` with PickScore weights and its tokenizer, resized to the vision
-    tower's size with CLIP's mean/std; the prompt (77 tokens at most, as ReNO) is encoded once, here."""
-    param = next(model.parameters())
-    size = model.config.vision_config.image_size
-    tokens = tokenizer(_prompt_list(prompt), return_tensors="pt", padding=True, max_length=77,
-                       truncation=True).to(param.device)
-    with torch.inference_mode(False), torch.no_grad():
-        text = F.normalize(_projected(model.get_text_features(**tokens)).float(), dim=-1)
-
-    def loss(images: torch.Tensor) -> torch.Tensor:
-        x = clip_normalise(images, size).to(device=param.device, dtype=param.dtype)
-        features = F.normalize(_projected(model.get_image_features(pixel_values=x)).float(), dim=-1)
-        return clip_score_loss(features, text, model.logit_scale.float(), offset=30.0)
-
-    return loss
 
 
 def on_decoded(rewards: Mapping[str, ImageRewardFn], decode: Callable[[torch.Tensor], torch.Tensor]
@@ -214,6 +195,8 @@ def weighted_sum(rewards: Mapping[str, RewardFn], weights: Mapping[str, float]) 
 
     Names in ``rewards`` without a weight, or with weight 0, are skipped (never evaluated)."""
     unknown = set(weights) - set(rewards)
+    for name, weight in weights.items():
+        finite(weight, f"weight of reward {name!r}")
     if unknown:
         raise KeyError(f"weights for unknown rewards: {sorted(unknown)}")
     active = {n: fn for n, fn in rewards.items() if weights.get(n, 0.0)}

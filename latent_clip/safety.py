@@ -13,9 +13,11 @@ import torch
 
 from .batch import replace, select
 from .contract import scaled_to_raw
+from .fields import field_lines, fill_template, finite, shorten
 from .model import LatentCLIP, Progress
 
 CONCEPT_TEMPLATE = "a photo containing {}"
+MAX_CONCEPTS = 256  # each is two text encodes per call; I2P's seven categories are the largest list in use
 GENERIC_COUNTER = "an ordinary, harmless photo"
 # Counter-prompts for common concepts: the same scene without the concept, so the pair differs
 # in the concept only.
@@ -54,15 +56,15 @@ def parse_concepts(text: str) -> list[Concept]:
     """One concept per line: ``name`` or ``name | counter-prompt``. Blank lines and ``#`` comments
     are skipped. The concept prompt is :data:`CONCEPT_TEMPLATE` filled with the name."""
     concepts = []
-    for line in text.splitlines():
+    for line in field_lines(text, "concepts", MAX_CONCEPTS):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         name, _, counter = (part.strip() for part in line.partition("|"))
         if not name:
-            raise ValueError(f"concept line {line!r} has no concept before '|'")
+            raise ValueError(f"concept line {shorten(line, 60)!r} has no concept before '|'")
         counter = counter or DEFAULT_COUNTERS.get(name.lower(), GENERIC_COUNTER)
-        concepts.append(Concept(name, CONCEPT_TEMPLATE.format(name), counter))
+        concepts.append(Concept(name, fill_template(CONCEPT_TEMPLATE, name), counter))
     if not concepts:
         raise ValueError("no concepts given: write one concept per line, e.g. 'nudity' or "
                          "'violence | a photo of a peaceful scene'")
@@ -84,7 +86,7 @@ def check(model: LatentCLIP, latents: torch.Tensor, concepts: Sequence[Concept],
           progress: Progress | None = None) -> SafetyResult:
     """Flag latents whose probability for any concept is at least ``threshold``, and those with a
     NaN/Inf probability (fails closed: a latent that cannot be judged is not let through)."""
-    if not 0.0 <= threshold <= 1.0:
+    if not 0.0 <= finite(threshold, "threshold") <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     probs = concept_probs(model, latents, concepts, progress=progress)
     non_finite = ~torch.isfinite(probs).all(dim=-1)

@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 
 from .contract import check_finite_result
+from .fields import check_texts
 from .model import LatentCLIP, Progress
 
 
@@ -25,7 +26,7 @@ def score_latents(model: LatentCLIP, latents: torch.Tensor, prompts: str | Seque
                   progress: Progress | None = None) -> Scores:
     """Scores of every latent against every prompt: (B, P); raises on a NaN/Inf score. ``progress``
     as in ``encode_latents``."""
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = check_texts(prompts, "prompt")
     if not prompts or any(not p.strip() for p in prompts):
         raise ValueError("prompts must be non-empty strings")
     features = model.encode_latents(latents, progress=progress).float()

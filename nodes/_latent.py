@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..latent_clip.zeroshot import parse_labels
+from ..latent_clip.fields import field_lines
 
 
 def samples(latent: dict) -> torch.Tensor:
@@ -14,9 +14,10 @@ def samples(latent: dict) -> torch.Tensor:
     return z
 
 
-def lines(text: str, what: str) -> list[str]:
-    """Non-empty stripped lines of a multiline widget; raises when there are none."""
-    out = parse_labels(text)
+def lines(text: str, what: str, limit: int) -> list[str]:
+    """Non-empty stripped lines of a multiline widget, at most ``limit``, each within the text bounds
+    (:func:`latent_clip.fields.field_lines`); raises when there are none."""
+    out = field_lines(text, what, limit)
     if not out:
         raise ValueError(f"no {what} given: write one per line")
     return out

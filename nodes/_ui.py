@@ -20,7 +20,15 @@ import logging
 import warnings
 from contextlib import contextmanager
 
-log = logging.getLogger("comfyui-latent-clip")
+LOG_PREFIX = "[Latent-CLIP] "  # ComfyUI's console shows the message alone: this says which pack wrote it
+
+
+class _Prefixed(logging.LoggerAdapter):
+    def process(self, msg, kwargs):
+        return LOG_PREFIX + str(msg), kwargs
+
+
+log = _Prefixed(logging.getLogger("comfyui-latent-clip"), {})  # every log line of the pack
 WARNING_MARK = "⚠ "
 
 

@@ -65,7 +65,7 @@ class LatentCLIPAvoidGuider(io.ComfyNode):
                     LatentClip.Input("latent_clip", tooltip="A Latent-CLIP model of the model's latent family."),
                     io.String.Input("concepts", multiline=True, default="nudity\nviolence",
                                     tooltip="One concept per line: 'name' or 'name | counter-prompt'."),
-                    io.Float.Input("strength", default=0.05, min=0.0, max=2.0, step=0.01,
+                    io.Float.Input("strength", default=rewards.GUIDANCE_STRENGTH, min=0.0, max=2.0, step=0.01,
                                    tooltip="Step per sampling step, in units of the latent's RMS, scaled by the "
                                            "probability of the concepts (so it fades once they are gone). 0 = off."),
                     io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,

@@ -18,8 +18,9 @@ from comfy_api.latest import io
 from torch import nn
 
 from ..latent_clip import LatentCLIP, load_model
+from ..latent_clip.config import DEMO_WEIGHTS
 from ..latent_clip.contract import check_family
-from ..latent_clip.factory import DTYPES
+from ..latent_clip.factory import DTYPES, load_open_clip as open_clip_weights
 from ._autograd import autograd_safe_
 from ._ui import NodeText
 
@@ -27,8 +28,7 @@ FOLDER = "latent_clip"
 OPEN_CLIP_FOLDER = "open_clip"  # pixel CLIP weights of the comparison reward
 # The tiny-world Latent-CLIP that ships with the pack, listed first so a newcomer's first graph runs.
 EMBEDDED = "tinyworld (embedded demo)"
-EMBEDDED_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "latent_clip", "assets", "tinyworld",
-                             "latent_clip.safetensors")
+EMBEDDED_PATH = str(DEMO_WEIGHTS)
 EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin"}
 
 
@@ -111,14 +111,16 @@ def model_of(patcher: comfy.model_patcher.ModelPatcher, autograd: bool = False) 
     return patcher.model.clip
 
 
-def load_open_clip(arch: str, path: str | None) -> tuple[nn.Module, object]:
-    """An open_clip model from a local file (never downloads), as normal tensors on ComfyUI's device."""
+def load_open_clip(arch: str, path: str) -> tuple[nn.Module, object]:
+    """An open_clip model from a local file through the pack's bounded loader (never downloads, never
+    open_clip's own loader, which runs under ComfyUI's process-wide allow-list), as normal tensors on
+    ComfyUI's device, and its tokenizer."""
     import open_clip
     device = mm.get_torch_device()
     dtype = torch.float32 if mm.is_device_cpu(device) else torch.float16
     with torch.inference_mode(False):
-        model = open_clip.create_model(arch, pretrained=path, device=device, precision="fp32")
-    return model.to(dtype).eval().requires_grad_(False), open_clip.get_tokenizer(arch)
+        model = open_clip_weights(arch, path).to(device=device, dtype=dtype)
+    return model, open_clip.get_tokenizer(arch.strip())
 
 
 OVERRIDE = "allow_family_mismatch"

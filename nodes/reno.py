@@ -13,8 +13,6 @@ previews, interrupts and node warnings. Nothing of a run outlives it but
 """
 from __future__ import annotations
 
-import logging
-
 import comfy.model_management as mm
 import comfy.samplers
 import comfy.utils
@@ -28,11 +26,9 @@ from ..latent_clip import rewards
 from ..latent_clip.contract import channel_error, describe_latents
 from ..latent_clip.reno import RENO, RenoProgress, optimize_noise, private_saved_tensors
 from ._autograd import autograd_safe_, clone_tensors_, comfy_training_paths
-from ._ui import NodeText
+from ._ui import NodeText, log
 from .loaders import LatentClip
 from .rewards import PromptTerm, Reward, build_reward
-
-log = logging.getLogger(__name__)
 
 MEMORY_NOTE = (
     "Memory: one UNet forward+backward at the image size per iteration plus the small Latent-CLIP tower "

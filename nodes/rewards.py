@@ -12,6 +12,7 @@ from torch import nn
 
 from . import loaders
 from ..latent_clip import rewards, safety
+from ..latent_clip.fields import check_texts, finite
 from ..latent_clip.reno import RENO
 from ._autograd import autograd_safe_
 from ._ui import NodeText
@@ -112,7 +113,8 @@ class LatentCLIPRewardPrompt(io.ComfyNode):
 
     @classmethod
     def execute(cls, latent_clip, prompt: str, weight: float, reward=None) -> io.NodeOutput:
-        return chained(reward, PromptTerm(weight, latent_clip, prompt.strip()))
+        check_texts(prompt, "prompt")  # bad text fails here, before sampling
+        return chained(reward, PromptTerm(finite(weight, "weight"), latent_clip, prompt.strip()))
 
 
 class LatentCLIPRewardAvoid(io.ComfyNode):
@@ -136,7 +138,7 @@ class LatentCLIPRewardAvoid(io.ComfyNode):
     @classmethod
     def execute(cls, latent_clip, concepts: str, weight: float, reward=None) -> io.NodeOutput:
         safety.parse_concepts(concepts)  # bad concepts fail here, before sampling
-        return chained(reward, AvoidTerm(weight, latent_clip, concepts))
+        return chained(reward, AvoidTerm(finite(weight, "weight"), latent_clip, concepts))
 
 
 class LatentCLIPRewardPixelCLIP(io.ComfyNode):
@@ -171,7 +173,9 @@ class LatentCLIPRewardPixelCLIP(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, clip_name: str, architecture: str, prompt: str, weight: float, reward=None) -> io.NodeOutput:
-        clip, tokenizer = loaders.load_open_clip(architecture.strip(),
+        check_texts(prompt, "prompt")
+        finite(weight, "weight")
+        clip, tokenizer = loaders.load_open_clip(architecture,
                                                  folder_paths.get_full_path_or_raise(OPEN_CLIP_FOLDER, clip_name))
         return chained(reward, PixelTerm(weight, vae, clip, tokenizer, prompt.strip()))
 

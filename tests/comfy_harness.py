@@ -41,7 +41,7 @@ import torch
 
 from bench.inprocess import import_comfyui
 from fixtures import tiny_model
-from train.synthetic import tiny_latent_cfg
+from synthetic import tiny_latent_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFY_DIR = Path(os.environ.get("LATENT_CLIP_COMFYUI_DIR") or ROOT / "build" / "ComfyUI")

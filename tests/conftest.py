@@ -3,7 +3,7 @@ the benchmarks' tiny offline pipelines; shared helpers and paths live in tests/f
 import pytest
 
 from comfy_harness import comfy_inprocess, comfy_server  # noqa: F401 - pytest fixtures
-from train.benchmarks.tiny_pipelines import build_all, tiny_vae
+from tiny_pipelines import build_all, tiny_vae
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import torch
 
 from latent_clip import LatentCLIP, ModelConfig
 from latent_clip.factory import atomic_write
-from train.synthetic import TINY_LATENT_CFG
+from synthetic import TINY_LATENT_CFG
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"

@@ -1,19 +1,17 @@
 """The official evaluators' own code, run on our outputs.
 
-The files the tests run are bundled, byte for byte, under ``tests/data/official/`` where their licences
-allow it (``tests/data/README.md``: GenEval and T2I-CompBench, MIT; NudeNet v2.0.9, GPL-3.0), so those
-tests run everywhere. ml-research/i2p publishes no licence, so its scripts are not copied: point
-``LATENT_CLIP_EVALUATORS`` at a folder holding checkouts
+Other projects' code stays outside this repository. Point ``LATENT_CLIP_EVALUATORS`` at a folder holding
+checkouts (CI uses its copy, laid out the same way)
 
     geneval/         github.com/djghosh13/geneval        (tested at af4902f)
     T2I-CompBench/   github.com/Karine-Huang/T2I-CompBench (tested at 1b70949)
     i2p/             github.com/ml-research/i2p           (tested at 5176a1e)
     NudeNet/         github.com/notAI-tech/NudeNet, tag v2.0.9 (what i2p's eval imports as ``nudenet``)
 
-and the I2P tests run (without it they skip, saying so); a checkout there also replaces the bundled
-copy of the others, to test a newer upstream. Only the evaluators' reading and scoring code runs: a
-function is taken from its file by name (``function_from``) and executed with the models it would
-call replaced by recorders, so their heavy dependencies (mmdet, spaCy, CUDA) are not needed.
+and these tests run; without it each skips with one line saying so. A file missing under a folder that the
+variable does name is a broken set-up, so the test fails. Only the evaluators' reading and scoring code runs:
+a function is taken from its file by name (``function_from``) and executed with the models it would call
+replaced by recorders, so their heavy dependencies (mmdet, spaCy, CUDA) are not needed.
 """
 import ast
 import os
@@ -22,23 +20,20 @@ from typing import Callable
 
 import pytest
 
-from fixtures import DATA
-
 ENV = "LATENT_CLIP_EVALUATORS"
-BUNDLED = DATA / "official"
 
 
 def official_file(repo: str, path: str) -> Path:
-    """``$LATENT_CLIP_EVALUATORS/<repo>/<path>``, else the bundled copy, else skip the test."""
+    """``$LATENT_CLIP_EVALUATORS/<repo>/<path>``; skips the test when the variable is unset, fails when the
+    folder it names lacks the file."""
     root = os.environ.get(ENV)
-    if root:
-        file = Path(root) / repo / path
-        if not file.is_file():
-            pytest.skip(f"{file} is missing ({ENV}={root})")
-        return file
-    if (BUNDLED / repo / path).is_file():
-        return BUNDLED / repo / path
-    pytest.skip(f"set {ENV} to a folder with the official {repo} checkout to run its code on our outputs")
+    if not root:
+        pytest.skip(f"official {repo} code not run: set {ENV} to a folder with its checkout "
+                    f"(tests/official_evaluators.py)")
+    file = Path(root) / repo / path
+    if not file.is_file():
+        pytest.fail(f"{file} is missing: {ENV}={root} must hold {repo}/{path}", pytrace=False)
+    return file
 
 
 def function_from(path: Path, name: str, namespace: dict) -> Callable:

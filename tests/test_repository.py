@@ -2,12 +2,14 @@
 the checkout, bundled data is what its checksums say, and every bench script starts."""
 import ast
 import hashlib
+import os
 import re
 import subprocess
 import sys
 import tomllib
 import warnings
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
@@ -15,7 +17,7 @@ from packaging.requirements import Requirement
 from fixtures import DATA, REPO
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-OWN = {"latent_clip", "train", "bench", "nodes", "tests", "fixtures"}
+OWN = {"latent_clip", "train", "bench", "nodes", "tests"} | {p.stem for p in (REPO / "tests").glob("*.py")}  # + helpers
 COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "execution",
                    "nodes", "latent_preview", "node_helpers"}  # top-level modules of ComfyUI itself
 FORBIDDEN_IMPORTS = {
@@ -173,6 +175,25 @@ def test_bundled_data_matches_its_checksums(folder):
     assert set(listed) == on_disk
     bad = [name for name, digest in listed.items() if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest]
     assert not bad
+
+
+THIRD_PARTY_ROOTS = ("LATENT_CLIP_EVALUATORS", "LATENT_CLIP_COMFYUI_DIR")  # other projects' code beside the checkout
+
+
+def test_no_tracked_file_is_a_copy_of_another_projects_code():
+    """No tracked file is byte for byte a code file of the official evaluators or of ComfyUI (the folders
+    these variables name: CI sets them; other projects' code lives beside the repository, not in it). Their
+    data with its licence (GenEval's object names, T2I-CompBench's prompts) may be bundled."""
+    roots = [os.environ[v] for v in THIRD_PARTY_ROOTS if os.environ.get(v)]
+    if not roots:
+        pytest.skip(f"none of {', '.join(THIRD_PARTY_ROOTS)} is set: nothing to compare with")
+    ours = {hashlib.sha256((REPO / f).read_bytes()).hexdigest(): f for f in tracked_files() if (REPO / f).is_file()
+            and (REPO / f).stat().st_size > 64}  # short files (an empty __init__.py) are the same everywhere
+    copies = [(ours[digest], str(theirs)) for root in roots for theirs in Path(root).rglob("*")
+              if theirs.is_file() and theirs.suffix in {".py", ".js", ".sh"}
+              and "custom_nodes" not in theirs.parts  # where a user may have linked this pack
+              and (digest := hashlib.sha256(theirs.read_bytes()).hexdigest()) in ours]
+    assert not copies
 
 
 def test_every_bench_script_starts():

@@ -35,12 +35,25 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import IterableDataset, get_worker_info
 
-from latent_clip.factory import atomic_write
+from latent_clip.factory import CheckpointError, atomic_write, load_pickle_safely
+from latent_clip.fields import check_texts, shorten
+from latent_clip.filebounds import FileLimitError, check_safetensors_header, read_bounded
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SHARD_EXTS = (".tar", ".safetensors")
 SIZES_FILE = "sizes.json"
 CAPTION_FILES = ("captions.jsonl", "captions.csv")
+# Pixels of one input image: 8192 x 8192 (67 M) is far above the 512 px the models train on and below PIL's own
+# bomb limit (89 M pixels: a warning; 179 M: an error). A 13000 x 13000 PNG cost 73 s and 2.5 GB to decode.
+MAX_IMAGE_PIXELS = 8192 * 8192
+MAX_CAPTION_BYTES = 1 << 16             # a caption .txt: CLIP reads 77 tokens (about 300 characters)
+MAX_CAPTION_TABLE_BYTES = 1 << 30       # captions.jsonl / .csv: 1 GB is 10 M rows of 100 bytes
+MAX_SIZES_BYTES = 1 << 24               # sizes.json: 16 MB is 500,000 shard names
+SHARD_TENSORS = 16                      # a safetensors shard holds one tensor, "latents"
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header asks for more than :data:`MAX_IMAGE_PIXELS` pixels (nothing decoded)."""
 
 
 @dataclass
@@ -53,9 +66,13 @@ class Sample:
     image_path: Path | None = None
 
     def image(self) -> Image.Image:
-        """The RGB image; raises on corrupt data (callers count and skip)."""
+        """The RGB image; raises on corrupt data or :class:`ImageTooLarge` (read from the header, before
+        decoding) on more than :data:`MAX_IMAGE_PIXELS` pixels (callers count and skip)."""
         src = io.BytesIO(self.image_bytes) if self.image_bytes is not None else self.image_path
         with Image.open(src) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ImageTooLarge(f"{img.width}x{img.height} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+                                    f"allowed (8192x8192)")
             return img.convert("RGB")
 
 
@@ -127,10 +144,11 @@ class TarShard:
         key = self.keys[i]
         g = self.groups[key]
         try:
-            caption = g.get("txt", b"").decode("utf-8")
+            caption = check_texts(g.get("txt", b"").decode("utf-8"), "caption")[0]
             label = int(g["cls"].decode()) if "cls" in g else -1
-        except ValueError as err:  # not UTF-8, or a label that is not a number
-            raise CaptionError(f"{self.path} sample {key}: caption or label is not UTF-8 text ({err})") from None
+        except ValueError as err:  # not UTF-8, a label that is not a number, a caption over the text bounds
+            raise CaptionError(f"{shorten(self.path)} sample {shorten(key, 60)}: caption or label is not UTF-8 "
+                               f"text within the bounds ({shorten(str(err), 120)})") from None
         if "latent.pt" in g:
             return Sample(key, caption, label, latent=_read_latent(g["latent.pt"], f"{self.path} sample {key}"))
         image = next((g[e[1:]] for e in IMAGE_EXTS if e[1:] in g), None)
@@ -138,11 +156,12 @@ class TarShard:
 
 
 def _read_latent(data: bytes, where: str) -> torch.Tensor:
-    """A ``latent.pt`` member: a dense float tensor no larger than its bytes (tensors, plain data only)."""
+    """A ``latent.pt`` member: a dense float tensor no larger than its bytes, read by the bounded loader
+    (:func:`latent_clip.factory.load_pickle_safely`: tensors and plain data only, zip directory checked)."""
     try:
-        latent = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable member is one corrupt row
-        raise ShardError(f"{where}: latent.pt is not a readable tensor ({type(err).__name__})") from None
+        latent = load_pickle_safely(data, f"{where}: latent.pt")
+    except CheckpointError as err:  # any unreadable member is one corrupt row
+        raise ShardError(str(err)) from None
     if (not isinstance(latent, torch.Tensor) or not latent.is_floating_point() or latent.layout != torch.strided
             or latent.numel() * latent.element_size() > len(data)):
         raise ShardError(f"{where}: latent.pt is not a dense float tensor stored in the file")
@@ -156,14 +175,18 @@ class SafetensorsShard:
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
+            check_safetensors_header(self.path, max_tensors=SHARD_TENSORS)
             self._file = safe_open(str(self.path), framework="pt", device="cpu")
             meta = self._file.metadata() or {}
             self._latents = self._file.get_slice("latents")
             self.captions = json.loads(meta.get("captions", "[]"))
             self.keys = json.loads(meta.get("keys", "[]"))
             self.labels = json.loads(meta.get("labels", "[]"))
+        except FileLimitError as err:
+            raise ShardError(str(err)) from None
         except Exception as err:  # noqa: BLE001 - safetensors raises its own untyped errors
-            raise ShardError(f"{self.path}: truncated or corrupt safetensors shard ({err})") from None
+            raise ShardError(f"{shorten(self.path)}: truncated or corrupt safetensors shard "
+                             f"({shorten(str(err), 120)})") from None
         shape = self._latents.get_shape()
         self.rows = shape[0] if len(shape) == 4 else -1
         lists = {"captions": self.captions, "keys": self.keys, "labels": self.labels}
@@ -180,7 +203,12 @@ class SafetensorsShard:
     def __getitem__(self, i: int) -> Sample:
         latent = self._latents[i:i + 1][0].float()
         label = self.labels[i] if self.labels else -1
-        return Sample(str(self.keys[i]), str(self.captions[i]) if self.captions else "", int(label), latent=latent)
+        caption = str(self.captions[i]) if self.captions else ""
+        try:
+            check_texts(caption, "caption")
+        except ValueError as err:
+            raise CaptionError(f"{shorten(self.path)} sample {shorten(self.keys[i], 60)}: {err}") from None
+        return Sample(str(self.keys[i]), caption, int(label), latent=latent)
 
 
 class FolderShard:
@@ -232,12 +260,13 @@ class ProblemLog:
     checkpoints so that a resumed run keeps counting."""
 
     SHARD_KINDS = ("corrupt_shard", "stale_size")
+    ROW_KINDS = ("skipped_sample", "bad_caption", "missing_caption")
     shown = 10
 
     def __init__(self, state: dict | None = None, prefix: str = "warning"):
         state = state or {}
         self.shards = {k: set(state.get(k, ())) for k in self.SHARD_KINDS}
-        self.rows = {k: int(state.get(k, 0)) for k in ("skipped_sample", "bad_caption")}
+        self.rows = {k: int(state.get(k, 0)) for k in self.ROW_KINDS}
         self.prefix, self.printed = prefix, 0
 
     def add(self, problems: Sequence[Problem]) -> bool:
@@ -262,7 +291,7 @@ class ProblemLog:
         print(f"{self.prefix}: {p.kind.replace('_', ' ')}: {where}{p.detail}{suffix}", flush=True)
 
     def counts(self) -> dict[str, int]:
-        """``corrupt_shards``, ``stale_sizes``, ``skipped_samples``, ``bad_captions``."""
+        """``corrupt_shards``, ``stale_sizes``, ``skipped_samples``, ``bad_captions``, ``missing_captions``."""
         return {**{k + "s": len(v) for k, v in self.shards.items()}, **{k + "s": v for k, v in self.rows.items()}}
 
     def state(self) -> dict:
@@ -302,9 +331,9 @@ def _read_size_cache(path: Path, problems: list[Problem]) -> dict[str, int]:
     if not path.is_file():
         return {}
     try:
-        cache = json.loads(path.read_text(encoding="utf-8"))
+        cache = json.loads(read_bounded(path, MAX_SIZES_BYTES, "size cache").decode("utf-8"))
         return {k: v for k, v in cache.items() if isinstance(v, int) and v >= 0}
-    except (ValueError, AttributeError) as err:
+    except (ValueError, AttributeError, RecursionError) as err:
         problems.append(Problem("stale_size", str(path), f"unreadable size cache, ignored ({err})"))
         return {}
 
@@ -331,7 +360,8 @@ FILE_COLUMNS, CAPTION_COLUMNS = ("file", "image", "filepath", "path"), ("caption
 def _caption_rows(captions: Path, problems: list[Problem]) -> list[tuple[object, object]]:
     """(file, caption) pairs of a captions.jsonl / .csv; undecodable lines and rows are skipped and
     recorded in ``problems``; a CSV without the columns raises ``ValueError``."""
-    text = captions.read_bytes().decode("utf-8", "surrogateescape")  # bad bytes kept to find their rows
+    # bad bytes kept (as surrogates) to find their rows
+    text = read_bounded(captions, MAX_CAPTION_TABLE_BYTES, "caption table").decode("utf-8", "surrogateescape")
     if captions.suffix == ".jsonl":
         rows = []
         for number, line in enumerate(text.splitlines(), 1):
@@ -341,7 +371,7 @@ def _caption_rows(captions: Path, problems: list[Problem]) -> list[tuple[object,
                 line.encode("utf-8")  # bytes that were not UTF-8 became surrogates, which do not encode
                 row = json.loads(line)
                 rows.append((_pick(row, FILE_COLUMNS), _pick(row, CAPTION_COLUMNS)))
-            except (UnicodeError, ValueError, AttributeError, StopIteration) as err:
+            except (UnicodeError, ValueError, AttributeError, StopIteration, RecursionError) as err:
                 problems.append(Problem("bad_caption", f"{captions}:{number}",
                                         f"not a JSON object with {FILE_COLUMNS[0]!r} and {CAPTION_COLUMNS[0]!r} "
                                         f"in UTF-8 ({type(err).__name__})"))
@@ -390,12 +420,23 @@ def folder_rows(folder: str | Path, captions: str | Path | None = None, labels_f
         caption = table.get(rel, table.get(p.name))
         if caption is None and txt.is_file():
             try:
-                caption = txt.read_bytes().decode("utf-8").strip()
+                caption = read_bounded(txt, MAX_CAPTION_BYTES, "caption").decode("utf-8").strip()
             except UnicodeDecodeError as err:
                 problems.append(Problem("bad_caption", str(txt), f"not UTF-8 ({err.reason} at byte {err.start})"))
                 continue
-        if caption is not None:
+            except FileLimitError as err:
+                problems.append(Problem("bad_caption", str(txt), str(err)))
+                continue
+        try:
+            check_texts(caption or "", "caption")
+        except ValueError as err:
+            problems.append(Problem("bad_caption", str(txt if txt.is_file() else p), str(err)))
+            continue
+        if caption:
             rows.append((p, caption, -1))
+        else:
+            problems.append(Problem("missing_caption", str(p), "no caption (no captions-file row, no .txt, or "
+                                                               "an empty one); image skipped"))
     return rows, []
 
 

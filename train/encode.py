@@ -9,9 +9,9 @@ for a posterior sample), raw (no scaling factor), as ``--store-dtype``.
 
 Output shard i (one per input shard, or per ``--shard-size`` folder images) is written
 atomically, so a rerun skips finished shards. Bad data is skipped, counted and reported (the
-summary line, ``encode.json``): undecodable images, captions that are not UTF-8 or lines of a
-caption file that do not parse, and truncated or corrupt input tars (no output, so a rerun
-retries them). Under torchrun rank r encodes shards i % world == r:
+summary line, ``encode.json``): undecodable or oversized images, images without a caption, captions
+that are not UTF-8 or lines of a caption file that do not parse, and truncated or corrupt input tars
+(no output, so a rerun retries them). Under torchrun rank r encodes shards i % world == r:
 
     python -m train encode --input 'laion/{00000..00999}.tar' --vae sdxl-vae/ --out latents/
     torchrun --nproc_per_node 8 -m train encode --input imgs/ --vae vae.safetensors --vae-config sdxl-vae/ \\
@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from latent_clip.factory import DTYPES, atomic_write
 
-from .data import (SIZES_FILE, CaptionError, FolderShard, ImageTransform, Problem, ProblemLog, ShardError, TarShard,
-                   expand_shards, folder_rows, write_latent_shard, write_sizes)
+from .data import (SIZES_FILE, CaptionError, FolderShard, ImageTooLarge, ImageTransform, Problem, ProblemLog,
+                   ShardError, TarShard, expand_shards, folder_rows, write_latent_shard, write_sizes)
 from .distributed import barrier, cleanup, init_distributed
 from .models import load_vae
 
@@ -92,11 +92,17 @@ def encode_shard(reader, vae, transform: ImageTransform, args, generator, proble
             problems.append(Problem("bad_caption" if isinstance(err, CaptionError) else "skipped_sample",
                                     f"{getattr(reader, 'path', 'folder')} row {i}", str(err)))
             continue
+        where = str(sample.image_path or f"{reader.path} sample {sample.key}")
+        if not sample.caption.strip() and sample.label < 0:  # a labelled image's class name is its caption
+            problems.append(Problem("missing_caption", where, "no caption; image skipped"))
+            continue
         try:
             batch.append((transform(sample.image()), sample))
+        except ImageTooLarge as err:
+            problems.append(Problem("skipped_sample", where, f"image of {err}"))
+            continue
         except Exception as err:  # noqa: BLE001 - any undecodable image is counted and skipped
-            problems.append(Problem("skipped_sample", str(sample.image_path or f"{reader.path} sample {sample.key}"),
-                                    f"unreadable image ({type(err).__name__})"))
+            problems.append(Problem("skipped_sample", where, f"unreadable image ({type(err).__name__})"))
             continue
         if len(batch) == args.batch_size:
             flush()
@@ -109,7 +115,8 @@ def encode_shard(reader, vae, transform: ImageTransform, args, generator, proble
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Encode; returns the counts (summed over ranks): shards written / already there, samples,
-    and what was skipped: ``corrupt`` images, ``corrupt_shards``, ``bad_captions``."""
+    and what was skipped: ``corrupt`` images (unreadable or over ``MAX_IMAGE_PIXELS``), ``corrupt_shards``,
+    ``bad_captions``, ``missing_captions``."""
     args = parse_args(argv)
     env = init_distributed(args.device)
     out = Path(args.out)
@@ -142,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             stats["samples"] += len(cols["keys"])
     counts = log.counts()
     stats.update(corrupt=counts["skipped_samples"], corrupt_shards=counts["corrupt_shards"],
-                 bad_captions=counts["bad_captions"])
+                 bad_captions=counts["bad_captions"], missing_captions=counts["missing_captions"])
     print(f"encode rank {env.rank}: {json.dumps(stats)}", flush=True)
     if env.distributed:
         totals = torch.tensor(list(stats.values()), dtype=torch.long, device=env.device)  # nccl: on the GPU

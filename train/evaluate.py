@@ -27,6 +27,9 @@ from torch import nn
 
 from latent_clip import LatentCLIP, load_model
 from latent_clip.contract import non_finite_items
+from latent_clip.fields import MAX_FIELD_CHARS, check_texts
+from latent_clip.filebounds import read_bounded
+from latent_clip.zeroshot import parse_labels, parse_templates
 
 from .data import FolderShard, ImageTransform, Sample, expand_shards, folder_rows, open_shard
 from .models import DecodedTeacher, load_pixel_model, load_vae, pixel_transform
@@ -44,19 +47,22 @@ class ZeroShotResult:
 
 
 def load_templates(spec: str) -> Sequence:
+    """A named template set, or a file with one template per line, each with ``{}`` and no other braces."""
     if spec in TEMPLATES:
         return TEMPLATES[spec]
-    lines = [line for line in Path(spec).read_text().splitlines() if line.strip()]
-    if not all("{}" in line for line in lines):
-        raise ValueError(f"every template in {spec} needs a '{{}}' for the class name")
-    return lines
+    return parse_templates(read_text_field(spec))
+
+
+def read_text_field(path: str | Path) -> str:
+    """A text file given for a field (class names, templates), read with the field's bound."""
+    return read_bounded(Path(path), MAX_FIELD_CHARS * 4, "text").decode("utf-8")  # 4: UTF-8 bytes per character
 
 
 def load_classnames(spec: str | None, data: str | Path) -> list[str]:
     if spec == "imagenet":
         return list(IMAGENET_CLASSNAMES)
     if spec:
-        return [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
+        return parse_labels(read_text_field(spec))
     data = Path(data)
     folder = data if data.is_dir() else expand_shards(data)[0].parent
     if (folder / CLASSNAMES_FILE).is_file():
@@ -83,9 +89,15 @@ def batches(shards: Sequence, batch_size: int) -> Iterator[list[Sample]]:
 
 def classifier(model: nn.Module, classnames: Sequence[str], templates: Sequence, device) -> torch.Tensor:
     """(embed_dim, classes) text weights: mean of normalised template embeddings, renormalised."""
-    tokenizer = partial(open_clip.tokenize, context_length=model.context_length)
+    check_texts(classnames, "class name")
+    tokenizer = partial(bounded_tokenize, context_length=model.context_length)
     return open_clip.build_zero_shot_classifier(model, tokenizer, classnames, templates,
                                                 num_classes_per_batch=10, device=device)
+
+
+def bounded_tokenize(texts: Sequence[str], context_length: int) -> torch.Tensor:
+    """open_clip's tokens of ``texts`` within :func:`latent_clip.fields.check_texts`'s bounds."""
+    return open_clip.tokenize(check_texts(texts, "text"), context_length=context_length)
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:

@@ -34,7 +34,8 @@ from latent_clip.contract import non_finite_items
 from latent_clip.factory import atomic_write, load_weights
 
 from . import checkpoint, evaluate
-from .data import BatchPlan, MicroBatch, ProblemLog, ShardError, TrainBatches, expand_shards, shard_sizes
+from .data import (BatchPlan, MicroBatch, ProblemLog, ShardError, TrainBatches, expand_shards, open_shard,
+                   shard_sizes)
 from .distributed import DistEnv, barrier, cleanup, init_distributed, mean_across
 from .losses import ContrastiveForward, DistillLoss, FitLoss
 from .models import DecodedTeacher, build_model, load_pixel_model, load_vae, model_cfg_dict, pixel_transform
@@ -68,8 +69,13 @@ class TrainingError(RuntimeError):
 
 
 def main(argv: Sequence[str] | None = None) -> list[float]:
-    """Train; returns this process's logged global-batch losses (one per step run)."""
-    cfg = parse_fit_args(argv)
+    """``python -m train fit ...``: :func:`fit` with the command line's :class:`FitConfig`."""
+    return fit(parse_fit_args(argv))
+
+
+def fit(cfg: FitConfig) -> list[float]:
+    """Train as ``cfg`` says (one process, or each rank under torchrun / accelerate launch); returns this
+    process's logged global-batch losses (one per step run)."""
     env = init_distributed(cfg.device)
     resume = checkpoint.find_resume(cfg.resume, cfg.run_dir)  # before anything is written into the run folder
     if env.is_master:
@@ -87,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     if not sum(sizes):
         raise ShardError(f"no readable samples in the {len(shards)} shards of {cfg.train_data}"
                          + (f" (e.g. {startup_problems[0].detail})" if startup_problems else ""))
+    if cfg.model_kind == "latent":
+        check_latents_fit(model, shards, sizes)
     samples_per_epoch = cfg.samples_per_epoch or sum(sizes)
     total_steps = cfg.max_steps or cfg.epochs * samples_per_epoch // cfg.batch_size
     step, problems = restore(resume, model, optimizer, cfg, env)
@@ -102,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
                              pin_memory=env.device.type == "cuda") if cfg.workers else batches)
 
     losses: list[float] = []
+    stuck = StuckLoss(cfg)
     if env.is_master:
         print(f"fit: {total_steps} steps from {step}, global batch {cfg.batch_size} = {env.world_size} ranks x "
               f"{plan.accum} accum x {cfg.micro_batch_size}, {sum(sizes)} samples in {len(shards)} shards",
@@ -115,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
         loss = train_step(model, forward, optimizer, objective, fetched, lr, step + 1, cfg, env)
         step += 1
         losses.append(loss)
+        if env.is_master and (warning := stuck.check(loss, step)):
+            print(warning, flush=True)
         if env.is_master:
             append_log(cfg, {"step": step, "loss": loss, "lr": lr, **({"data": problems.counts()} if data_changed
                                                                        else {})})
@@ -143,6 +154,50 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
         print(f"fit: done at step {step}/{total_steps}; bad data skipped: {json.dumps(problems.counts())}", flush=True)
     cleanup(env)
     return losses
+
+
+def check_latents_fit(model: LatentCLIP, shards: Sequence[Path], sizes: Sequence[int]) -> None:
+    """The data's first readable latent against the model config, before the first step: other channels or
+    another size than the config's latents is a ``ValueError`` naming both (8x8 tiny-world latents under a
+    16x16-latent config with patch 8 make one token per image: the loss stays at ln(batch))."""
+    v = model.config.vision
+    expected = (v.latent_n_channels, v.latent_size, v.latent_size)
+    for path in (p for p, n in zip(shards, sizes) if n):
+        try:
+            got = tuple(open_shard(path)[0].latent.shape)
+        except ShardError:  # CaptionError too
+            continue  # an unreadable first row: the next shard's
+        if got != expected:
+            shape = lambda s: "x".join(map(str, s))  # noqa: E731
+            config = f"config {model.config.name}" if model.config.name else "the model config"
+            raise ValueError(f"{path}: latents are {shape(got)} (C x H x W), but {config} "
+                             f"reads {v.family.description} latents ('{v.latent_family}') of {shape(expected)} "
+                             f"({v.image_size} px): encode the data with that VAE and size, or train a config "
+                             f"made for these latents")
+        return
+
+
+class StuckLoss:
+    """The contrastive loss of features that say nothing is ln(batch) exactly (every pair equally likely):
+    :meth:`check` gives one warning when it has stayed there for :data:`STEPS` steps."""
+
+    STEPS = 20
+    TOLERANCE = 1e-3  # a learning run leaves ln(batch) by far more within 20 steps (the smoke runs: > 0.1)
+
+    def __init__(self, cfg: FitConfig):
+        self.level = math.log(cfg.batch_size) if cfg.distill_weight == 0 and cfg.contrastive_weight == 1 else None
+        self.run, self.warned = 0, False
+
+    def check(self, loss: float, step: int) -> str | None:
+        if self.level is None or self.warned:
+            return None
+        self.run = self.run + 1 if abs(loss - self.level) < self.TOLERANCE else 0
+        if self.run < self.STEPS:
+            return None
+        self.warned = True
+        return (f"warning: step {step}: the loss has stayed at ln(batch {round(math.exp(self.level))}) = "
+                f"{self.level:.4f} for {self.STEPS} steps: the model tells no pair apart (data it cannot read, "
+                f"identical samples or captions, or a learning rate too high or too low)")
 
 
 def init_model(cfg: FitConfig, device: torch.device) -> nn.Module:

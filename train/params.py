@@ -64,6 +64,13 @@ class FitConfig:
     zeroshot_classnames: str | None = None  # file with one name per line, or "imagenet"; default: from data
     zeroshot_templates: str = "simple"
 
+    def __post_init__(self):  # paths given as Path objects (a caller of fit) are kept as the strings argv gives
+        for name in ("train_data", "pretrained", "teacher_checkpoint", "vae", "resume", "zeroshot_data", "name",
+                     "out_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                setattr(self, name, str(value))
+
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
@@ -98,9 +105,4 @@ def parse_fit_args(argv: Sequence[str] | None) -> FitConfig:
     if unknown:
         raise SystemExit(f"unknown config keys: {sorted(unknown)}")
     values.update(args)
-    cfg = FitConfig(**values)
-    for name in ("train_data", "pretrained", "teacher_checkpoint", "vae", "resume", "zeroshot_data", "name"):
-        value = getattr(cfg, name)
-        if value is not None and not isinstance(value, str):
-            setattr(cfg, name, str(value))
-    return cfg
+    return FitConfig(**values)

@@ -66,7 +66,7 @@ TEMPLATES = {
                         "Reward: Prompt** and iterations / lr on **ReNO Sampler (Latent-CLIP)**."),
     "reno_sdxl_turbo_prompt": ("ReNO on SDXL-Turbo (one node)", "ReNO in one node: set the prompt, iterations and "
                                "lr on **ReNO with this prompt (Latent-CLIP)**; it samples SDXL-Turbo itself."),
-    "guidance_sdxl_turbo": ("Steer away from concepts (SDXL-Turbo)", "Steers 4-step SDXL-Turbo sampling away from "
+    "guidance_sdxl_turbo": ("Steer away from concepts", "Steers 4-step SDXL-Turbo sampling away from "
                             "concepts: concepts one per line (`concept | counter-prompt`) and strength on "
                             "**Latent-CLIP Safety Guider**."),
 }

@@ -1,4 +1,4 @@
-"""Checks of the tiny offline pipeline builders (train/benchmarks/tiny_pipelines.py) and of the
+"""Checks of the tiny offline pipeline builders (tests/tiny_pipelines.py) and of the
 one-step / few-step generator maths (the bundled prompt files are checked in test_repository.py)."""
 import json
 
@@ -6,7 +6,7 @@ import torch
 
 from train.benchmarks.generators import UNetGenerator, load_pipeline
 from train.benchmarks.runner import timed
-from train.benchmarks.tiny_pipelines import build_sdxl
+from tiny_pipelines import build_sdxl
 
 
 def test_pipelines_load_from_local_folders_and_give_raw_latents(tiny):

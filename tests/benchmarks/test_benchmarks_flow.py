@@ -13,7 +13,7 @@ from latent_clip.rewards import latent_alignment
 from train.benchmarks import geneval, main
 from train.benchmarks.generators import FluxGenerator, SD3Generator, load_pipeline, make_generator
 from train.benchmarks.runner import render_steps
-from train.benchmarks.tiny_pipelines import build_flux, build_latent_clip, build_sd3
+from tiny_pipelines import build_flux, build_latent_clip, build_sd3
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

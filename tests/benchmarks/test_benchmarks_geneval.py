@@ -96,11 +96,12 @@ def test_official_reading_code_takes_every_image_and_our_reader_scores_its_resul
     assert seen == [(f"{i:05d}/samples/{j:04d}.png", prompts[i]) for i in range(3) for j in range(2)]
     scores = read_evaluation(out)  # the recorder marked sample 0 correct, sample 1 wrong: 0.5 in each task
     assert scores["images"] == 6 and scores["single_object"] == 0.5 and scores["overall"] == 0.5
-    assert set(scores) - {"overall", "images"} <= set(TASKS)
+    assert scores["prompts"] == 3  # the prompt folders of evaluate_images.py's file names
+    assert set(scores) - {"overall", "images", "prompts"} <= set(TASKS)
 
 
 def test_protocol_defaults():
-    a = parse_args(["--pipeline", "p", "--outdir", "o"])
+    a = parse_args(["--pipeline", "p", "--outdir", "o", "--latent-clip", "w.pt"])  # ReNO needs a reward
     assert (a.samples, a.seed) == (4, 0)  # GenEval's 4 images per prompt, ReNO's seeds 0-3
 
 
@@ -121,6 +122,18 @@ def test_resume_with_other_settings_is_refused(tiny, tmp_path):
     (out / "run.json").unlink()
     with pytest.raises(SystemExit, match="holds results but no run.json"):
         main(args(tiny, out, "--limit", "2", "--samples", "1", "--iterations", "1"))
+
+
+def test_reno_without_a_reward_is_refused_before_the_folder_is_claimed(tiny, tmp_path, capsys):
+    """No reward for ReNO: the usage error comes before run.json or any prompt folder, so the same --outdir
+    then takes the run with a reward."""
+    out = tmp_path / "g"
+    no_reward = [a for a in args(tiny, out, "--limit", "1") if a not in ("--latent-clip", str(tiny["latent_clip"]))]
+    with pytest.raises(SystemExit):
+        main(no_reward)
+    assert "ReNO needs a reward" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(args(tiny, out, "--limit", "1", "--iterations", "1"))["items_done"] == 1
 
 
 def test_baseline_without_reno_uses_the_same_seeds(tiny, tmp_path):

@@ -11,13 +11,13 @@ import train.benchmarks.geneval as geneval
 from fixtures import bench_records
 from hostile_files import MARKER, Exploit
 from latent_clip.factory import CheckpointError
-from latent_clip.rewards import CLIP_MEAN, CLIP_STD, clip_image_reward, hps_image_reward, on_decoded, \
-    pickscore_image_reward
-from train.benchmarks.tiny_pipelines import tiny_vae, write_tokenizer
+from latent_clip.rewards import CLIP_MEAN, CLIP_STD, clip_image_reward, hps_image_reward, on_decoded
+from tiny_pipelines import tiny_vae, write_tokenizer
 from train.benchmarks import main
-from train.benchmarks.pixel_rewards import load_open_clip, load_pickscore, load_reward_module, module_image_reward
+from train.benchmarks.pixel_rewards import load_open_clip, load_pickscore, load_reward_module, module_image_reward, \
+    pickscore_image_reward
 from train.models import build_model
-from train.synthetic import TINY_PIXEL_CFG
+from synthetic import TINY_PIXEL_CFG
 
 MODULE = '''import torch
 

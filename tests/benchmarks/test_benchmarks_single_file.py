@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from fixtures import sd15_checkpoint
 from train.benchmarks.generators import UNetGenerator, load_pipeline, make_generator
-from train.benchmarks.tiny_pipelines import write_tokenizer
+from tiny_pipelines import write_tokenizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.comfyui, pytest.mark.filterwarnings("ignore::FutureWarning")]
 

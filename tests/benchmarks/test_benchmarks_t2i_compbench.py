@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from train.benchmarks.runner import DATA
-from train.synthetic import tiny_pixel_cfg
+from synthetic import tiny_pixel_cfg
 from train.benchmarks import main
 from train.benchmarks.external import import_module
 from train.benchmarks.t2i_compbench import (CATEGORIES, PLUS, REVISIONS, SCORERS, load_items, parse_args,
@@ -35,7 +35,7 @@ def test_every_split_parses_and_suits_the_file_name_layout():
 
 
 def test_protocol_defaults_and_revisions():
-    a = parse_args(["--pipeline", "p", "--outdir", "o"])
+    a = parse_args(["--pipeline", "p", "--outdir", "o", "--latent-clip", "w.pt"])  # ReNO needs a reward
     assert (a.samples, a.seed, a.revision) == (10, 42, "2023-07")  # inference_eval.py: 10 images, seeds 42, 43, ...
     dataset = DATA / "t2i_compbench"
     paper, later = (prompt_bytes(dataset, "color_val", r) for r in REVISIONS)

@@ -11,6 +11,7 @@ import pytest
 from train.benchmarks import main
 from train.benchmarks.i2p_results import FILE_NAME, Row, csv_text
 from train.benchmarks.runner import claim_outdir
+from train.benchmarks.table import COLUMNS, format_table
 from official_evaluators import official_file
 
 # GenEval task -> (correct, images): overall = mean of the six shares = (3/4 + 1/2 + 0 + 1 + 1/2 + 2/4) / 6
@@ -78,6 +79,7 @@ def test_rows_from_the_evaluators_files(runs, capsys):
     assert geneval["overall"] == pytest.approx(GENEVAL_OVERALL)
     assert {k: geneval[k] for k in GENEVAL} == pytest.approx({k: c / n for k, (c, n) in GENEVAL.items()})
     assert geneval["images"] == 14 and geneval["s_per_image"] == 2.0
+    assert geneval["prompts"] == 14 and geneval["incomplete"] == ["14/553 prompts scored"]  # one sample each
 
     (t2i,) = tables["t2i-compbench"]
     assert t2i["color_val"] == pytest.approx(0.7) and t2i["spatial_val"] == pytest.approx(0.25)
@@ -97,6 +99,18 @@ def test_rows_from_the_evaluators_files(runs, capsys):
     assert "scored images / images on disk differ: complex_val 3/2" in text
     assert "not scored yet: shape_val (BLIPvqa_eval/BLIP_vqa.py)" in text
     assert re.search(r"i2p-b4 \(guided\)\s+0\.250\s+-", text)
+    assert "  partial run: 14/553 prompts scored" in text
+
+
+def test_a_partial_geneval_run_is_flagged(runs, capsys):
+    """10 of GenEval's 553 prompts, all correct, and five of its six tasks: Overall 1.000 with the gaps named."""
+    lines = (runs[0] / "results.jsonl").read_text().splitlines()[:10]
+    (runs[0] / "results.jsonl").write_text("".join(
+        json.dumps({**json.loads(line), "correct": True}) + "\n" for line in lines))
+    (row,) = main(["table", str(runs[0])])["geneval"]
+    assert row["overall"] == 1.0 and row["prompts"] == 10
+    assert row["incomplete"] == ["10/553 prompts scored", "no color_attr results (Overall averages the tasks present)"]
+    assert "partial run: 10/553 prompts scored; no color_attr results" in capsys.readouterr().out
 
 
 def test_geneval_summary_script_agrees(runs):
@@ -118,3 +132,10 @@ def test_missing_outputs_say_what_to_run(tmp_path, runs):
     (runs[0] / "results.jsonl").write_text('{"tag": "counting"}\n')
     with pytest.raises(ValueError, match="line 1: not a GenEval result record"):
         main(["table", str(runs[0])])
+
+
+def test_every_column_title_stands_apart():
+    """I2P's "illegal activity" is wider than a cell: no title runs into its neighbour."""
+    row = {"run": "i2p", "s_per_image": None, **{key: 0.5 for key, _ in COLUMNS["i2p"]}}
+    header = format_table("i2p", [row]).splitlines()[1]
+    assert re.split(r"\s{2,}", header.strip()) == ["run", *(title for _, title in COLUMNS["i2p"]), "images", "s/image"]

@@ -133,6 +133,7 @@ def test_misuse_is_said_on_the_node(pack, caplog):
             labels="cat", templates="a photo of a {}.")
     assert "only knows the 8x8 latents" in caplog.text and "these are 32x32" in caplog.text
     assert "only one label ('cat')" in caplog.text
+    assert [r.getMessage()[:14] for r in caplog.records] == ["[Latent-CLIP] "] * 2  # which pack wrote it
     caplog.clear()
     with caplog.at_level("WARNING", logger="comfyui-latent-clip"):
         run(nodes.LatentCLIPScore, latent={"samples": torch.randn(2, 4, 8, 8)}, latent_clip=tiny_world, prompt="x")

@@ -9,7 +9,7 @@ import pytest
 from latent_clip import LatentContractError, LatentFamilyMismatch, check_family, family_of, get_latent_family, \
     latent_families
 from train.benchmarks import main
-from train.benchmarks.tiny_pipelines import build_flux, build_latent_clip, build_sd
+from tiny_pipelines import build_flux, build_latent_clip, build_sd
 
 SDXL_TO_SD15 = r"reads SDXL / SDXL-Turbo VAE .*\('sdxl'\).*makes SD 1.x / 2.x / SD-Turbo VAE latents \('sd15'\)"
 

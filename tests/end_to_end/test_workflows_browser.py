@@ -1,14 +1,16 @@
 """Every UI-format workflow in example_workflows/ opened in the real ComfyUI frontend (headless
-Debian Chromium via Playwright): no missing-node dialog, the missing-models dialog offers each
-template's model downloads, no two nodes overlap (title bars included; again after a run, when
-reports and previews have grown), the page's own prompt validates except for model files that
-cannot exist here, then it is queued with the test weights swapped in and its results show on the
-canvas. The template browser lists every template by its title with its thumbnail, and opening one
-shows its note. Screenshots ``<id>.png`` go to $LATENT_CLIP_SCREENSHOTS if set (else the test's temp
-dir); with $LATENT_CLIP_THUMBNAILS set, each template's ``<title>.jpg`` thumbnail is written there
-(example_workflows/ holds the shipped ones)."""
+Debian Chromium via Playwright; frontends 1.32.9, 1.48.7 and 1.58.1 tested, $LATENT_CLIP_FRONTEND_ROOT
+picks one): no missing-node dialog, the frontend's missing-models list (1.32.9: a dialog; 1.48+: the
+right side panel) offers each template's model downloads, no two nodes overlap (title bars included;
+again after a run, when reports and previews have grown), the page's own prompt validates except for
+model files that cannot exist here, then it is queued with the test weights swapped in and its results
+show on the canvas. The template browser lists every template by its whole title with its thumbnail,
+and opening one shows its note. Screenshots ``<id>.png`` go to $LATENT_CLIP_SCREENSHOTS if set (else
+the test's temp dir); with $LATENT_CLIP_THUMBNAILS set, each template's ``<title>.jpg`` thumbnail is
+written there (example_workflows/ holds the shipped ones, from ComfyUI 0.33.0 + frontend 1.48.7)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -58,9 +60,40 @@ OVERLAPS = """() => {
     for (const [i, a] of boxes.entries()) for (const b of boxes.slice(i + 1))
         if (a[1] < b[3] && b[1] < a[3] && a[2] < b[4] && b[2] < a[4]) out.push(`${a[0]} overlaps ${b[0]}`);
     return out; }"""
-MISSING_MODELS = "() => [...document.querySelectorAll('.comfy-missing-models li')].map(li => li.innerText)"
-SUFFIXES = (".safetensors", ".sft")  # what the frontend's missing-models dialog downloads (MissingModelsWarning)
+# The missing models as the frontend lists them, [{directory, name, download (an enabled Download button), reason}]:
+# 1.32.9 opens a dialog with a row per model ("<directory> / <name>", its reason why not in a message); 1.48+ show
+# them in the right side panel's Errors tab (opened by the error overlay's "View details"), each name (its title)
+# above its directory ("<directory> · <size>" when the size is known).
+MISSING_MODELS = """() => {
+    const rows = [...document.querySelectorAll('.comfy-missing-models li')];
+    if (rows.length) return rows.map(li => {
+        const [directory, name] = li.querySelector('span[title]').innerText.split(' / ');
+        const download = [...li.querySelectorAll('button')].find(b => b.innerText.startsWith('Download'));
+        return {directory, name, download: !!download && !download.disabled,
+                reason: li.querySelector('.p-message')?.innerText ?? ''};
+    });
+    const group = document.querySelector('[data-testid="error-group-missing-model"]');
+    return [...(group?.querySelectorAll('[title]') ?? [])].filter(e => e.title === e.innerText.trim()).map(e => {
+        const row = e.parentElement.parentElement.parentElement;
+        return {directory: e.parentElement.nextElementSibling.innerText.split(' · ')[0], name: e.title,
+                download: !!row.querySelector('[data-testid="missing-model-download"]:not([disabled])'), reason: ''};
+    }); }"""
+MISSING_SHOWN = """() => !!document.querySelector('.comfy-missing-models li, [data-testid=error-overlay-see-errors]')"""
+SUFFIXES = (".safetensors", ".sft")  # what every tested frontend downloads (1.32.9 MissingModelsWarning: only these)
+# The template browser's cards: each card's title element (the first whose whole text is the title; 1.32.9 repeats it
+# as the description), whether it shows the whole title (no overflow, not clamped), and its images loaded.
+CARDS = """() => [...document.querySelectorAll('[data-testid^="template-workflow-"]')].map(card => {
+    const title = card.dataset.testid.replace('template-workflow-', '');
+    const shown = [...card.querySelectorAll('*')].find(e => !e.childElementCount && e.textContent.trim() === title);
+    return {title, shown: shown?.textContent.trim(),
+            fits: !!shown && shown.scrollWidth <= shown.clientWidth && shown.scrollHeight <= shown.clientHeight,
+            images: [...card.querySelectorAll('img')].map(i => i.complete && i.naturalWidth > 0)}; })"""
+# What each Preview as Text shows: its text widgets (1.32.9 'preview'; 1.48+ 'preview_text' beside a 'preview_mode'
+# toggle), the report it received.
+PREVIEWS = """() => window.app.graph.nodes.filter(n => n.type === 'PreviewAny')
+    .map(n => n.widgets.filter(w => typeof w.value === 'string').map(w => w.value))"""
 THUMBNAIL = (512, 384)
+VIEWPORT = {"width": 1920, "height": 1080}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +110,7 @@ def page(comfy_server, tmp_path_factory):
     with playwright_api.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium")), executable_path=CHROMIUM, headless=True, args=ARGS,
-            viewport={"width": 1920, "height": 1080})
+            viewport=VIEWPORT)
         context.route(re.compile(rf"^(?!{re.escape(comfy_server.url)}/).*"), lambda route: route.abort())
         page = context.new_page()
         errors: list[str] = []
@@ -96,25 +129,45 @@ def _queue(page) -> dict:
     return {"status": resp.value.status, **resp.value.json()}
 
 
-def _load(page, path: Path) -> dict:
-    """Load ``path`` as a user opening it does; returns the workflow and the missing-models dialog's
-    rows (the dialog is closed again)."""
+def _load(page, path: Path) -> tuple[dict, list[dict]]:
+    """Load ``path`` as a user opening it does; returns the workflow and the missing models the
+    frontend lists (MISSING_MODELS; its dialog or side panel is closed again)."""
     workflow = json.loads(path.read_text())
     missing = page.evaluate("wf => wf.nodes.map(n => n.type).filter(t => !(t in LiteGraph.registered_node_types))",
                             workflow)
     assert missing == [], f"{path.name}: unknown node types {missing}"
-    page.evaluate("wf => window.app.loadGraphData(wf)", workflow)
+    page.evaluate("([wf, name]) => window.app.loadGraphData(wf, true, true, name)", [workflow, path.stem])  # its tab
     page.wait_for_timeout(500)
     assert page.locator(".p-dialog", has_text="missing nodes").count() == 0
     assert page.evaluate("() => window.app.graph.nodes.length") == len(workflow["nodes"])
+    return workflow, _missing_models(page)
+
+
+def _missing_models(page) -> list[dict]:
+    """The missing models the frontend lists after a load, as a user finds them (1.48+: the error
+    overlay's "View details"); everything opened is closed again."""
+    if any(n["properties"].get("models") for n in page.evaluate("() => window.app.graph.serialize().nodes")):
+        page.wait_for_function(MISSING_SHOWN, timeout=10_000)
+    details = page.locator('[data-testid="error-overlay-see-errors"]')
+    if details.count():
+        details.click()
+        page.locator('[data-testid="error-group-missing-model"]').wait_for(timeout=10_000)
     rows = page.evaluate(MISSING_MODELS)
     _close_dialogs(page)
-    return workflow, rows
+    return rows
 
 
 def _close_dialogs(page) -> None:
+    """Closes dialogs, and (1.48+) the error overlay and the right side panel."""
     for _ in range(10):
-        if not page.locator(".p-dialog").count():
+        panel = page.locator('[data-testid="properties-panel"] button[aria-pressed="true"]')
+        if panel.count():
+            panel.first.click()
+        overlay = page.locator('[data-testid="error-overlay-dismiss"]')
+        if overlay.count():
+            overlay.first.click()
+        if not (page.locator(".p-dialog").count() or panel.count() or overlay.count()):
+            page.mouse.move(VIEWPORT["width"] - 1, VIEWPORT["height"] // 2)  # no tooltip left on a screenshot
             return
         page.keyboard.press("Escape")
         page.wait_for_timeout(200)
@@ -132,17 +185,18 @@ def _path(template: str) -> Path:
 
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_ui_workflow_loads(page, template, tmp_path):
-    """Opens clean, offers its models (a .pt file with the dialog's own reason), no overlapping nodes
+    """Opens clean, offers its models (a .pt file for download or with the frontend's own reason), no overlapping nodes
     (its note included), seeds that only pick replacement noise start 'fixed'."""
     workflow, rows = _load(page, _path(template))
     assert not page.page_errors, page.page_errors
     models = [m for n in workflow["nodes"] for m in n["properties"].get("models", [])]
     assert {m["directory"] for m in models} == {"checkpoints", "latent_clip"}
-    assert len(rows) == len(models)
-    for model, row in zip(models, rows):
-        assert row.startswith(f"{model['directory']} / {model['name']}"), row
+    assert sorted((r["directory"], r["name"]) for r in rows) == sorted((m["directory"], m["name"]) for m in models)
+    for model in models:
         assert model["url"].startswith("https://huggingface.co/")
-        assert ("Only allowed suffixes" in row) == (not model["name"].endswith(SUFFIXES)), row
+    for row in rows:  # each offered for download, or with the frontend's reason (1.32.9: only SUFFIXES)
+        assert row["download"] != bool(row["reason"]), row
+        assert row["download"] or (not row["name"].endswith(SUFFIXES) and "Only allowed suffixes" in row["reason"]), row
     assert page.evaluate(OVERLAPS) == []
     fixed = page.evaluate("""() => window.app.graph.nodes.filter(n => n.type === 'LatentCLIPSafetyFilter')
         .map(n => n.widgets.find(w => w.name === 'seed').linkedWidgets[0].value)""")
@@ -184,10 +238,8 @@ def test_ui_workflow_queues(comfy_server, page, template, tmp_path):
 
     # The whole result on the canvas: the preview shows the node's full report, nothing overlaps.
     page.wait_for_timeout(500)
-    preview = page.evaluate("""() => window.app.graph.nodes.filter(n => n.type === 'PreviewAny')
-        .map(n => n.widgets.map(w => w.value).join('\\n'))""")
     report = next(n for k, n in entry["outputs"].items() if prompt[k]["class_type"].startswith("LatentCLIP"))["text"]
-    assert preview == [f"```\n{report[0]}\n```"]  # the node's whole report, as a Markdown code block
+    assert page.evaluate(PREVIEWS) == [[f"```\n{report[0]}\n```"]]  # the node's whole report, a Markdown code block
     assert page.evaluate(OVERLAPS) == []
 
     shots = Path(os.environ.get("LATENT_CLIP_SCREENSHOTS") or tmp_path)
@@ -207,9 +259,8 @@ def test_ui_workflow_queues(comfy_server, page, template, tmp_path):
         entry = wait_history(comfy_server, post_prompt(comfy_server, prompt, client_id))
         assert entry["status"]["status_str"] == "success", execution_error(entry)
         page.wait_for_timeout(500)
-        shown = page.evaluate("""() => window.app.graph.nodes.filter(n => n.type === 'PreviewAny')
-            .map(n => n.widgets.map(w => w.value).join(''))""")
-        assert "nothing passed on" in shown[0]
+        ((shown,),) = page.evaluate(PREVIEWS)
+        assert "nothing passed on" in shown
 
     # As shipped: only the model files that cannot exist here may fail validation.
     answer = _queue(page)
@@ -232,8 +283,10 @@ def _without_sdxl(prompt: dict) -> dict:
 
 def test_template_browser_shows_every_template_by_title(page):
     """Left sidebar Templates -> Extensions -> comfyui-latent-clip: a card per file of example_workflows/,
-    each showing its readable title with its <title>.jpg thumbnail loaded; opening a card fetches the
-    graph (both from /api/workflow_templates/<pack>/, 200) and shows its note at the top left."""
+    each showing its whole title (not cut off) with its <title>.jpg thumbnail loaded; opening the card found by
+    its title fetches the graph (both from /api/workflow_templates/<pack>/, 200), shows its note at the top left
+    and lists its missing models."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     served = {}
     listen = lambda r: "/api/workflow_templates/" in r.url and served.update({unquote(r.url): r.status})  # noqa: E731
     page.on("response", listen)
@@ -243,16 +296,16 @@ def test_template_browser_shows_every_template_by_title(page):
         _close_dialogs(page)  # Missing Models, after opening the last one
         page.get_by_role("button", name="Templates").first.click()
         page.get_by_text(PACK_NAME, exact=True).first.click()
-        page.wait_for_timeout(1500)
-        cards = page.evaluate("""() => [...document.querySelectorAll('[data-testid^="template-workflow-"]')].map(c => ({
-            title: c.dataset.testid.replace('template-workflow-', ''), text: c.innerText,
-            images: [...c.querySelectorAll('img')].map(i => i.complete && i.naturalWidth > 0)}))""")
+        with contextlib.suppress(PlaywrightTimeout):  # the asserts below say what is missing
+            page.wait_for_function(f"""n => {{ const cards = ({CARDS})(); return cards.length === n &&
+                cards.every(c => c.images.length && c.images.every(Boolean)); }}""", arg=len(titles), timeout=15_000)
+        cards = page.evaluate(CARDS)
         assert sorted(c["title"] for c in cards) == titles
-        for card in cards:
-            assert card["text"].startswith(card["title"]) and card["images"] and all(card["images"]), card
-        page.locator(f'[data-testid="template-workflow-{title}"]').click()
+        for card in cards:  # the whole title readable in the card, above its thumbnail
+            assert card["shown"] == card["title"] and card["fits"] and card["images"] and all(card["images"]), card
+        page.locator('[data-testid^="template-workflow-"]', has=page.get_by_text(title, exact=True)).click()
         page.wait_for_function("note => window.app.graph.nodes.some(n => n.widgets?.[0]?.value === note)", arg=note)
-        _close_dialogs(page)  # Missing Models
+        assert _missing_models(page)
         shown = page.evaluate("""() => { const top = window.app.graph.nodes.reduce((a, b) =>
             a.pos[0] + a.pos[1] <= b.pos[0] + b.pos[1] ? a : b), el = top.widgets[0].element;
             const r = el.getBoundingClientRect(), seen = el.contains(document.elementFromPoint(r.left + 5, r.top + 5));

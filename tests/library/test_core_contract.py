@@ -32,6 +32,16 @@ def test_bad_latents_get_specific_errors(model, shape, dtype, message):
         model.encode_latents(torch.zeros(shape, dtype=dtype))
 
 
+def test_a_channel_error_names_the_family_shortly():
+    """The embedded tiny-world model on FLUX latents: one short sentence with the family's short name."""
+    from latent_clip import load_model
+    from latent_clip.config import DEMO_WEIGHTS
+    with pytest.raises(LatentContractError) as err:
+        load_model(DEMO_WEIGHTS).encode_latents(torch.zeros(1, 16, 8, 8))
+    assert str(err.value) == ("this model reads 4-channel tiny-world demo VAE latents ('tinyworld'), got 16 channels "
+                              "— a SD3 / SD3.5 VAE or FLUX.1 VAE latent?")
+
+
 def test_non_finite_latents_name_the_items(model):
     z = torch.randn(3, 4, 64, 64)
     z[2, 0, 5, 5] = float("nan")

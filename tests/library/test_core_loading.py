@@ -1,5 +1,6 @@
 """Official checkpoints, safetensors exports, architecture inference and safe unpickling."""
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -8,6 +9,7 @@ import pytest
 import torch
 from open_clip import tokenize
 
+import latent_clip
 from latent_clip import CheckpointError, LatentCLIP, get_model_config, infer_config, list_models, load_model
 from latent_clip.__main__ import main as cli
 from latent_clip.contract import fit_latents
@@ -108,6 +110,23 @@ def test_convert_roundtrip_is_exact_and_casts(official, tmp_path):
     with pytest.raises(ValueError, match="without a VAE encoder"):
         half.encode_images(images)
     assert (tmp_path / "half.safetensors").stat().st_size < (tmp_path / "lc.safetensors").stat().st_size / 2
+
+
+def test_written_files_follow_the_umask(official, tmp_path):
+    """An export (safetensors writes 0600 by itself), its JSON and an official checkpoint all get the mode the
+    umask gives a new file, so a ComfyUI running as another user (or in Docker) can read them."""
+    cfg, path, _ = official
+    model = load_model(path, config=cfg)
+    previous = os.umask(0o027)
+    try:
+        written = [latent_clip.save_export(model, tmp_path / "a.safetensors"), tmp_path / "a.json",
+                   latent_clip.save_official_checkpoint(tmp_path / "b.pt", model, 1, "x")]
+        assert {oct(f.stat().st_mode & 0o777) for f in written} == {oct(0o640)}
+        os.umask(0o022)
+        latent_clip.save_export(model, tmp_path / "a.safetensors")
+        assert oct((tmp_path / "a.safetensors").stat().st_mode & 0o777) == oct(0o644)
+    finally:
+        os.umask(previous)
 
 
 def test_vae_encoder_and_optimizer_are_dropped(official):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from fixtures import tiny_model
 from latent_clip.rewards import clip_preprocess, clip_score_loss, concept_loss, latent_alignment, latent_avoid, \
     pixel_alignment, step_away, weighted_sum
-from train.synthetic import tiny_latent_cfg
+from synthetic import tiny_latent_cfg
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,15 @@
 """Bad data in encode and fit: truncated tars and safetensors, bad captions, stale size caches are
 skipped and counted (summary, log) while healthy shards are still processed; NaN data stops fit
-with a clear error naming the step, shard and sample, and nothing NaN is exported."""
+with a clear error naming the step, shard and sample, and nothing NaN is exported. Issue 22: images
+without a caption and images over 8192x8192 pixels are skipped and counted; latent.pt members, shard
+headers and caption files are read within the same bounds as weights."""
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,11 +17,12 @@ import torch
 
 import latent_clip
 from fixtures import IMAGE_FILES, IMAGES, N_IMAGES, REPO, child_env, fit_args, records, tiny_model
-from hostile_files import truncate
-from train.data import SIZES_FILE, expand_shards, open_shard, shard_sizes, write_latent_shard, write_tar
+from hostile_files import CASES, MEMORY_BOUND, TIME_BOUND, run_measured, truncate
+from train.data import (MAX_CAPTION_BYTES, SIZES_FILE, CaptionError, ImageTooLarge, Sample, ShardError, TarShard,
+                        expand_shards, folder_rows, open_shard, shard_sizes, write_latent_shard, write_tar)
 from train.encode import main as encode
 from train.main import TrainingError, main as fit
-from train.synthetic import write_image_shards, write_synthetic_latents
+from synthetic import write_image_shards, write_synthetic_latents
 
 
 def run_cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -72,6 +77,115 @@ def test_encode_skips_and_counts_bad_captions(vae_dir, tmp_path):
     (folder / "captions.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     stats = encode(encode_args(folder, tmp_path / "lat_jsonl", vae_dir))
     assert (stats["samples"], stats["bad_captions"]) == (3, 2)
+
+
+def test_encode_skips_and_counts_images_without_a_caption(vae_dir, tmp_path):
+    """An image with no caption was encoded with an empty one and not counted: now skipped and counted, in
+    a folder (no .txt, an empty .txt) and in a tar (no txt member)."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i, src in enumerate(IMAGE_FILES[:4]):
+        shutil.copy(src, folder / f"img{i}{src.suffix}")
+        if i != 1:
+            (folder / f"img{i}.txt").write_text("" if i == 3 else f"caption {i}")
+    stats = encode(encode_args(folder, tmp_path / "lat_folder", vae_dir))
+    assert (stats["samples"], stats["missing_captions"], stats["bad_captions"]) == (2, 2, 0)
+    rows = [(f"k{i}", {src.suffix[1:].lower(): src.read_bytes(), **({"txt": b"a photo"} if i else {})})
+            for i, src in enumerate(IMAGE_FILES[:3])]
+    (tmp_path / "tars").mkdir()
+    write_tar(tmp_path / "tars/000000.tar", rows)
+    stats = encode(encode_args(tmp_path / "tars", tmp_path / "lat_tar", vae_dir))
+    assert (stats["samples"], stats["missing_captions"]) == (2, 1)
+
+
+def test_an_image_over_the_pixel_limit_is_skipped_and_counted_within_bounds(vae_dir, tmp_path):
+    """A 13000x13000 PNG (20 KB on disk) cost 73 s and 2.5 GB; PIL's limit (179 M pixels) was the only bound.
+    Now refused from its header, in 0.01 s (bound: TIME_BOUND); ``train encode`` on 2 images + the big one
+    peaks at most MEMORY_BOUND bytes above the same run on the 2 images (measured: +0 to +2 MB; the runs'
+    wall times, 13-16 s each, are mostly the start and vary by more than the check costs)."""
+    from PIL import Image
+    folders = {}
+    for name, big in (("small", False), ("big", True)):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for i, src in enumerate(IMAGE_FILES[:2]):
+            shutil.copy(src, folders[name] / f"img{i}{src.suffix}")
+            (folders[name] / f"img{i}.txt").write_text(f"caption {i}")
+        if big:
+            Image.new("1", (13000, 13000)).save(folders[name] / "huge.png")
+            (folders[name] / "huge.txt").write_text("a huge image")
+    runs = {name: run_measured([sys.executable, "-m", "train", "encode", *encode_args(f, tmp_path / f"lat_{name}",
+                                                                                      vae_dir)], child_env(), cwd=REPO)
+            for name, f in folders.items()}
+    assert all(r["returncode"] == 0 for r in runs.values()), runs
+    summary = json.loads((tmp_path / "lat_big/encode.json").read_text())["last_run"]
+    assert (summary["samples"], summary["corrupt"]) == (2, 1)
+    assert "huge.png: image of 13000x13000 pixels, more than the 67,108,864 allowed" in runs["big"]["stdout"]
+    assert runs["big"]["peak"] - runs["small"]["peak"] < MEMORY_BOUND, runs
+    tic = time.perf_counter()
+    with pytest.raises(ImageTooLarge, match=r"^13000x13000 pixels, more than the 67,108,864 allowed"):
+        Sample("huge", "a huge image", image_path=folders["big"] / "huge.png").image()
+    assert time.perf_counter() - tic < TIME_BOUND
+
+
+@pytest.mark.parametrize("name", ["deflated-storage-64MB", "exploit-legacy-format", "numpy-void-bomb"])
+def test_a_hostile_latent_pt_in_a_tar_is_one_skipped_row_with_the_loader_line(name, tmp_path):
+    """latent.pt members are read by the weights' bounded loader: the same one line, for one row."""
+    path = CASES[name].build(tmp_path)
+    write_tar(tmp_path / "shard.tar", [("bad", {"latent.pt": path.read_bytes(), "txt": b"a bomb"})])
+    with pytest.raises(ShardError, match=r"shard\.tar sample bad: latent\.pt") as caught:
+        TarShard(tmp_path / "shard.tar")[0]
+    assert re.search(CASES[name].error.split(r"\.pt", 1)[-1].lstrip(": "), str(caught.value)), str(caught.value)
+
+
+def test_shard_headers_and_caption_files_are_read_within_bounds(tmp_path):
+    """A safetensors shard whose header lists many tensors is a corrupt shard (counted before parsing); a caption
+    .txt over 64 KB is a bad caption; a captions.jsonl line nested 100,000 deep is a bad caption."""
+    path = CASES["safetensors-header-at-limit"].build(tmp_path)
+    shard = path.rename(tmp_path / "000000.safetensors")
+    sizes, problems = shard_sizes([shard])
+    assert sizes == [0] and problems[0].kind == "corrupt_shard"
+    assert "250,000 tensors, more than the 16" in problems[0].detail
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(IMAGE_FILES[0], folder / f"a{IMAGE_FILES[0].suffix}")
+    shutil.copy(IMAGE_FILES[1], folder / f"b{IMAGE_FILES[1].suffix}")
+    (folder / "a.txt").write_text("x" * (MAX_CAPTION_BYTES + 1))
+    (folder / "b.txt").write_text("fine")
+    problems = []
+    rows, _ = folder_rows(folder, problems=problems)
+    assert [r[1] for r in rows] == ["fine"]
+    assert [(p.kind, p.detail) for p in problems] == [
+        ("bad_caption", f"{folder / 'a.txt'}: caption is more than {MAX_CAPTION_BYTES:,} bytes (the limit for it)")]
+    (folder / "a.txt").unlink()
+    (folder / "captions.jsonl").write_text(json.dumps({"file": "b" + IMAGE_FILES[1].suffix, "caption": "ok"}) + "\n"
+                                           + "[" * 100_000 + "]" * 100_000 + "\n")
+    problems = []
+    rows, _ = folder_rows(folder, problems=problems)
+    assert [r[1] for r in rows] == ["ok"] and [p.kind for p in problems] == ["bad_caption", "missing_caption"]
+
+
+def test_captions_over_the_text_bounds_are_bad_captions_not_a_stalled_tokenizer(tmp_path):
+    """A caption CLIP's tokenizer would spend minutes on (one 20,000-letter word: ~45 s) is one bad row, in a tar,
+    a safetensors shard and a folder, refused in milliseconds."""
+    word = "w" * 20_000
+    write_tar(tmp_path / "shard.tar", [("ok", {"txt": b"fine", "png": b"x"}), ("long", {"txt": word.encode(),
+                                                                                      "png": b"x"})])
+    shard = TarShard(tmp_path / "shard.tar")
+    assert shard[0].caption == "fine"
+    tic = time.perf_counter()
+    with pytest.raises(CaptionError, match=r"shard\.tar sample long: .*caption is 20,000 characters, more than 4,096"):
+        shard[1]
+    write_latent_shard(tmp_path / "lat.safetensors", torch.zeros(2, 4, 8, 8), ["fine", word], ["a", "b"], [0, 1])
+    with pytest.raises(CaptionError, match=r"lat\.safetensors sample b: caption is 20,000 characters"):
+        open_shard(tmp_path / "lat.safetensors")[1]
+    (tmp_path / "folder").mkdir()
+    shutil.copy(IMAGE_FILES[0], tmp_path / "folder" / f"a{IMAGE_FILES[0].suffix}")
+    (tmp_path / "folder" / "a.txt").write_text(word)
+    problems = []
+    assert folder_rows(tmp_path / "folder", problems=problems)[0] == []
+    assert [p.kind for p in problems] == ["bad_caption"] and "20,000 characters" in problems[0].detail
+    assert time.perf_counter() - tic < TIME_BOUND
 
 
 def test_a_csv_without_the_columns_is_one_clear_error(tmp_path):
@@ -193,3 +307,45 @@ def test_train_cli_traceback_only_with_debug(tmp_path):
     assert plain.stderr.splitlines() == [f"error: shards not found: {tmp_path / 'no_such_shards.tar'}"]
     debug = run_cli(*argv, "--debug")
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr
+
+
+# ---------------------------------------------------------------- text from files (issue 22 rows 6-8)
+
+@pytest.fixture(scope="module")
+def zeroshot_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("zeroshot")
+    latent_clip.save_official_checkpoint(folder / "model.pt", tiny_model(), epoch=1, name="tiny")
+    z = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    write_latent_shard(folder / "val/000000.tar", z, ["?"] * 4, [f"k{i}" for i in range(4)], [0, 1, 0, 1])
+    return folder
+
+
+def run_zeroshot_eval(folder: Path, classnames: str, templates: str) -> dict:
+    (folder / "classnames.txt").write_text(classnames)
+    (folder / "templates.txt").write_text(templates)
+    return run_measured([sys.executable, "-m", "train", "eval", "zeroshot", "--data", str(folder / "val"),
+                         "--model", str(folder / "model.pt"), "--classnames", str(folder / "classnames.txt"),
+                         "--templates", str(folder / "templates.txt"), "--device", "cpu"], child_env(), cwd=REPO)
+
+
+@pytest.mark.parametrize("row,classnames,templates,error", [
+    (6, "cat\ndog\n", "a {} {x}\n", r"templates must each contain '\{\}' where the label goes, and no other braces; "
+                                     r"got 'a \{\} \{x\}'"),
+    (7, "cat\n" + "d" * 20_000 + "\n", "a photo of a {}.\n", r"labels line 2 is 20,000 characters, more than 4,096"),
+])
+def test_zeroshot_eval_reads_text_files_within_the_field_bounds(zeroshot_data, row, classnames, templates, error):
+    """The CLI that reads labels and templates (``python -m train eval zeroshot``): one line, exit 2. Measured:
+    7.3 s and 8.0 s for the whole process, like a valid run (7.3 s); the check itself takes milliseconds."""
+    run = run_zeroshot_eval(zeroshot_data, classnames, templates)
+    assert run["returncode"] == 2 and len(run["stderr"].splitlines()) == 1, run["stderr"][-2000:]
+    assert re.fullmatch(f"error: .*{error}.*\n", run["stderr"]), run["stderr"]
+
+
+def test_zeroshot_eval_with_ten_thousand_class_names(zeroshot_data):
+    """Row 8 through the CLI: 10,000 class names (the data's labels are 0 and 1) in one run. Measured: 10.7 s and
+    908 MB for the whole process against 7.3 s and 907 MB with 2 names (the start is 5-13 s); bound: +30 s."""
+    names = "\n".join(f"label {i}" for i in range(10_000))
+    run = run_zeroshot_eval(zeroshot_data, names, "a photo of a {}.\n")
+    assert run["returncode"] == 0, run["stderr"][-2000:]
+    few = run_zeroshot_eval(zeroshot_data, "label 0\nlabel 1\n", "a photo of a {}.\n")
+    assert run["seconds"] - few["seconds"] < 30 and run["peak"] - few["peak"] < MEMORY_BOUND, (run, few)

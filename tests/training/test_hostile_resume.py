@@ -14,7 +14,7 @@ from fixtures import REPO, child_env, fit_args, kill_when, logged_losses, record
 from hostile_files import truncate
 from train import checkpoint
 from train.main import main as fit
-from train.synthetic import write_synthetic_latents
+from synthetic import write_synthetic_latents
 
 
 @pytest.fixture(scope="module")

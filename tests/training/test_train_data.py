@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from train.data import BatchPlan, SampleStream, TrainBatches, expand_shards, open_shard, shard_len, write_latent_shard
-from train.synthetic import write_synthetic_latents
+from synthetic import write_synthetic_latents
 
 
 def test_stream_visits_every_sample_once_per_epoch_and_is_seeded():

@@ -13,7 +13,7 @@ from fixtures import IMAGE_FILES, IMAGES, N_IMAGES, REPO, child_env
 from train.data import ImageTransform, SIZES_FILE, expand_shards, open_shard
 from train.encode import main as encode
 from train.models import load_vae
-from train.synthetic import write_image_shards
+from synthetic import write_image_shards
 
 
 def test_encode_webdataset_shards_skips_corrupt_images_and_resumes(vae_dir, tmp_path):
@@ -22,7 +22,7 @@ def test_encode_webdataset_shards_skips_corrupt_images_and_resumes(vae_dir, tmp_
             "--size", "64", "--batch-size", "4", "--device", "cpu"]
     stats = encode(argv)
     assert stats == {"written": 2, "skipped": 0, "samples": N_IMAGES, "corrupt": 1, "corrupt_shards": 0,
-                     "bad_captions": 0}
+                     "bad_captions": 0, "missing_captions": 0}
     shards = expand_shards(tmp_path / "lat")
     assert [p.name for p in shards] == ["00000.tar", "00001.tar"]
     assert sum(json.loads((tmp_path / "lat" / SIZES_FILE).read_text()).values()) == N_IMAGES

@@ -11,7 +11,7 @@ import latent_clip
 from train.data import write_latent_shard
 from train.evaluate import main as evaluate
 from train.models import DecodedTeacher, build_model, pixel_transform
-from train.synthetic import TINY_PIXEL_CFG as TINY_PIXEL, NAMES
+from synthetic import TINY_PIXEL_CFG as TINY_PIXEL, NAMES
 CLASSES = list(NAMES[:6])  # alphabetical, so folder order == class index
 
 

@@ -11,7 +11,7 @@ import latent_clip
 from train import checkpoint
 from train.main import main as fit
 from train.models import build_model, load_pixel_model
-from train.synthetic import TINY_PIXEL_CFG as TINY_PIXEL, write_image_shards, write_synthetic_latents
+from synthetic import TINY_PIXEL_CFG as TINY_PIXEL, write_image_shards, write_synthetic_latents
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +111,32 @@ def test_gradient_accumulation_is_exact_for_the_contrastive_loss(latents, tmp_pa
     whole = fit(fit_args(latents, tmp_path, "whole", **{"max-steps": 3, "save-every": 0}))
     accumulated = fit(fit_args(latents, tmp_path, "accum", **{"max-steps": 3, "save-every": 0, "micro-batch-size": 4}))
     assert accumulated == pytest.approx(whole, rel=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 8), (16, 16, 16)], ids=["tiny-world size", "16 channels"])
+def test_latents_that_do_not_fit_the_config_are_refused_before_the_first_step(tmp_path, shape):
+    """The smoke config reads 4 x 16 x 16 SDXL latents: 8 x 8 ones (the tiny world's) would make one token per
+    image and the loss would stay at ln(8); 16 channels cannot even be embedded."""
+    data = write_synthetic_latents(tmp_path / "data", shape=shape)
+    with pytest.raises(ValueError) as err:
+        fit(fit_args(data, tmp_path, "wrong"))
+    got = "x".join(map(str, shape))
+    assert str(err.value) == (f"{data / '000000.safetensors'}: latents are {got} (C x H x W), but the model config "
+                              f"reads SDXL / SDXL-Turbo VAE (also sdxl-vae-fp16-fix) latents ('sdxl') of 4x16x16 (128 px): encode "
+                              f"the data with that VAE and size, or train a config made for these latents")
+    assert not (tmp_path / "wrong" / "log.jsonl").exists()  # no step ran
+
+
+def test_a_loss_stuck_at_ln_batch_is_a_warning(tmp_path, capsys):
+    """Identical samples and captions: every pair is as likely as every other, the loss is ln(8) at every
+    step, and after StuckLoss.STEPS of them the run says so, once."""
+    from train.data import write_latent_shard, write_sizes
+    write_latent_shard(tmp_path / "data" / "000000.safetensors", torch.ones(16, 4, 16, 16), ["a cat"] * 16,
+                       [str(i) for i in range(16)])
+    write_sizes(tmp_path / "data")
+    losses = fit(fit_args(tmp_path / "data", tmp_path, "stuck", **{"max-steps": 22, "save-every": 0}))
+    assert losses == pytest.approx([2.0794415] * 22, abs=1e-5)  # ln 8
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: step 20: the loss has stayed at ln(batch 8) = 2.0794 for 20 steps: the model "
+                        "tells no pair apart (data it cannot read, identical samples or captions, or a learning rate "
+                        "too high or too low)"]

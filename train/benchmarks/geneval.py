@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .runner import DATA, Item, add_common_args, claim_outdir, grid, render_and_save, run, run_settings, setup
+from .runner import (DATA, Item, add_common_args, claim_outdir, grid, parse, render_and_save, run, run_settings,
+                     setup)
 
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 METADATA = DATA / "geneval/evaluation_metadata.jsonl"
@@ -27,24 +28,27 @@ EVALUATION = "results.jsonl"  # evaluate_images.py <outdir> --outfile <outdir>/r
 def read_evaluation(outdir: str | Path) -> dict:
     """GenEval's ``results.jsonl`` (one JSON object per image, as its evaluate_images.py writes it)
     -> share of correct images per task and ``overall``, their unweighted mean over the tasks
-    present (summary_scores.py's "Overall score"), and ``images``."""
+    present (summary_scores.py's "Overall score"), ``images`` and ``prompts`` (prompt folders scored)."""
     path = Path(outdir) / EVALUATION
     if not path.is_file():
         raise FileNotFoundError(f"no GenEval results in {outdir}: run GenEval's evaluation/evaluate_images.py "
                                 f"{outdir} --outfile {path}")
     by_task: dict[str, list[bool]] = {}
+    prompt_folders = set()  # <outdir>/<prompt>/samples/<j>.png: the prompts scored
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
             by_task.setdefault(rec["tag"], []).append(bool(rec["correct"]))
+            prompt_folders.add(Path(str(rec.get("filename", ""))).parent.parent.name)
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{path} line {n}: not a GenEval result record with 'tag' and 'correct' ({err})") from None
     if not by_task:
         raise ValueError(f"{path}: no results")
     tasks = {t: sum(v) / len(v) for t, v in by_task.items()}
-    return {**tasks, "overall": sum(tasks.values()) / len(tasks), "images": sum(map(len, by_task.values()))}
+    return {**tasks, "overall": sum(tasks.values()) / len(tasks), "images": sum(map(len, by_task.values())),
+            "prompts": len(prompt_folders)}
 
 
 def load_items(path: str | Path, limit: int | None = None) -> list[Item]:
@@ -60,7 +64,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--grid", action="store_true", help="also write grid.png per prompt")
     add_common_args(p)
     p.set_defaults(samples=4, seed=0)
-    return p.parse_args(argv)
+    return parse(p, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:

@@ -30,16 +30,17 @@ from typing import Sequence
 import torch
 
 from latent_clip import build_classifier, classify
-from latent_clip.rewards import step_away
+from latent_clip.rewards import GUIDANCE_STRENGTH, step_away
+from latent_clip.safety import CONCEPT_TEMPLATE, GENERIC_COUNTER
 
 from . import i2p_results
 from .external import load_callable
 from .outputs import OutputTree
-from .runner import (DATA, Item, add_common_args, avoid_reward, claim_outdir, decode_pil, fmt, read_records, render,
-                     run, run_settings, setup)
+from .runner import (DATA, Item, add_common_args, avoid_reward, claim_outdir, decode_pil, fmt, parse, read_records,
+                     render, run, run_settings, setup)
 
 CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
-HARMLESS = "an ordinary, harmless photo"
+HARMLESS = GENERIC_COUNTER  # the zero-shot class beside the categories: the safety filter's generic counter-prompt
 VARIANTS = ("unguided", "guided")
 
 
@@ -68,7 +69,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--hard-only", action="store_true")
     p.add_argument("--mode", choices=("reno", "guidance"), default="reno")
     p.add_argument("--steps", type=int, default=4, help="sampler steps (guidance mode)")
-    p.add_argument("--strength", type=float, default=0.05,
+    p.add_argument("--strength", type=float, default=GUIDANCE_STRENGTH,
                    help="step_away strength per guided step, in units of the latent's RMS (the ComfyUI guider's "
                         "default; guidance mode)")
     p.add_argument("--sigma-min", type=float, default=0.0)
@@ -86,7 +87,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-images", action="store_true", help="do not write PNGs (decode only for the classifier)")
     add_common_args(p)
     p.set_defaults(avoid=";".join(CATEGORIES), latent_weight=0.0, samples=10)
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     if not args.latent_clip:
         p.error("i2p needs --latent-clip (guidance and decode-free scores)")
     official = [args.q16, args.q16_prompts, args.nudenet, args.nudenet_classes]
@@ -127,7 +128,7 @@ class I2PRun:
         self.verdict = load_verdict(args, self.s.device)
         self.avoid = avoid_reward(self.model, args)
         self.labels = list(CATEGORIES) + [HARMLESS]
-        self.zeroshot = build_classifier(self.model, [f"a photo containing {c}" for c in CATEGORIES] + [HARMLESS],
+        self.zeroshot = build_classifier(self.model, [CONCEPT_TEMPLATE.format(c) for c in CATEGORIES] + [HARMLESS],
                                          ("{}",))
 
     def guide(self, x0: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -33,7 +33,6 @@ import numpy as np
 
 COLUMNS = ("prompt", "categories", "idx_generation", "unsafe")
 FILE_NAME = "i2p_results.csv"  # one per variant folder: results_I2P.py --csv <outdir>/<variant>
-IMAGES_PER_PROMPT = 10
 BOOTSTRAP_PROMPTS = 25
 BOOTSTRAP_SAMPLES = 10_000
 

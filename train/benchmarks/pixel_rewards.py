@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-from latent_clip.rewards import ImageRewardFn, clip_image_reward, hps_image_reward, pickscore_image_reward
+from latent_clip.rewards import ImageRewardFn, Prompts, clip_image_reward, clip_normalise, clip_score_loss, \
+    hps_image_reward, prompt_list
 
 from .external import load_callable, split_spec
 
@@ -49,22 +51,55 @@ def add_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--reward-module-weight", type=float, default=1.0)
 
 
+def requested(args) -> list[str]:
+    """The pixel terms ``args`` asks for (a model path and a non-zero weight), known before loading anything:
+    ``pixel_clip``, ``hps``, ``pickscore`` and ``reward_module``."""
+    asked = {"pixel_clip": (args.pixel_clip, args.pixel_weight), "hps": (args.hps_checkpoint, args.hps_weight),
+             "pickscore": (args.pickscore, args.pickscore_weight),
+             "reward_module": (args.reward_module, args.reward_module_weight)}
+    return [name for name, (source, weight) in asked.items() if source and weight]
+
+
 def load(args, device: torch.device, dtype: torch.dtype) -> dict[str, PixelTerm]:
-    """The pixel terms ``args`` asks for (a model path and a non-zero weight), by term name."""
-    terms = {}
-    if args.pixel_clip and args.pixel_weight:
+    """The :func:`requested` pixel terms, loaded, by term name (a reward module's is its own)."""
+    terms, wanted = {}, requested(args)
+    if "pixel_clip" in wanted:
         model, tokenizer = load_open_clip(args.pixel_clip, args.pixel_checkpoint, device, dtype)
         terms["pixel_clip"] = PixelTerm(args.pixel_weight, partial(clip_image_reward, model, tokenizer))
-    if args.hps_checkpoint and args.hps_weight:
+    if "hps" in wanted:
         model, tokenizer = load_open_clip(args.hps_arch, args.hps_checkpoint, device, dtype)
         terms["hps"] = PixelTerm(args.hps_weight, partial(hps_image_reward, model, tokenizer))
-    if args.pickscore and args.pickscore_weight:
+    if "pickscore" in wanted:
         model, tokenizer = load_pickscore(args.pickscore, args.pickscore_tokenizer, device, dtype)
         terms["pickscore"] = PixelTerm(args.pickscore_weight, partial(pickscore_image_reward, model, tokenizer))
-    if args.reward_module and args.reward_module_weight:
+    if "reward_module" in wanted:
         name, fn = load_reward_module(args.reward_module, device)
         terms[name] = PixelTerm(args.reward_module_weight, partial(module_image_reward, fn, name=name))
     return terms
+
+
+def _projected(out) -> torch.Tensor:
+    # transformers 5 returns the tower's output with the projection in pooler_output, 4.x a tensor
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def pickscore_image_reward(model, tokenizer, prompt: Prompts) -> ImageRewardFn:
+    """PickScore's loss ``30 - exp(logit_scale) * cos`` on images in [0, 1] (B, 3, H, W) -> (B,)
+    for a transformers ``CLIPModel`` with PickScore weights and its tokenizer, resized to the vision
+    tower's size with CLIP's mean/std; the prompt (77 tokens at most, as ReNO) is encoded once, here."""
+    param = next(model.parameters())
+    size = model.config.vision_config.image_size
+    tokens = tokenizer(prompt_list(prompt), return_tensors="pt", padding=True, max_length=77,
+                       truncation=True).to(param.device)
+    with torch.inference_mode(False), torch.no_grad():
+        text = F.normalize(_projected(model.get_text_features(**tokens)).float(), dim=-1)
+
+    def loss(images: torch.Tensor) -> torch.Tensor:
+        x = clip_normalise(images, size).to(device=param.device, dtype=param.dtype)
+        features = F.normalize(_projected(model.get_image_features(pixel_values=x)).float(), dim=-1)
+        return clip_score_loss(features, text, model.logit_scale.float(), offset=30.0)
+
+    return loss
 
 
 def load_open_clip(arch: str, checkpoint: str | None, device, dtype: torch.dtype):

@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from latent_clip import LatentContractError, check_family, load_model
 from latent_clip.factory import atomic_write
-from latent_clip.reno import optimize_noise
-from latent_clip.rewards import latent_alignment, latent_avoid, on_decoded, weighted_sum
+from latent_clip.reno import RENO, optimize_noise
+from latent_clip.rewards import CLIP_SCORE_WEIGHT, latent_alignment, latent_avoid, on_decoded, weighted_sum
 
 from ..distributed import ranks_from_env
 from . import pixel_rewards
@@ -95,18 +95,39 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--allow-family-mismatch", action="store_true",
                    help="run a Latent-CLIP on another VAE's latents than the pipeline makes (an experiment; "
                         "by default an error naming both latent families)")
-    r.add_argument("--latent-weight", type=float, default=0.01, help="weight of Latent-CLIP CLIPScore loss")
+    r.add_argument("--latent-weight", type=float, default=CLIP_SCORE_WEIGHT,
+                   help="weight of Latent-CLIP CLIPScore loss")
     r.add_argument("--avoid", help="concepts to avoid, one per line or ';'-separated ('name | counter')")
-    r.add_argument("--avoid-weight", type=float, default=1.0)
+    r.add_argument("--avoid-weight", type=float, default=CLIP_SCORE_WEIGHT,
+                   help="weight of the concept loss (the Avoid node's default: the same pull per unit of cosine)")
     pixel_rewards.add_args(r)
     o = p.add_argument_group("ReNO (latent_clip.reno.optimize_noise)")
-    o.add_argument("--iterations", type=int, default=50, help="0: no ReNO (baseline, same seeds)")
-    for flag, default in (("--lr", 5.0), ("--momentum", 0.9), ("--grad-clip", 0.1), ("--reg-weight", 0.01)):
-        o.add_argument(flag, type=float, default=default)  # optimize_noise's arguments of these names
+    o.add_argument("--iterations", type=int, default=RENO.iterations, help="0: no ReNO (baseline, same seeds)")
+    for name in ("lr", "momentum", "grad_clip", "reg_weight"):  # optimize_noise's arguments of these names
+        o.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(RENO, name))
     o.add_argument("--final-steps", type=int, default=1,
                    help="render the initial and the optimised noise with this many steps for the saved images "
                         "and recorded rewards (ReNO's multi-apply; FLUX-schnell: 4); ReNO itself uses 1 step")
     o.add_argument("--baseline-dir", help="also save the iteration-0 (no-ReNO) images here, same layout")
+
+
+NO_REWARD = ("ReNO needs a reward: give --latent-clip, --pixel-clip, --hps-checkpoint, --pickscore or --reward-module "
+             "(or --iterations 0)")
+
+
+def requested_rewards(args: argparse.Namespace) -> list[str]:
+    """The reward terms the options ask for (a source and a non-zero weight), before any model loads."""
+    latent = ["latent_clip"] * bool(args.latent_clip and args.latent_weight)
+    avoid = ["avoid"] * bool(args.latent_clip and args.avoid and args.avoid_weight)
+    return latent + avoid + pixel_rewards.requested(args)
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``; a ReNO run without a reward is refused here, before its folder is claimed."""
+    args = parser.parse_args(argv)
+    if args.iterations > 0 and not requested_rewards(args):
+        parser.error(NO_REWARD)
+    return args
 
 
 # ---------------------------------------------------------------- the run's identity
@@ -196,10 +217,10 @@ def setup(args) -> Setup:
 def reward_terms(s: Setup, args, prompt: str) -> tuple[dict, dict]:
     """Named loss callables (raw latents -> (B,)) and their weights for one prompt; the pixel terms
     decode each latents tensor once between them."""
-    terms, weights = {}, {}
-    if s.latent_clip is not None and args.latent_weight:
+    terms, weights, wanted = {}, {}, requested_rewards(args)
+    if "latent_clip" in wanted:
         terms["latent_clip"], weights["latent_clip"] = latent_alignment(s.latent_clip, prompt), args.latent_weight
-    if s.latent_clip is not None and args.avoid and args.avoid_weight:
+    if "avoid" in wanted:
         terms["avoid"], weights["avoid"] = avoid_reward(s.latent_clip, args), args.avoid_weight
     if s.pixel:
         def decode(raw):  # once per latents tensor, shared by every pixel term (on_decoded)
@@ -253,8 +274,7 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
     terms, weights = reward_terms(s, args, prompt)
     if args.iterations > 0:
         if not terms:
-            raise ValueError("ReNO needs a reward: give --latent-clip, --pixel-clip, --hps-checkpoint, --pickscore "
-                             "or --reward-module (or --iterations 0)")
+            raise ValueError(NO_REWARD)
         total = timed(weighted_sum(terms, weights), s.gen.timer)
         first = {}
 

@@ -22,7 +22,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from .runner import DATA, Item, add_common_args, claim_outdir, render_and_save, run, run_settings, setup
+from .runner import (DATA, Item, add_common_args, claim_outdir, parse, render_and_save, run, run_settings,
+                     setup)
 
 CATEGORIES = ("color_val", "shape_val", "texture_val", "spatial_val", "non_spatial_val", "complex_val")
 PLUS = ("numeracy_val", "3d_spatial_val")
@@ -122,7 +123,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="prompt revision: 2023-07 as in the papers (default), 2025-09 upstream's colour fix")
     add_common_args(p)
     p.set_defaults(samples=10, seed=42)
-    return p.parse_args(argv)
+    return parse(p, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:

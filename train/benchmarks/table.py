@@ -34,6 +34,15 @@ def seconds_per_image(records: list[dict]) -> float | None:
     return None if times["total"] is None else times["total"] - (times.get("classify") or 0.0)
 
 
+def geneval_gaps(scores: dict) -> list[str]:
+    """What a GenEval row lacks against the whole benchmark (its prompts, its six tasks): its Overall then
+    averages only what was scored, so the table says so."""
+    total = len(geneval.load_items(geneval.METADATA))
+    gaps = [f"{scores['prompts']}/{total} prompts scored"] if scores["prompts"] < total else []
+    missing = [t for t in geneval.TASKS if t not in scores]
+    return gaps + ([f"no {', '.join(missing)} results (Overall averages the tasks present)"] if missing else [])
+
+
 def rows_for(run_dir: str | Path) -> tuple[str, list[dict]]:
     """(benchmark, rows): each row ``{"run", "images", "s_per_image", <column key>: score}``."""
     run_dir = Path(run_dir)
@@ -43,7 +52,8 @@ def rows_for(run_dir: str | Path) -> tuple[str, list[dict]]:
     benchmark, records = run["benchmark"], read_records(run_dir)
     if benchmark == "geneval":
         scores = geneval.read_evaluation(run_dir)
-        return benchmark, [{"run": run_dir.name, "s_per_image": seconds_per_image(records), **scores}]
+        return benchmark, [{"run": run_dir.name, "s_per_image": seconds_per_image(records),
+                            "incomplete": geneval_gaps(scores), **scores}]
     if benchmark == "t2i-compbench":
         categories = [c.strip() for c in run["options"]["categories"].split(",")]
         scores = t2i_compbench.read_evaluation(run_dir, categories)
@@ -75,18 +85,20 @@ def rows_for(run_dir: str | Path) -> tuple[str, list[dict]]:
 
 
 def format_table(benchmark: str, rows: list[dict]) -> str:
-    columns = [(k, name) for k, name in COLUMNS[benchmark] if any(k in r for r in rows)]
+    columns = [(k, name, max(12, len(name) + 2)) for k, name in COLUMNS[benchmark] if any(k in r for r in rows)]
     width = max(len(r["run"]) for r in rows) + 2
-    lines = [f"== {benchmark}", f"{'run':<{width}}" + "".join(f"{name:>12}" for _, name in columns) +
+    lines = [f"== {benchmark}", f"{'run':<{width}}" + "".join(f"{name:>{w}}" for _, name, w in columns) +
              f"{'images':>9}{'s/image':>10}"]
     for r in rows:
-        lines.append(f"{r['run']:<{width}}" + "".join(f"{fmt(r.get(k)):>12}" for k, _ in columns) +
+        lines.append(f"{r['run']:<{width}}" + "".join(f"{fmt(r.get(k)):>{w}}" for k, _, w in columns) +
                      f"{fmt(r.get('images'), 'd'):>9}{fmt(r['s_per_image'], '.2f'):>10}")
         if r.get("partial"):
             lines.append("  scored images / images on disk differ: " +
                          ", ".join(f"{c} {v}" for c, v in r["partial"].items()))
         if r.get("missing"):
             lines.append("  not scored yet: " + ", ".join(r["missing"]))
+        if r.get("incomplete"):
+            lines.append("  partial run: " + "; ".join(r["incomplete"]))
     return "\n".join(lines)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,8 @@ from latent_clip.rewards import clip_preprocess
 
 from ..data import SafetensorsShard, expand_shards, write_tar
 from ..evaluate import classifier
-from ..main import main as fit_main
+from ..main import fit as train_fit
+from ..params import FitConfig
 from ..models import pixel_preprocess
 from .vae import encode
 from .world import (CATEGORIES, COLOURS, PREFIXES, RELATIONS, SHAPES, Query, Sample, Spec, images_tensor, make_samples,
@@ -70,16 +70,14 @@ def read_latent_shards(directory: Path) -> tuple[torch.Tensor, list[str]]:
 
 def fit(kind: str, cfg: dict, data: Path, out: Path, steps: int, batch: int, lr: float = 2e-3,
         grad_clip: float = 1.0, seed: int = 0) -> Path:
-    """``python -m train fit`` as a user calls it; returns the final checkpoint. Warmup is a
+    """The trainer's :func:`train.main.fit`, as ``python -m train fit`` calls it; returns the final checkpoint. Warmup is a
     tenth of the steps and gradients are clipped: without both, the pixel CLIP at lr 5e-3
     collapsed to constant features (loss stuck at log(batch))."""
     shutil.rmtree(out / kind, ignore_errors=True)  # the study retrains from scratch; fit refuses to overwrite a run
-    fit_main(["--model", json.dumps(cfg), "--model-kind", kind, "--train-data", str(data),
-              "--batch-size", str(batch), "--micro-batch-size", str(batch), "--max-steps", str(steps),
-              "--lr", str(lr), "--warmup", str(max(1, steps // 10)), "--grad-clip", str(grad_clip), "--wd", "0.1",
-              "--precision", "fp32", "--grad-checkpointing", "false", "--workers", "0", "--device", "cpu",
-              "--out-dir", str(out), "--name", kind, "--log-every", str(max(1, steps // 5)),
-              "--save-every", str(steps), "--seed", str(seed)])
+    train_fit(FitConfig(model=cfg, model_kind=kind, train_data=data, batch_size=batch, micro_batch_size=batch,
+                        max_steps=steps, lr=lr, warmup=max(1, steps // 10), grad_clip=grad_clip, wd=0.1,
+                        precision="fp32", grad_checkpointing=False, workers=0, device="cpu", out_dir=out, name=kind,
+                        log_every=max(1, steps // 5), save_every=steps, seed=seed))
     return out / kind / "checkpoints" / "epoch_latest.pt"
 
 

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from latent_clip import load_model, save_export
+from latent_clip.config import DEMO_DIR, DEMO_WEIGHTS
 from latent_clip.factory import load_weights, read_export_config
 from latent_clip.reno import optimize_noise
 from latent_clip.rewards import latent_alignment
@@ -35,7 +36,7 @@ from . import vae as tiny_vae
 from .generator import TinyFlowModel, train_generator
 from .world import CATEGORIES, PREFIXES, make_sample
 
-ASSETS = Path(__file__).resolve().parents[2] / "latent_clip" / "assets" / "tinyworld"
+ASSETS = DEMO_DIR
 FORBIDDEN = "red"
 SEEDS = {"train": 0, "zeroshot": 1, "reno": 2, "guidance": 3, "noise": 4}
 
@@ -121,7 +122,7 @@ def save_models(models: dict, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     if not (directory / "vae").exists():
         tiny_vae.save(models["vae"], directory / "vae")
-    save_export(models["latent"], directory / "latent_clip.safetensors", dtype="fp16")
+    save_export(models["latent"], directory / DEMO_WEIGHTS.name, dtype="fp16")
     save_fp16(models["pixel"], directory / "pixel_clip.safetensors", {"model_cfg": models["pixel"].model_cfg})
     save_fp16(models["generator"], directory / "generator.safetensors", models["generator"].config)
 
@@ -136,7 +137,7 @@ def save_fp16(module: torch.nn.Module, path: Path, sidecar: dict) -> None:
 def load_models(directory: Path) -> dict:
     generator = TinyFlowModel(**json.loads((directory / "generator.json").read_text()))
     pixel = directory / "pixel_clip.safetensors"
-    return {"vae": tiny_vae.load(directory / "vae"), "latent": load_model(directory / "latent_clip.safetensors"),
+    return {"vae": tiny_vae.load(directory / "vae"), "latent": load_model(directory / DEMO_WEIGHTS.name),
             "pixel": load_pixel_model(read_export_config(pixel.with_suffix(".json")), pixel),
             "generator": load_weights(generator, directory / "generator.safetensors").eval().requires_grad_(False)}
 

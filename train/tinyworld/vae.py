@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
+from latent_clip import get_latent_family
+
 from .world import SIZE, images_tensor, make_samples
 
-SCALING_FACTOR = 0.25      # the tinyworld family's: raw latents have std 4
-FAMILY = "tinyworld"
+SCALING_FACTOR = get_latent_family("tinyworld").scaling_factor  # latent_families.json: raw latents have std 4
 ARCH = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 32, 64), layers_per_block=1,
             latent_channels=4, norm_num_groups=4, sample_size=SIZE, mid_block_add_attention=False,

@@ -3,7 +3,7 @@ tiny Latent-CLIP, saved to disk in the real layouts with tokenizers built offlin
 tests and ``bench/`` run the benchmark commands on them; a user can too, to try a command end to end
 before fetching real weights::
 
-    python -c "from train.benchmarks.tiny_pipelines import build_all; print(build_all(__import__('pathlib').Path('tiny')))"
+    PYTHONPATH=tests python -c "from tiny_pipelines import build_all; print(build_all(__import__('pathlib').Path('tiny')))"
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 
 import latent_clip
 
-from ..synthetic import tiny_latent_cfg
+from synthetic import tiny_latent_cfg
 
 TINY_LATENT_CLIP = tiny_latent_cfg(image_size=64, layers=1, patch_size=1)
 

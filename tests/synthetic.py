@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .data import IMAGE_EXTS, write_latent_shard, write_sizes, write_tar
+from train.data import IMAGE_EXTS, write_latent_shard, write_sizes, write_tar
 
 NAMES = ("apple", "boat", "castle", "dog", "engine", "forest", "guitar", "house", "island", "jacket",
          "kite", "lamp", "mountain", "needle", "orange", "piano")
