@@ -31,7 +31,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from latent_clip import LatentContractError, check_family, load_model
-from latent_clip.factory import atomic_write
 from latent_clip.reno import RENO, optimize_noise
 from latent_clip.rewards import CLIP_SCORE_WEIGHT, latent_alignment, latent_avoid, on_decoded, weighted_sum
 
@@ -146,25 +145,33 @@ def run_settings(args: argparse.Namespace, inputs: dict[str, str | Path | bytes]
 
 def claim_outdir(outdir: str | Path, benchmark: str, settings: dict) -> None:
     """Start or resume a run in ``outdir``: write ``run.json`` when the folder holds no run, else
-    raise ``SystemExit`` (one line per difference) unless it records the same benchmark and settings."""
+    raise ``SystemExit`` (one line per difference) unless it records the same benchmark and settings.
+    Ranks claiming a new folder at once each write their own temporary and link it to ``run.json`` (which
+    fails once it exists): one writes it, the others then compare their settings with it."""
     outdir = Path(outdir)
     path = outdir / RUN_FILE
     wanted = {"benchmark": benchmark, **settings}
-    if path.is_file():
+    if not path.is_file():
+        if outdir.is_dir() and any(outdir.glob(RESULTS_GLOB)):
+            raise SystemExit(f"{outdir} holds results but no {RUN_FILE} (written by an older version or by hand), "
+                             "so its settings are unknown: give a new --outdir")
+        outdir.mkdir(parents=True, exist_ok=True)
+        mine = outdir / f".{RUN_FILE}.{os.getpid()}.tmp"
         try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"{path} is not valid JSON ({err}); cannot tell which run {outdir} holds") from None
-        diffs = settings_diff(old, wanted)
-        if diffs:
-            raise SystemExit(f"{outdir} holds another run (its {RUN_FILE} differs: " + "; ".join(diffs) +
-                             "). Resume with the same settings, or give a new --outdir.")
-        return
-    if outdir.is_dir() and any(outdir.glob(RESULTS_GLOB)):
-        raise SystemExit(f"{outdir} holds results but no {RUN_FILE} (written by an older version or by hand), so "
-                         "its settings are unknown: give a new --outdir")
-    outdir.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(wanted, indent=2), encoding="utf-8"))
+            mine.write_text(json.dumps(wanted, indent=2), encoding="utf-8")
+            os.link(mine, path)  # whole, and only if no rank wrote it first
+        except FileExistsError:
+            pass
+        finally:
+            mine.unlink(missing_ok=True)
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{path} is not valid JSON ({err}); cannot tell which run {outdir} holds") from None
+    diffs = settings_diff(old, wanted)
+    if diffs:
+        raise SystemExit(f"{outdir} holds another run (its {RUN_FILE} differs: " + "; ".join(diffs) +
+                         "). Resume with the same settings, or give a new --outdir.")
 
 
 def settings_diff(old: dict, new: dict) -> list[str]:
