@@ -125,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     found: list[Problem] = []
     units, classes = input_shards(args, found)
     log.add(found if env.is_master else ())  # every rank lists the same folder
+    if not units:
+        raise ValueError(f"{args.input}: no images with captions and no .tar shards found, so nothing to encode "
+                         f"(expected an image folder with captions, or img2dataset tars)")
     mine = [(i, stem, make) for i, (stem, make) in enumerate(units) if i % env.world_size == env.rank]
     vae = load_vae(args.vae, env.device, DTYPES[args.compute_dtype], args.vae_config)
     transform = ImageTransform(args.size)

@@ -77,3 +77,15 @@ def test_encode_under_torchrun_splits_shards_by_rank(vae_dir, tmp_path):
     sizes = json.loads((tmp_path / "lat" / SIZES_FILE).read_text())
     assert sorted(sizes) == ["00000.safetensors", "00001.safetensors", "00002.safetensors"]
     assert sum(sizes.values()) == N_IMAGES
+
+
+def test_an_empty_folder_is_an_error_not_zero_samples(vae_dir, tmp_path):
+    """Nothing to encode exits non-zero with one line (it used to exit 0 saying "samples: 0")."""
+    (tmp_path / "empty").mkdir()
+    argv = ["encode", "--input", str(tmp_path / "empty"), "--vae", str(vae_dir), "--out", str(tmp_path / "lat")]
+    proc = subprocess.run([sys.executable, "-m", "train", *argv], cwd=REPO, env=child_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: {tmp_path / 'empty'}: no images with captions and no .tar shards found, "
+                                   f"so nothing to encode (expected an image folder with captions, or img2dataset "
+                                   f"tars)")
