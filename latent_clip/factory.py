@@ -352,6 +352,7 @@ def load_model(path: str | Path, config: ModelConfig | Mapping | str | Path | No
     a JSON in the official schema, or a dict. ``vae_encoder=False`` drops a bundled VAE encoder
     (the pixel path) without reading it. Returns the model in eval mode.
     """
+    target = available_device(device or "cpu")  # before anything is read
     state, stored = read_state_dict(path, vae_encoder=vae_encoder)
     if config is not None:
         cfg = resolve_config(config)
@@ -377,7 +378,7 @@ def load_model(path: str | Path, config: ModelConfig | Mapping | str | Path | No
     model.load_state_dict(state, assign=True)
     n = cfg.text.context_length  # the causal mask is non-persistent: built on meta above
     model.attn_mask = torch.full((n, n), float("-inf")).triu_(1)
-    model = model.to(device=device or "cpu", dtype=resolve_dtype(dtype) or torch.float32)
+    model = model.to(device=target, dtype=resolve_dtype(dtype) or torch.float32)
     return model.eval().requires_grad_(False)
 
 
@@ -394,6 +395,20 @@ def _require_fit(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch
         names = {what: [shorten(k, 60) for k in keys[:3]] + (["..."] if len(keys) > 3 else [])
                  for what, keys in (("missing", missing), ("unexpected", unexpected))}
         raise error(one_line(f"{where}: missing {names['missing']}, unexpected {names['unexpected']}"))
+
+
+def available_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, once torch can use it: a CUDA device without a visible GPU is a
+    ``ValueError`` in one line (torch's own is a traceback from deep inside ``Module.to``)."""
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device {shorten(str(device), 40)!r} is not a torch device "
+                         f"({shorten(str(err), 80)})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                         f"use device='cpu'")
+    return device
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

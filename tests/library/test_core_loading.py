@@ -200,3 +200,18 @@ def test_full_size_b8_official_checkpoint_loads_lean(tmp_path):
     assert file_size > 3 * kept  # the optimizer and VAE really are in the file
     assert peak - base < 1.5 * kept, (peak - base, kept, file_size)
     assert (torch.load(tmp_path / "features.pt") - expected).abs().max() <= 1e-4
+
+
+def test_a_device_torch_cannot_use_is_one_clear_line(official):
+    """device="cuda" on a machine without a GPU (the README's snippet as written), or a device torch does not
+    know: a ValueError saying so, not torch's traceback from inside Module.to."""
+    cfg, path, _ = official
+    with pytest.raises(ValueError, match=r"^device 'gpu' is not a torch device \("):
+        load_model(path, config=cfg, device="gpu")
+    if torch.cuda.is_available():
+        assert load_model(path, config=cfg, device="cuda").device.type == "cuda"
+    else:
+        with pytest.raises(ValueError) as err:
+            load_model(path, config=cfg, device="cuda")
+        assert str(err.value) == ("device 'cuda': torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                                  "use device='cpu'")
