@@ -487,11 +487,16 @@ def atomic_write(path: Path, write: Callable[[Path], object], staging: Path | No
 
 
 def _umask() -> int:
-    """The process's umask (read by setting it, so under a lock: another thread's files keep theirs)."""
-    with _UMASK_LOCK:
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return mask
+    """The process's umask: Linux states it in /proc/self/status; elsewhere it is read by setting it, under a
+    lock, which for that instant gives files other threads create the umask 022."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        with _UMASK_LOCK:
+            mask = os.umask(0o022)
+            os.umask(mask)
+        return mask
 
 
 _UMASK_LOCK = threading.Lock()
