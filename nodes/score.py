@@ -8,7 +8,7 @@ from . import _latent, loaders
 from ..latent_clip import safety, score, zeroshot
 from ..latent_clip.batch import select
 from ..latent_clip.contract import tinyworld_warning
-from ..latent_clip.fields import MAX_LABELS, MAX_TEMPLATES, check_template, finite
+from ..latent_clip.fields import MAX_LABELS, MAX_TEMPLATES, finite
 from ._ui import NodeText, progress_bar
 from .loaders import LatentClip
 
@@ -87,7 +87,7 @@ class LatentCLIPZeroShot(io.ComfyNode):
         text = NodeText(cls.hidden.unique_id)
         model, z, progress = _model_and_latents(latent_clip, latent, text)
         names = _latent.lines(labels, "labels", MAX_LABELS)
-        patterns = [check_template(t) for t in _latent.lines(templates, "templates", MAX_TEMPLATES)]
+        patterns = _latent.lines(templates, "templates", MAX_TEMPLATES)  # build_classifier checks each
         classifier = zeroshot.build_classifier(model, names, patterns, progress)
         if len(names) == 1:
             text.warn(f"only one label ({names[0]!r}): its probability is always 1.0; add the labels to tell it "
