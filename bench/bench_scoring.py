@@ -20,7 +20,7 @@ from diffusers import AutoencoderKL
 from torch.utils.flop_counter import FlopCounterMode
 
 from latent_clip import LatentCLIP, get_model_config
-from latent_clip.rewards import clip_preprocess
+from latent_clip.pixel_clip import clip_preprocess
 
 SDXL_VAE = dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                 block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4)

@@ -3,9 +3,10 @@ from .config import ConfigError, LatentFamily, ModelConfig, get_latent_family, g
     latent_families, list_models
 from .contract import LatentContractError, LatentFamilyMismatch, check_family, family_of, raw_to_scaled, \
     scaled_to_raw
-from .factory import CheckpointError, convert, infer_config, load_model, save_export, save_official_checkpoint
+from .factory import convert, infer_config, load_model, save_export, save_official_checkpoint
 from .model import LatentCLIP
 from .score import Scores, rank_by_prompt, score_latents
+from .weights import CheckpointError
 from .zeroshot import build_classifier, classify
 
 __all__ = [

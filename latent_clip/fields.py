@@ -51,6 +51,13 @@ def one_line(message: str) -> str:
     return shorten(message, MAX_ERROR_CHARS)
 
 
+def error_summary(err: BaseException) -> str:
+    """``err`` as its type and the first line of its message (80 characters at most): what a one-line error
+    quotes of a cause raised deep inside a library."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {shorten(text.splitlines()[0], 80)}" if text else type(err).__name__
+
+
 @lru_cache(maxsize=1)
 def _word_pattern():
     from open_clip.tokenizer import _tokenizer  # the pattern open_clip splits words with

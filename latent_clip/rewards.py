@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .fields import check_texts, finite
+from .pixel_clip import clip_normalise, pixel_preprocess
 from .safety import Concept, parse_concepts
 
 RewardFn = Callable[[torch.Tensor], torch.Tensor]
@@ -37,11 +38,6 @@ Prompts = Union[str, Sequence[str]]  # one prompt for the batch, or one per samp
 CLIP_SCORE_WEIGHT = 0.01
 # step_away's strength per guided sampling step, in units of the latent's RMS: the safety guider's and I2P's default
 GUIDANCE_STRENGTH = 0.05
-
-# open_clip's OPENAI_DATASET_MEAN/STD, the default when a model does not carry its own
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 def clip_score_loss(features: torch.Tensor, text_features: torch.Tensor,
                     logit_scale: torch.Tensor, offset: float = 100.0) -> torch.Tensor:
@@ -108,33 +104,9 @@ def latent_avoid(model, concepts: "str | Sequence[Concept]") -> RewardFn:
     return lambda latents: concept_loss(model.encode_latents(latents), concept, neutral, model.logit_scale)
 
 
-def clip_normalise(images: torch.Tensor, size: int, mean: Sequence[float] = CLIP_MEAN,
-                   std: Sequence[float] = CLIP_STD) -> torch.Tensor:
-    """Images in [0, 1] (B, 3, H, W) -> CLIP input (B, 3, size, size): bicubic resize of the short
-    side, centre crop, normalise with ``mean``/``std`` (ReNO's shared preprocess). Differentiable."""
-    h, w = images.shape[-2:]
-    scale = size / min(h, w)
-    x = F.interpolate(images, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bicubic",
-                      align_corners=False, antialias=True)
-    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-    x = x[..., top:top + size, left:left + size]
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - m) / s
-
-
-def clip_preprocess(images: torch.Tensor, size: int, mean: Sequence[float] = CLIP_MEAN,
-                    std: Sequence[float] = CLIP_STD) -> torch.Tensor:
-    """Images in [-1, 1] (a VAE decode) -> ``(x / 2 + 0.5).clamp(0, 1)`` -> :func:`clip_normalise`."""
-    return clip_normalise((images / 2 + 0.5).clamp(0, 1), size, mean, std)
-
-
 def _open_clip_scorer(clip_model, tokenizer, prompt: Prompts):
     """(images in [0, 1] -> normalised image features (B, D), normalised text features (1 or B, D))."""
-    visual = clip_model.visual
-    size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else int(visual.image_size)
-    cfg = getattr(visual, "preprocess_cfg", None) or {}
-    mean, std = cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD)
+    size, mean, std = pixel_preprocess(clip_model)
     param = next(clip_model.parameters())
     with torch.inference_mode(False), torch.no_grad():
         tokens = tokenizer(prompt_list(prompt)).to(param.device)

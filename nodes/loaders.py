@@ -20,7 +20,8 @@ from torch import nn
 from ..latent_clip import LatentCLIP, load_model
 from ..latent_clip.config import DEMO_WEIGHTS
 from ..latent_clip.contract import check_family
-from ..latent_clip.factory import DTYPES, load_open_clip as open_clip_weights
+from ..latent_clip.factory import DTYPES
+from ..latent_clip.pixel_clip import load_pixel_clip, pixel_tokenizer
 from ._autograd import autograd_safe_
 from ._ui import NodeText
 
@@ -115,12 +116,11 @@ def load_open_clip(arch: str, path: str) -> tuple[nn.Module, object]:
     """An open_clip model from a local file through the pack's bounded loader (never downloads, never
     open_clip's own loader, which runs under ComfyUI's process-wide allow-list), as normal tensors on
     ComfyUI's device, and its tokenizer."""
-    import open_clip
     device = mm.get_torch_device()
     dtype = torch.float32 if mm.is_device_cpu(device) else torch.float16
     with torch.inference_mode(False):
-        model = open_clip_weights(arch, path).to(device=device, dtype=dtype)
-    return model, open_clip.get_tokenizer(arch.strip())
+        model = load_pixel_clip(arch, path, device, dtype)
+    return model, pixel_tokenizer(arch, model)
 
 
 OVERRIDE = "allow_family_mismatch"

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from latent_clip import LatentCLIP, ModelConfig
-from latent_clip.factory import atomic_write
+from latent_clip.files import atomic_write
 from synthetic import TINY_LATENT_CFG
 
 REPO = Path(__file__).resolve().parents[1]

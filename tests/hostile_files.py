@@ -391,17 +391,17 @@ def truncate(path: Path, keep: float = 0.5) -> None:
 
 
 MEASURE = r"""
-import json, resource, subprocess, sys, time
-tic = time.perf_counter()
+import json, resource, subprocess, sys
 proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-print(json.dumps({"seconds": time.perf_counter() - tic, "returncode": proc.returncode, "stderr": proc.stderr,
-                  "stdout": proc.stdout[-2000:], "peak": peak}))
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"seconds": usage.ru_utime + usage.ru_stime, "returncode": proc.returncode, "stderr": proc.stderr,
+                  "stdout": proc.stdout[-2000:], "peak": usage.ru_maxrss * 1024}))
 """
 
 
 def run_measured(argv: list[str], env: dict, cwd: Path | None = None, timeout: float = 600) -> dict:
-    """Run ``argv`` in a fresh process: its ``seconds`` (wall), ``peak`` RSS (bytes, of that process alone),
+    """Run ``argv`` in a fresh process: its ``seconds`` (CPU time, user + system, of that process and its
+    children: what it cost, which a busy neighbour does not change as it does wall time), ``peak`` RSS (bytes, of that process alone),
     ``returncode``, ``stderr`` and the end of ``stdout``."""
     import subprocess
     import sys

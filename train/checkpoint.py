@@ -18,8 +18,8 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from latent_clip import save_official_checkpoint
-from latent_clip.factory import (CheckpointError, atomic_write, check_tensors, load_pickle_safely, read_state_dict,
-                                 strip_prefixes)
+from latent_clip.files import atomic_write
+from latent_clip.weights import CheckpointError, check_tensors, load_pickle_safely, read_state_dict, strip_prefixes
 
 LATEST = "epoch_latest.pt"
 

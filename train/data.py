@@ -35,7 +35,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import IterableDataset, get_worker_info
 
-from latent_clip.factory import CheckpointError, atomic_write, load_pickle_safely
+from latent_clip.files import atomic_write
+from latent_clip.weights import CheckpointError, load_pickle_safely
 from latent_clip.fields import check_texts, shorten
 from latent_clip.filebounds import FileLimitError, check_safetensors_header, read_bounded
 
@@ -157,7 +158,7 @@ class TarShard:
 
 def _read_latent(data: bytes, where: str) -> torch.Tensor:
     """A ``latent.pt`` member: a dense float tensor no larger than its bytes, read by the bounded loader
-    (:func:`latent_clip.factory.load_pickle_safely`: tensors and plain data only, zip directory checked)."""
+    (:func:`latent_clip.weights.load_pickle_safely`: tensors and plain data only, zip directory checked)."""
     try:
         latent = load_pickle_safely(data, f"{where}: latent.pt")
     except CheckpointError as err:  # any unreadable member is one corrupt row

@@ -27,7 +27,8 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from latent_clip.factory import DTYPES, atomic_write
+from latent_clip.factory import DTYPES
+from latent_clip.files import atomic_write
 
 from .data import (SIZES_FILE, CaptionError, FolderShard, ImageTooLarge, ImageTransform, Problem, ProblemLog,
                    ShardError, TarShard, expand_shards, folder_rows, write_latent_shard, write_sizes)

@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader
 
 from latent_clip import LatentCLIP, save_export
 from latent_clip.contract import non_finite_items
-from latent_clip.factory import atomic_write, load_weights
+from latent_clip.files import atomic_write
+from latent_clip.weights import load_weights
 
 from . import checkpoint, evaluate
 from .data import (BatchPlan, MicroBatch, ProblemLog, ShardError, TrainBatches, expand_shards, open_shard,

@@ -1,20 +1,17 @@
-"""Building and loading the models ``fit`` and ``eval`` use: Latent-CLIP, a pixel open_clip CLIP and its
-preprocessing, the VAE, and a pixel CLIP that reads latents through the VAE decoder."""
+"""Building and loading the models ``fit`` and ``eval`` use: Latent-CLIP, a pixel open_clip CLIP (through
+:mod:`latent_clip.pixel_clip`), the VAE, and a pixel CLIP that reads latents through the VAE decoder."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-import open_clip
 import torch
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from latent_clip import LatentCLIP
 from latent_clip.config import resolve_config
-from latent_clip.factory import load_weights
-from latent_clip.rewards import clip_preprocess
+from latent_clip.pixel_clip import build_pixel_clip, clip_preprocess, load_pixel_clip, pixel_clip_spec, \
+    pixel_preprocess
 
 from .data import ImageTransform
 
@@ -36,28 +33,11 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
     return vae.to(device).eval().requires_grad_(False)
 
 
-def pixel_config(spec: Any) -> dict:
-    """open_clip model config: a dict, a JSON path, or a name open_clip knows (``ViT-B-32``)."""
-    if isinstance(spec, Mapping):
-        return dict(spec)
-    path = Path(str(spec))
-    if path.suffix == ".json" and path.is_file():
-        data = json.loads(path.read_text())
-        return data.get("model_cfg", data)
-    cfg = open_clip.get_model_config(str(spec))
-    if cfg is None:
-        raise ValueError(f"unknown open_clip model {spec!r}: give a name, a JSON path or a dict")
-    return cfg
-
-
 def build_model(kind: str, spec: Any) -> nn.Module:
     if kind == "latent":
         return LatentCLIP(resolve_config(spec))
     if kind == "pixel":
-        cfg = pixel_config(spec)
-        model = open_clip.model.CLIP(**cfg)
-        model.model_cfg = cfg
-        return model
+        return build_pixel_clip(pixel_clip_spec(spec))
     raise ValueError(f"model_kind must be 'latent' or 'pixel', got {kind!r}")
 
 
@@ -66,20 +46,9 @@ def model_cfg_dict(model: nn.Module) -> dict:
 
 
 def load_pixel_model(spec: Any, checkpoint: str | Path | None, device="cpu") -> nn.Module:
-    """A pixel open_clip CLIP from a local checkpoint (open_clip training checkpoint, state dict or
-    safetensors; ``module.`` stripped) and its architecture (name / JSON / dict)."""
-    model = build_model("pixel", spec)
-    if checkpoint:
-        load_weights(model, checkpoint, label=str(spec))
-    return model.to(device).eval().requires_grad_(False)
-
-
-def pixel_preprocess(model: nn.Module) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
-    """A pixel CLIP's (input size, mean, std): open_clip's validation preprocessing, default OpenAI's."""
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    pre = getattr(model.visual, "preprocess_cfg", {}) or {}
-    return size, tuple(pre.get("mean", OPENAI_DATASET_MEAN)), tuple(pre.get("std", OPENAI_DATASET_STD))
+    """A frozen pixel open_clip CLIP of architecture ``spec`` (name, JSON path or dict) with the weights of a
+    local ``checkpoint`` (open_clip training checkpoint, state dict or safetensors)."""
+    return load_pixel_clip(pixel_clip_spec(spec), checkpoint, device)
 
 
 def pixel_transform(model: nn.Module) -> ImageTransform:
@@ -92,7 +61,7 @@ class DecodedTeacher(nn.Module):
 
     The decode is preprocessed as the pixel CLIP's own images are (:func:`pixel_transform`, the
     training data's transform): shorter side resized to the CLIP's size, centre-cropped, normalised
-    with its mean/std (:func:`latent_clip.rewards.clip_preprocess`). A non-square latent is thus
+    with its mean/std (:func:`latent_clip.pixel_clip.clip_preprocess`). A non-square latent is thus
     cropped, not squashed."""
 
     def __init__(self, teacher: nn.Module, vae):

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 import train.benchmarks.geneval as geneval
 from fixtures import bench_records
 from hostile_files import MARKER, Exploit
-from latent_clip.factory import CheckpointError
-from latent_clip.rewards import CLIP_MEAN, CLIP_STD, clip_image_reward, hps_image_reward, on_decoded
+from latent_clip import CheckpointError
+from latent_clip.pixel_clip import CLIP_MEAN, CLIP_STD
+from latent_clip.rewards import clip_image_reward, hps_image_reward, on_decoded
 from tiny_pipelines import tiny_vae, write_tokenizer
 from train.benchmarks import main
 from train.benchmarks.pixel_rewards import load_open_clip, load_pickscore, load_reward_module, module_image_reward, \
@@ -149,7 +150,7 @@ def test_bad_inputs_give_clear_errors(files, tmp_path):
     with pytest.raises(CheckpointError, match="no such weights file"):
         load_open_clip(str(files["pixel_cfg"]), str(tmp_path / "missing.pt"), "cpu", torch.float32)
     other = dict(TINY_PIXEL_CFG, embed_dim=16)  # another architecture: other projection shapes
-    with pytest.raises(ValueError, match="does not fit .*shapes"):
+    with pytest.raises(CheckpointError, match="does not fit .*shapes"):
         load_open_clip(other, str(files["hps"]), "cpu", torch.float32)
     with pytest.raises(FileNotFoundError, match="PickScore: no such folder"):
         load_pickscore(str(tmp_path / "nope"), None, "cpu", torch.float32)

@@ -17,7 +17,7 @@ from bench.memory import reset_peak, status_gb
 from comfy_harness import PromptRejected, execution_error, load_api_workflow, post_prompt, run_graph, wait_history
 from hostile_files import CASES, ISSUE_22_FILES, MARKER, MEMORY_BOUND, TEXT_CASES
 from latent_clip.cli import describe
-from latent_clip.factory import load_open_clip
+from latent_clip.pixel_clip import load_pixel_clip
 from latent_clip.fields import MAX_ERROR_CHARS
 
 pytestmark = pytest.mark.comfyui
@@ -129,7 +129,7 @@ def test_issue_22_pixel_clip_weights_refused_by_our_loader(comfy_server, open_cl
     entry, seconds, peak = measured_run(comfy_server, pixel_reward_graph(path.name))
     record(record_property, seconds, peak)
     with pytest.raises(latent_clip.CheckpointError) as caught:
-        load_open_clip("ViT-B-32", path)
+        load_pixel_clip("ViT-B-32", path)
     assert one_line_error(entry, "LatentCLIPRewardPixelCLIP") == describe(caught.value)
     assert seconds < ISSUE_TIME_BOUND and peak < MEMORY_BOUND, (seconds, peak)
     assert still_serving(comfy_server)

@@ -17,7 +17,8 @@ import latent_clip
 from fixtures import child_env, tiny_model
 from hostile_files import CASES, ISSUE_22_FILES, MARKER, MEMORY_BOUND, TIME_BOUND, run_measured
 from latent_clip.__main__ import main as cli
-from latent_clip.factory import REAL_NUMPY_DTYPES, load_open_clip, load_pickle_safely
+from latent_clip.pixel_clip import load_pixel_clip
+from latent_clip.weights import REAL_NUMPY_DTYPES, load_pickle_safely
 from latent_clip.fields import MAX_ERROR_CHARS
 
 # The CLI's own start (importing torch, open_clip, timm) took 7-13 s and 891 MB peak RSS here for a valid tiny
@@ -130,7 +131,7 @@ def test_pixel_clip_weights_go_through_the_same_bounded_loader(name, corpus, mea
     _, files, _ = corpus
     tic = time.perf_counter()
     with pytest.raises(latent_clip.CheckpointError) as caught:
-        load_open_clip("ViT-B-32", files[name])
+        load_pixel_clip("ViT-B-32", files[name])
     assert str(caught.value) == measured[name]["error"]
     assert time.perf_counter() - tic < TIME_BOUND
 
@@ -146,13 +147,13 @@ def test_pixel_clip_loader_loads_real_open_clip_weights_and_never_a_hub_name(tmp
     reference = open_clip.create_model("tiny-rn-hostile-test", pretrained=None)
     assert any(v.dtype == torch.int64 for v in reference.state_dict().values())
     torch.save({f"module.{k}": v for k, v in reference.state_dict().items()}, tmp_path / "rn.pt")
-    loaded = load_open_clip(" tiny-rn-hostile-test ", tmp_path / "rn.pt")
+    loaded = load_pixel_clip(" tiny-rn-hostile-test ", tmp_path / "rn.pt")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), reference.state_dict().values()))
     with pytest.raises(ValueError, match=r"unknown open_clip architecture 'hf-hub:laion/x': expected a name of "
                                          r"open_clip\.list_models\(\)"):
-        load_open_clip("hf-hub:laion/x", tmp_path / "rn.pt")
+        load_pixel_clip("hf-hub:laion/x", tmp_path / "rn.pt")
     with pytest.raises(latent_clip.CheckpointError, match=r"rn\.pt does not fit open_clip RN50: shapes"):
-        load_open_clip("RN50", tmp_path / "rn.pt")
+        load_pixel_clip("RN50", tmp_path / "rn.pt")
 
 
 def test_cli_traceback_only_with_debug(corpus):
@@ -212,3 +213,18 @@ def test_process_wide_allow_lists_do_not_widen_ours(corpus):
     finally:
         torch.serialization.clear_safe_globals()
         torch.serialization.add_safe_globals(before)
+
+
+def test_text_names_a_pixel_clip_architecture_never_a_file(tmp_path):
+    """An architecture given as text (what a graph carries) is a name of open_clip.list_models(): a JSON
+    path typed there is refused as an unknown name, never read; a ``Path`` is read as a config. The default
+    mean/std are open_clip's own."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    from latent_clip.pixel_clip import CLIP_MEAN, CLIP_STD, pixel_clip_config
+    config = tmp_path / "huge.json"
+    config.write_text(json.dumps({"embed_dim": 32}))
+    with pytest.raises(ValueError, match=r"unknown open_clip architecture '.*huge\.json'"):
+        pixel_clip_config(str(config))
+    assert pixel_clip_config(config) == {"embed_dim": 32}
+    assert (CLIP_MEAN, CLIP_STD) == (tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD))

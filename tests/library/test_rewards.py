@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from fixtures import tiny_model
-from latent_clip.rewards import clip_preprocess, clip_score_loss, concept_loss, latent_alignment, latent_avoid, \
+from latent_clip.pixel_clip import clip_preprocess
+from latent_clip.rewards import clip_score_loss, concept_loss, latent_alignment, latent_avoid, \
     pixel_alignment, step_away, weighted_sum
 from synthetic import tiny_latent_cfg
 

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from latent_clip.factory import atomic_write
+from latent_clip.files import atomic_write
 
 from ..data import ImageTransform, folder_rows, write_latent_shard, write_sizes
 from .generators import add_pipeline_args, generator_from_args

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from latent_clip.factory import atomic_write
+from latent_clip.files import atomic_write
 
 STAGING = ".staging"
 

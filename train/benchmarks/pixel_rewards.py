@@ -21,8 +21,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from latent_clip.rewards import ImageRewardFn, Prompts, clip_image_reward, clip_normalise, clip_score_loss, \
-    hps_image_reward, prompt_list
+from latent_clip.pixel_clip import clip_normalise, load_pixel_clip, pixel_clip_spec, pixel_tokenizer
+from latent_clip.rewards import ImageRewardFn, Prompts, clip_image_reward, clip_score_loss, hps_image_reward, \
+    prompt_list
 
 from .external import load_callable, split_spec
 
@@ -103,13 +104,11 @@ def pickscore_image_reward(model, tokenizer, prompt: Prompts) -> ImageRewardFn:
 
 
 def load_open_clip(arch: str, checkpoint: str | None, device, dtype: torch.dtype):
-    """(:func:`train.models.load_pixel_model` of ``arch`` + ``checkpoint`` in ``dtype``, its tokenizer)."""
-    import open_clip
-
-    from ..models import load_pixel_model
-
-    model = load_pixel_model(arch, checkpoint, device).to(dtype)
-    return model, partial(open_clip.tokenize, context_length=model.context_length)
+    """(:func:`latent_clip.pixel_clip.load_pixel_clip` of ``arch`` (a name or a JSON config) + ``checkpoint``
+    on ``device`` in ``dtype``, its tokenizer)."""
+    spec = pixel_clip_spec(arch)
+    model = load_pixel_clip(spec, checkpoint, device, dtype)
+    return model, pixel_tokenizer(spec, model)
 
 
 def load_pickscore(folder: str, tokenizer_folder: str | None, device, dtype: torch.dtype):

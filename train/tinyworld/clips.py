@@ -20,14 +20,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from latent_clip import LatentCLIP, ModelConfig, build_classifier, classify
-from latent_clip.factory import load_weights
-from latent_clip.rewards import clip_preprocess
+from latent_clip.pixel_clip import clip_preprocess, pixel_preprocess
+from latent_clip.weights import load_weights
 
 from ..data import SafetensorsShard, expand_shards, write_tar
 from ..evaluate import classifier
 from ..main import fit as train_fit
 from ..params import FitConfig
-from ..models import pixel_preprocess
 from .vae import encode
 from .world import (CATEGORIES, COLOURS, PREFIXES, RELATIONS, SHAPES, Query, Sample, Spec, images_tensor, make_samples,
                     noun_phrase)

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from latent_clip import load_model, save_export
 from latent_clip.config import DEMO_DIR, DEMO_WEIGHTS
-from latent_clip.factory import load_weights, read_export_config
+from latent_clip.weights import load_weights, read_export_config
 from latent_clip.reno import optimize_noise
 from latent_clip.rewards import latent_alignment
 
