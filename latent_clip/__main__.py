@@ -15,7 +15,7 @@ import sys
 from . import cli
 from .config import list_models
 from .factory import DTYPES, convert, load_model
-from .pretrained import list_pretrained
+from .pretrained import REGISTRY, file_sha256, resolve_weights
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +28,8 @@ def _command(argv: list[str]) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="bundled architectures and known weights")
-    info = sub.add_parser("info", help="load weights and print their architecture")
-    info.add_argument("path")
+    info = sub.add_parser("info", help="load weights and print their architecture and SHA-256")
+    info.add_argument("path", help="a weights file, or a registry name (see list) downloaded to the Hugging Face cache")
     conv = sub.add_parser("convert", help="write a safetensors export (+ JSON config beside it)")
     conv.add_argument("src", help="official .pt checkpoint, state dict or safetensors export")
     conv.add_argument("dst", help="output .safetensors path")
@@ -41,13 +41,18 @@ def _command(argv: list[str]) -> None:
     if args.command == "list":
         print("architectures:", *list_models(), sep="\n  ")
         print("known weights (download them yourself; nothing is fetched):")
-        for w in list_pretrained():
-            print(f"  {w.name}: {w.hf_repo} {w.hf_file} [{w.config}, {w.latent_family} latents]")
+        for w in REGISTRY:
+            print(f"  {w.name}: {w.url} [{w.config}, {w.latent_family} latents]")
     elif args.command == "info":
-        model = load_model(args.path)
+        path, official = resolve_weights(args.path)
+        model = load_model(path, config=official.config if official else None)
         n = sum(p.numel() for p in model.parameters())
         print(json.dumps(model.config.to_dict(), indent=2))
         print(f"parameters: {n:,}  vae_encoder: {model.has_vae_encoder}")
+        print(f"sha256: {file_sha256(path)}")
+        print(f"recognised: {official.name} ({official.url})" if official else
+              "recognised: no (the registry records no hash for this file; compare the sha256 above with the one "
+              "on the file's Hugging Face page)")
     else:
         out = convert(args.src, args.dst, config=args.config, dtype=args.dtype, vae_encoder=not args.no_vae_encoder)
         print(f"wrote {out} and {out.with_suffix('.json')}")

@@ -17,6 +17,7 @@ from .config import LIMITS, ConfigError, ModelConfig, TextConfig, VisionConfig, 
 from .fields import shorten
 from .files import atomic_write
 from .model import LatentCLIP
+from .pretrained import resolve_weights
 from .weights import VAE_PREFIXES, CheckpointError, read_state_dict, refuse_non_finite, require_fit
 
 VISION_BLOCKS, TEXT_BLOCKS = "visual.latent_vit.transformer.resblocks.", "transformer.resblocks."
@@ -78,16 +79,18 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> ModelConfig:
 def load_model(path: str | Path, config: ModelConfig | Mapping | str | Path | None = None,
                device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
                vae_encoder: bool = True) -> LatentCLIP:
-    """Load a Latent-CLIP from an official ``.pt`` checkpoint, a state dict or a safetensors export.
+    """Load a Latent-CLIP from an official ``.pt`` checkpoint, a state dict or a safetensors export, given
+    by its path or by its registry name (:mod:`latent_clip.pretrained`: read from the Hugging Face cache).
 
-    ``config``: None (use the export's JSON, else infer from the tensors), a config name, a path to
-    a JSON in the official schema, or a dict. ``vae_encoder=False`` drops a bundled VAE encoder
+    ``config``: None (the registry's architecture for a file it names or recognises, else the export's JSON,
+    else inferred from the tensors), a config name, a path to a JSON in the official schema, or a dict. ``vae_encoder=False`` drops a bundled VAE encoder
     (the pixel path) without reading it. Returns the model in eval mode.
     """
     target = available_device(device or "cpu")  # before anything is read
+    path, official = resolve_weights(path)
     state, stored = read_state_dict(path, vae_encoder=vae_encoder)
-    if config is not None:
-        cfg = resolve_config(config)
+    if config is not None or official is not None:
+        cfg = resolve_config(config if config is not None else official.config)
     elif stored is not None:
         try:
             cfg = ModelConfig.from_dict(stored)

@@ -45,8 +45,7 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CKPT, LC_WEIGHTS = "sd_xl_turbo_1.0_fp16.safetensors", "latent-clip-b-8-512-34b-80k.pt"
 MODELS = {  # model file -> its download, for the loaders' properties.models
     CKPT: {"url": "https://huggingface.co/stabilityai/sdxl-turbo/resolve/main/" + CKPT, "directory": "checkpoints"},
-    LC_WEIGHTS: {"url": "https://huggingface.co/{0.hf_repo}/resolve/main/{0.hf_file}".format(
-        get_pretrained(Path(LC_WEIGHTS).stem)), "directory": "latent_clip"}}
+    LC_WEIGHTS: {"url": get_pretrained(Path(LC_WEIGHTS).stem).url, "directory": "latent_clip"}}
 # Template id (the file name in workflows/api/ and tests/api_workflows/) -> its title (its file name in
 # example_workflows/, all ComfyUI's template browser shows of it) and its note's one line.
 TEMPLATES = {

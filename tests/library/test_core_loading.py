@@ -215,3 +215,58 @@ def test_a_device_torch_cannot_use_is_one_clear_line(official):
             load_model(path, config=cfg, device="cuda")
         assert str(err.value) == ("device 'cuda': torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
                                   "use device='cpu'")
+
+
+def _hf_cache(root, entry, payload):
+    """``payload`` where ``huggingface-cli download`` puts ``entry``'s file: the cache's layout, ref and snapshot."""
+    repo = root / f"models--{entry.hf_repo.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    target = repo / "snapshots" / ("0" * 40) / entry.hf_file
+    target.parent.mkdir(parents=True)
+    target.write_bytes(payload)
+    return target
+
+
+def test_registry_names_load_from_the_hugging_face_cache_with_their_architecture(official, tmp_path):
+    """A registry name is read from the Hugging Face cache with the registry's architecture (here a reduced
+    checkpoint in the B/8 entry's place does not fit Latent-ViT-B-8-512: the registry's config was used, not
+    the tensors'); a name not downloaded is one line with the command to run; nothing is fetched."""
+    from latent_clip.pretrained import get_pretrained
+    entry = get_pretrained("latent-clip-b-8-512-34b-80k")
+    cached = _hf_cache(tmp_path / "hub", entry, official[1].read_bytes())
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "latent_clip", "info", entry.name], capture_output=True, text=True,
+                         env=env)
+    assert run.returncode == 2 and run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr
+    assert str(cached)[-40:] in run.stderr and "config Latent-ViT-B-8-512 expects 12" in run.stderr
+    empty = {**env, "HF_HUB_CACHE": str(tmp_path / "empty")}
+    run = subprocess.run([sys.executable, "-m", "latent_clip", "info", entry.name], capture_output=True, text=True,
+                         env=empty)
+    assert run.returncode == 2 and run.stderr == (
+        f"error: {entry.name} is not in the Hugging Face cache: download it with `huggingface-cli download "
+        f"{entry.hf_repo} {entry.hf_file}` (nothing is fetched here), or pass the file's path\n")
+
+
+def test_a_file_the_registry_records_is_recognised_by_its_sha256(official, tmp_path, monkeypatch, capsys):
+    """Where the registry records a file's SHA-256, that file loads with the registry's architecture whatever
+    its name; ``info`` prints the hash (to compare with Hugging Face's) and what it recognised."""
+    import hashlib
+
+    from latent_clip import pretrained
+    cfg, path, _ = official
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert load_model(path).config.vision.latent_family == "sdxl"  # inferred: the first 4-channel family
+    other = cfg.to_dict()
+    other["vision_cfg"]["latent_family"] = "sd15"  # same tensors: only the registry can say so
+    (tmp_path / "registered.json").write_text(json.dumps(other))
+    entry = pretrained.PretrainedWeights("test-weights", str(tmp_path / "registered.json"), "org/repo", "w.pt",
+                                         "sd15", sha256=digest)
+    monkeypatch.setattr(pretrained, "REGISTRY", (*pretrained.REGISTRY, entry))
+    assert load_model(path).config.vision.latent_family == "sd15"
+    assert cli(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"sha256: {digest}\n" in out and "recognised: test-weights (https://huggingface.co/org/repo/resolve/main/w.pt)" in out
+    monkeypatch.setattr(pretrained, "REGISTRY", pretrained.REGISTRY[:-1])
+    assert cli(["info", str(path)]) == 0
+    assert "recognised: no (the registry records no hash for this file" in capsys.readouterr().out
