@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", help="write the summaries here")
     args = ap.parse_args(argv)
     from train.benchmarks import geneval
-    from train.benchmarks.runner import Rank
+    from train.distributed import DistEnv
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
                                     "--limit", str(args.prompts), "--iterations", str(args.iterations),
                                     "--summary-wait", "60", "--outdir", str(Path(tmp) / "runs" / family.split()[0]),
                                     *(["--max-sequence-length", "32"] if "flux" in family else [])])
-            out[family] = {"device": str(Rank().device(args.device)),
+            out[family] = {"device": str(DistEnv.from_env(args.device).device),
                            "time_per_image": summary["time_per_image"], "images": summary["images"],
                            "peak_memory_gb": summary.get("peak_memory_gb")}
     for family, r in out.items():

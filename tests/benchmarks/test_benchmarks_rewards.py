@@ -182,13 +182,13 @@ def geneval_args(files, out, *extra):
 
 def count_decodes(monkeypatch):
     """Count forward calls of the run's real VAE decoder (a hook added right after the real setup)."""
-    calls, real_setup = [], geneval.setup
+    calls, real_load_resources = [], geneval.load_resources
 
-    def setup(args):
-        s = real_setup(args)
-        s.gen.vae.decoder.register_forward_hook(lambda *_: calls.append(1))
-        return s
-    monkeypatch.setattr(geneval, "setup", setup)
+    def load_resources(settings):
+        resources = real_load_resources(settings)
+        resources.generator.vae.decoder.register_forward_hook(lambda *_: calls.append(1))
+        return resources
+    monkeypatch.setattr(geneval, "load_resources", load_resources)
     return calls
 
 

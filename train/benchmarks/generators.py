@@ -495,13 +495,25 @@ def add_pipeline_args(group) -> None:
                        help="embedded guidance of guidance-distilled FLUX models such as -dev (default 3.5)")
 
 
-def generator_from_args(args, device: torch.device, resolution: int | None,
-                        grad_checkpointing: bool = False) -> DiffusersGenerator:
-    """Load ``args.pipeline`` (see :func:`add_pipeline_args`) and wrap it for its family."""
-    pipe = load_pipeline(args.pipeline, device, DTYPES[args.dtype], args.pipeline_config)
-    gen = make_generator(pipe, device, resolution, Timer(device), max_sequence_length=args.max_sequence_length,
-                         embedded_guidance=args.flux_guidance)
-    if grad_checkpointing:
-        gen.denoiser.enable_gradient_checkpointing()
-    return gen
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """The options of :func:`add_pipeline_args`: which pipeline, in which dtype, on which device."""
 
+    pipeline: str                        # diffusers folder or single-file checkpoint
+    pipeline_config: str | None          # the diffusers config folder of a single-file checkpoint
+    dtype: str                           # a key of latent_clip.factory.DTYPES
+    device: str                          # train.distributed.rank_device's spec
+    max_sequence_length: int | None      # T5 tokens (FLUX / SD3; None: the family's)
+    flux_guidance: float | None          # FLUX's embedded guidance (None: 3.5)
+
+
+def load_generator(settings: GeneratorSettings, device: torch.device, resolution: int | None,
+                   grad_checkpointing: bool = False) -> DiffusersGenerator:
+    """Load ``settings.pipeline`` onto ``device`` and wrap it for its family."""
+    pipe = load_pipeline(settings.pipeline, device, DTYPES[settings.dtype], settings.pipeline_config)
+    generator = make_generator(pipe, device, resolution, Timer(device),
+                               max_sequence_length=settings.max_sequence_length,
+                               embedded_guidance=settings.flux_guidance)
+    if grad_checkpointing:
+        generator.denoiser.enable_gradient_checkpointing()
+    return generator

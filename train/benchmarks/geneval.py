@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .runner import (DATA, Item, add_common_args, claim_outdir, grid, parse, render_and_save, run, run_settings,
-                     setup)
+from .runner import (DATA, GenerationSettings, Item, add_common_args, claim_outdir, grid, load_resources, parse,
+                     render_and_save, run, run_settings)
+from .settings import settings_from
 
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 METADATA = DATA / "geneval/evaluation_metadata.jsonl"
@@ -67,20 +69,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parse(p, argv)
 
 
+@dataclass(frozen=True)
+class GenevalSettings:
+    """``bench geneval``'s options (:func:`parse_args`), typed."""
+
+    metadata: str                       # GenEval's evaluation_metadata.jsonl
+    grid: bool                          # also write grid.png per prompt
+    generation: GenerationSettings
+
+
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    args = parse_args(argv)
-    items = load_items(args.metadata, args.limit)
-    claim_outdir(args.outdir, "geneval", run_settings(args, {"metadata": args.metadata}))
-    s = setup(args)
+    settings = settings_from(GenevalSettings, parse_args(argv))
+    generation = settings.generation
+    items = load_items(settings.metadata, generation.limit)
+    claim_outdir(generation.outdir, "geneval", run_settings(settings, {"metadata": settings.metadata}))
+    resources = load_resources(generation)
+    images = resources.images
 
     def process(item: Item) -> list[dict]:
-        for tree in filter(None, (s.out, s.baseline)):  # metadata.jsonl + samples/ before any image
+        for tree in filter(None, (images, resources.baseline_images)):  # metadata.jsonl + samples/ before any image
             tree.folder(item.key, {"metadata.jsonl": item.meta["line"] + "\n"}, ("samples",))
-        files = [f"{item.key}/samples/{j:04d}.png" for j in range(args.samples)]
-        records = render_and_save(s, args, item, files, tag=item.meta["tag"])
-        if args.grid:
+        files = [f"{item.key}/samples/{j:04d}.png" for j in range(generation.samples)]
+        records = render_and_save(resources, generation, item, files, tag=item.meta["tag"])
+        if settings.grid:
             from PIL import Image
-            s.out.save_png(f"{item.key}/grid.png", grid([Image.open(s.out.root / f).convert("RGB") for f in files]))
+            images.save_png(f"{item.key}/grid.png", grid([Image.open(images.root / f).convert("RGB") for f in files]))
         return records
 
-    return run("geneval", items, process, s, args)
+    return run("geneval", items, process, resources, generation.outdir, generation.summary_wait)

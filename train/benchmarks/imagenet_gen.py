@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -25,9 +26,11 @@ from PIL import Image
 from latent_clip.files import atomic_write
 
 from ..data import ImageTransform, folder_rows, write_latent_shard, write_sizes
-from .generators import add_pipeline_args, generator_from_args
+from ..distributed import DistEnv
+from .generators import GeneratorSettings, add_pipeline_args, load_generator
 from .outputs import OutputTree
-from .runner import Item, Rank, Setup, decode_pil, run
+from .runner import Item, RankResources, decode_pil, run
+from .settings import settings_from
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -56,56 +59,90 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@dataclass(frozen=True)
+class ZeroshotSettings:
+    """The zero-shot group of :func:`parse_args`: ``train eval zeroshot`` on real and generated latents."""
+
+    model: str | None                   # Latent-CLIP weights; None: only the latents are written
+    config: str | None
+    templates: str
+    eval_batch_size: int
+
+
+@dataclass(frozen=True)
+class ImagenetGenSettings:
+    """``bench imagenet-gen``'s options (:func:`parse_args`, defaults there), typed."""
+
+    data: str                           # ImageNet-style folder (one sub-folder per class)
+    generator: GeneratorSettings
+    outdir: str
+    classnames: str | None
+    prompt_template: str
+    size: int                           # px of the centre crop, and of the generation
+    steps: int
+    denoise: float
+    cfg: float
+    negative_prompt: str
+    seed: int                           # image i's noise uses seed + i
+    chunk: int                          # images per shard (the resume unit)
+    batch_size: int
+    limit: int | None
+    save_images: bool
+    summary_wait: float
+    zeroshot: ZeroshotSettings
+
+
 class ImagenetGenRun:
     """One rank's run: each chunk of images is VAE-encoded (real) and re-generated from its latent
     at ``--denoise`` with its class name as the prompt (gen); both stored as labelled latent shards."""
 
-    def __init__(self, args, rows: list, folders: list[str], names: list[str]):
-        self.args, self.rows, self.folders, self.names = args, rows, folders, names
-        rank = Rank.from_env()
-        device = rank.device(args.device)
-        images = OutputTree(args.outdir, f"rank{rank.rank}") if args.save_images else None
-        self.s = Setup(rank, device, generator_from_args(args, device, args.size), images)
-        self.gen, self.out = self.s.gen, Path(args.outdir)
-        self.transform = ImageTransform(args.size)
-        self.steps = self.gen.timesteps(args.steps, args.denoise)
+    def __init__(self, settings: ImagenetGenSettings, rows: list, folders: list[str], names: list[str]):
+        self.settings, self.rows, self.folders, self.names = settings, rows, folders, names
+        dist_env = DistEnv.from_env(settings.generator.device)
+        images = OutputTree(settings.outdir, f"rank{dist_env.rank}") if settings.save_images else None
+        generator = load_generator(settings.generator, dist_env.device, settings.size)
+        self.resources = RankResources(dist_env, generator, images)
+        self.generator, self.outdir = generator, Path(settings.outdir)
+        self.transform = ImageTransform(settings.size)
+        self.steps = generator.timesteps(settings.steps, settings.denoise)
 
     @functools.cache
     def condition(self, label: int):
         """The class name's conditioning, encoded once per class."""
-        prompt = self.args.prompt_template.format(self.names[label])
-        return self.gen.condition(prompt, self.args.cfg, self.args.negative_prompt)
+        prompt = self.settings.prompt_template.format(self.names[label])
+        return self.generator.condition(prompt, self.settings.cfg, self.settings.negative_prompt)
 
     def regenerate(self, batch: list, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(real, generated) raw latents of one batch of rows; image ``start + k`` uses seed + start + k."""
-        args, gen = self.args, self.gen
+        settings, generator = self.settings, self.generator
         x = torch.stack([self.transform(Image.open(p).convert("RGB")) for p, _, _ in batch])
         with torch.no_grad():
-            z = gen.encode(x)
-            noise = gen.noise([args.seed + start + k for k in range(len(batch))])
+            z = generator.encode(x)
+            noise = generator.noise([settings.seed + start + k for k in range(len(batch))])
             outs = []
             for k, (_, _, label) in enumerate(batch):   # one prompt per image (class-conditioned)
-                x_t = gen.start(noise[k:k + 1], self.steps, gen.to_scaled(z[k:k + 1]))
-                outs.append(gen.to_raw(gen.sample(x_t, self.steps, self.condition(label), args.cfg)))
+                x_t = generator.start(noise[k:k + 1], self.steps, generator.to_scaled(z[k:k + 1]))
+                outs.append(generator.to_raw(generator.sample(x_t, self.steps, self.condition(label), settings.cfg)))
         return z, torch.cat(outs)
 
     def process(self, item: Item) -> list[dict]:
-        args, names, start = self.args, self.names, item.meta["start"]
-        chunk = self.rows[start:start + args.chunk]
+        settings, names, start = self.settings, self.names, item.meta["start"]
+        chunk = self.rows[start:start + settings.chunk]
         real, fake = [], []
-        for b in range(0, len(chunk), args.batch_size):
-            batch = chunk[b:b + args.batch_size]
+        for b in range(0, len(chunk), settings.batch_size):
+            batch = chunk[b:b + settings.batch_size]
             z, generated = self.regenerate(batch, start + b)
             real.append(z.cpu())
             fake.append(generated.cpu())
-            if self.s.out is not None:
-                for (p, _, label), image in zip(batch, decode_pil(self.gen, generated)):
-                    self.s.out.save_png(f"images/{self.folders[label]}/{p.stem}.png", image)
-        keys = [p.relative_to(args.data).with_suffix("").as_posix() for p, _, _ in chunk]
+            if self.resources.images is not None:
+                for (p, _, label), image in zip(batch, decode_pil(self.generator, generated)):
+                    self.resources.images.save_png(f"images/{self.folders[label]}/{p.stem}.png", image)
+        keys = [p.relative_to(settings.data).with_suffix("").as_posix() for p, _, _ in chunk]
         labels = [label for _, _, label in chunk]
         captions = [names[label] for label in labels]
-        write_latent_shard(self.out / "real" / f"real_{item.key}.safetensors", torch.cat(real), captions, keys, labels)
-        write_latent_shard(self.out / "gen" / f"gen_{item.key}.safetensors", torch.cat(fake), captions, keys, labels)
+        for split, latents in (("real", real), ("gen", fake)):
+            write_latent_shard(self.outdir / split / f"{split}_{item.key}.safetensors", torch.cat(latents), captions,
+                               keys, labels)
         return [{"item": item.index, "sample": k, "key": key, "label": label, "class": names[label]}
                 for k, (key, label) in enumerate(zip(keys, labels))]
 
@@ -113,39 +150,40 @@ class ImagenetGenRun:
 def main(argv: Sequence[str] | None = None) -> dict:
     from ..evaluate import load_classnames
 
-    args = parse_args(argv)
-    rows, folders = folder_rows(args.data, labels_from_folders=True)
-    rows = rows[:args.limit]
-    names = load_classnames(args.classnames, args.data)  # train eval's class names, one per class folder
+    settings = settings_from(ImagenetGenSettings, parse_args(argv))
+    rows, folders = folder_rows(settings.data, labels_from_folders=True)
+    rows = rows[:settings.limit]
+    names = load_classnames(settings.classnames, settings.data)  # train eval's class names, one per class folder
     if len(names) != len(folders):
-        raise ValueError(f"--classnames {args.classnames or '(the folder names)'} gives {len(names)} names for "
-                         f"{len(folders)} class folders in {args.data}")
-    job = ImagenetGenRun(args, rows, folders, names)
-    device, out = job.s.device, job.out
-    items = [Item(c, f"{c:05d}", "", {"start": s}) for c, s in enumerate(range(0, len(rows), args.chunk))]
-    summary = run("imagenet-gen", items, job.process, job.s, args)
-    if job.s.rank.rank != 0:
+        raise ValueError(f"--classnames {settings.classnames or '(the folder names)'} gives {len(names)} names for "
+                         f"{len(folders)} class folders in {settings.data}")
+    job = ImagenetGenRun(settings, rows, folders, names)
+    dist_env, out = job.resources.dist_env, job.outdir
+    items = [Item(c, f"{c:05d}", "", {"start": first})
+             for c, first in enumerate(range(0, len(rows), settings.chunk))]
+    summary = run("imagenet-gen", items, job.process, job.resources, settings.outdir, settings.summary_wait)
+    if dist_env.rank != 0:
         return {}
     for split in ("real", "gen"):
         (out / split).mkdir(parents=True, exist_ok=True)
         write_sizes(out / split)
         atomic_write(out / split / "classnames.txt", lambda t: t.write_text("\n".join(names) + "\n"))
     result = {"summary": summary}
-    if args.model:
-        result["zeroshot"] = zeroshot_both(args, out, device)
+    if settings.zeroshot.model:
+        result["zeroshot"] = zeroshot_both(settings.zeroshot, out, dist_env.device)
         (out / "zeroshot.json").write_text(json.dumps(result["zeroshot"], indent=2))
     return result
 
 
-def zeroshot_both(args, out: Path, device: torch.device) -> dict:
+def zeroshot_both(settings: ZeroshotSettings, out: Path, device: torch.device) -> dict:
     """``train eval zeroshot`` on the stored real and generated latents (same crops, same labels)."""
     from ..evaluate import main as evaluate
 
     results = {}
     for split in ("real", "gen"):
-        argv = ["zeroshot", "--data", str(out / split), "--model", args.model, "--templates", args.templates,
-                "--batch-size", str(args.eval_batch_size), "--device", str(device),
-                *(["--config", args.config] if args.config else [])]
+        argv = ["zeroshot", "--data", str(out / split), "--model", settings.model, "--templates", settings.templates,
+                "--batch-size", str(settings.eval_batch_size), "--device", str(device),
+                *(["--config", settings.config] if settings.config else [])]
         print(f"zero-shot on {split}:", flush=True)
         results[split] = evaluate(argv)["latent"]
     print(f"generated-ImageNet top-1 {100 * results['gen']['top1']:.2f} vs real {100 * results['real']['top1']:.2f}")

@@ -1,4 +1,5 @@
-"""ReNO's pixel rewards for the benchmarks (ReNO, arXiv 2406.04312, Eq. 6 and its ``rewards/``), loaded from local files only.
+"""ReNO's pixel rewards for the benchmarks (ReNO, arXiv 2406.04312, Eq. 6 and its ``rewards/``), loaded from
+local files only.
 
 - ``pixel_clip``: open_clip CLIP (``--pixel-clip``, ``--pixel-checkpoint``), ``100 - exp(logit_scale) cos``, w 0.01
 - ``hps``: open_clip ViT-H-14 + ``HPS_v2.1_compressed.pt`` (``--hps-checkpoint``), ``1 - cos``, w 5.0
@@ -31,7 +32,9 @@ BUILTIN = ("latent_clip", "avoid", "pixel_clip", "hps", "pickscore", "total")  #
 
 
 @dataclass(frozen=True)
-class PixelTerm:
+class PixelRewardFactory:
+    """One pixel reward of a run: its weight in the total, and how to make its loss for a prompt."""
+
     weight: float
     make: Callable[[str], ImageRewardFn]   # prompt -> loss on images in [0, 1] (B, 3, H, W) -> (B,)
 
@@ -52,31 +55,50 @@ def add_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--reward-module-weight", type=float, default=1.0)
 
 
-def requested(args) -> list[str]:
-    """The pixel terms ``args`` asks for (a model path and a non-zero weight), known before loading anything:
+@dataclass(frozen=True)
+class PixelRewardSettings:
+    """The options of :func:`add_args` (defaults there): each reward's model files and weight (None / 0: unused)."""
+
+    pixel_clip: str | None
+    pixel_checkpoint: str | None
+    pixel_weight: float
+    hps_checkpoint: str | None
+    hps_arch: str
+    hps_weight: float
+    pickscore: str | None
+    pickscore_tokenizer: str | None
+    pickscore_weight: float
+    reward_module: str | None
+    reward_module_weight: float
+
+
+def requested(settings: PixelRewardSettings) -> list[str]:
+    """The pixel terms ``settings`` ask for (a model path and a non-zero weight), known before loading anything:
     ``pixel_clip``, ``hps``, ``pickscore`` and ``reward_module``."""
-    asked = {"pixel_clip": (args.pixel_clip, args.pixel_weight), "hps": (args.hps_checkpoint, args.hps_weight),
-             "pickscore": (args.pickscore, args.pickscore_weight),
-             "reward_module": (args.reward_module, args.reward_module_weight)}
+    asked = {"pixel_clip": (settings.pixel_clip, settings.pixel_weight),
+             "hps": (settings.hps_checkpoint, settings.hps_weight),
+             "pickscore": (settings.pickscore, settings.pickscore_weight),
+             "reward_module": (settings.reward_module, settings.reward_module_weight)}
     return [name for name, (source, weight) in asked.items() if source and weight]
 
 
-def load(args, device: torch.device, dtype: torch.dtype) -> dict[str, PixelTerm]:
-    """The :func:`requested` pixel terms, loaded, by term name (a reward module's is its own)."""
-    terms, wanted = {}, requested(args)
+def load(settings: PixelRewardSettings, device: torch.device, dtype: torch.dtype) -> dict[str, PixelRewardFactory]:
+    """The :func:`requested` pixel rewards, loaded, by term name (a reward module's is its own)."""
+    rewards, wanted = {}, requested(settings)
     if "pixel_clip" in wanted:
-        model, tokenizer = load_open_clip(args.pixel_clip, args.pixel_checkpoint, device, dtype)
-        terms["pixel_clip"] = PixelTerm(args.pixel_weight, partial(clip_image_reward, model, tokenizer))
+        model, tokenizer = load_open_clip(settings.pixel_clip, settings.pixel_checkpoint, device, dtype)
+        rewards["pixel_clip"] = PixelRewardFactory(settings.pixel_weight, partial(clip_image_reward, model, tokenizer))
     if "hps" in wanted:
-        model, tokenizer = load_open_clip(args.hps_arch, args.hps_checkpoint, device, dtype)
-        terms["hps"] = PixelTerm(args.hps_weight, partial(hps_image_reward, model, tokenizer))
+        model, tokenizer = load_open_clip(settings.hps_arch, settings.hps_checkpoint, device, dtype)
+        rewards["hps"] = PixelRewardFactory(settings.hps_weight, partial(hps_image_reward, model, tokenizer))
     if "pickscore" in wanted:
-        model, tokenizer = load_pickscore(args.pickscore, args.pickscore_tokenizer, device, dtype)
-        terms["pickscore"] = PixelTerm(args.pickscore_weight, partial(pickscore_image_reward, model, tokenizer))
+        model, tokenizer = load_pickscore(settings.pickscore, settings.pickscore_tokenizer, device, dtype)
+        rewards["pickscore"] = PixelRewardFactory(settings.pickscore_weight,
+                                                  partial(pickscore_image_reward, model, tokenizer))
     if "reward_module" in wanted:
-        name, fn = load_reward_module(args.reward_module, device)
-        terms[name] = PixelTerm(args.reward_module_weight, partial(module_image_reward, fn, name=name))
-    return terms
+        name, fn = load_reward_module(settings.reward_module, device)
+        rewards[name] = PixelRewardFactory(settings.reward_module_weight, partial(module_image_reward, fn, name=name))
+    return rewards
 
 
 def _projected(out) -> torch.Tensor:

@@ -16,6 +16,7 @@ or without ReNO, append per-image records to a JSONL, and print a summary table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,13 +32,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from latent_clip import LatentContractError, check_family, load_model
-from latent_clip.reno import RENO, optimize_noise
+from latent_clip.reno import RENO, RenoSettings, optimize_noise
 from latent_clip.rewards import CLIP_SCORE_WEIGHT, latent_alignment, latent_avoid, on_decoded, weighted_sum
 
-from ..distributed import ranks_from_env
+from ..distributed import DistEnv
 from . import pixel_rewards
-from .generators import DiffusersGenerator, Timer, add_pipeline_args, generator_from_args
+from .generators import DiffusersGenerator, GeneratorSettings, Timer, add_pipeline_args, load_generator
 from .outputs import OutputTree
+from .pixel_rewards import PixelRewardFactory, PixelRewardSettings
+from .settings import options_of, record_from
 
 DATA = Path(__file__).parent / "data"  # bundled prompt files (see data/README.md for sources and licences)
 
@@ -53,23 +56,6 @@ class Item:
     key: str              # human-readable id (folder name, category/prompt index)
     prompt: str
     meta: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Rank:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> "Rank":
-        return cls(*ranks_from_env())
-
-    def device(self, spec: str) -> torch.device:
-        if spec == "auto":
-            spec = "cuda" if torch.cuda.is_available() else "cpu"
-        dev = torch.device(spec)
-        return torch.device("cuda", self.local_rank) if dev.type == "cuda" and dev.index is None else dev
 
 
 # ---------------------------------------------------------------- arguments
@@ -114,17 +100,52 @@ NO_REWARD = ("ReNO needs a reward: give --latent-clip, --pixel-clip, --hps-check
              "(or --iterations 0)")
 
 
-def requested_rewards(args: argparse.Namespace) -> list[str]:
-    """The reward terms the options ask for (a source and a non-zero weight), before any model loads."""
-    latent = ["latent_clip"] * bool(args.latent_clip and args.latent_weight)
-    avoid = ["avoid"] * bool(args.latent_clip and args.avoid and args.avoid_weight)
-    return latent + avoid + pixel_rewards.requested(args)
+@dataclass(frozen=True)
+class RewardSettings:
+    """The reward options of :func:`add_common_args`: Latent-CLIP's CLIPScore and concept-avoid terms on raw
+    latents, and the pixel rewards (a term is used when it has a source and a non-zero weight)."""
+
+    latent_clip: str | None             # Latent-CLIP weights
+    latent_clip_config: str | None
+    allow_family_mismatch: bool
+    latent_weight: float
+    avoid: str | None                   # concepts to avoid, one per line or ';'-separated
+    avoid_weight: float
+    pixel: PixelRewardSettings
+
+    def requested(self) -> list[str]:
+        """The reward terms asked for, before any model loads."""
+        latent = ["latent_clip"] * bool(self.latent_clip and self.latent_weight)
+        avoid = ["avoid"] * bool(self.latent_clip and self.avoid and self.avoid_weight)
+        return latent + avoid + pixel_rewards.requested(self.pixel)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """The options of :func:`add_common_args` (defaults and help there), typed: how every generation
+    benchmark renders, scores and optimises its images, and where it writes them."""
+
+    generator: GeneratorSettings
+    resolution: int | None
+    grad_checkpointing: bool
+    cfg: float
+    negative_prompt: str | None
+    outdir: str
+    limit: int | None
+    samples: int                        # images per prompt; sample j from seed + j
+    seed: int
+    batch_size: int
+    summary_wait: float
+    rewards: RewardSettings
+    reno: RenoSettings                  # optimize_noise's arguments; iterations 0: no ReNO
+    final_steps: int
+    baseline_dir: str | None
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """``parser.parse_args(argv)``; a ReNO run without a reward is refused here, before its folder is claimed."""
     args = parser.parse_args(argv)
-    if args.iterations > 0 and not requested_rewards(args):
+    if args.iterations > 0 and not record_from(RewardSettings, args).requested():
         parser.error(NO_REWARD)
     return args
 
@@ -135,11 +156,12 @@ def sha256(source: str | Path | bytes) -> str:
     return hashlib.sha256(source if isinstance(source, bytes) else Path(source).read_bytes()).hexdigest()
 
 
-def run_settings(args: argparse.Namespace, inputs: dict[str, str | Path | bytes], skip: Sequence[str] = ()) -> dict:
-    """What decides a run's outputs: every option but :data:`OPERATIONAL` ones, ``skip`` and the
-    options naming ``inputs``, which are recorded by content instead (name -> sha256 of the file or bytes)."""
+def run_settings(settings, inputs: dict[str, str | Path | bytes], skip: Sequence[str] = ()) -> dict:
+    """What decides a run's outputs: every option of the ``settings`` record (:func:`.settings.options_of`)
+    but :data:`OPERATIONAL` ones, ``skip`` and the options naming ``inputs``, which are recorded by content
+    instead (name -> sha256 of the file or bytes)."""
     dropped = OPERATIONAL | set(skip) | set(inputs)
-    options = {k: v for k, v in sorted(vars(args).items()) if k not in dropped}
+    options = {k: v for k, v in sorted(options_of(settings).items()) if k not in dropped}
     return {"options": json.loads(json.dumps(options)), "inputs": {k: sha256(p) for k, p in sorted(inputs.items())}}
 
 
@@ -189,58 +211,69 @@ def settings_diff(old: dict, new: dict) -> list[str]:
 
 # ---------------------------------------------------------------- models
 @dataclass
-class Setup:
-    rank: Rank
-    device: torch.device
-    gen: DiffusersGenerator
-    out: OutputTree | None                      # this rank's writer in --outdir
-    baseline: OutputTree | None = None          # and in --baseline-dir
+class RankResources:
+    """What one rank of a run works with: where it runs, the generator, its image writers and the
+    loaded reward models."""
+
+    dist_env: DistEnv                              # rank, world size, device (no process group)
+    generator: DiffusersGenerator
+    images: OutputTree | None                      # this rank's writer in --outdir
+    baseline_images: OutputTree | None = None      # and in --baseline-dir
     latent_clip: object = None
-    pixel: dict = field(default_factory=dict)   # term name -> pixel_rewards.PixelTerm
+    pixel_rewards: dict[str, PixelRewardFactory] = field(default_factory=dict)   # by term name
 
 
-def setup(args) -> Setup:
-    rank = Rank.from_env()
-    device = rank.device(args.device)
-    gen = generator_from_args(args, device, args.resolution, args.grad_checkpointing)
-    latent = None
-    if args.latent_clip:
-        latent = load_model(args.latent_clip, config=args.latent_clip_config, device=device, vae_encoder=False)
-        latent.eval().requires_grad_(False)
-        vae = gen.vae.config
-        try:
-            mismatch = check_family(latent.config.vision.family, vae.latent_channels, vae.scaling_factor,
-                                    getattr(vae, "shift_factor", None), allow_mismatch=args.allow_family_mismatch,
-                                    override="--allow-family-mismatch")
-        except LatentContractError as err:
-            raise type(err)(f"{args.latent_clip} with {args.pipeline}: {err}") from None
-        if mismatch:
-            warnings.warn(f"{args.latent_clip}: {mismatch}", stacklevel=2)
-    pixel = pixel_rewards.load(args, device, gen.dtype)
-    trees = [OutputTree(d, f"rank{rank.rank}") if d else None for d in (args.outdir, args.baseline_dir)]
-    return Setup(rank, device, gen, *trees, latent, pixel)
+def load_resources(settings: GenerationSettings) -> RankResources:
+    """This rank's :class:`RankResources` for a generation benchmark run with ``settings``."""
+    dist_env = DistEnv.from_env(settings.generator.device)
+    generator = load_generator(settings.generator, dist_env.device, settings.resolution, settings.grad_checkpointing)
+    latent = load_latent_clip(settings.rewards, generator, settings.generator.pipeline, dist_env.device) \
+        if settings.rewards.latent_clip else None
+    pixel = pixel_rewards.load(settings.rewards.pixel, dist_env.device, generator.dtype)
+    trees = [OutputTree(d, f"rank{dist_env.rank}") if d else None for d in (settings.outdir, settings.baseline_dir)]
+    return RankResources(dist_env, generator, *trees, latent, pixel)
 
 
-def reward_terms(s: Setup, args, prompt: str) -> tuple[dict, dict]:
+def load_latent_clip(rewards: RewardSettings, generator: DiffusersGenerator, pipeline: str, device: torch.device):
+    """``--latent-clip``, frozen, checked against the latent family ``generator``'s VAE makes (an error naming
+    both, or a warning with ``--allow-family-mismatch``)."""
+    model = load_model(rewards.latent_clip, config=rewards.latent_clip_config, device=device, vae_encoder=False)
+    model.eval().requires_grad_(False)
+    vae = generator.vae.config
+    try:
+        mismatch = check_family(model.config.vision.family, vae.latent_channels, vae.scaling_factor,
+                                getattr(vae, "shift_factor", None), allow_mismatch=rewards.allow_family_mismatch,
+                                override="--allow-family-mismatch")
+    except LatentContractError as err:
+        raise type(err)(f"{rewards.latent_clip} with {pipeline}: {err}") from None
+    if mismatch:
+        warnings.warn(f"{rewards.latent_clip}: {mismatch}", stacklevel=3)
+    return model
+
+
+def reward_terms(resources: RankResources, rewards: RewardSettings, prompt: str) -> tuple[dict, dict]:
     """Named loss callables (raw latents -> (B,)) and their weights for one prompt; the pixel terms
     decode each latents tensor once between them."""
-    terms, weights, wanted = {}, {}, requested_rewards(args)
+    terms, weights, wanted = {}, {}, rewards.requested()
     if "latent_clip" in wanted:
-        terms["latent_clip"], weights["latent_clip"] = latent_alignment(s.latent_clip, prompt), args.latent_weight
+        terms["latent_clip"] = latent_alignment(resources.latent_clip, prompt)
+        weights["latent_clip"] = rewards.latent_weight
     if "avoid" in wanted:
-        terms["avoid"], weights["avoid"] = avoid_reward(s.latent_clip, args), args.avoid_weight
-    if s.pixel:
+        terms["avoid"], weights["avoid"] = avoid_reward(resources.latent_clip, rewards.avoid), rewards.avoid_weight
+    if resources.pixel_rewards:
+        generator = resources.generator
+
         def decode(raw):  # once per latents tensor, shared by every pixel term (on_decoded)
-            with s.gen.timer.section("decode"):  # inside the reward's section: booked as decode only
-                return s.gen.decode(raw)
-        terms.update(on_decoded({n: t.make(prompt) for n, t in s.pixel.items()}, decode))
-        weights.update({n: t.weight for n, t in s.pixel.items()})
+            with generator.timer.section("decode"):  # inside the reward's section: booked as decode only
+                return generator.decode(raw)
+        terms.update(on_decoded({n: r.make(prompt) for n, r in resources.pixel_rewards.items()}, decode))
+        weights.update({n: r.weight for n, r in resources.pixel_rewards.items()})
     return terms, weights
 
 
-def avoid_reward(model, args) -> Callable[[torch.Tensor], torch.Tensor]:
+def avoid_reward(model, concepts: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """``latent_avoid`` of the ``--avoid`` concepts (one per line, or ';'-separated)."""
-    return latent_avoid(model, args.avoid.replace(";", "\n"))
+    return latent_avoid(model, concepts.replace(";", "\n"))
 
 
 def timed(fn: Callable, timer: Timer) -> Callable:
@@ -263,45 +296,45 @@ class Rendered:
     best_iteration: list
 
 
-def render_steps(gen: DiffusersGenerator, cond, noise: torch.Tensor, steps: int, guidance_scale: float) -> torch.Tensor:
+def render_steps(generator: DiffusersGenerator, cond, noise: torch.Tensor, steps: int,
+                 guidance_scale: float) -> torch.Tensor:
     """Raw latents of a ``steps``-step deterministic render of ``noise`` (no gradients)."""
-    timesteps = gen.timesteps(steps)
+    timesteps = generator.timesteps(steps)
     with torch.no_grad():
-        return gen.to_raw(gen.sample(gen.start(noise, timesteps), timesteps, cond, guidance_scale))
+        return generator.to_raw(generator.sample(generator.start(noise, timesteps), timesteps, cond, guidance_scale))
 
 
-def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
+def render(resources: RankResources, settings: GenerationSettings, prompt: str, seeds: Sequence[int]) -> Rendered:
     """One-step generation for ``seeds`` with ReNO on the weighted rewards (``--iterations 0``:
     the one-step baseline, same seeds). With ``--final-steps N > 1`` the initial and the optimised
     noise are then rendered with N steps, and those renders are what is returned and scored."""
-    gen = s.gen
-    cond = gen.condition(prompt, args.cfg, args.negative_prompt)
-    generate = gen.one_step(cond, guidance_scale=args.cfg)
-    noise = gen.noise(list(seeds))
-    terms, weights = reward_terms(s, args, prompt)
-    if args.iterations > 0:
+    generator, reno = resources.generator, settings.reno
+    cond = generator.condition(prompt, settings.cfg, settings.negative_prompt)
+    generate = generator.one_step(cond, guidance_scale=settings.cfg)
+    noise = generator.noise(list(seeds))
+    terms, weights = reward_terms(resources, settings.rewards, prompt)
+    if reno.iterations > 0:
         if not terms:
             raise ValueError(NO_REWARD)
-        total = timed(weighted_sum(terms, weights), s.gen.timer)
+        total = timed(weighted_sum(terms, weights), generator.timer)
         first = {}
 
         def keep_first(progress):  # iteration 0 is the no-ReNO latent: keep it instead of regenerating
             if progress.iteration == 0:
                 first["latent"] = progress.best_latent.detach().clone()
-        result = optimize_noise(generate, total, noise, iterations=args.iterations, lr=args.lr,
-                                momentum=args.momentum, grad_clip=args.grad_clip, reg_weight=args.reg_weight,
-                                callback=keep_first)
+        result = optimize_noise(generate, total, noise, **dataclasses.asdict(reno), callback=keep_first)
         best, initial, best_noise = result.best_latent.float(), first["latent"].float(), result.best_noise
         iterations, best_it = int(result.history.shape[0]), result.best_iteration.tolist()
     else:
         with torch.no_grad():
             best = initial = generate(noise).float()
         iterations, best_it, best_noise = 0, [0] * len(seeds), noise
-    if args.final_steps > 1:
-        initial = render_steps(gen, cond, noise, args.final_steps, args.cfg)
-        best = render_steps(gen, cond, best_noise, args.final_steps, args.cfg) if args.iterations > 0 else initial
+    if settings.final_steps > 1:
+        initial = render_steps(generator, cond, noise, settings.final_steps, settings.cfg)
+        best = render_steps(generator, cond, best_noise, settings.final_steps, settings.cfg) \
+            if reno.iterations > 0 else initial
     losses = {}
-    with torch.no_grad(), s.gen.timer.section("reward"):
+    with torch.no_grad(), generator.timer.section("reward"):
         for key, latents in (("initial", initial), ("best", best)):  # latents outermost: one decode each
             for name, fn in terms.items():
                 losses.setdefault(name, {})[key] = fn(latents).float().tolist()
@@ -311,17 +344,19 @@ def render(s: Setup, args, prompt: str, seeds: Sequence[int]) -> Rendered:
     return Rendered(best, initial, losses, iterations, best_it)
 
 
-def render_and_save(s: Setup, args, item: Item, files: Sequence[str], **extra) -> list[dict]:
+def render_and_save(resources: RankResources, settings: GenerationSettings, item: Item, files: Sequence[str],
+                    **extra) -> list[dict]:
     """:func:`render` sample j from seed ``--seed + j``, ``--batch-size`` together, save it as
-    ``files[j]`` in ``s.out`` (the no-ReNO one in ``s.baseline`` too) and return the records: each
-    reward term's loss (initial and best) and the iterations; :func:`run` adds times and peak memory."""
-    seeds, records = [args.seed + j for j in range(args.samples)], []
-    for first in range(0, len(seeds), args.batch_size):
-        batch, names = seeds[first:first + args.batch_size], files[first:first + args.batch_size]
-        rendered = render(s, args, item.prompt, batch)
-        for tree, latents in ((s.out, rendered.latents), (s.baseline, rendered.initial)):
+    ``files[j]`` in ``resources.images`` (the no-ReNO one in ``resources.baseline_images`` too) and return
+    the records: each reward term's loss (initial and best) and the iterations; :func:`run` adds times and
+    peak memory."""
+    seeds, records = [settings.seed + j for j in range(settings.samples)], []
+    for first in range(0, len(seeds), settings.batch_size):
+        batch, names = seeds[first:first + settings.batch_size], files[first:first + settings.batch_size]
+        rendered = render(resources, settings, item.prompt, batch)
+        for tree, latents in ((resources.images, rendered.latents), (resources.baseline_images, rendered.initial)):
             if tree is not None:
-                for name, image in zip(names, decode_pil(s.gen, latents)):
+                for name, image in zip(names, decode_pil(resources.generator, latents)):
                     tree.save_png(name, image)
         for j, seed in enumerate(batch):
             losses = {term: {"initial": v["initial"][j], "best": v["best"][j]} for term, v in rendered.losses.items()}
@@ -331,10 +366,10 @@ def render_and_save(s: Setup, args, item: Item, files: Sequence[str], **extra) -
     return records
 
 
-def decode_pil(gen: DiffusersGenerator, raw: torch.Tensor) -> list:
+def decode_pil(generator: DiffusersGenerator, raw: torch.Tensor) -> list:
     """Raw latents (B, C, h, w) -> PIL images, booked as ``decode``."""
-    with torch.no_grad(), gen.timer.section("decode"):
-        x = ((gen.decode(raw).clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    with torch.no_grad(), generator.timer.section("decode"):
+        x = ((generator.decode(raw).clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(a) for a in x]
 
 
@@ -373,23 +408,25 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB (process peak RSS)
 
 
-def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]], s: Setup, args,
+def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]], resources: RankResources,
+        outdir: str | Path, summary_wait: float,
         summarise: Callable[[list[dict]], dict] | None = None) -> dict | None:
-    """Process this rank's unfinished items in ``--outdir``, then (rank 0, after waiting up to
-    ``--summary-wait`` s for the others) summarise. ``process`` writes the item's files and returns
-    its records, to which this adds the time split, peak memory and rank."""
-    start, rank, device, timer = time.time(), s.rank, s.device, s.gen.timer
-    outdir = Path(args.outdir)
+    """Process this rank's unfinished items in ``outdir`` (``--outdir``), then (rank 0, after waiting up to
+    ``summary_wait`` s (``--summary-wait``) for the others) summarise. ``process`` writes the item's files and
+    returns its records, to which this adds the time split, peak memory and rank."""
+    start, dist_env, timer = time.time(), resources.dist_env, resources.generator.timer
+    device = dist_env.device
+    outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    marker = outdir / f"finished.rank{rank.rank}"
+    marker = outdir / f"finished.rank{dist_env.rank}"
     marker.unlink(missing_ok=True)
     done = done_items(outdir)
-    mine = [it for it in items if it.index % rank.world == rank.rank]
+    mine = [it for it in items if it.index % dist_env.world_size == dist_env.rank]
     todo = [it for it in mine if it.index not in done]
-    results = outdir / f"results.rank{rank.rank}.jsonl"
+    results = outdir / f"results.rank{dist_env.rank}.jsonl"
     skipped = len(mine) - len(todo)
-    for item in tqdm(todo, desc=f"{name} rank {rank.rank}/{rank.world}", unit="prompt", position=rank.rank,
-                     dynamic_ncols=True):
+    for item in tqdm(todo, desc=f"{name} rank {dist_env.rank}/{dist_env.world_size}", unit="prompt",
+                     position=dist_env.rank, dynamic_ncols=True):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         timer.reset()
@@ -403,16 +440,16 @@ def run(name: str, items: Sequence[Item], process: Callable[[Item], list[dict]],
         times["total"] = total / n
         mem = peak_memory_gb(device)
         for rec in records:
-            rec.update(time=times, peak_memory_gb=mem, rank=rank.rank)
+            rec.update(time=times, peak_memory_gb=mem, rank=dist_env.rank)
         with open(results, "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             f.flush()
             os.fsync(f.fileno())
     marker.write_text(json.dumps({"items": len(mine), "skipped": skipped, "seconds": time.time() - start}))
-    print(f"{name} rank {rank.rank}: {len(todo)} done, {skipped} skipped (already finished)", flush=True)
-    if rank.rank != 0:
+    print(f"{name} rank {dist_env.rank}: {len(todo)} done, {skipped} skipped (already finished)", flush=True)
+    if dist_env.rank != 0:
         return None
-    wait_for_ranks(outdir, rank.world, start, {it.index for it in items}, args.summary_wait)
+    wait_for_ranks(outdir, dist_env.world_size, start, {it.index for it in items}, summary_wait)
     summary = summarise_records(read_records(outdir), extra=summarise)
     summary.update(benchmark=name, items=len(items), items_done=len(done_items(outdir) & {it.index for it in items}))
     (outdir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -455,20 +492,20 @@ def summarise_records(records: list[dict], extra: Callable[[list[dict]], dict] |
     return out
 
 
-def fmt(value: float | None, spec: str = ".3f") -> str:
+def cell(value: float | None, spec: str = ".3f") -> str:
     """A table cell: ``value`` formatted, ``-`` when missing."""
     return "-" if value is None else format(value, spec)
 
 
-def format_summary(s: dict) -> str:
-    lines = [f"== {s.get('benchmark', '')}: {s.get('items_done', '?')}/{s.get('items', '?')} prompts, "
-             f"{s['images']} images, {fmt(s.get('iterations'), '.1f')} ReNO iterations/image",
+def format_summary(summary: dict) -> str:
+    lines = [f"== {summary.get('benchmark', '')}: {summary.get('items_done', '?')}/{summary.get('items', '?')} "
+             f"prompts, {summary['images']} images, {cell(summary.get('iterations'), '.1f')} ReNO iterations/image",
              f"{'reward loss':<16}{'initial':>10}{'best':>10}{'gain':>10}"]
-    for n, v in s["rewards"].items():
-        lines.append(f"{n:<16}" + "".join(f"{fmt(v[k], '.4f'):>10}" for k in ("initial_loss", "best_loss", "gain")))
-    t = s["time_per_image"]
-    lines.append("s/image " + fmt(t["total"]) + "  (" + ", ".join(
-        f"{k} {fmt(v)}" for k, v in t.items() if k != "total") + ")")
-    lines.append(f"peak memory {s['peak_memory_gb']:.2f} GiB")
-    lines += [v for k, v in s.items() if k.startswith("table_")]
+    for n, v in summary["rewards"].items():
+        lines.append(f"{n:<16}" + "".join(f"{cell(v[k], '.4f'):>10}" for k in ("initial_loss", "best_loss", "gain")))
+    t = summary["time_per_image"]
+    lines.append("s/image " + cell(t["total"]) + "  (" + ", ".join(
+        f"{k} {cell(v)}" for k, v in t.items() if k != "total") + ")")
+    lines.append(f"peak memory {summary['peak_memory_gb']:.2f} GiB")
+    lines += [v for k, v in summary.items() if k.startswith("table_")]
     return "\n".join(lines)

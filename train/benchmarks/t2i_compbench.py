@@ -19,11 +19,13 @@ import argparse
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .runner import (DATA, Item, add_common_args, claim_outdir, parse, render_and_save, run, run_settings,
-                     setup)
+from .runner import (DATA, GenerationSettings, Item, add_common_args, claim_outdir, load_resources, parse,
+                     render_and_save, run, run_settings)
+from .settings import settings_from
 
 CATEGORIES = ("color_val", "shape_val", "texture_val", "spatial_val", "non_spatial_val", "complex_val")
 PLUS = ("numeracy_val", "3d_spatial_val")
@@ -126,18 +128,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parse(p, argv)
 
 
+@dataclass(frozen=True)
+class T2ICompBenchSettings:
+    """``bench t2i-compbench``'s options (:func:`parse_args`), typed."""
+
+    dataset: str                        # folder of <category>.txt files
+    categories: str                     # comma-separated split names
+    revision: str                       # one of REVISIONS
+    generation: GenerationSettings
+
+
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    args = parse_args(argv)
-    categories = [c.strip() for c in args.categories.split(",") if c.strip()]
-    items = load_items(args.dataset, categories, args.limit, args.revision)
-    files = {f"prompts/{c}": prompt_bytes(args.dataset, c, args.revision) for c in categories}
-    claim_outdir(args.outdir, "t2i-compbench", run_settings(args, files, skip=("dataset",)))
-    s = setup(args)
+    settings = settings_from(T2ICompBenchSettings, parse_args(argv))
+    generation, dataset, revision = settings.generation, settings.dataset, settings.revision
+    categories = [c.strip() for c in settings.categories.split(",") if c.strip()]
+    items = load_items(dataset, categories, generation.limit, revision)
+    files = {f"prompts/{c}": prompt_bytes(dataset, c, revision) for c in categories}
+    claim_outdir(generation.outdir, "t2i-compbench", run_settings(settings, files, skip=("dataset",)))
+    resources = load_resources(generation)
 
     def process(item: Item) -> list[dict]:
-        category, p = item.meta["category"], item.meta["prompt_index"]
-        names = [f"{category}/samples/{item.prompt}_{p * args.samples + j:06d}.png" for j in range(args.samples)]
-        return render_and_save(s, args, item, names, category=category)
+        category, p, samples = item.meta["category"], item.meta["prompt_index"], generation.samples
+        names = [f"{category}/samples/{item.prompt}_{p * samples + j:06d}.png" for j in range(samples)]
+        return render_and_save(resources, generation, item, names, category=category)
 
     def by_category(records: list[dict]) -> dict:
         cats = {}
@@ -147,4 +160,4 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
                 cats.setdefault(r["category"], []).append(total["initial"] - total["best"])
         return {"gain_by_category": {c: sum(v) / len(v) for c, v in cats.items()}}
 
-    return run("t2i-compbench", items, process, s, args, by_category)
+    return run("t2i-compbench", items, process, resources, generation.outdir, generation.summary_wait, by_category)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import geneval, i2p, t2i_compbench
-from .runner import RUN_FILE, fmt, read_records, summarise_records
+from .runner import RUN_FILE, cell, read_records, summarise_records
 
 COLUMNS = {  # (key in a row, column title), in the papers' order
     "geneval": list(zip(geneval.TASKS, ("Single", "Two obj.", "Counting", "Colors", "Position", "Color attr.")))
@@ -90,8 +90,8 @@ def format_table(benchmark: str, rows: list[dict]) -> str:
     lines = [f"== {benchmark}", f"{'run':<{width}}" + "".join(f"{name:>{w}}" for _, name, w in columns) +
              f"{'images':>9}{'s/image':>10}"]
     for r in rows:
-        lines.append(f"{r['run']:<{width}}" + "".join(f"{fmt(r.get(k)):>{w}}" for k, _, w in columns) +
-                     f"{fmt(r.get('images'), 'd'):>9}{fmt(r['s_per_image'], '.2f'):>10}")
+        lines.append(f"{r['run']:<{width}}" + "".join(f"{cell(r.get(k)):>{w}}" for k, _, w in columns) +
+                     f"{cell(r.get('images'), 'd'):>9}{cell(r['s_per_image'], '.2f'):>10}")
         if r.get("partial"):
             lines.append("  scored images / images on disk differ: " +
                          ", ".join(f"{c} {v}" for c, v in r["partial"].items()))
