@@ -1,10 +1,12 @@
 """What every command line of the project (``python -m latent_clip``, ``python -m train ...``) does with
-an error: one line on stderr saying what was wrong, where and what was expected, and exit status 2.
-The traceback is printed only with ``--debug`` (accepted anywhere on the command line)."""
+its subcommands (:func:`dispatch`) and with an error: one line on stderr saying what was wrong, where and what
+was expected, and exit status 2. The traceback is printed only with ``--debug`` (accepted anywhere on the
+command line)."""
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from .fields import one_line
 
@@ -45,3 +47,18 @@ def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) 
         print(f"error: {describe(err)}", file=sys.stderr, flush=True)
         return ERROR_EXIT
     return 0
+
+
+def dispatch(argv: Sequence[str] | None, usage: str, commands: Mapping[str, str | Callable], package: str):
+    """Run ``commands[argv[0]]`` on the rest of ``argv``: a callable, or a module (relative to
+    ``package``) whose ``main(argv)`` is imported only when chosen. Prints ``usage`` for -h/none."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return None
+    command, rest = argv[0], argv[1:]
+    if command not in commands:
+        raise SystemExit(f"unknown command {command!r}\n{usage}")
+    target = commands[command]
+    run = target if callable(target) else importlib.import_module(target, package).main
+    return run(rest)

@@ -83,8 +83,9 @@ def load_model(path: str | Path, config: ModelConfig | Mapping | str | Path | No
     by its path or by its registry name (:mod:`latent_clip.pretrained`: read from the Hugging Face cache).
 
     ``config``: None (the registry's architecture for a file it names or recognises, else the export's JSON,
-    else inferred from the tensors), a config name, a path to a JSON in the official schema, or a dict. ``vae_encoder=False`` drops a bundled VAE encoder
-    (the pixel path) without reading it. Returns the model in eval mode.
+    else inferred from the tensors), a config name, a path to a JSON in the official schema, or a dict.
+    ``vae_encoder=False`` drops a bundled VAE encoder (the pixel path) without reading it. Returns the model in
+    eval mode.
     """
     target = available_device(device or "cpu")  # before anything is read
     path, official = resolve_weights(path)

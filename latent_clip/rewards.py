@@ -9,7 +9,8 @@ sequence of strings, one per sample (:data:`Prompts`).
 
 Losses follow ReNO (arXiv 2406.04312, ``rewards/*.py``): CLIPScore is
 ``100 - exp(logit_scale) * cos``, PickScore ``30 - exp(logit_scale) * cos`` (the benchmarks' transformers
-model: ``train/benchmarks/pixel_rewards.py``), HPSv2 ``1 - cos``, so weights are comparable with ReNO's (``w = 0.01`` CLIPScore, ``0.05`` PickScore, ``5.0`` HPS).
+model: ``train/benchmarks/pixel_rewards.py``), HPSv2 ``1 - cos``, so weights are comparable with ReNO's
+(``w = 0.01`` CLIPScore, ``0.05`` PickScore, ``5.0`` HPS).
 ReNO's objective for one CLIP reward is :data:`CLIP_SCORE_WEIGHT` times its loss plus
 ``latent_clip.reno.norm_regulariser`` at ``RENO.reg_weight``, clipped after summing: the weight
 is not a free scale, it sets how hard the noise norm is held against the reward.

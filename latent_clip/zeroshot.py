@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .contract import check_finite_result
 from .fields import MAX_LABELS, MAX_TEMPLATES, check_template, check_texts, field_lines, fill_template, shorten
@@ -63,3 +64,19 @@ def classify(model: LatentCLIP, latents: torch.Tensor, classifier: torch.Tensor,
     features = model.encode_latents(latents, progress=progress).float()
     logits = model.logit_scale.exp().float() * features @ classifier.float()
     return check_finite_result(logits.softmax(dim=-1), "class probabilities")
+
+
+def open_clip_classifier(model: nn.Module, classnames: Sequence[str], templates: Sequence, device) -> torch.Tensor:
+    """open_clip's zero-shot classifier (``build_zero_shot_classifier``) for any model with open_clip's
+    ``encode_text`` (a pixel CLIP, or a Latent-CLIP for side-by-side runs): (embed_dim, classes) text weights,
+    each the mean of a class's normalised template embeddings, renormalised. ``templates`` are open_clip's
+    (strings or callables, e.g. ``OPENAI_IMAGENET_TEMPLATES``); names and texts within
+    :func:`~latent_clip.fields.check_texts`'s bounds."""
+    import open_clip
+    check_texts(classnames, "class name")
+
+    def tokenize(texts: Sequence[str]) -> torch.Tensor:
+        return open_clip.tokenize(check_texts(texts, "text"), context_length=model.context_length)
+
+    return open_clip.build_zero_shot_classifier(model, tokenize, classnames, templates, num_classes_per_batch=10,
+                                                device=device)

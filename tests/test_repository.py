@@ -20,11 +20,11 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 OWN = {"latent_clip", "train", "bench", "nodes", "tests"} | {p.stem for p in (REPO / "tests").glob("*.py")}  # + helpers
 COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "execution",
                    "nodes", "latent_preview", "node_helpers"}  # top-level modules of ComfyUI itself
-FORBIDDEN_IMPORTS = {
-    # layer: top-level modules it must never import (ComfyUI's own, and the layers above it)
-    "latent_clip": COMFYUI_MODULES | {"train"},
-    "train": COMFYUI_MODULES,
-}
+TEST_HELPERS = {p.stem for p in (REPO / "tests").glob("*.py")}  # fixtures, synthetic, tiny_pipelines, ...
+# The trainer's public names (train/__init__.py's __all__): all that train/benchmarks and train/tinyworld may use
+TRAINER_PUBLIC = set(next(ast.literal_eval(node.value) for node in ast.parse((REPO / "train/__init__.py").read_text())
+                          .body if isinstance(node, ast.Assign) and node.targets[0].id == "__all__"))
+TRAIN_PARTS = ("benchmarks", "tinyworld")  # train/'s two parts beside the trainer
 
 
 def tracked_files() -> list[str]:
@@ -81,39 +81,64 @@ def test_every_third_party_import_is_declared():
     assert not undeclared, "imported but not installed by scripts/setup.sh"
 
 
-def imported_modules(source: str, package: tuple[str, ...]) -> set[str]:
-    """Top-level names of every import in ``source`` (module level and inside functions) of a file in
-    ``package``; a relative import is resolved, so ``from ..nodes import x`` in latent_clip/ is ``nodes``."""
-    names = set()
+def imported_targets(source: str, package: tuple[str, ...]) -> set[str]:
+    """Dotted names of what every import in ``source`` (module level and inside functions) of a file in
+    ``package`` reaches, relative imports resolved: ``import a.b`` is ``a.b``, ``from ..data import x`` in
+    train/benchmarks/ is ``train.data.x``, ``from .. import x`` there ``train.x``."""
+    targets = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
+            targets |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             base = package[:len(package) - node.level + 1] if node.level else ()
-            if base:
-                names.add(base[0])
-            elif node.module:
-                names.add(node.module.split(".")[0])
-            else:  # from .. import x, climbing to the root: x is a top-level module
-                names |= {alias.name for alias in node.names}
-    return names
+            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            targets |= {f"{module}.{alias.name}" if module else alias.name for alias in node.names}
+    return targets
 
 
-@pytest.mark.parametrize("layer", sorted(FORBIDDEN_IMPORTS))
-def test_layers_import_only_downward(layer):
-    files = sorted((REPO / layer).rglob("*.py"))
+def imported_modules(source: str, package: tuple[str, ...]) -> set[str]:
+    """Top-level names of every import in ``source``: ``from ..nodes import x`` in latent_clip/ is ``nodes``."""
+    return {target.split(".")[0] for target in imported_targets(source, package)}
+
+
+def refused(part: str, target: str) -> bool:
+    """Whether a file of ``part`` may not import ``target``: imports go down (ComfyUI, ``nodes``, ``train`` and
+    the tests' helpers stay out of the library; ComfyUI and the tests out of ``train``); train/'s benchmarks and
+    tiny world use the trainer only through its public names and never each other; a test module never imports
+    another (its tests would be collected twice)."""
+    top, parts = target.split(".")[0], target.split(".")
+    if part == "tests":
+        return top.startswith("test_")
+    if top in TEST_HELPERS or top == "bench":
+        return True
+    if part == "latent_clip":
+        return top in COMFYUI_MODULES | {"train"}
+    if part == "nodes":
+        return top == "train"
+    if top in COMFYUI_MODULES:
+        return True
+    if top != "train" or len(parts) < 2:
+        return False
+    if part == "train":
+        return parts[1] in TRAIN_PARTS
+    return parts[1] != part.removeprefix("train/") and parts[1] not in TRAINER_PUBLIC
+
+
+def part_of(path: Path) -> str:
+    """latent_clip, nodes, train (the trainer), train/benchmarks, train/tinyworld or tests."""
+    top = path.relative_to(REPO).parts
+    return f"train/{top[1]}" if top[0] == "train" and top[1] in TRAIN_PARTS else top[0]
+
+
+@pytest.mark.parametrize("part", ["latent_clip", "nodes", "train", "train/benchmarks", "train/tinyworld", "tests"])
+def test_parts_import_only_across_their_borders(part):
+    files = sorted(f for f in (REPO / part).rglob("*.py") if part_of(f) == part)
     assert files
-    leaks = {f.relative_to(REPO): imported_modules(f.read_text(), f.relative_to(REPO).parent.parts)
-             & FORBIDDEN_IMPORTS[layer] for f in files}
-    assert not {str(f): sorted(names) for f, names in leaks.items() if names}, f"{layer}/ imports a layer above it"
-
-
-def test_no_test_module_imports_another():
-    """Tests share code through tests/fixtures.py, conftest.py and the other helper modules, never by
-    importing a test module (which would collect or run its tests twice)."""
-    offenders = {str(f.relative_to(REPO)): sorted(n for n in imported_modules(f.read_text(), ()) if n.startswith("test_"))
-                 for f in (REPO / "tests").rglob("test_*.py")}
-    assert not {f: names for f, names in offenders.items() if names}
+    leaks = {}
+    for f in files:
+        targets = imported_targets(f.read_text(), f.relative_to(REPO).parent.parts)
+        leaks[str(f.relative_to(REPO))] = sorted(t for t in targets if refused(part, t))
+    assert not {f: targets for f, targets in leaks.items() if targets}, f"{part} imports across its borders"
 
 
 def test_boundary_check_sees_relative_and_local_imports():
@@ -123,6 +148,12 @@ def test_boundary_check_sees_relative_and_local_imports():
              "from . import contract\nfrom .model import LatentCLIP\n"
     assert imported_modules(source, ("latent_clip",)) == {"comfy", "nodes", "train", "latent_clip"}
     assert imported_modules("from ..model import x", ("latent_clip", "sub")) == {"latent_clip"}
+    internal = imported_targets("from ..data import write_tar\nfrom .. import fit\nfrom . import runner\n",
+                                ("train", "benchmarks"))
+    assert internal == {"train.data.write_tar", "train.fit", "train.benchmarks.runner"}
+    assert [refused("train/benchmarks", t) for t in sorted(internal)] == [False, True, False]  # runner, data, fit
+    assert refused("train/tinyworld", "train.benchmarks.runner") and refused("train", "train.tinyworld.study")
+    assert refused("nodes", "train.fit") and refused("latent_clip", "synthetic") and refused("tests", "test_setup")
 
 
 PARENTS = re.compile(r"Path\(__file__\)(?:\.resolve\(\))?(?:\.parents\[(\d+)\]|((?:\.parent(?!s))+))")
@@ -266,3 +297,21 @@ def test_node_package_ships_what_the_nodes_load_and_nothing_else():
     unused = {f for f in tracked_files() if f.startswith("latent_clip/assets/tinyworld/")
               and f.split("/")[3].split(".")[0] in ("pixel_clip", "generator", "vae")}
     assert unused and not unused & shipped
+
+
+# Functions over MAX_FUNCTION_LINES that read as numbered steps, and which steps
+LONG_BY_STEPS = {"latent_clip/reno.py:optimize_noise": "ReNO's loop as steps 1-4: leaf, generate and score, "
+                                                        "track the best, regularise and step"}
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_outside_tests_is_longer_than_sixty_lines():
+    long = {}
+    for f in (REPO / part for part in ("latent_clip", "nodes", "train", "bench", "workflows", "scripts")):
+        for path in f.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        long[f"{path.relative_to(REPO)}:{node.name}"] = lines
+    assert set(long) == set(LONG_BY_STEPS), long

@@ -6,8 +6,6 @@ from typing import Sequence
 
 from latent_clip import cli
 
-from .cli import dispatch
-
 USAGE = """usage: python -m train {encode,fit,eval zeroshot,bench,tinyworld} [--help]
 
   encode          image-caption shards / folders -> raw VAE latent shards (wds or safetensors)
@@ -23,7 +21,7 @@ COMMANDS = {"encode": ".encode", "fit": ".main", "eval": ".evaluate", "bench": "
 
 
 def main(argv: Sequence[str] | None = None):
-    return dispatch(argv, USAGE, COMMANDS, __package__)
+    return cli.dispatch(argv, USAGE, COMMANDS, __package__)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import itertools
 import json
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -27,9 +26,9 @@ from torch import nn
 
 from latent_clip import LatentCLIP, load_model
 from latent_clip.contract import non_finite_items
-from latent_clip.fields import MAX_FIELD_CHARS, check_texts
+from latent_clip.fields import MAX_FIELD_CHARS
 from latent_clip.filebounds import read_bounded
-from latent_clip.zeroshot import parse_labels, parse_templates
+from latent_clip.zeroshot import open_clip_classifier, parse_labels, parse_templates
 
 from .data import FolderShard, ImageTransform, Sample, expand_shards, folder_rows, open_shard
 from .models import DecodedTeacher, load_pixel_model, load_vae, pixel_transform
@@ -85,19 +84,6 @@ def batches(shards: Sequence, batch_size: int) -> Iterator[list[Sample]]:
     samples = (shard[i] for shard in shards for i in range(len(shard)))
     while batch := list(itertools.islice(samples, batch_size)):
         yield batch
-
-
-def classifier(model: nn.Module, classnames: Sequence[str], templates: Sequence, device) -> torch.Tensor:
-    """(embed_dim, classes) text weights: mean of normalised template embeddings, renormalised."""
-    check_texts(classnames, "class name")
-    tokenizer = partial(bounded_tokenize, context_length=model.context_length)
-    return open_clip.build_zero_shot_classifier(model, tokenizer, classnames, templates,
-                                                num_classes_per_batch=10, device=device)
-
-
-def bounded_tokenize(texts: Sequence[str], context_length: int) -> torch.Tensor:
-    """open_clip's tokens of ``texts`` within :func:`latent_clip.fields.check_texts`'s bounds."""
-    return open_clip.tokenize(check_texts(texts, "text"), context_length=context_length)
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
@@ -203,12 +189,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     results = {}
     if args.model:
         model = load_model(args.model, config=args.config, device=device, vae_encoder=False)
-        weights = classifier(model, classnames, templates, device)
+        weights = open_clip_classifier(model, classnames, templates, device)
         features = LatentFeatures(model, vae, args.image_size)
         results["latent"] = zeroshot(features, weights, shards, args.batch_size)
     if args.pixel_model:
         pixel = load_pixel_model(args.pixel_model, args.pixel_checkpoint, device)
-        weights = classifier(pixel, classnames, templates, device)
+        weights = open_clip_classifier(pixel, classnames, templates, device)
         results["pixel"] = zeroshot(PixelFeatures(pixel, vae), weights, shards, args.batch_size)
     table = {k: asdict(v) for k, v in results.items()}
     print(f"{'model':<8} {'top1':>7} {'top5':>7} {'n':>7}")

@@ -18,7 +18,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,9 +33,10 @@ from latent_clip import LatentCLIP, save_export
 from latent_clip.contract import non_finite_items
 from latent_clip.files import atomic_write
 from latent_clip.weights import load_weights
+from latent_clip.zeroshot import open_clip_classifier
 
 from . import checkpoint, evaluate
-from .data import (BatchPlan, MicroBatch, ProblemLog, ShardError, TrainBatches, expand_shards, open_shard,
+from .data import (BatchPlan, MicroBatch, Problem, ProblemLog, ShardError, TrainBatches, expand_shards, open_shard,
                    shard_sizes)
 from .distributed import DistEnv, barrier, cleanup, init_distributed, mean_across
 from .losses import ContrastiveForward, DistillLoss, FitLoss
@@ -88,33 +89,21 @@ def fit(cfg: FitConfig) -> list[float]:
     objective = fit_objective(cfg, env)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
-    # data sizes (unreadable shards count 0 rows), schedule, resume point; then a pure function of seed and step
-    shards = expand_shards(cfg.train_data)
-    sizes, startup_problems = shard_sizes(shards)
-    if not sum(sizes):
-        raise ShardError(f"no readable samples in the {len(shards)} shards of {cfg.train_data}"
-                         + (f" (e.g. {startup_problems[0].detail})" if startup_problems else ""))
-    if cfg.model_kind == "latent":
-        check_latents_fit(model, shards, sizes)
-    samples_per_epoch = cfg.samples_per_epoch or sum(sizes)
-    total_steps = cfg.max_steps or cfg.epochs * samples_per_epoch // cfg.batch_size
-    step, problems = restore(resume, model, optimizer, cfg, env)
-    data_changed = problems.add(startup_problems if env.is_master else ())  # logged with the next step
+    data = plan_data(cfg, model)
+    total_steps, (step, problems) = data.total_steps, restore(resume, model, optimizer, cfg, env)
+    data_changed = problems.add(data.problems if env.is_master else ())  # logged with the next step
     forward = ContrastiveForward(model)  # DDP wraps this; `model` stays unwrapped for saving
     if env.distributed:
         forward = DDP(forward, device_ids=[env.device] if env.device.type == "cuda" else None,
                       static_graph=cfg.ddp_static_graph)
     plan = BatchPlan(cfg.batch_size, cfg.micro_batch_size, env.world_size, env.rank, cfg.data_split)
-    transform = pixel_transform(model) if cfg.model_kind == "pixel" else None
-    batches = TrainBatches(shards, plan, seed=cfg.seed, start_step=step, transform=transform, sizes=sizes)
-    loader = iter(DataLoader(batches, batch_size=None, num_workers=cfg.workers,
-                             pin_memory=env.device.type == "cuda") if cfg.workers else batches)
+    loader = batch_loader(cfg, env, model, data, plan, step)  # a pure function of seed and step
 
     losses: list[float] = []
     stuck = StuckLoss(cfg)
     if env.is_master:
         print(f"fit: {total_steps} steps from {step}, global batch {cfg.batch_size} = {env.world_size} ranks x "
-              f"{plan.accum} accum x {cfg.micro_batch_size}, {sum(sizes)} samples in {len(shards)} shards",
+              f"{plan.accum} accum x {cfg.micro_batch_size}, {sum(data.sizes)} samples in {len(data.shards)} shards",
               flush=True)
     forward.train()
     tic = time.time()
@@ -125,36 +114,80 @@ def fit(cfg: FitConfig) -> list[float]:
         loss = train_step(model, forward, optimizer, objective, fetched, lr, step + 1, cfg, env)
         step += 1
         losses.append(loss)
-        if env.is_master and (warning := stuck.check(loss, step)):
-            print(warning, flush=True)
         if env.is_master:
-            append_log(cfg, {"step": step, "loss": loss, "lr": lr, **({"data": problems.counts()} if data_changed
-                                                                       else {})})
+            log_step(cfg, model, step, total_steps, loss, lr, problems.counts() if data_changed else None,
+                     rate=cfg.batch_size * len(losses) / (time.time() - tic), warning=stuck.check(loss, step))
             data_changed = False
-            if step % cfg.log_every == 0 or step == total_steps:
-                rate = cfg.batch_size * len(losses) / (time.time() - tic)
-                print(f"step {step}/{total_steps} loss {loss:.4f} lr {lr:.2e} "
-                      f"scale {model.logit_scale.exp().item():.1f} {rate:.1f} samples/s", flush=True)
         if cfg.zeroshot_data and due(cfg.eval_every, step, total_steps):
             on_rank0(env, lambda: zeroshot_eval(model, cfg, env.device, step))
             forward.train()
         if due(cfg.save_every, step, total_steps):
             on_rank0(env, lambda: checkpoint.save(
                 cfg.run_dir, model, optimizer, step=step, samples_seen=step * cfg.batch_size,
-                epoch=step * cfg.batch_size // samples_per_epoch, config=asdict(cfg), model_cfg=model_cfg_dict(model),
-                model_kind=cfg.model_kind, keep=bool(cfg.keep_every) and step % cfg.keep_every == 0,
-                data_problems=problems.state()))
-
-    # the inference export (safetensors + JSON) that the ComfyUI loader reads, and the summary
+                epoch=step * cfg.batch_size // data.samples_per_epoch, config=asdict(cfg),
+                model_cfg=model_cfg_dict(model), model_kind=cfg.model_kind,
+                keep=bool(cfg.keep_every) and step % cfg.keep_every == 0, data_problems=problems.state()))
     if env.is_master:
-        if isinstance(model, LatentCLIP) and step == total_steps:
-            save_export(model, cfg.run_dir / "model.safetensors")
-        summary = {"steps": step, "total_steps": total_steps, "final_loss": losses[-1] if losses else None,
-                   "data": problems.counts()}
-        atomic_write(cfg.run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
-        print(f"fit: done at step {step}/{total_steps}; bad data skipped: {json.dumps(problems.counts())}", flush=True)
+        finish(cfg, model, step, total_steps, losses, problems)
     cleanup(env)
     return losses
+
+
+def log_step(cfg: FitConfig, model: nn.Module, step: int, total_steps: int, loss: float, lr: float,
+             data_counts: dict | None, rate: float, warning: str | None) -> None:
+    """Rank 0, after each step: the log line (with the bad-data counts when they changed), a stuck-loss
+    warning, and a progress line every ``cfg.log_every`` steps and after the last."""
+    if warning:
+        print(warning, flush=True)
+    append_log(cfg, {"step": step, "loss": loss, "lr": lr, **({"data": data_counts} if data_counts else {})})
+    if step % cfg.log_every == 0 or step == total_steps:
+        print(f"step {step}/{total_steps} loss {loss:.4f} lr {lr:.2e} "
+              f"scale {model.logit_scale.exp().item():.1f} {rate:.1f} samples/s", flush=True)
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    shards: list[Path]
+    sizes: list[int]               # rows per shard; an unreadable shard counts 0
+    problems: list[Problem]        # what made a shard unreadable
+    samples_per_epoch: int
+    total_steps: int
+
+
+def plan_data(cfg: FitConfig, model: nn.Module) -> DataPlan:
+    """The training data's shards and sizes, checked against ``model`` before the first step (no readable
+    sample, or latents of another shape than a Latent-CLIP's config, is an error), and the step count."""
+    shards = expand_shards(cfg.train_data)
+    sizes, problems = shard_sizes(shards)
+    if not sum(sizes):
+        raise ShardError(f"no readable samples in the {len(shards)} shards of {cfg.train_data}"
+                         + (f" (e.g. {problems[0].detail})" if problems else ""))
+    if cfg.model_kind == "latent":
+        check_latents_fit(model, shards, sizes)
+    samples_per_epoch = cfg.samples_per_epoch or sum(sizes)
+    total_steps = cfg.max_steps or cfg.epochs * samples_per_epoch // cfg.batch_size
+    return DataPlan(shards, sizes, problems, samples_per_epoch, total_steps)
+
+
+def batch_loader(cfg: FitConfig, env: DistEnv, model: nn.Module, data: DataPlan, plan: BatchPlan, step: int):
+    """This rank's micro-batches from ``step`` on (pixel models get their own image transform), read by
+    ``cfg.workers`` DataLoader workers or in this process."""
+    transform = pixel_transform(model) if cfg.model_kind == "pixel" else None
+    batches = TrainBatches(data.shards, plan, seed=cfg.seed, start_step=step, transform=transform, sizes=data.sizes)
+    return iter(DataLoader(batches, batch_size=None, num_workers=cfg.workers,
+                           pin_memory=env.device.type == "cuda") if cfg.workers else batches)
+
+
+def finish(cfg: FitConfig, model: nn.Module, step: int, total_steps: int, losses: list[float],
+           problems: ProblemLog) -> None:
+    """Rank 0, after the loop: the inference export (safetensors + JSON) the ComfyUI loader reads, once the
+    run is complete, and the summary."""
+    if isinstance(model, LatentCLIP) and step == total_steps:
+        save_export(model, cfg.run_dir / "model.safetensors")
+    summary = {"steps": step, "total_steps": total_steps, "final_loss": losses[-1] if losses else None,
+               "data": problems.counts()}
+    atomic_write(cfg.run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+    print(f"fit: done at step {step}/{total_steps}; bad data skipped: {json.dumps(problems.counts())}", flush=True)
 
 
 def check_latents_fit(model: LatentCLIP, shards: Sequence[Path], sizes: Sequence[int]) -> None:
@@ -338,7 +371,7 @@ def zeroshot_eval(model: torch.nn.Module, cfg: FitConfig, device: torch.device, 
     """Zero-shot top-1 / top-5 on ``cfg.zeroshot_data`` after ``step``, logged and printed."""
     model.eval()
     classnames = evaluate.load_classnames(cfg.zeroshot_classnames, cfg.zeroshot_data)
-    weights = evaluate.classifier(model, classnames, evaluate.load_templates(cfg.zeroshot_templates), device)
+    weights = open_clip_classifier(model, classnames, evaluate.load_templates(cfg.zeroshot_templates), device)
     vae = load_vae(cfg.vae, device) if cfg.vae else None
     features = (evaluate.LatentFeatures if cfg.model_kind == "latent" else evaluate.PixelFeatures)(model, vae)
     result = evaluate.zeroshot(features, weights, evaluate.labelled_shards(cfg.zeroshot_data))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..cli import dispatch
+from latent_clip.cli import dispatch
 
 USAGE = """usage: python -m train bench {geneval,t2i-compbench,i2p,imagenet-gen,summary,table} [--help]
 

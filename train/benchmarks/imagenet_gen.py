@@ -25,8 +25,7 @@ from PIL import Image
 
 from latent_clip.files import atomic_write
 
-from ..data import ImageTransform, folder_rows, write_latent_shard, write_sizes
-from ..distributed import DistEnv
+from .. import DistEnv, ImageTransform, folder_rows, write_latent_shard, write_sizes
 from .generators import GeneratorSettings, add_pipeline_args, load_generator
 from .outputs import OutputTree
 from .runner import Item, RankResources, decode_pil, run
@@ -148,7 +147,7 @@ class ImagenetGenRun:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from ..evaluate import load_classnames
+    from .. import load_classnames
 
     settings = settings_from(ImagenetGenSettings, parse_args(argv))
     rows, folders = folder_rows(settings.data, labels_from_folders=True)
@@ -177,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def zeroshot_both(settings: ZeroshotSettings, out: Path, device: torch.device) -> dict:
     """``train eval zeroshot`` on the stored real and generated latents (same crops, same labels)."""
-    from ..evaluate import main as evaluate
+    from .. import eval_command as evaluate
 
     results = {}
     for split in ("real", "gen"):

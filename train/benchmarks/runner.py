@@ -35,7 +35,7 @@ from latent_clip import LatentContractError, check_family, load_model
 from latent_clip.reno import RENO, RenoSettings, optimize_noise
 from latent_clip.rewards import CLIP_SCORE_WEIGHT, latent_alignment, latent_avoid, on_decoded, weighted_sum
 
-from ..distributed import DistEnv
+from .. import DistEnv
 from . import pixel_rewards
 from .generators import DiffusersGenerator, GeneratorSettings, Timer, add_pipeline_args, load_generator
 from .outputs import OutputTree

@@ -22,11 +22,9 @@ from PIL import Image
 from latent_clip import LatentCLIP, ModelConfig, build_classifier, classify
 from latent_clip.pixel_clip import clip_preprocess, pixel_preprocess
 from latent_clip.weights import load_weights
+from latent_clip.zeroshot import open_clip_classifier
 
-from ..data import SafetensorsShard, expand_shards, write_tar
-from ..evaluate import classifier
-from ..main import fit as train_fit
-from ..params import FitConfig
+from .. import FitConfig, SafetensorsShard, expand_shards, fit as train_fit, write_tar
 from .vae import encode
 from .world import (CATEGORIES, COLOURS, PREFIXES, RELATIONS, SHAPES, Query, Sample, Spec, images_tensor, make_samples,
                     noun_phrase)
@@ -69,8 +67,8 @@ def read_latent_shards(directory: Path) -> tuple[torch.Tensor, list[str]]:
 
 def fit(kind: str, cfg: dict, data: Path, out: Path, steps: int, batch: int, lr: float = 2e-3,
         grad_clip: float = 1.0, seed: int = 0) -> Path:
-    """The trainer's :func:`train.main.fit`, as ``python -m train fit`` calls it; returns the final checkpoint. Warmup is a
-    tenth of the steps and gradients are clipped: without both, the pixel CLIP at lr 5e-3
+    """The trainer's :func:`train.fit`, as ``python -m train fit`` calls it; returns the final checkpoint.
+    Warmup is a tenth of the steps and gradients are clipped: without both, the pixel CLIP at lr 5e-3
     collapsed to constant features (loss stuck at log(batch))."""
     shutil.rmtree(out / kind, ignore_errors=True)  # the study retrains from scratch; fit refuses to overwrite a run
     train_fit(FitConfig(model=cfg, model_kind=kind, train_data=data, batch_size=batch, micro_batch_size=batch,
@@ -162,7 +160,8 @@ def zero_shot(kind: str, model, data: dict[str, HeldOut], prefix: str = PREFIXES
     if kind == "latent":
         probs = classify(model, d.latents, build_classifier(model, classes, templates))
     else:
-        probs = image_features(kind, model, d.images, d.latents) @ classifier(model, classes, templates, "cpu")
+        weights = open_clip_classifier(model, classes, templates, "cpu")
+        probs = image_features(kind, model, d.images, d.latents) @ weights
     truth = [classes.index(f"{s.spec.queries[0].colour} {s.spec.queries[0].shape}") for s in d.samples]
     acc["object"] = float((probs.argmax(-1) == torch.tensor(truth)).float().mean())
     return acc

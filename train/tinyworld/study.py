@@ -25,12 +25,12 @@ from safetensors.torch import save_file
 
 from latent_clip import load_model, save_export
 from latent_clip.config import DEMO_DIR, DEMO_WEIGHTS
-from latent_clip.weights import load_weights, read_export_config
+from latent_clip.pixel_clip import load_pixel_clip
 from latent_clip.reno import optimize_noise
 from latent_clip.rewards import latent_alignment
+from latent_clip.weights import load_weights, read_export_config
 
-from ..encode import main as encode_main
-from ..models import load_pixel_model
+from .. import encode_command
 from . import clips, steer
 from . import vae as tiny_vae
 from .generator import TinyFlowModel, train_generator
@@ -101,15 +101,15 @@ def train_all(p: Preset, out: Path, clock: Clock, weights: Path = ASSETS, seed: 
     vae = tiny_vae.train_vae(p.vae_steps, seed=seeds["train"]) if p.vae_steps else tiny_vae.load(weights / "vae")
     tiny_vae.save(vae, out / "models" / "vae")
     t = clock.lap("vae", t)
-    encode_main(["--input", str(out / "data" / "images"), "--vae", str(out / "models" / "vae"),
-                 "--out", str(out / "data" / "latents"), "--format", "safetensors", "--size", "64",
-                 "--store-dtype", "fp32", "--batch-size", "100", "--device", "cpu"])
+    encode_command(["--input", str(out / "data" / "images"), "--vae", str(out / "models" / "vae"),
+                    "--out", str(out / "data" / "latents"), "--format", "safetensors", "--size", "64",
+                    "--store-dtype", "fp32", "--batch-size", "100", "--device", "cpu"])
     t = clock.lap("encode", t)
     models = {"vae": vae}
     for kind, cfg, data in (("latent", clips.LATENT_CFG, "latents"), ("pixel", clips.PIXEL_CFG, "images")):
         ckpt = clips.fit(kind, cfg, out / "data" / data, out / "fit", p.clip_steps, p.clip_batch, p.clip_lr,
                          seed=seed)
-        models[kind] = clips.load_latent_checkpoint(ckpt, cfg) if kind == "latent" else load_pixel_model(cfg, ckpt)
+        models[kind] = clips.load_latent_checkpoint(ckpt, cfg) if kind == "latent" else load_pixel_clip(cfg, ckpt)
         t = clock.lap(f"fit {kind} clip", t)
     raw, captions = clips.read_latent_shards(out / "data" / "latents")
     models["generator"] = train_generator(raw * tiny_vae.SCALING_FACTOR, captions, p.generator_steps, seed=seed)
@@ -138,7 +138,7 @@ def load_models(directory: Path) -> dict:
     generator = TinyFlowModel(**json.loads((directory / "generator.json").read_text()))
     pixel = directory / "pixel_clip.safetensors"
     return {"vae": tiny_vae.load(directory / "vae"), "latent": load_model(directory / DEMO_WEIGHTS.name),
-            "pixel": load_pixel_model(read_export_config(pixel.with_suffix(".json")), pixel),
+            "pixel": load_pixel_clip(read_export_config(pixel.with_suffix(".json")), pixel),
             "generator": load_weights(generator, directory / "generator.safetensors").eval().requires_grad_(False)}
 
 
