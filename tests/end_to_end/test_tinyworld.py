@@ -1,12 +1,13 @@
-"""Tiny world: the judge is exact on ground truth, the study trains models that learn, and the
-embedded weights run the demo."""
+"""Tiny world: the judge is exact on ground truth, the study trains models that learn, the
+embedded weights run the demo, and its printout explains itself."""
+import copy
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 
-from train.tinyworld import study
+from train.tinyworld import report, study
 from train.tinyworld.judge import detect, judge, judge_batch
 from train.tinyworld.world import CATEGORIES, COLOURS, RELATIONS, SHAPES, Query, Spec, make_sample, make_samples
 
@@ -64,8 +65,53 @@ def test_embedded_weights_load_in_the_library():
     assert models["vae"].config.scaling_factor == latent_clip.get_latent_family("tinyworld").scaling_factor
 
 
+def claim_lines(text: str) -> dict[str, str]:
+    """The verdict lines of a printout, by claim number."""
+    return {line.split()[1]: line for line in text.splitlines() if line.startswith("claim ")}
+
+
+def test_verdicts_on_the_published_run_read_as_the_readme_does():
+    """The run that trained the embedded weights (its results.json), judged by the printout's rule: claim 1
+    holds, claim 2's cost holds and its quality is within noise, claim 3 holds (README, Tiny world)."""
+    published = report.published(study.ASSETS)
+    claims = claim_lines(report.report(published, published))
+    assert "holds, Latent-CLIP ahead: Latent-CLIP zero-shot mean 0.59 vs pixel 0.48, chance 0.31" in claims["1"]
+    assert "cost holds" in claims["2"] and "quality not shown (within noise): judge 0.22 -> 0.33" in claims["2"]
+    assert "holds: images with something red 0.42 -> 0.15 on 48 prompts" in claims["3"]
+
+
+def test_verdicts_follow_the_numbers():
+    """Turn the published figures around and every verdict turns: the pixel CLIP far ahead, the latent
+    reward slower and worse than no ReNO, guidance adding red."""
+    run = copy.deepcopy(report.published(study.ASSETS))
+    z, r, g = run["zeroshot"], run["reno"], run["guidance"]
+    z["latent"], z["pixel"] = z["pixel"], {**z["latent"], "mean": z["pixel"]["mean"] + 0.2}
+    r["latent"]["seconds_per_iteration_per_image"] = 2 * r["pixel"]["seconds_per_iteration_per_image"]
+    r["latent"]["judge"], r["base"]["judge"] = 0.0, 0.5
+    g["forbidden_rate_base"], g["forbidden_rate_guided"] = g["forbidden_rate_guided"], g["forbidden_rate_base"]
+    claims = claim_lines(report.report(run, None))
+    assert "does not hold here: the pixel CLIP is ahead" in claims["1"]
+    assert "cost does not hold here" in claims["2"] and "quality does not hold here" in claims["2"]
+    assert ") does not hold here: images with something red 0.15 -> 0.42" in claims["3"]
+    z["latent"] = {**z["latent"], **{c: z["chance"][c] for c in z["chance"]}}
+    assert "does not hold here: Latent-CLIP is not above chance" in claim_lines(report.report(run, None))["1"]
+
+
+def test_the_printout_says_how_a_run_differs_from_the_published_one():
+    published = report.published(study.ASSETS)
+    demo = {**published, "preset": "demo", "config": asdict(study.PRESETS["demo"]), "seed": 0}
+    why = report.differences(demo, published)
+    assert "40 instead of 100 held-out images per zero-shot category, 24 instead of 36 ReNO prompts, 12 instead of " \
+           "25 ReNO iterations, 24 instead of 48 guidance prompts, 8 instead of 15 guidance iterations." in why
+    quick = {**published, "preset": "quick", "config": asdict(study.PRESETS["quick"]), "seed": 2}
+    assert "trained its own models, with 4000 instead of 10000 training pairs, 300 instead of 1500 CLIP steps" \
+           in report.differences(quick, published) and "seed 2 instead of 0" in report.differences(quick, published)
+    assert "the same settings" in report.differences(published, published)
+    assert "nothing to compare" in report.differences(published, None)
+
+
 @pytest.mark.slow
-def test_demo_runs_on_embedded_weights(tmp_path):
+def test_demo_runs_on_embedded_weights(tmp_path, capsys):
     """The README's main command. Spread of each asserted figure over 10 runs (``--seed`` 0-4 x
     ``--threads`` 1, 2; measured 2026-12-01; threads change nothing here, seeds change the held-out
     data, prompts and noise), as mean +- std [min]:
@@ -78,6 +124,13 @@ def test_demo_runs_on_embedded_weights(tmp_path):
     Every bound sits at least twice the spread below the mean and below every run."""
     results = study.main(["--demo", "--out", str(tmp_path)])
     assert (tmp_path / "results.json").is_file() and (tmp_path / "reward_curves.png").is_file()
+    printed = capsys.readouterr().out
+    intros = [line for line in printed.splitlines() if line.startswith("Claim ")]
+    assert len(intros) == 3 and all("chance" in line for line in intros)
+    assert set(claim_lines(printed)) == {"1", "2", "3"}
+    assert "this demo measures the same weights, without training, on fewer samples: 40 instead of 100" in printed
+    assert report.report(results, report.published(study.ASSETS)) in printed
+    assert (tmp_path / "table.md").read_text() == report.report(results, report.published(study.ASSETS)) + "\n"
     z = results["zeroshot"]
     for kind in ("latent", "pixel"):
         assert z[kind]["object"] > 3 * z["chance"]["object"], (kind, z[kind])

@@ -1,5 +1,5 @@
 """The tiny-world study: every model trained by our own commands, the paper's three claims
-measured, one table printed and written as ``results.json``.
+measured, printed as three tables that explain themselves (:mod:`.report`) and written as ``results.json``.
 
     python -m train tinyworld [--quick] [--out runs/tinyworld]   # train everything, measure
     python -m train tinyworld --demo                              # embedded weights, measure only
@@ -7,7 +7,7 @@ measured, one table printed and written as ``results.json``.
 
 Steps: 1. world shards  2. VAE  3. encode (``python -m train encode``)  4. fit Latent-CLIP and
 pixel CLIP (``python -m train fit``)  5. zero-shot  6. generator  7. ReNO (latent vs pixel reward)
-8. guidance away from a forbidden colour  9. table, plots, examples.
+8. guidance away from a forbidden colour  9. plots, examples, tables explained (:mod:`.report`).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from .. import encode_command
 from . import clips, steer
 from . import vae as tiny_vae
 from .generator import TinyFlowModel, train_generator
+from .report import published, report
 from .world import CATEGORIES, PREFIXES, make_sample
 
 ASSETS = DEMO_DIR
@@ -262,29 +263,6 @@ def save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
-# ---------------------------------------------------------------- table
-
-def table(results: dict) -> str:
-    z, r, g = results["zeroshot"], results["reno"], results["guidance"]
-    rows = ["| zero-shot top-1 (held-out) | chance | Latent-CLIP | pixel CLIP |", "|---|---|---|---|"]
-    for c in (*CATEGORIES, "mean", "object"):
-        rows.append(f"| {c} | {z['chance'][c]:.2f} | {z['latent'][c]:.2f} | {z['pixel'][c]:.2f} |")
-    ceiling = results["judge_ceiling"]["vae_reconstruction"]
-    rows += ["", "| generation (judge, GenEval-style) | judge score | s / image | s / iteration / image |",
-             "|---|---|---|---|", f"| (ceiling: VAE reconstruction of ground truth) | {ceiling:.2f} | - | - |",
-             f"| base generator | {r['base']['judge']:.2f} | - | - |"]
-    for name in ("latent", "pixel"):
-        x = r[name]
-        rows.append(f"| ReNO, {name}-CLIP reward ({r['iterations']} it.) | {x['judge']:.2f} | "
-                    f"{x['seconds_per_image']:.3f} | {x['seconds_per_iteration_per_image']:.4f} |")
-    rows += ["", f"| forbidden concept '{g['concept']}' ({g['prompts']} prompts) | rate | judge score |",
-             "|---|---|---|",
-             f"| no guidance | {g['forbidden_rate_base']:.2f} | {g['judge_base']:.2f} |",
-             f"| latent guidance ({g['iterations']} it., no decode) | {g['forbidden_rate_guided']:.2f} | "
-             f"{g['judge_guided']:.2f} |"]
-    return "\n".join(rows)
-
-
 # ---------------------------------------------------------------- entry
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -321,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results.update(preset=name, config=asdict(preset), stage_seconds=clock.stages,
                    total_seconds=round(time.time() - clock.start, 1), threads=args.threads, seed=args.seed)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = table(results)
+    text = report(results, published(weights))
     (out / "table.md").write_text(text + "\n")
     print(text)
     print(f"[tinyworld] {name}: {results['total_seconds']:.0f} s; results in {out}")
