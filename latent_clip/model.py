@@ -106,7 +106,7 @@ class LatentCLIP(CLIP):
         nn.Module.__init__(self)  # CLIP.__init__ would build a pixel tower we do not want
         self.config = config
         self.output_dict = False
-        self.resize_policy: ResizePolicy = "interpolate"  # measured closer than pooling: README "Resolution policy"
+        self.resize_policy: ResizePolicy = "interpolate"  # measured closer than pooling: docs/performance.md
         self.visual = LatentVisionTower(config.vision, config.embed_dim, vae_encoder)
         text = _build_text_tower(config.embed_dim, CLIPTextCfg(**asdict(config.text)))
         for name in ("transformer", "context_length", "vocab_size", "token_embedding", "positional_embedding",

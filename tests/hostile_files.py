@@ -1,5 +1,5 @@
 """Hostile weight files and text fields, generated: one builder per attack of the reliability table
-(README, "Reliability"). Each builder writes its file into a folder and returns the path to load; the
+(docs/reliability.md). Each builder writes its file into a folder and returns the path to load; the
 expected outcome (a clear error, or a clean load) lives with it in :data:`CASES`. :data:`ISSUE_22_FILES`
 names the files of issue 22's table (rows 1-3; rows 4 and 5 are :data:`CASES`' numpy bomb and empty file
 put in models/open_clip), :data:`TEXT_CASES` its text rows (6-8)."""
@@ -23,7 +23,7 @@ from latent_clip import LatentCLIP, get_model_config
 # void bomb), 4.8 GB / 128 s (block 99999), +1 GB (16,000-token context), and (issue 22) 2.7 GB / over 900 s
 # (1.5 M tensors), +2.7 GB / 30-90 s (a deflated 1 GB pickle). Measured over 2 runs on a shared 2-core machine:
 # the valid tiny load +25 MB in 0.03..0.05 s; the worst hostile file +30 MB (key-name-15MB), the slowest 0.48 s
-# (pt-views-at-pickle-limit), every other one under 0.07 s. The README promises +128 MB; issue 22 asks for 2 s.
+# (pt-views-at-pickle-limit), every other one under 0.07 s. docs/reliability.md promises +128 MB; issue 22 asks for 2 s.
 MEMORY_BOUND = 128 << 20
 TIME_BOUND = 2.0
 

@@ -71,7 +71,7 @@ def one_line_error(entry: dict, node_type: str) -> str:
 
 
 def record(record_property, seconds: float, peak: float) -> None:
-    """The measured figures into the JUnit XML (``--junitxml``), where the README's come from."""
+    """The measured figures into the JUnit XML (``--junitxml``), where docs/reliability.md's come from."""
     record_property("seconds", round(seconds, 2))
     record_property("peak_mb", round(peak / 2 ** 20, 1))
 

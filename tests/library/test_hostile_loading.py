@@ -1,4 +1,4 @@
-"""Hostile weight files (tests/hostile_files.py, one per attack of the README's reliability table):
+"""Hostile weight files (tests/hostile_files.py, one per attack of docs/reliability.md's table):
 each gets one clear line of at most 300 characters, from the library, the CLI and the ComfyUI loader
 alike, within a stated time and memory bound measured in a fresh process, and nothing in any of them
 runs. Issue 22's files (rows 1-5) also go through ``python -m latent_clip info`` in a process of their own,

@@ -8,7 +8,7 @@ category in prompt order, ``prompt_index * samples + j``. The protocol (its
 scorer of ``complex_val`` hard-codes those 10. The scorers take the prompt from the text before
 the first ``_`` and ``NNNNNN`` as the question id; no prompt in these splits contains ``_`` or
 ``/``. Each PNG appears whole (written aside, then renamed), so ``samples/`` can be scored at any
-moment. Which scorer reads which category, and from where: the README's T2I-CompBench section.
+moment. Which scorer reads which category, and from where: docs/evaluators.md (T2I-CompBench).
 
 ``--revision 2023-07`` (default) is the prompt set of the papers (ReNO, Latent-CLIP);
 ``2025-09`` is upstream's later colour revision, the bundled file (see data/README.md).
@@ -37,7 +37,7 @@ REPEATS_2023 = {"color_val": ({228: 207, 229: 208, 272: 271, 288: 287, 300: 299}
                               "1e37a12c1861bf6b11623eaffb0bf6d6eeea9702caf45b95d040f1721bba7f4f")}
 
 
-# category -> (official scorer, the result file it writes under <outdir>/<category>/): README "T2I-CompBench"
+# category -> (official scorer, the result file it writes under <outdir>/<category>/): docs/evaluators.md
 SCORERS = {
     **dict.fromkeys(("color_val", "shape_val", "texture_val"), ("BLIPvqa_eval/BLIP_vqa.py",
                                                                 "annotation_blip/vqa_result.json")),

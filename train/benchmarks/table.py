@@ -58,8 +58,8 @@ def rows_for(run_dir: str | Path) -> tuple[str, list[dict]]:
         categories = [c.strip() for c in run["options"]["categories"].split(",")]
         scores = t2i_compbench.read_evaluation(run_dir, categories)
         if not scores:
-            raise FileNotFoundError(f"no T2I-CompBench scorer results under {run_dir}/<category>/ (README: which "
-                                    "scorer writes what)")
+            raise FileNotFoundError(f"no T2I-CompBench scorer results under {run_dir}/<category>/ (docs/evaluators.md: "
+                                    "which scorer writes what)")
         row = {c: v["score"] for c, v in scores.items()}
         partial = {c: f"{v['images']}/{v['samples']}" for c, v in scores.items() if v["images"] != v["samples"]}
         missing = [f"{c} ({t2i_compbench.SCORERS[c][0]})" for c in categories
