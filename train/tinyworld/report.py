@@ -176,6 +176,6 @@ def differences(results: dict, reference: dict | None) -> str:
         head += "this run trained its own models, with "
     if not changed:
         return head + "the same settings; what remains is training randomness (threads) and this machine's seconds."
-    return (head + ", ".join(changed) + ". Fewer samples move a rate by up to the noise given above (one prompt of "
-            f"{results['reno']['prompts']} is {1 / results['reno']['prompts']:.2f}); seconds depend on the machine "
-            "and its load.")
+    prompts = results["reno"]["prompts"]
+    return (head + ", ".join(changed) + ". A rate moves with the samples it is measured on by up to the noise given "
+            f"above (one prompt of {prompts} is {1 / prompts:.2f}); seconds depend on the machine and its load.")

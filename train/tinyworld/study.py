@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     text = report(results, published(weights))
     (out / "table.md").write_text(text + "\n")
     print(text)
-    print(f"[tinyworld] {name}: {results['total_seconds']:.0f} s; results in {out}")
+    print(f"[tinyworld] {name}: {results['total_seconds']:.0f} s after Python's imports; results in {out}")
     if args.export and not args.demo:
         shutil.copytree(out / "models", args.export, dirs_exist_ok=True)
         shutil.copy2(out / "results.json", Path(args.export) / "results.json")
