@@ -100,3 +100,31 @@ def test_every_command_line_example_runs():
     assert not failed
     assert all("usage:" in results[c].stdout for c in commands if c.endswith("--help"))
     assert "latent-clip-b-8-512-34b-80k" in results[f"{VENV_PYTHON} -m latent_clip list"].stdout
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation but ``-`` and ``_`` dropped, spaces to ``-``."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(markdown: str) -> set[str]:
+    prose = re.sub(r"^```.*?^```$", "", markdown, flags=re.S | re.M)
+    return {slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", prose, re.M)}
+
+
+def test_links_lead_somewhere():
+    """Every relative link of the README and of the docs/ pages it moved its tables to names a file that exists,
+    and every ``#anchor`` a heading of that file: the table of contents and the moved sections stay reachable."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    assert len(pages) >= 4
+    broken = []
+    for page in pages:
+        text = page.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists() or (anchor and anchor not in anchors(linked.read_text())):
+                broken.append(f"{page.relative_to(REPO)}: {target}")
+    assert not broken
