@@ -4,7 +4,7 @@
   canvas, with their ``<title>.jpg`` thumbnails (written by tests/end_to_end/test_workflows_browser.py); ComfyUI
   lists them under the left sidebar Templates -> Extensions -> comfyui-latent-clip, titled by file name (and
   described by it too, with every '-' and '_' turned into a space: titles hold neither). A Markdown note at the top
-  left says in one line what the graph shows and what to set (TEMPLATES), as a heading: it opens readable (VIEW).
+  left says in one line what the graph shows and what to set (TEMPLATES), as a heading: each graph opens at the zoom that shows it whole (layout).
   One prompt node (PROMPT) feeds both the text encoder and the Latent-CLIP reward or selection.
 * ``workflows/api/<name>.json``: the same graphs in API format (for scripts that POST to /prompt),
   with the same model file names.
@@ -47,7 +47,7 @@ SIZES = {"LatentCLIPLoader": (360, 130), "LatentCLIPScoreThreshold": (300, 110),
 DEFAULT_SIZE, TITLE_HEIGHT, GAP = (360, 120), 30, 40
 # The canvas a 1600x1000 window shows clear of every tested frontend's bars, sidebar and zoom controls (screen px,
 # measured on 1.32.9, 1.48.7 and 1.58.1; tests/end_to_end/test_workflows_browser.py checks each node is there).
-# Each template opens scaled to fit it (VIEW), never above 100 %.
+# Each template opens scaled to fit it (layout), never above 100 %.
 FREE_VIEW = (80, 150, 1560, 920)
 PROMPT = 7  # the one prompt node of a graph that generates for a prompt and rewards or selects by it
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -78,7 +78,7 @@ TEMPLATES = {
                                "iterations and lr on **ReNO with this prompt**."),
     "guidance_sdxl_turbo": ("Steer sampling away from concepts", "Steers 4-step sampling away from concepts: one per "
                             "line and strength on **Latent-CLIP Safety Guider**. Its cfg is 1.5 so that the negative "
-                            "prompt counts (at cfg 1 ComfyUI skips it; SDXL-Turbo burns above about 2)."),
+                            "prompt counts (at cfg 1 ComfyUI skips it); SDXL-Turbo is made for cfg 1: keep it low."),
 }
 TEST_WEIGHTS, TEST_LATENT = "latent_clip_tiny.safetensors", "latent_clip_test.latent"
 POSITIVE = "a photo of a cat sitting on a windowsill, golden hour"
