@@ -177,7 +177,8 @@ class LatentCLIPReno(io.ComfyNode):
                     io.Conditioning.Input("positive", tooltip="The encoded prompt."),
                     LatentClip.Input("latent_clip", tooltip="A Latent-CLIP model of the model's latent family."),
                     io.String.Input("prompt", multiline=True, default="a photo of a cat",
-                                    tooltip="Text the reward compares the latent with: link the prompt the text encoder reads."),
+                                    tooltip="Text the reward compares the latent with: link the prompt the text "
+                                            "encoder reads."),
                     io.Latent.Input("latent", tooltip="The empty latent to generate into (sets size and batch)."),
                     io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                                  tooltip="Seed of the initial noise."),

@@ -4,8 +4,9 @@
   canvas, with their ``<title>.jpg`` thumbnails (written by tests/end_to_end/test_workflows_browser.py); ComfyUI
   lists them under the left sidebar Templates -> Extensions -> comfyui-latent-clip, titled by file name (and
   described by it too, with every '-' and '_' turned into a space: titles hold neither). A Markdown note at the top
-  left says in one line what the graph shows and what to set (TEMPLATES), as a heading: each graph opens at the zoom that shows it whole (layout).
-  One prompt node (PROMPT) feeds both the text encoder and the Latent-CLIP reward or selection.
+  left says in one line what the graph shows and what to set (TEMPLATES), as a heading; each graph opens at the
+  zoom that shows it whole (layout). One node titled "Prompt" (PROMPT) feeds both the text encoder and the
+  Latent-CLIP reward or selection.
 * ``workflows/api/<name>.json``: the same graphs in API format (for scripts that POST to /prompt),
   with the same model file names.
 * ``tests/api_workflows/<name>.json``: test twins the tests POST. They replace the SDXL-Turbo part
@@ -50,6 +51,7 @@ DEFAULT_SIZE, TITLE_HEIGHT, GAP = (360, 120), 30, 40
 # Each template opens scaled to fit it (layout), never above 100 %.
 FREE_VIEW = (80, 150, 1560, 920)
 PROMPT = 7  # the one prompt node of a graph that generates for a prompt and rewards or selects by it
+TITLES = {PROMPT: "Prompt"}  # node id -> its title on the canvas, where the class's own name would not say it
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CKPT, LC_WEIGHTS = "sd_xl_turbo_1.0_fp16.safetensors", "latent-clip-b-8-512-34b-80k.pt"
 MODELS = {  # model file -> its download, for the loaders' properties.models
@@ -248,6 +250,8 @@ def to_ui(name: str, spec: dict, object_info: dict) -> dict:
         node = {"id": nid, "type": cls, "pos": list(positions[nid]), "size": list(size_of(cls)),
                 "flags": {}, "order": order[nid], "mode": 0, "inputs": [], "outputs": [],
                 "properties": {"Node name for S&R": cls}, "widgets_values": []}
+        if nid in TITLES:
+            node["title"] = TITLES[nid]
         if model_downloads(values):
             node["properties"]["models"] = model_downloads(values)
         slots, linked_widgets = [], []

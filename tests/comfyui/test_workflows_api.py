@@ -163,7 +163,7 @@ ONE_PROMPT = {"latent_clip_best_of_n": "LatentCLIPSelectBest", "reno_sdxl_turbo"
 @pytest.mark.parametrize("name", ONE_PROMPT)
 def test_one_prompt_feeds_generation_and_judgement(object_info, name):
     """The positive text encoder and the Latent-CLIP node read one prompt node, in the API graph and in the template
-    (where both widgets are inputs linked to it): editing the prompt cannot make them diverge."""
+    (where both widgets are inputs linked to it, titled "Prompt"): editing the prompt cannot make them diverge."""
     api = json.loads((SHIPPED_API_WORKFLOWS / f"{name}.json").read_text())
     assert api[str(PROMPT)]["class_type"] == "PrimitiveStringMultiline" and "PrimitiveStringMultiline" in object_info
     (encoder,) = {node["inputs"][key][0] for node in api.values() for key in ("positive", "conditioning")
@@ -175,6 +175,7 @@ def test_one_prompt_feeds_generation_and_judgement(object_info, name):
     fed = sorted((n["type"], i["name"]) for n in ui["nodes"] for i in n["inputs"]
                  if i.get("link") and links[i["link"]][0] == PROMPT and i.get("widget") == {"name": i["name"]})
     assert fed == sorted([("CLIPTextEncode", "text"), (ONE_PROMPT[name], "prompt")])
+    assert [n.get("title") for n in ui["nodes"] if n["id"] == PROMPT] == ["Prompt"]  # the name the note uses
 
 
 def test_no_negative_prompt_is_ignored():

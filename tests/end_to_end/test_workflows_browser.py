@@ -225,7 +225,9 @@ ON_SCREEN = """() => {
         for (const [fx, fy] of [[0, 0], [.5, 0], [1, 0], [0, .5], [1, .5], [0, 1], [.5, 1], [1, 1]]) {
             const x = box[0] + 3 + fx * (box[2] - box[0] - 6), y = box[1] + 3 + fy * (box[3] - box[1] - 6);
             const e = document.elementFromPoint(x, y);
-            if (!e || !(e === window.app.canvas.canvas || e.closest('.dom-widget, .comfy-markdown, textarea, [data-node-id]')))
+            const ours = e && (e === window.app.canvas.canvas ||
+                               e.closest('.dom-widget, .comfy-markdown, textarea, [data-node-id]'));
+            if (!ours)
                 covered.push(`${Math.round(x)},${Math.round(y)}: ${e ? e.tagName + '.' + e.className : 'off screen'}`);
         }
         out.push({node: `${n.type}#${n.id}`, box, covered});
@@ -365,7 +367,7 @@ def test_template_browser_shows_every_template_by_title(page):
         shown = page.evaluate("""() => { const top = window.app.graph.nodes.reduce((a, b) =>
             a.pos[0] + a.pos[1] <= b.pos[0] + b.pos[1] ? a : b), el = top.widgets[0].element;
             const r = el.getBoundingClientRect(), seen = el.contains(document.elementFromPoint(r.left + 5, r.top + 5));
-            return [top.type, seen, el.innerText]; }""")  # the note's top left corner is on screen, not covered
+            return [top.type, seen, el.innerText.trim()]; }""")  # the note's top left corner is on screen, not covered
         assert shown == ["MarkdownNote", True, note.replace("**", "").replace("`", "")], shown
     page.remove_listener("response", listen)
     url = f"{page.url.split('#')[0].rstrip('/')}/api/workflow_templates/{PACK_NAME}/"
