@@ -248,7 +248,7 @@ def test_template_opens_readable_at_1600x1000(page, template):
     """Opened in a 1600x1000 window (its missing-models notice closed), a template shows every node whole on the
     canvas, clear of the frontend's bars, sidebar and zoom controls, at its own zoom, with its note shown whole at
     least as large as a note's plain text at 100 % (10 px; the frontend's text boxes too): as the note is a heading
-    (15 px), the zoom is at least 10/15 = 0.67; the shipped templates open at 0.76-0.90 (workflows/build.py)."""
+    (15 px), the zoom is at least 10/15 = 0.67; the shipped templates open at 0.75-0.90 (workflows/build.py)."""
     page.set_viewport_size(OPEN_VIEWPORT)
     try:
         workflow, _ = _load(page, _path(template))
