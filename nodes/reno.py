@@ -30,7 +30,7 @@ from ._ui import NodeText, log
 from .loaders import LatentClip
 from .rewards import PromptTerm, Reward, build_reward
 
-MEMORY_NOTE = (
+MEMORY_NOTE = (  # in the iterations tooltip, not in the node's description (its preview in the node library)
     "Memory: one UNet forward+backward at the image size per iteration plus the small Latent-CLIP tower "
     "(measured at 512 px, batch 1, fp32 on the CPU: +3.1 GB over a plain sample's peak for SDXL-Turbo, +1.6 GB "
     "for SD-Turbo, with --use-pytorch-cross-attention; ComfyUI's default CPU attention needs about 2x more); the "
@@ -129,8 +129,7 @@ def reno_sample(model, positive, negative, reward, latent: dict, seed: int, iter
 
 def _reno_inputs() -> list:
     return [io.Int.Input("iterations", default=RENO.iterations, min=1, max=1000,
-                         tooltip="ReNO evaluations (the last is evaluated, not stepped). Each costs one UNet "
-                                 "forward+backward."),
+                         tooltip="ReNO evaluations (the last is evaluated, not stepped). " + MEMORY_NOTE),
             io.Float.Input("lr", default=RENO.lr, min=0.0, max=100.0, step=0.1,
                            tooltip="SGD learning rate on the noise: 5 at 512 px, ReNO uses 10 at 1024 px.")]
 
@@ -140,10 +139,8 @@ class LatentCLIPRenoSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPRenoSampler", display_name="ReNO Sampler (Latent-CLIP)", category="latent_clip/reno",
-            description="SAMPLER for SamplerCustomAdvanced: optimises the initial noise for the reward through the "
-                        "guider's one-step prediction (ReNO: Nesterov SGD, per-sample gradient clipping, noise-norm "
-                        "regulariser, best iterate by reward), then samples it with the inner sampler. Works for "
-                        "eps, v-prediction and flow models. " + MEMORY_NOTE,
+            description="Connect to SamplerCustomAdvanced: optimises the starting noise until the reward is high "
+                        "(ReNO), then samples it with the inner sampler. For eps, v-prediction and flow models.",
             inputs=[Reward.Input("reward", tooltip="Reward terms from the Latent-CLIP Reward nodes."),
                     io.Sampler.Input("sampler", optional=True,
                                      tooltip="Sampler run on the optimised noise (default euler; with 1 step it "
@@ -173,14 +170,15 @@ class LatentCLIPReno(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPReno", display_name="ReNO with this prompt (Latent-CLIP)", category="latent_clip/reno",
-            description="One node: optimise the initial noise so that Latent-CLIP finds the prompt in the result, "
-                        "then sample it (1 step for SD-Turbo/SDXL-Turbo, a few for FLUX-schnell). " + MEMORY_NOTE,
+            description="Optimises the starting noise until Latent-CLIP finds the prompt in the result, then "
+                        "samples it. For one-step models (SD-Turbo, SDXL-Turbo).",
             inputs=[io.Model.Input("model", tooltip="A one-step or few-step model (SD-Turbo, SDXL-Turbo, "
                                                      "FLUX-schnell...)."),
                     io.Conditioning.Input("positive", tooltip="The encoded prompt."),
                     LatentClip.Input("latent_clip", tooltip="A Latent-CLIP model of the model's latent family."),
                     io.String.Input("prompt", multiline=True, default="a photo of a cat",
-                                    tooltip="Text the reward compares the latent with (usually the same prompt)."),
+                                    tooltip="Text the reward compares the latent with: link the prompt the text "
+                                            "encoder reads."),
                     io.Latent.Input("latent", tooltip="The empty latent to generate into (sets size and batch)."),
                     io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                                  tooltip="Seed of the initial noise."),

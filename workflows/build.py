@@ -2,8 +2,11 @@
 
 * ``example_workflows/<title>.json``: UI format (v0.4), the real SDXL-Turbo graph users drag onto the
   canvas, with their ``<title>.jpg`` thumbnails (written by tests/end_to_end/test_workflows_browser.py); ComfyUI
-  lists them under the left sidebar Templates -> Extensions -> comfyui-latent-clip, titled by file name. A
-  Markdown note at the top left says in one line what the graph shows and what to set (TEMPLATES).
+  lists them under the left sidebar Templates -> Extensions -> comfyui-latent-clip, titled by file name (and
+  described by it too, with every '-' and '_' turned into a space: titles hold neither). A Markdown note at the top
+  left says in one line what the graph shows and what to set (TEMPLATES), as a heading; each graph opens at the
+  zoom that shows it whole (layout). One node titled "Prompt" (PROMPT) feeds both the text encoder and the
+  Latent-CLIP reward or selection.
 * ``workflows/api/<name>.json``: the same graphs in API format (for scripts that POST to /prompt),
   with the same model file names.
 * ``tests/api_workflows/<name>.json``: test twins the tests POST. They replace the SDXL-Turbo part
@@ -34,13 +37,21 @@ UI_DIR, API_DIR, TEST_DIR = ROOT / "example_workflows", ROOT / "workflows" / "ap
 NOTE = "MarkdownNote"  # frontend-only (not in /object_info): one text widget, no slots
 NOTE_INFO = {"input": {"required": {"text": ["STRING", {}]}}, "output": [], "output_name": []}
 # Node sizes (body, without the title bar) with room for every widget and for what a run adds.
-SIZES = {"LatentCLIPLoader": (360, 130), "LatentCLIPScoreThreshold": (300, 110), "PreviewAny": (560, 300),
-         "CLIPTextEncode": (380, 180), "KSampler": (320, 470), "SaveImage": (420, 460),
+SIZES = {"LatentCLIPLoader": (360, 130), "LatentCLIPScoreThreshold": (300, 110), "PreviewAny": (480, 280),
+         "CLIPTextEncode": (360, 160), "KSampler": (320, 330), "SaveImage": (380, 400),
          "LatentCLIPScore": (400, 300), "LatentCLIPZeroShot": (480, 400), "LatentCLIPSafetyFilter": (440, 400),
-         "LatentCLIPSelectBest": (400, 300), "LatentCLIPRewardPrompt": (380, 260), "LatentCLIPRenoSampler": (380, 300),
-         "LatentCLIPReno": (400, 420), "LatentCLIPAvoidGuider": (400, 400), NOTE: (360, 150)}
-DEFAULT_SIZE, TITLE_HEIGHT, GAP = (360, 140), 30, 60
-VIEW = {"scale": 0.6, "offset": [150, 250]}  # on opening, the note clears the frontend's top bars and sidebar
+         "LatentCLIPSelectBest": (400, 300), "LatentCLIPRewardPrompt": (380, 200), "LatentCLIPRenoSampler": (380, 300),
+         "LatentCLIPReno": (400, 420), "LatentCLIPAvoidGuider": (400, 400), "PrimitiveStringMultiline": (360, 140),
+         "CheckpointLoaderSimple": (360, 100), "EmptyLatentImage": (320, 110), "KSamplerSelect": (320, 60),
+         "RandomNoise": (320, 80), "SDTurboScheduler": (320, 110), "BasicGuider": (240, 60), "VAEDecode": (220, 60),
+         NOTE: (400, 180)}
+DEFAULT_SIZE, TITLE_HEIGHT, GAP = (360, 120), 30, 40
+# The canvas a 1600x1000 window shows clear of every tested frontend's bars, sidebar and zoom controls (screen px,
+# measured on 1.32.9, 1.48.7 and 1.58.1; tests/end_to_end/test_workflows_browser.py checks each node is there).
+# Each template opens scaled to fit it (layout), never above 100 %.
+FREE_VIEW = (80, 150, 1560, 920)
+PROMPT = 7  # the one prompt node of a graph that generates for a prompt and rewards or selects by it
+TITLES = {PROMPT: "Prompt"}  # node id -> its title on the canvas, where the class's own name would not say it
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CKPT, LC_WEIGHTS = "sd_xl_turbo_1.0_fp16.safetensors", "latent-clip-b-8-512-34b-80k.pt"
 MODELS = {  # model file -> its download, for the loaders' properties.models
@@ -50,24 +61,26 @@ MODELS = {  # model file -> its download, for the loaders' properties.models
 # example_workflows/, all ComfyUI's template browser shows of it) and its note's one line.
 TEMPLATES = {
     "latent_clip_score": ("Score latents against a prompt", "Scores 4 SDXL-Turbo latents against a prompt without "
-                          "decoding them: set the prompt on **Latent-CLIP Score**; the report lists each sample's "
-                          "cosine and logit."),
-    "latent_clip_zero_shot": ("Classify latents zero-shot", "Gives each latent the closest of your labels without "
-                              "decoding: one label per line (and prompt templates with `{}`) on **Latent-CLIP "
-                              "Zero-Shot Classify**; the report shows every label's probability."),
+                          "decoding them. Set the prompt on **Latent-CLIP Score**; the report lists each sample's "
+                          "cosine."),
+    "latent_clip_zero_shot": ("Classify latents with your labels", "Gives each latent the closest of your labels "
+                              "without decoding. Labels one per line on **Latent-CLIP Zero-Shot Classify**; the "
+                              "report shows every label's probability."),
     "latent_clip_safety_filter": ("Safety filter before decoding", "Blocks latents close to a concept before they are "
-                                  "decoded: concepts one per line (`concept | counter-prompt`), threshold and action "
-                                  "on **Latent-CLIP Safety Filter**; the report says what was blocked."),
-    "latent_clip_best_of_n": ("Best of 8 by Latent-CLIP", "Generates 8 latents and decodes only the best match for "
-                              "the prompt: set the prompt and k on **Latent-CLIP Select Best-k**."),
-    "reno_sdxl_turbo": ("ReNO on SDXL-Turbo (sampler)", "ReNO: optimises a 1-step SDXL-Turbo sample's noise against "
-                        "a Latent-CLIP prompt reward, no decoding in the loop: set the prompt on **Latent-CLIP "
-                        "Reward: Prompt** and iterations / lr on **ReNO Sampler (Latent-CLIP)**."),
-    "reno_sdxl_turbo_prompt": ("ReNO on SDXL-Turbo (one node)", "ReNO in one node: set the prompt, iterations and "
-                               "lr on **ReNO with this prompt (Latent-CLIP)**; it samples SDXL-Turbo itself."),
-    "guidance_sdxl_turbo": ("Steer away from concepts", "Steers 4-step SDXL-Turbo sampling away from "
-                            "concepts: concepts one per line (`concept | counter-prompt`) and strength on "
-                            "**Latent-CLIP Safety Guider**."),
+                                  "decoded. Concepts one per line, threshold and action on **Latent-CLIP Safety "
+                                  "Filter**; the report says what was blocked."),
+    "latent_clip_best_of_n": ("Best of 8 for a prompt", "Generates 8 latents and decodes only the one closest to the "
+                              "prompt. Write the prompt in **Prompt**: it feeds both the generation and the "
+                              "selection."),
+    "reno_sdxl_turbo": ("ReNO noise optimisation (sampler)", "ReNO: optimises a 1-step sample's noise until "
+                        "Latent-CLIP finds the prompt, no decoding in the loop. Write the prompt in **Prompt**; "
+                        "iterations and lr on **ReNO Sampler**."),
+    "reno_sdxl_turbo_prompt": ("ReNO noise optimisation (one node)", "ReNO in one node: optimises the noise until "
+                               "Latent-CLIP finds the prompt, then samples it. Write the prompt in **Prompt**; "
+                               "iterations and lr on **ReNO with this prompt**."),
+    "guidance_sdxl_turbo": ("Steer sampling away from concepts", "Steers 4-step sampling away from concepts: one per "
+                            "line and strength on **Latent-CLIP Safety Guider**. Its cfg is 1.5 so that the negative "
+                            "prompt counts (at cfg 1 ComfyUI skips it); SDXL-Turbo is made for cfg 1: keep it low."),
 }
 TEST_WEIGHTS, TEST_LATENT = "latent_clip_tiny.safetensors", "latent_clip_test.latent"
 POSITIVE = "a photo of a cat sitting on a windowsill, golden hour"
@@ -77,11 +90,16 @@ def L(node: int, slot: int = 0) -> list:  # noqa: N802 - a link in a spec
     return [node, slot]
 
 
-def sdxl_turbo(batch: int) -> dict:
-    """Nodes 1-6: SDXL-Turbo txt2img to a LATENT (node 5); node 1's VAE is output 2."""
+def prompt_node(text: str) -> dict:
+    """Node PROMPT: the graph's one prompt, a core text node (ComfyUI 0.3.75 and 0.33: "PrimitiveStringMultiline")."""
+    return {PROMPT: ("PrimitiveStringMultiline", {"value": text})}
+
+
+def sdxl_turbo(batch: int, prompt: str | list = POSITIVE) -> dict:
+    """Nodes 1-6: SDXL-Turbo txt2img of ``prompt`` (a text or a link) to a LATENT (node 5); node 1's VAE is output 2."""
     return {
         1: ("CheckpointLoaderSimple", {"ckpt_name": CKPT}),
-        2: ("CLIPTextEncode", {"text": POSITIVE, "clip": L(1, 1)}),
+        2: ("CLIPTextEncode", {"text": prompt, "clip": L(1, 1)}),
         3: ("CLIPTextEncode", {"text": "", "clip": L(1, 1)}),
         4: ("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": batch}),
         5: ("KSampler", {"model": L(1), "positive": L(2), "negative": L(3), "latent_image": L(4),
@@ -113,9 +131,8 @@ SPECS = {
                                         "threshold": 0.5, "action": "drop", "seed": 0}),
         12: ("PreviewAny", {"source": L(10, 3)}),
         **decode(L(10, 0), "latent_clip/safe")},
-    "latent_clip_best_of_n": {**sdxl_turbo(8),
-        10: ("LatentCLIPSelectBest", {"latent": L(5), "latent_clip": L(6),
-                                      "prompt": "a photo of a cat sitting on a windowsill", "k": 1}),
+    "latent_clip_best_of_n": {**sdxl_turbo(8, L(PROMPT)), **prompt_node("a photo of a cat sitting on a windowsill"),
+        10: ("LatentCLIPSelectBest", {"latent": L(5), "latent_clip": L(6), "prompt": L(PROMPT), "k": 1}),
         12: ("PreviewAny", {"source": L(10, 2)}),
         **decode(L(10, 0), "latent_clip/best_of_n")},
 }
@@ -130,29 +147,80 @@ def _inputs(info: dict) -> list[tuple[str, str, dict]]:
             for part in ("required", "optional") for name, spec in info["input"].get(part, {}).items()]
 
 
-def layout(spec: dict) -> dict[int, tuple[int, int]]:
-    """Each node's position: columns by link depth (sources left), nodes stacked in id order inside a
-    column, boxes (title bar included) apart by GAP; sizes from SIZES, which leave room for what a
-    run adds (reports, previews)."""
+def columns_of(spec: dict) -> list[list[int]]:
+    """Node ids by column, in id order: a node with inputs sits one column right of its furthest source, a node
+    without (a loader, a prompt) one column left of its nearest consumer, so that it waits beside where it is used;
+    the note stays in the first column."""
     depth: dict[int, int] = {}
+
+    def sources(nid: int) -> list[int]:
+        return [v[0] for v in spec[nid][1].values() if isinstance(v, list)]
 
     def depth_of(nid: int) -> int:
         if nid not in depth:
-            sources = [v[0] for v in spec[nid][1].values() if isinstance(v, list)]
-            depth[nid] = 1 + max(map(depth_of, sources)) if sources else 0
+            depth[nid] = 1 + max(map(depth_of, sources(nid))) if sources(nid) else 0
         return depth[nid]
 
+    for nid in spec:
+        depth_of(nid)
+    for nid in spec:
+        consumers = [depth[c] for c in spec if nid in sources(c)]
+        if not sources(nid) and consumers:
+            depth[nid] = min(consumers) - 1
     columns: dict[int, list[int]] = {}
     for nid in sorted(spec):
-        columns.setdefault(depth_of(nid), []).append(nid)
-    pos, x = {}, 0
-    for col in sorted(columns):
-        y = TITLE_HEIGHT
-        for nid in columns[col]:
-            pos[nid] = (x, y)
-            y += size_of(spec[nid][0])[1] + TITLE_HEIGHT + GAP
-        x += max(size_of(spec[nid][0])[0] for nid in columns[col]) + GAP
-    return pos
+        columns.setdefault(depth[nid], []).append(nid)
+    return [columns[c] for c in sorted(columns)]
+
+
+def layout(spec: dict) -> tuple[dict[int, tuple[int, int]], dict]:
+    """Each node's position and the view it opens in (``extra.ds``): the columns of columns_of, a tall one split
+    in two or more side by side, wrapped into rows, boxes (title bar included) GAP apart with sizes from SIZES
+    (which leave room for what a run adds: reports, previews); of all splits and wraps, the one whose whole fits
+    FREE_VIEW at the largest scale."""
+    def height(column: list[int]) -> int:
+        return sum(size_of(spec[n][0])[1] + TITLE_HEIGHT + GAP for n in column) - GAP
+
+    def width(column: list[int]) -> int:
+        return max(size_of(spec[n][0])[0] for n in column)
+
+    free_w, free_h = FREE_VIEW[2] - FREE_VIEW[0], FREE_VIEW[3] - FREE_VIEW[1]
+    best = (0.0, [])
+    for limit in sorted({height(c[:i + 1]) for c in columns_of(spec) for i in range(len(c))}):
+        columns = [chunk for column in columns_of(spec) for chunk in _split(column, limit, height)]
+        for breaks in range(2 ** (len(columns) - 1)):  # bit i set: a new row after column i
+            rows = [[columns[0]]]
+            for i, column in enumerate(columns[1:]):
+                rows.append([column]) if breaks >> i & 1 else rows[-1].append(column)
+            w = max(sum(map(width, row)) + GAP * (len(row) - 1) for row in rows)
+            h = sum(max(map(height, row)) for row in rows) + GAP * (len(rows) - 1)
+            scale = min(1.0, free_w / w, free_h / h)
+            if scale > best[0]:
+                best = (scale, rows)
+    scale, rows = best
+    pos, y = {}, TITLE_HEIGHT
+    for row in rows:
+        x = 0
+        for column in row:
+            top = y
+            for nid in column:
+                pos[nid] = (x, top)
+                top += size_of(spec[nid][0])[1] + TITLE_HEIGHT + GAP
+            x += width(column) + GAP
+        y += max(map(height, row)) + GAP
+    view = {"scale": round(scale, 3), "offset": [round(FREE_VIEW[0] / scale), round(FREE_VIEW[1] / scale)]}
+    return pos, view
+
+
+def _split(column: list[int], limit: int, height) -> list[list[int]]:
+    """``column`` in order, as chunks no taller than ``limit`` (a taller node alone)."""
+    chunks = [[column[0]]]
+    for nid in column[1:]:
+        if height(chunks[-1] + [nid]) > limit:
+            chunks.append([nid])
+        else:
+            chunks[-1].append(nid)
+    return chunks
 
 
 def size_of(cls: str) -> tuple[int, int]:
@@ -165,25 +233,40 @@ def model_downloads(values: dict) -> list[dict]:
     return [{"name": v, **MODELS[v]} for v in values.values() if isinstance(v, str) and v in MODELS]
 
 
+def note_markdown(name: str) -> str:
+    """The note of template ``name``: its line as a Markdown heading (15 px in the frontend, text 10 px)."""
+    return "## " + TEMPLATES[name][1]
+
+
 def to_ui(name: str, spec: dict, object_info: dict) -> dict:
     """``spec`` in UI format, headed by its note (node 0, top left)."""
-    spec = {0: (NOTE, {"text": TEMPLATES[name][1]}), **spec}
+    spec = {0: (NOTE, {"text": note_markdown(name)}), **spec}
     nodes, links, link_id = {}, [], 0
-    order = {nid: i for i, nid in enumerate(sorted(spec))}
-    positions = layout(spec)
-    for nid, (cls, values) in spec.items():
+    order = {nid: i for i, nid in enumerate(n for column in columns_of(spec) for n in column)}  # sources first
+    positions, view = layout(spec)
+    for nid in order:
+        cls, values = spec[nid]
         info = NOTE_INFO if cls == NOTE else object_info[cls]
         node = {"id": nid, "type": cls, "pos": list(positions[nid]), "size": list(size_of(cls)),
                 "flags": {}, "order": order[nid], "mode": 0, "inputs": [], "outputs": [],
                 "properties": {"Node name for S&R": cls}, "widgets_values": []}
+        if nid in TITLES:
+            node["title"] = TITLES[nid]
         if model_downloads(values):
             node["properties"]["models"] = model_downloads(values)
+        slots, linked_widgets = [], []
         for name, kind, options in _inputs(info):
             if kind in WIDGET_TYPES and not options.get("forceInput"):
-                node["widgets_values"].append(values[name])
+                if isinstance(values[name], list):  # a widget fed by a link: the widget keeps its source's text
+                    linked_widgets.append((name, kind))
+                    node["widgets_values"].append(spec[values[name][0]][1]["value"])
+                else:
+                    node["widgets_values"].append(values[name])
                 if options.get("control_after_generate"):
                     node["widgets_values"].append("fixed")
-                continue
+            else:
+                slots.append((name, kind))
+        for name, kind in slots + linked_widgets:  # the frontend's order: slots, then widget inputs
             link = None
             if name in values:  # a link from an earlier node of the spec
                 link_id = link = link_id + 1
@@ -191,10 +274,12 @@ def to_ui(name: str, spec: dict, object_info: dict) -> dict:
                 nodes[origin]["outputs"][origin_slot]["links"].append(link)
                 links.append([link, origin, origin_slot, nid, len(node["inputs"]), kind])
             node["inputs"].append({"name": name, "type": kind, "link": link})
+            if (name, kind) in linked_widgets:
+                node["inputs"][-1]["widget"] = {"name": name}
         node["outputs"] = [{"name": n, "type": t, "links": []} for n, t in zip(info["output_name"], info["output"])]
         nodes[nid] = node
-    return {"last_node_id": max(nodes), "last_link_id": link_id, "nodes": list(nodes.values()), "links": links,
-            "groups": [], "config": {}, "extra": {"ds": VIEW}, "version": 0.4}
+    return {"last_node_id": max(nodes), "last_link_id": link_id, "nodes": [nodes[n] for n in sorted(nodes)],
+            "links": links, "groups": [], "config": {}, "extra": {"ds": view}, "version": 0.4}
 
 
 def to_api(spec: dict) -> dict:
@@ -208,7 +293,7 @@ def test_twin(spec: dict, object_info: dict) -> dict:
     LATENT saved by node 13, each of its other outputs but the report previewed by node 30 + slot;
     a score also thresholded (node 11, previewed by node 29)."""
     out = {**TEST_SOURCE, **{nid: node for nid, node in spec.items()
-                             if nid >= 10 and node[0] not in ("VAEDecode", "SaveImage")}}
+                             if nid in (PROMPT, *range(10, 100)) and node[0] not in ("VAEDecode", "SaveImage")}}
     for slot, kind in enumerate(object_info[out[10][0]]["output"][:-1]):
         out[30 + slot] = ("PreviewAny", {"source": L(10, slot)})
         if kind == "LATENT":
@@ -226,9 +311,9 @@ RENO_PROMPT = "a red cube on top of a blue sphere, studio photo"
 
 
 def txt2img(negative: bool = False) -> dict:
-    """Nodes 1-6: SDXL-Turbo checkpoint, prompts, a 512 px empty latent, Latent-CLIP loader."""
-    out = {1: ("CheckpointLoaderSimple", {"ckpt_name": CKPT}),
-           2: ("CLIPTextEncode", {"text": RENO_PROMPT, "clip": L(1, 1)}),
+    """Nodes 1-7: SDXL-Turbo checkpoint, the prompt node and its encoding, a 512 px empty latent, Latent-CLIP loader."""
+    out = {1: ("CheckpointLoaderSimple", {"ckpt_name": CKPT}), **prompt_node(RENO_PROMPT),
+           2: ("CLIPTextEncode", {"text": L(PROMPT), "clip": L(1, 1)}),
            4: ("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}),
            6: ("LatentCLIPLoader", {"model_name": LC_WEIGHTS, "dtype": "auto", "device": "default"})}
     if negative:
@@ -245,7 +330,7 @@ def custom_advanced(guider: list, sampler: list, steps: int) -> dict:
 
 RENO_SPECS = {  # ReNO and guidance: their own txt2img and test twin
     "reno_sdxl_turbo": {**txt2img(),
-        10: ("LatentCLIPRewardPrompt", {"latent_clip": L(6), "prompt": RENO_PROMPT, "weight": 0.01}),
+        10: ("LatentCLIPRewardPrompt", {"latent_clip": L(6), "prompt": L(PROMPT), "weight": 0.01}),
         11: ("KSamplerSelect", {"sampler_name": "euler"}),
         12: ("LatentCLIPRenoSampler", {"reward": L(10), "sampler": L(11), "iterations": 50, "lr": 5.0,
                                        "grad_clip": 0.1, "reg_weight": 0.01, "momentum": 0.9,
@@ -253,12 +338,12 @@ RENO_SPECS = {  # ReNO and guidance: their own txt2img and test twin
         13: ("BasicGuider", {"model": L(1), "conditioning": L(2)}),
         **custom_advanced(L(13), L(12), 1), **decode(L(16), "latent_clip/reno")},
     "reno_sdxl_turbo_prompt": {**txt2img(),
-        10: ("LatentCLIPReno", {"model": L(1), "positive": L(2), "latent_clip": L(6), "prompt": RENO_PROMPT,
+        10: ("LatentCLIPReno", {"model": L(1), "positive": L(2), "latent_clip": L(6), "prompt": L(PROMPT),
                                 "latent": L(4), "seed": 0, "iterations": 50, "lr": 5.0, "steps": 1,
                                 "cfg": 1.0, "allow_family_mismatch": False}),
         **decode(L(10), "latent_clip/reno_prompt")},
-    "guidance_sdxl_turbo": {**txt2img(negative=True),
-        10: ("LatentCLIPAvoidGuider", {"model": L(1), "positive": L(2), "negative": L(3), "cfg": 1.0,
+    "guidance_sdxl_turbo": {**txt2img(negative=True),  # cfg above 1, or the negative prompt would do nothing
+        10: ("LatentCLIPAvoidGuider", {"model": L(1), "positive": L(2), "negative": L(3), "cfg": 1.5,
                                        "latent_clip": L(6), "concepts": "nudity\nviolence | a photo of "
                                        "a peaceful scene", "strength": 0.05, "start_percent": 0.0,
                                        "end_percent": 0.8, "allow_family_mismatch": False}),
@@ -278,7 +363,7 @@ def reno_test_twin(name: str, spec: dict) -> dict:
         if cls == "SDTurboScheduler":
             values["steps"] = min(values["steps"], 2)
         if cls == "LatentCLIPAvoidGuider":
-            values.update(cfg=1.5, strength=0.5, end_percent=1.0)
+            values.update(strength=0.5, end_percent=1.0)
     src = L(16) if 16 in out else L(10)
     out[22] = ("SaveLatent", {"samples": src, "filename_prefix": f"latents/{name}"})
     return out

@@ -16,7 +16,7 @@ from bench.memory import status_gb
 from comfy_harness import ROOT, TINY_CONFIG, TINY_EXPORT, execution_error, load_api_workflow, run_graph, \
     run_graph_with_texts, saved_latents
 from fixtures import CKPT_CACHE, CKPT_NAME, sd15_checkpoint, tiny_model
-from workflows.build import NOTE, TEMPLATES
+from workflows.build import NOTE, PROMPT, TEMPLATES
 
 pytestmark = pytest.mark.comfyui
 
@@ -122,9 +122,9 @@ def test_a_family_mismatch_is_a_node_error_and_an_allowed_one_a_warning_on_the_n
 
 
 def plain_one_step(graph: dict) -> dict:
-    """The ReNO twin's checkpoint, prompt and empty latent, sampled by a plain 1-step KSampler from
+    """The ReNO twin's checkpoint, prompt node and its encoding, empty latent, sampled by a plain 1-step KSampler from
     the checkpoint under another name (so ComfyUI loads the model anew)."""
-    out = {k: graph[k] for k in ("1", "2", "4")}
+    out = {k: graph[k] for k in ("1", "2", "4", str(PROMPT))}
     out["1"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": RELOAD_NAME}}
     out["5"] = {"class_type": "KSampler", "inputs": {
         "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["4", 0], "seed": 0,

@@ -12,7 +12,7 @@ from comfy_harness import (API_WORKFLOWS, SHIPPED_API_WORKFLOWS, TEST_LATENT, TI
                            UI_WORKFLOWS, WRONG_FAMILY_LATENT, PromptRejected, execution_error, load_api_workflow,
                            post_prompt, run_graph, run_graph_with_texts, make_latents, saved_latents, wait_history)
 from latent_clip import safety, zeroshot
-from workflows.build import NOTE, TEMPLATES
+from workflows.build import NOTE, PROMPT, TEMPLATES
 
 pytestmark = pytest.mark.comfyui
 
@@ -146,12 +146,49 @@ def test_safety_filter_actions(comfy_server, model, latents, action):
 
 
 def test_select_best_k(comfy_server, model, latents):
+    """Best-k by the prompt written in the graph's one prompt node (a new text, so nothing comes from a cache)."""
     graph = load_api_workflow("latent_clip_best_of_n.json")
     graph["10"]["inputs"]["k"] = 2
+    graph[str(PROMPT)]["inputs"]["value"] = "a red car on a bridge"
     outputs = run_graph(comfy_server, graph)
-    order, _ = latent_clip.rank_by_prompt(model, latents, graph["10"]["inputs"]["prompt"])
+    order, _ = latent_clip.rank_by_prompt(model, latents, "a red car on a bridge")
     assert outputs["31"]["text"] == [str(order[0].item())]
     torch.testing.assert_close(saved_latents(comfy_server, outputs, "13"), latents[order[:2]])
+
+
+ONE_PROMPT = {"latent_clip_best_of_n": "LatentCLIPSelectBest", "reno_sdxl_turbo": "LatentCLIPRewardPrompt",
+              "reno_sdxl_turbo_prompt": "LatentCLIPReno"}  # templates that generate for a prompt and judge by it
+
+
+@pytest.mark.parametrize("name", ONE_PROMPT)
+def test_one_prompt_feeds_generation_and_judgement(object_info, name):
+    """The positive text encoder and the Latent-CLIP node read one prompt node, in the API graph and in the template
+    (where both widgets are inputs linked to it, titled "Prompt"): editing the prompt cannot make them diverge."""
+    api = json.loads((SHIPPED_API_WORKFLOWS / f"{name}.json").read_text())
+    assert api[str(PROMPT)]["class_type"] == "PrimitiveStringMultiline" and "PrimitiveStringMultiline" in object_info
+    (encoder,) = {node["inputs"][key][0] for node in api.values() for key in ("positive", "conditioning")
+                  if key in node["inputs"]}  # the text encoder generation follows
+    (judge,) = [node for node in api.values() if node["class_type"] == ONE_PROMPT[name]]
+    assert api[encoder]["inputs"]["text"] == judge["inputs"]["prompt"] == [str(PROMPT), 0]
+    ui = json.loads((UI_WORKFLOWS / f"{TEMPLATES[name][0]}.json").read_text())
+    links = {link[0]: link[1:] for link in ui["links"]}
+    fed = sorted((n["type"], i["name"]) for n in ui["nodes"] for i in n["inputs"]
+                 if i.get("link") and links[i["link"]][0] == PROMPT and i.get("widget") == {"name": i["name"]})
+    assert fed == sorted([("CLIPTextEncode", "text"), (ONE_PROMPT[name], "prompt")])
+    assert [n.get("title") for n in ui["nodes"] if n["id"] == PROMPT] == ["Prompt"]  # the name the note uses
+
+
+def test_no_negative_prompt_is_ignored():
+    """A negative prompt with text feeds a node whose cfg is above 1: at cfg 1 ComfyUI never evaluates it."""
+    checked = 0
+    for path in SHIPPED_API_WORKFLOWS.glob("*.json"):
+        graph = json.loads(path.read_text())
+        for node in graph.values():
+            source = node["inputs"].get("negative")
+            if isinstance(source, list) and graph[source[0]]["inputs"].get("text"):
+                checked += 1
+                assert node["inputs"]["cfg"] > 1.0, f"{path.name}: {node['class_type']} ignores its negative prompt"
+    assert checked >= 1
 
 
 def _error_of(server, graph: dict) -> dict:

@@ -22,7 +22,7 @@ import pytest
 
 from comfy_harness import (PACK_NAME, TEST_LATENT, TINY_EXPORT, UI_WORKFLOWS, execution_error, post_prompt,
                            skip_or_fail, wait_history)
-from workflows.build import SPECS, TEMPLATES
+from workflows.build import SPECS, TEMPLATES, note_markdown
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
@@ -213,6 +213,60 @@ def test_ui_workflow_loads(page, template, tmp_path):
         image.save(Path(os.environ["LATENT_CLIP_THUMBNAILS"]) / f"{TEMPLATES[template][0]}.jpg", quality=80)
 
 
+# Where each node of the open graph is on screen: its box (title bar included) in screen px, and what the page
+# shows at points just inside its corners and edge midpoints (the canvas, a widget of the graph, or the
+# frontend's own bars, sidebar, zoom controls).
+ON_SCREEN = """() => {
+    const ds = window.app.canvas.ds, rect = window.app.canvas.canvas.getBoundingClientRect(), out = [];
+    for (const n of window.app.graph.nodes) {
+        const [x0, y0] = ds.convertOffsetToCanvas([n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT]);
+        const [x1, y1] = ds.convertOffsetToCanvas([n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
+        const box = [x0 + rect.left, y0 + rect.top, x1 + rect.left, y1 + rect.top], covered = [];
+        for (const [fx, fy] of [[0, 0], [.5, 0], [1, 0], [0, .5], [1, .5], [0, 1], [.5, 1], [1, 1]]) {
+            const x = box[0] + 3 + fx * (box[2] - box[0] - 6), y = box[1] + 3 + fy * (box[3] - box[1] - 6);
+            const e = document.elementFromPoint(x, y);
+            const ours = e && (e === window.app.canvas.canvas ||
+                               e.closest('.dom-widget, .comfy-markdown, textarea, [data-node-id]'));
+            if (!ours)
+                covered.push(`${Math.round(x)},${Math.round(y)}: ${e ? e.tagName + '.' + e.className : 'off screen'}`);
+        }
+        out.push({node: `${n.type}#${n.id}`, box, covered});
+    }
+    return {canvas: [rect.left, rect.top, rect.right, rect.bottom], scale: ds.scale, nodes: out}; }"""
+# The note's text on screen: its heading's font size times the zoom, and whether it shows whole (no scrolling), beside
+# the size of the note's plain text at 100 % (the frontend's text size for notes and text boxes).
+NOTE_TEXT = """() => {
+    const note = window.app.graph.nodes.find(n => n.type === 'MarkdownNote').widgets[0].element;
+    const heading = note.querySelector('h2'), size = e => parseFloat(getComputedStyle(e).fontSize);
+    return {note_px: size(heading) * window.app.canvas.ds.scale, text_px: size(heading.parentElement),
+            whole: note.scrollHeight <= note.clientHeight + 1}; }"""
+OPEN_VIEWPORT = {"width": 1600, "height": 1000}
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_template_opens_readable_at_1600x1000(page, template):
+    """Opened in a 1600x1000 window (its missing-models notice closed), a template shows every node whole on the
+    canvas, clear of the frontend's bars, sidebar and zoom controls, at its own zoom, with its note shown whole at
+    least as large as a note's plain text at 100 % (10 px; the frontend's text boxes too): as the note is a heading
+    (15 px), the zoom is at least 10/15 = 0.67; the shipped templates open at 0.75-0.90 (workflows/build.py)."""
+    page.set_viewport_size(OPEN_VIEWPORT)
+    try:
+        workflow, _ = _load(page, _path(template))
+        page.evaluate(CLOSE_BANNER)
+        page.wait_for_timeout(300)
+        shown = page.evaluate(ON_SCREEN)
+        assert shown["scale"] == pytest.approx(workflow["extra"]["ds"]["scale"])
+        left, top, right, bottom = shown["canvas"]
+        for node in shown["nodes"]:
+            x0, y0, x1, y1 = node["box"]
+            assert left <= x0 and top <= y0 and x1 <= right and y1 <= bottom, node
+            assert node["covered"] == [], node
+        text = page.evaluate(NOTE_TEXT)
+        assert text["whole"] and text["note_px"] >= text["text_px"], text
+    finally:
+        page.set_viewport_size(VIEWPORT)
+
+
 def test_new_safety_filter_seed_starts_fixed(page):
     control = page.evaluate("""() => { const n = LiteGraph.createNode('LatentCLIPSafetyFilter');
         window.app.graph.add(n); const v = n.widgets.find(w => w.name === 'seed').linkedWidgets[0].value;
@@ -291,8 +345,11 @@ def test_template_browser_shows_every_template_by_title(page):
     listen = lambda r: "/api/workflow_templates/" in r.url and served.update({unquote(r.url): r.status})  # noqa: E731
     page.on("response", listen)
     titles = sorted(title for title, _ in TEMPLATES.values())
-    assert titles == sorted(p.stem for p in UI_WORKFLOWS.glob("*.json")) and all("_" not in t for t in titles)
-    for title, note in TEMPLATES.values():
+    assert titles == sorted(p.stem for p in UI_WORKFLOWS.glob("*.json"))
+    # Every tested frontend also shows the file name as the card's description, each '-' and '_' made a space
+    # ("Latent-CLIP" read "Latent CLIP"): a title with neither reads the same twice.
+    assert [t for t in titles if "-" in t or "_" in t] == []
+    for name, (title, note) in TEMPLATES.items():
         _close_dialogs(page)  # Missing Models, after opening the last one
         page.get_by_role("button", name="Templates").first.click()
         page.get_by_text(PACK_NAME, exact=True).first.click()
@@ -304,12 +361,13 @@ def test_template_browser_shows_every_template_by_title(page):
         for card in cards:  # the whole title readable in the card, above its thumbnail
             assert card["shown"] == card["title"] and card["fits"] and card["images"] and all(card["images"]), card
         page.locator('[data-testid^="template-workflow-"]', has=page.get_by_text(title, exact=True)).click()
-        page.wait_for_function("note => window.app.graph.nodes.some(n => n.widgets?.[0]?.value === note)", arg=note)
+        page.wait_for_function("note => window.app.graph.nodes.some(n => n.widgets?.[0]?.value === note)",
+                               arg=note_markdown(name))
         assert _missing_models(page)
         shown = page.evaluate("""() => { const top = window.app.graph.nodes.reduce((a, b) =>
             a.pos[0] + a.pos[1] <= b.pos[0] + b.pos[1] ? a : b), el = top.widgets[0].element;
             const r = el.getBoundingClientRect(), seen = el.contains(document.elementFromPoint(r.left + 5, r.top + 5));
-            return [top.type, seen, el.innerText]; }""")  # the note's top left corner is on screen, not covered
+            return [top.type, seen, el.innerText.trim()]; }""")  # the note's top left corner is on screen, not covered
         assert shown == ["MarkdownNote", True, note.replace("**", "").replace("`", "")], shown
     page.remove_listener("response", listen)
     url = f"{page.url.split('#')[0].rstrip('/')}/api/workflow_templates/{PACK_NAME}/"
