@@ -26,6 +26,7 @@ from ..latent_clip import rewards
 from ..latent_clip.contract import channel_error, describe_latents
 from ..latent_clip.reno import RENO, RenoProgress, optimize_noise, private_saved_tensors
 from ._autograd import autograd_safe_, clone_tensors_, comfy_training_paths
+from ._schema import advanced
 from ._ui import NodeText, log
 from .loaders import LatentClip
 from .rewards import PromptTerm, Reward, build_reward
@@ -149,13 +150,14 @@ class LatentCLIPRenoSampler(io.ComfyNode):
                                      tooltip="Sampler run on the optimised noise (default euler; with 1 step it "
                                              "returns the one-step image that was optimised)."),
                     *_reno_inputs(),
-                    io.Float.Input("grad_clip", default=RENO.grad_clip, min=0.0, max=10.0, step=0.01,
-                                   tooltip="Gradient-norm clip per sample, applied to the summed loss (ReNO: 0.1)."),
-                    io.Float.Input("reg_weight", default=RENO.reg_weight, min=0.0, max=10.0, step=0.001,
-                                   tooltip="Weight of the noise-norm regulariser that keeps the noise Gaussian-"
-                                           "looking (ReNO: 0.01, next to reward weights of 0.01)."),
-                    io.Float.Input("momentum", default=RENO.momentum, min=0.0, max=0.999, step=0.01,
-                                   tooltip="Nesterov momentum (ReNO: 0.9)."),
+                    advanced(io.Float.Input("grad_clip", default=RENO.grad_clip, min=0.0, max=10.0, step=0.01,
+                                            tooltip="Gradient-norm clip per sample, applied to the summed loss "
+                                                    "(ReNO: 0.1).")),
+                    advanced(io.Float.Input("reg_weight", default=RENO.reg_weight, min=0.0, max=10.0, step=0.001,
+                                            tooltip="Weight of the noise-norm regulariser that keeps the noise "
+                                                    "Gaussian-looking (ReNO: 0.01, next to reward weights of 0.01).")),
+                    advanced(io.Float.Input("momentum", default=RENO.momentum, min=0.0, max=0.999, step=0.01,
+                                            tooltip="Nesterov momentum (ReNO: 0.9).")),
                     loaders.override_input()],
             outputs=[io.Sampler.Output(tooltip="Connect to SamplerCustomAdvanced.")])
 
