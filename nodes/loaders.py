@@ -22,6 +22,7 @@ from ..latent_clip.config import DEMO_WEIGHTS
 from ..latent_clip.contract import check_family
 from ..latent_clip.factory import DTYPES, load_open_clip as open_clip_weights
 from ._autograd import autograd_safe_
+from ._schema import advanced
 from ._ui import NodeText
 
 FOLDER = "latent_clip"
@@ -129,7 +130,7 @@ OVERRIDE_TIP = ("Run even when the Latent-CLIP was trained on another VAE's late
 
 
 def override_input() -> io.Boolean.Input:
-    return io.Boolean.Input(OVERRIDE, default=False, optional=True, tooltip=OVERRIDE_TIP)
+    return advanced(io.Boolean.Input(OVERRIDE, default=False, optional=True, tooltip=OVERRIDE_TIP))
 
 
 def check_pairing(latent_clip, latent_format, allow_mismatch: bool, text: NodeText) -> None:
@@ -167,11 +168,12 @@ class LatentCLIPLoader(io.ComfyNode):
                                        "'tinyworld (embedded demo)' is the small model trained on the pack's "
                                        "procedural shapes world: it runs anywhere, but only knows that world "
                                        "(the default only while the folder holds no weights)."),
-                io.Combo.Input("dtype", options=["auto", *DTYPES], default="auto",
-                               tooltip="Weight precision. auto: fp32 on CPU, ComfyUI's text-encoder dtype on GPU."),
-                io.Combo.Input("device", options=["default", "cpu"], default="default",
-                               tooltip="default: ComfyUI's device, offloaded when others need the memory. "
-                                       "cpu: always run on the CPU."),
+                advanced(io.Combo.Input("dtype", options=["auto", *DTYPES], default="auto",
+                                        tooltip="Weight precision. auto: fp32 on CPU, ComfyUI's text-encoder dtype "
+                                                "on GPU.")),
+                advanced(io.Combo.Input("device", options=["default", "cpu"], default="default",
+                                        tooltip="default: ComfyUI's device, offloaded when others need the memory. "
+                                                "cpu: always run on the CPU.")),
             ],
             outputs=[LatentClip.Output(display_name="LATENT_CLIP")],
         )
