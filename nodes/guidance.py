@@ -13,7 +13,7 @@ from comfy_api.latest import io
 
 from . import loaders
 from ..latent_clip import rewards, safety
-from ._schema import advanced
+from ._schema import advanced, search_aliases
 from ._ui import NodeText
 from .loaders import LatentClip
 
@@ -55,6 +55,7 @@ class LatentCLIPAvoidGuider(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPAvoidGuider", display_name="Latent-CLIP Safety Guider", category="latent_clip/guidance",
+            **search_aliases("nsfw", "safety", "safe guidance", "negative guidance", "steer away", "latent clip"),
             description="CFG guider for SamplerCustomAdvanced that, inside a sigma window, moves each step's "
                         "predicted clean latent away from the given concepts along the gradient of Latent-CLIP's "
                         "concept loss. Never decodes. Cost per guided step: one Latent-CLIP forward+backward "

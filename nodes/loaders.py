@@ -22,7 +22,7 @@ from ..latent_clip.config import DEMO_WEIGHTS
 from ..latent_clip.contract import check_family
 from ..latent_clip.factory import DTYPES, load_open_clip as open_clip_weights
 from ._autograd import autograd_safe_
-from ._schema import advanced
+from ._schema import advanced, search_aliases
 from ._ui import NodeText
 
 FOLDER = "latent_clip"
@@ -160,6 +160,7 @@ class LatentCLIPLoader(io.ComfyNode):
         choices = model_choices()
         return io.Schema(
             node_id="LatentCLIPLoader", display_name="Load Latent-CLIP", category="latent_clip/loaders",
+            **search_aliases("latent clip", "clip loader", "load clip model"),
             description="Loads Latent-CLIP weights (official .pt or safetensors export) from models/latent_clip.",
             inputs=[
                 io.Combo.Input("model_name", options=choices, default=default_model(choices),

@@ -26,7 +26,7 @@ from ..latent_clip import rewards
 from ..latent_clip.contract import channel_error, describe_latents
 from ..latent_clip.reno import RENO, RenoProgress, optimize_noise, private_saved_tensors
 from ._autograd import autograd_safe_, clone_tensors_, comfy_training_paths
-from ._schema import advanced
+from ._schema import advanced, search_aliases
 from ._ui import NodeText, log
 from .loaders import LatentClip
 from .rewards import PromptTerm, Reward, build_reward
@@ -141,6 +141,7 @@ class LatentCLIPRenoSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPRenoSampler", display_name="ReNO Sampler (Latent-CLIP)", category="latent_clip/reno",
+            **search_aliases("reno", "reward", "noise optimization", "optimise noise", "initial noise", "latent clip"),
             description="SAMPLER for SamplerCustomAdvanced: optimises the initial noise for the reward through the "
                         "guider's one-step prediction (ReNO: Nesterov SGD, per-sample gradient clipping, noise-norm "
                         "regulariser, best iterate by reward), then samples it with the inner sampler. Works for "
@@ -175,6 +176,7 @@ class LatentCLIPReno(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPReno", display_name="ReNO with this prompt (Latent-CLIP)", category="latent_clip/reno",
+            **search_aliases("reno", "reward", "noise optimization", "optimise noise", "clip score", "latent clip"),
             description="One node: optimise the initial noise so that Latent-CLIP finds the prompt in the result, "
                         "then sample it (1 step for SD-Turbo/SDXL-Turbo, a few for FLUX-schnell). " + MEMORY_NOTE,
             inputs=[io.Model.Input("model", tooltip="A one-step or few-step model (SD-Turbo, SDXL-Turbo, "
