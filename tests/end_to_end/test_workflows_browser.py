@@ -6,9 +6,10 @@ again after a run, when reports and previews have grown), the page's own prompt 
 model files that cannot exist here, then it is queued with the test weights swapped in and its results
 show on the canvas. The template browser lists every template by its whole title with its thumbnail,
 and opening one shows its note. Expert inputs stay on the classic canvas and, on Nodes 2.0, open with the
-node's "Show advanced inputs". Screenshots ``<id>.png`` go to $LATENT_CLIP_SCREENSHOTS if set (else
-the test's temp dir); with $LATENT_CLIP_THUMBNAILS set, each template's ``<title>.jpg`` thumbnail is
-written there (example_workflows/ holds the shipped ones, from ComfyUI 0.33.0 + frontend 1.48.7)."""
+node's "Show advanced inputs"; the node search finds nodes by their search aliases (ComfyUI 0.33).
+Screenshots ``<id>.png`` go to $LATENT_CLIP_SCREENSHOTS if set (else the test's temp dir); with
+$LATENT_CLIP_THUMBNAILS set, each template's ``<title>.jpg`` thumbnail is written there (example_workflows/
+holds the shipped ones, from ComfyUI 0.33.0 + frontend 1.48.7)."""
 from __future__ import annotations
 
 import contextlib
@@ -342,3 +343,26 @@ def test_expert_inputs_open_as_a_user_opens_them(page):
         assert labels() >= {*RENO_INPUTS, *RENO_ADVANCED}
     finally:
         page.evaluate("() => window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
+
+
+def test_node_search_finds_nodes_by_their_aliases(comfy_server, page):
+    """Double-click on the empty canvas, type "nsfw" (in no name of ours, an alias of three nodes): ComfyUI 0.33
+    serves the aliases and the search lists those nodes; 0.3.75 serves none, and the same search lists none of ours."""
+    version = tuple(map(int, comfy_server.get("/system_stats")["system"]["comfyui_version"].split(".")[:2]))
+    page.evaluate("() => window.app.graph.clear()")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    for _ in range(10):  # a fresh page's canvas takes double-clicks a moment after the page fixture is ready
+        page.mouse.dblclick(VIEWPORT["width"] // 2, VIEWPORT["height"] // 2)
+        with contextlib.suppress(PlaywrightTimeout):
+            page.wait_for_function("() => document.activeElement?.tagName === 'INPUT'", timeout=1_000)  # search box
+            break
+    else:
+        raise AssertionError("double-clicking the empty canvas opened no node search")
+    page.keyboard.type("nsfw")
+    page.locator('[role="option"]').first.wait_for(timeout=10_000)
+    page.wait_for_timeout(500)  # the search runs as one types: the list for the whole word
+    listed = {o.inner_text().split("\n")[0] for o in page.locator('[role="option"]').all()}
+    _close_dialogs(page)
+    assert listed, "the node search listed nothing"
+    expected = {"Latent-CLIP Safety Filter", "Latent-CLIP Safety Guider", "Latent-CLIP Reward: Avoid Concepts"}
+    assert {name for name in listed if "Latent-CLIP" in name} == (expected if version >= (0, 33) else set()), listed
