@@ -13,6 +13,7 @@ from comfy_api.latest import io
 
 from . import loaders
 from ..latent_clip import rewards, safety
+from ._schema import advanced, search_aliases
 from ._ui import NodeText
 from .loaders import LatentClip
 
@@ -54,6 +55,7 @@ class LatentCLIPAvoidGuider(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPAvoidGuider", display_name="Latent-CLIP Safety Guider", category="latent_clip/guidance",
+            **search_aliases("nsfw", "safety", "safe guidance", "negative guidance", "steer away", "latent clip"),
             description="CFG guider for SamplerCustomAdvanced that, inside a sigma window, moves each step's "
                         "predicted clean latent away from the given concepts along the gradient of Latent-CLIP's "
                         "concept loss. Never decodes. Cost per guided step: one Latent-CLIP forward+backward "
@@ -68,11 +70,11 @@ class LatentCLIPAvoidGuider(io.ComfyNode):
                     io.Float.Input("strength", default=rewards.GUIDANCE_STRENGTH, min=0.0, max=2.0, step=0.01,
                                    tooltip="Step per sampling step, in units of the latent's RMS, scaled by the "
                                            "probability of the concepts (so it fades once they are gone). 0 = off."),
-                    io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                                   tooltip="Start of the guided window, as a fraction of the schedule (0 = first, "
-                                           "noisiest step)."),
-                    io.Float.Input("end_percent", default=0.8, min=0.0, max=1.0, step=0.01,
-                                   tooltip="End of the guided window (1 = last step)."),
+                    advanced(io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                                            tooltip="Start of the guided window, as a fraction of the schedule "
+                                                    "(0 = first, noisiest step).")),
+                    advanced(io.Float.Input("end_percent", default=0.8, min=0.0, max=1.0, step=0.01,
+                                            tooltip="End of the guided window (1 = last step).")),
                     loaders.override_input()],
             outputs=[io.Guider.Output(tooltip="Connect to SamplerCustomAdvanced.")])
 

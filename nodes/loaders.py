@@ -23,6 +23,7 @@ from ..latent_clip.contract import check_family
 from ..latent_clip.factory import DTYPES
 from ..latent_clip.pixel_clip import load_pixel_clip, pixel_tokenizer
 from ._autograd import autograd_safe_
+from ._schema import advanced, search_aliases
 from ._ui import NodeText
 
 FOLDER = "latent_clip"
@@ -129,7 +130,7 @@ OVERRIDE_TIP = ("Run even when the Latent-CLIP was trained on another VAE's late
 
 
 def override_input() -> io.Boolean.Input:
-    return io.Boolean.Input(OVERRIDE, default=False, optional=True, tooltip=OVERRIDE_TIP)
+    return advanced(io.Boolean.Input(OVERRIDE, default=False, optional=True, tooltip=OVERRIDE_TIP))
 
 
 def check_pairing(latent_clip, latent_format, allow_mismatch: bool, text: NodeText) -> None:
@@ -159,6 +160,7 @@ class LatentCLIPLoader(io.ComfyNode):
         choices = model_choices()
         return io.Schema(
             node_id="LatentCLIPLoader", display_name="Load Latent-CLIP", category="latent_clip/loaders",
+            **search_aliases("latent clip", "clip loader", "load clip model"),
             description="Loads Latent-CLIP weights (official .pt or safetensors export) from models/latent_clip.",
             inputs=[
                 io.Combo.Input("model_name", options=choices, default=default_model(choices),
@@ -167,11 +169,12 @@ class LatentCLIPLoader(io.ComfyNode):
                                        "'tinyworld (embedded demo)' is the small model trained on the pack's "
                                        "procedural shapes world: it runs anywhere, but only knows that world "
                                        "(the default only while the folder holds no weights)."),
-                io.Combo.Input("dtype", options=["auto", *DTYPES], default="auto",
-                               tooltip="Weight precision. auto: fp32 on CPU, ComfyUI's text-encoder dtype on GPU."),
-                io.Combo.Input("device", options=["default", "cpu"], default="default",
-                               tooltip="default: ComfyUI's device, offloaded when others need the memory. "
-                                       "cpu: always run on the CPU."),
+                advanced(io.Combo.Input("dtype", options=["auto", *DTYPES], default="auto",
+                                        tooltip="Weight precision. auto: fp32 on CPU, ComfyUI's text-encoder dtype "
+                                                "on GPU.")),
+                advanced(io.Combo.Input("device", options=["default", "cpu"], default="default",
+                                        tooltip="default: ComfyUI's device, offloaded when others need the memory. "
+                                                "cpu: always run on the CPU.")),
             ],
             outputs=[LatentClip.Output(display_name="LATENT_CLIP")],
         )

@@ -26,6 +26,7 @@ from ..latent_clip import rewards
 from ..latent_clip.contract import channel_error, describe_latents
 from ..latent_clip.reno import RENO, RenoProgress, optimize_noise, private_saved_tensors
 from ._autograd import autograd_safe_, clone_tensors_, comfy_training_paths
+from ._schema import advanced, search_aliases
 from ._ui import NodeText, log
 from .loaders import LatentClip
 from .rewards import PromptTerm, Reward, build_reward
@@ -139,6 +140,7 @@ class LatentCLIPRenoSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPRenoSampler", display_name="ReNO Sampler (Latent-CLIP)", category="latent_clip/reno",
+            **search_aliases("reno", "reward", "noise optimization", "optimise noise", "initial noise", "latent clip"),
             description="Connect to SamplerCustomAdvanced: optimises the starting noise until the reward is high "
                         "(ReNO), then samples it with the inner sampler. For eps, v-prediction and flow models.",
             inputs=[Reward.Input("reward", tooltip="Reward terms from the Latent-CLIP Reward nodes."),
@@ -146,13 +148,14 @@ class LatentCLIPRenoSampler(io.ComfyNode):
                                      tooltip="Sampler run on the optimised noise (default euler; with 1 step it "
                                              "returns the one-step image that was optimised)."),
                     *_reno_inputs(),
-                    io.Float.Input("grad_clip", default=RENO.grad_clip, min=0.0, max=10.0, step=0.01,
-                                   tooltip="Gradient-norm clip per sample, applied to the summed loss (ReNO: 0.1)."),
-                    io.Float.Input("reg_weight", default=RENO.reg_weight, min=0.0, max=10.0, step=0.001,
-                                   tooltip="Weight of the noise-norm regulariser that keeps the noise Gaussian-"
-                                           "looking (ReNO: 0.01, next to reward weights of 0.01)."),
-                    io.Float.Input("momentum", default=RENO.momentum, min=0.0, max=0.999, step=0.01,
-                                   tooltip="Nesterov momentum (ReNO: 0.9)."),
+                    advanced(io.Float.Input("grad_clip", default=RENO.grad_clip, min=0.0, max=10.0, step=0.01,
+                                            tooltip="Gradient-norm clip per sample, applied to the summed loss "
+                                                    "(ReNO: 0.1).")),
+                    advanced(io.Float.Input("reg_weight", default=RENO.reg_weight, min=0.0, max=10.0, step=0.001,
+                                            tooltip="Weight of the noise-norm regulariser that keeps the noise "
+                                                    "Gaussian-looking (ReNO: 0.01, next to reward weights of 0.01).")),
+                    advanced(io.Float.Input("momentum", default=RENO.momentum, min=0.0, max=0.999, step=0.01,
+                                            tooltip="Nesterov momentum (ReNO: 0.9).")),
                     loaders.override_input()],
             outputs=[io.Sampler.Output(tooltip="Connect to SamplerCustomAdvanced.")])
 
@@ -170,6 +173,7 @@ class LatentCLIPReno(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPReno", display_name="ReNO with this prompt (Latent-CLIP)", category="latent_clip/reno",
+            **search_aliases("reno", "reward", "noise optimization", "optimise noise", "clip score", "latent clip"),
             description="Optimises the starting noise until Latent-CLIP finds the prompt in the result, then "
                         "samples it. For one-step models (SD-Turbo, SDXL-Turbo).",
             inputs=[io.Model.Input("model", tooltip="A one-step or few-step model (SD-Turbo, SDXL-Turbo, "

@@ -15,6 +15,7 @@ from ..latent_clip import rewards, safety
 from ..latent_clip.fields import check_texts, finite
 from ..latent_clip.reno import RENO
 from ._autograd import autograd_safe_
+from ._schema import search_aliases
 from ._ui import NodeText
 from .loaders import OPEN_CLIP_FOLDER, LatentClip
 
@@ -100,6 +101,7 @@ class LatentCLIPRewardPrompt(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPRewardPrompt", display_name="Latent-CLIP Reward: Prompt", category="latent_clip/reno",
+            **search_aliases("reward", "clip reward", "clip score", "reno", "latent clip"),
             description="Reward for ReNO: alignment of the latent with a prompt, read by Latent-CLIP without "
                         "decoding (ReNO's CLIPScore loss 100 - logit_scale * cos).",
             inputs=[LatentClip.Input("latent_clip", tooltip="A Latent-CLIP model from Load Latent-CLIP, of the "
@@ -122,6 +124,7 @@ class LatentCLIPRewardAvoid(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPRewardAvoid", display_name="Latent-CLIP Reward: Avoid Concepts",
+            **search_aliases("reward", "negative reward", "nsfw", "safety", "reno", "latent clip"),
             category="latent_clip/reno",
             description="Reward for ReNO: penalises latents that Latent-CLIP finds closer to a concept than to its "
                         "counter-prompt (-log p(counter), summed over concepts), without decoding.",
@@ -148,6 +151,7 @@ class LatentCLIPRewardPixelCLIP(io.ComfyNode):
         files = folder_paths.get_filename_list(OPEN_CLIP_FOLDER)
         return io.Schema(
             node_id="LatentCLIPRewardPixelCLIP", display_name="Pixel CLIP Reward (decode, for comparison)",
+            **search_aliases("reward", "clip reward", "clip score", "open clip", "reno"),
             category="latent_clip/reno",
             description="ReNO's pixel-space CLIPScore: VAE-decodes every iterate and scores it with an open_clip "
                         "model from models/open_clip. For side-by-side comparisons with the latent reward: the "
@@ -185,6 +189,7 @@ class LatentCLIPRewardCombine(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPRewardCombine", display_name="Latent-CLIP Reward: Combine", category="latent_clip/reno",
+            **search_aliases("reward", "combine rewards", "sum rewards", "reno", "latent clip"),
             description="Sums two rewards (all their weighted terms).",
             inputs=[Reward.Input("reward_a", tooltip="First reward."), Reward.Input("reward_b", tooltip="Second reward.")],
             outputs=[Reward.Output(display_name="reward", tooltip="All terms of both rewards.")])

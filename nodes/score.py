@@ -9,6 +9,7 @@ from ..latent_clip import safety, score, zeroshot
 from ..latent_clip.batch import select
 from ..latent_clip.contract import tinyworld_warning
 from ..latent_clip.fields import MAX_LABELS, MAX_TEMPLATES, finite
+from ._schema import search_aliases
 from ._ui import NodeText, progress_bar
 from .loaders import LatentClip
 
@@ -44,6 +45,7 @@ class LatentCLIPScore(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPScore", display_name="Latent-CLIP Score", category="latent_clip/scoring",
+            **search_aliases("clip score", "latent clip", "prompt similarity", "text similarity", "cosine similarity"),
             description="Cosine similarity and CLIP logit of every latent in the batch against a prompt.",
             inputs=_common_inputs(), hidden=[io.Hidden.unique_id], is_output_node=True,
             outputs=[io.Float.Output(display_name="cosine", is_output_list=True,
@@ -68,6 +70,7 @@ class LatentCLIPZeroShot(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPZeroShot", display_name="Latent-CLIP Zero-Shot Classify",
+            **search_aliases("zero-shot", "zero shot", "classify", "classifier", "labels", "latent clip"),
             category="latent_clip/scoring", is_output_node=True, hidden=[io.Hidden.unique_id],
             description="Classifies every latent into one of the given labels (zero-shot, template ensemble).",
             inputs=[*_common_inputs(prompt=False),
@@ -104,6 +107,7 @@ class LatentCLIPSafetyFilter(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPSafetyFilter", display_name="Latent-CLIP Safety Filter",
+            **search_aliases("nsfw", "safety", "safety checker", "content filter", "censor", "latent clip"),
             category="latent_clip/filtering", is_output_node=True, hidden=[io.Hidden.unique_id],
             description="Blocks latents that look more like a concept than like its harmless counter-prompt.",
             inputs=[*_common_inputs(prompt=False),
@@ -145,6 +149,7 @@ class LatentCLIPSelectBest(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPSelectBest", display_name="Latent-CLIP Select Best-k",
+            **search_aliases("best of n", "best-of-n", "rank", "rerank", "clip score", "latent clip"),
             category="latent_clip/filtering", is_output_node=True, hidden=[io.Hidden.unique_id],
             description="Best-of-N without decoding: keeps the k latents that match the prompt best, best first.",
             inputs=[*_common_inputs(),
@@ -171,6 +176,7 @@ class LatentCLIPScoreThreshold(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LatentCLIPScoreThreshold", display_name="Latent-CLIP Score Threshold",
+            **search_aliases("compare score", "score switch", "clip score", "latent clip"),
             category="latent_clip/utils",
             description="Turns a score into a BOOLEAN/INT for switches and routing (one result per list item).",
             inputs=[io.Float.Input("score", default=0.0, min=-1e4, max=1e4, step=0.001, force_input=True,

@@ -60,7 +60,7 @@ if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" = "$wanted" ]; then
     say "venv $VENV up to date ($(size "$VENV"))"
 else
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-    PIP="$VENV/bin/pip --disable-pip-version-check -q"
+    PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"  # bin/pip names the venv's first path
     step() {  # step <what> <pip install args...>
         local what=$1 t=$SECONDS
         shift
@@ -79,7 +79,7 @@ PINNED_FRONTEND=$($PY -c 'import importlib.metadata as m; print(m.version("comfy
 
 # 3. The newest frontend on PyPI, unpacked once per version.
 say "pip download: the newest comfyui-frontend-package ..."
-$VENV/bin/pip --disable-pip-version-check -q download --no-deps --only-binary=:all: -d "$FRONTEND/wheels" \
+$VENV/bin/python -m pip --disable-pip-version-check -q download --no-deps --only-binary=:all: -d "$FRONTEND/wheels" \
     comfyui-frontend-package
 wheel=$(ls "$FRONTEND"/wheels/comfyui_frontend_package-*.whl | sort -V | tail -n 1)
 NEWEST_FRONTEND=$(basename "$wheel" | cut -d- -f2)

@@ -1,7 +1,9 @@
 """Saved workflows keep loading: every node's schema as a real ComfyUI server serves it (``/object_info``) is
 checked against the snapshot in ``node_schema.json``. An incompatible change (a node, input or output gone, a
 type changed, widgets reordered, a range narrowed, a choice removed, a new required input) fails with what
-broke; any other change fails until the snapshot is regenerated with ``LATENT_CLIP_UPDATE_SCHEMA=1``."""
+broke; any other change fails until the snapshot is regenerated with ``LATENT_CLIP_UPDATE_SCHEMA=1``.
+The server also serves ComfyUI's conventions (``nodes/_schema.py``): the expert inputs marked advanced, and on
+ComfyUI 0.33.0 the words the node search finds each node by."""
 from __future__ import annotations
 
 import copy
@@ -14,10 +16,27 @@ import pytest
 pytestmark = pytest.mark.comfyui
 SNAPSHOT = Path(__file__).with_name("node_schema.json")
 PACK_MODULE = "custom_nodes.comfyui-latent-clip"
-KEPT = ("default", "min", "max", "step", "multiline", "options", "force_input", "control_after_generate")
+KEPT = ("default", "min", "max", "step", "multiline", "options", "force_input", "control_after_generate", "advanced")
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # Choices that list the files of a model folder: what a given ComfyUI holds, not part of the schema.
 FILE_CHOICES = {("LatentCLIPLoader", "model_name"), ("LatentCLIPRewardPixelCLIP", "clip_name")}
+OVERRIDE = "allow_family_mismatch"
+# The expert-only inputs, hidden on Nodes 2.0 nodes until "Show advanced inputs" (1.48.7, 1.58.1).
+ADVANCED = {"LatentCLIPRenoSampler": {"grad_clip", "reg_weight", "momentum", OVERRIDE},
+            "LatentCLIPReno": {OVERRIDE}, "LatentCLIPAvoidGuider": {"start_percent", "end_percent", OVERRIDE},
+            "LatentCLIPLoader": {"dtype", "device"}}
+# Words typed into the node search -> the nodes it finds by them (search_aliases, beside names).
+FOUND_BY = {
+    "reward": {"LatentCLIPRewardPrompt", "LatentCLIPRewardAvoid", "LatentCLIPRewardPixelCLIP",
+               "LatentCLIPRewardCombine", "LatentCLIPRenoSampler", "LatentCLIPReno"},
+    "clip score": {"LatentCLIPScore", "LatentCLIPSelectBest", "LatentCLIPScoreThreshold", "LatentCLIPRewardPrompt",
+                   "LatentCLIPRewardPixelCLIP", "LatentCLIPReno"},
+    "nsfw": {"LatentCLIPSafetyFilter", "LatentCLIPRewardAvoid", "LatentCLIPAvoidGuider"},
+    "safety": {"LatentCLIPSafetyFilter", "LatentCLIPRewardAvoid", "LatentCLIPAvoidGuider"},
+    "zero-shot": {"LatentCLIPZeroShot"}, "classify": {"LatentCLIPZeroShot"},
+    "reno": {"LatentCLIPRewardPrompt", "LatentCLIPRewardAvoid", "LatentCLIPRewardPixelCLIP",
+             "LatentCLIPRewardCombine", "LatentCLIPRenoSampler", "LatentCLIPReno"},
+}
 
 
 def schema_of(object_info: dict) -> dict:
@@ -76,8 +95,13 @@ def incompatible(old: dict, new: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def served(comfy_server) -> dict:
-    return schema_of(comfy_server.get("/object_info"))
+def object_info(comfy_server) -> dict:
+    return comfy_server.get("/object_info")
+
+
+@pytest.fixture(scope="module")
+def served(object_info) -> dict:
+    return schema_of(object_info)
 
 
 def test_node_schema_is_compatible_with_the_snapshot(served):
@@ -87,6 +111,25 @@ def test_node_schema_is_compatible_with_the_snapshot(served):
     assert len(snapshot) == 13
     assert incompatible(snapshot, served) == []
     assert served == snapshot, "the schema changed compatibly: regenerate with LATENT_CLIP_UPDATE_SCHEMA=1"
+
+
+def test_expert_inputs_are_served_as_advanced(served):
+    advanced = {node: {name for _, name, _, opts in schema["inputs"] if opts.get("advanced")}
+                for node, schema in served.items()}
+    assert advanced == {node: ADVANCED.get(node, set()) for node in served}
+
+
+def test_nodes_carry_search_aliases_on_comfyui_0_33(comfy_server, object_info):
+    """0.33.0 serves every node's search aliases; 0.3.75, whose schema has no such field, serves none and
+    still registers every node."""
+    ours = {node: info for node, info in object_info.items() if info.get("python_module") == PACK_MODULE}
+    version = tuple(map(int, comfy_server.get("/system_stats")["system"]["comfyui_version"].split(".")[:2]))
+    if version < (0, 33):
+        assert len(ours) == 13 and [n for n, info in ours.items() if info.get("search_aliases")] == []
+        return
+    assert [n for n, info in ours.items() if not info.get("search_aliases")] == []
+    found = {word: {n for n, info in ours.items() if word in info["search_aliases"]} for word in FOUND_BY}
+    assert found == FOUND_BY
 
 
 def test_compatibility_check_catches_each_breaking_change():

@@ -5,9 +5,11 @@ right side panel) offers each template's model downloads, no two nodes overlap (
 again after a run, when reports and previews have grown), the page's own prompt validates except for
 model files that cannot exist here, then it is queued with the test weights swapped in and its results
 show on the canvas. The template browser lists every template by its whole title with its thumbnail,
-and opening one shows its note. Screenshots ``<id>.png`` go to $LATENT_CLIP_SCREENSHOTS if set (else
-the test's temp dir); with $LATENT_CLIP_THUMBNAILS set, each template's ``<title>.jpg`` thumbnail is
-written there (example_workflows/ holds the shipped ones, from ComfyUI 0.33.0 + frontend 1.48.7)."""
+and opening one shows its note. Expert inputs stay on the classic canvas and, on Nodes 2.0, open with the
+node's "Show advanced inputs"; the node search finds nodes by their search aliases (ComfyUI 0.33).
+Screenshots ``<id>.png`` go to $LATENT_CLIP_SCREENSHOTS if set (else the test's temp dir); with
+$LATENT_CLIP_THUMBNAILS set, each template's ``<title>.jpg`` thumbnail is written there (example_workflows/
+holds the shipped ones, from ComfyUI 0.33.0 + frontend 1.48.7)."""
 from __future__ import annotations
 
 import contextlib
@@ -93,6 +95,9 @@ CARDS = """() => [...document.querySelectorAll('[data-testid^="template-workflow
 PREVIEWS = """() => window.app.graph.nodes.filter(n => n.type === 'PreviewAny')
     .map(n => n.widgets.filter(w => typeof w.value === 'string').map(w => w.value))"""
 THUMBNAIL = (512, 384)
+RENO_INPUTS, RENO_ADVANCED = ["iterations", "lr"], ["grad_clip", "reg_weight", "momentum", "allow_family_mismatch"]
+ADD_RENO_SAMPLER = """() => { const n = LiteGraph.createNode('LatentCLIPRenoSampler'); n.pos = [300, 200];
+    window.app.graph.add(n); return n; }"""
 VIEWPORT = {"width": 1920, "height": 1080}
 
 
@@ -372,3 +377,50 @@ def test_template_browser_shows_every_template_by_title(page):
     page.remove_listener("response", listen)
     url = f"{page.url.split('#')[0].rstrip('/')}/api/workflow_templates/{PACK_NAME}/"
     assert served == {url + title + ext: 200 for title in titles for ext in (".jpg", ".json")}, served
+
+
+def test_expert_inputs_open_as_a_user_opens_them(page):
+    """The ReNO Sampler's advanced inputs: every tested frontend keeps them on the classic canvas (what the other
+    tests use); on Nodes 2.0 nodes 1.48+ hide them until the node's "Show advanced inputs" is clicked, 1.32.9
+    shows them."""
+    shown = page.evaluate(f"""() => {{ const n = ({ADD_RENO_SAMPLER})();
+        const names = n.widgets.filter(w => n.isWidgetVisible(w)).map(w => w.name);
+        window.app.graph.remove(n); return names; }}""")
+    assert shown == RENO_INPUTS + RENO_ADVANCED
+    version = tuple(map(int, page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__").split(".")[:2]))
+    page.evaluate("() => window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
+    try:
+        page.evaluate("() => window.app.graph.clear()")  # nothing covers the node
+        node = page.locator(f'[data-node-id="{page.evaluate(f"() => ({ADD_RENO_SAMPLER})().id")}"]')
+        node.get_by_text(RENO_INPUTS[-1], exact=True).wait_for(timeout=10_000)  # its widgets are drawn
+        labels = lambda: set(node.inner_text().split("\n"))  # noqa: E731 - the node's texts as shown now
+        if version >= (1, 48):
+            assert labels() >= set(RENO_INPUTS) and not labels() & set(RENO_ADVANCED)
+            node.get_by_role("button", name="Show advanced inputs").click()
+            node.get_by_text(RENO_ADVANCED[-1], exact=True).wait_for(timeout=10_000)  # drawn after the button
+        assert labels() >= {*RENO_INPUTS, *RENO_ADVANCED}
+    finally:
+        page.evaluate("() => window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
+
+
+def test_node_search_finds_nodes_by_their_aliases(comfy_server, page):
+    """Double-click on the empty canvas, type "nsfw" (in no name of ours, an alias of three nodes): ComfyUI 0.33
+    serves the aliases and the search lists those nodes; 0.3.75 serves none, and the same search lists none of ours."""
+    version = tuple(map(int, comfy_server.get("/system_stats")["system"]["comfyui_version"].split(".")[:2]))
+    page.evaluate("() => window.app.graph.clear()")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    for _ in range(10):  # a fresh page's canvas takes double-clicks a moment after the page fixture is ready
+        page.mouse.dblclick(VIEWPORT["width"] // 2, VIEWPORT["height"] // 2)
+        with contextlib.suppress(PlaywrightTimeout):
+            page.wait_for_function("() => document.activeElement?.tagName === 'INPUT'", timeout=1_000)  # search box
+            break
+    else:
+        raise AssertionError("double-clicking the empty canvas opened no node search")
+    page.keyboard.type("nsfw")
+    page.locator('[role="option"]').first.wait_for(timeout=10_000)
+    page.wait_for_timeout(500)  # the search runs as one types: the list for the whole word
+    listed = {o.inner_text().split("\n")[0] for o in page.locator('[role="option"]').all()}
+    _close_dialogs(page)
+    assert listed, "the node search listed nothing"
+    expected = {"Latent-CLIP Safety Filter", "Latent-CLIP Safety Guider", "Latent-CLIP Reward: Avoid Concepts"}
+    assert {name for name in listed if "Latent-CLIP" in name} == (expected if version >= (0, 33) else set()), listed
