@@ -39,6 +39,7 @@ SIZES = {"LatentCLIPLoader": (360, 130), "LatentCLIPScoreThreshold": (300, 110),
          "LatentCLIPScore": (400, 300), "LatentCLIPZeroShot": (480, 400), "LatentCLIPSafetyFilter": (440, 400),
          "LatentCLIPSelectBest": (400, 300), "LatentCLIPRewardPrompt": (380, 260), "LatentCLIPRenoSampler": (380, 300),
          "LatentCLIPReno": (400, 420), "LatentCLIPAvoidGuider": (400, 400), NOTE: (360, 150)}
+SIZES["LatentCLIPExampleLatents"] = (420, 330)  # its captions shown on it
 DEFAULT_SIZE, TITLE_HEIGHT, GAP = (360, 140), 30, 60
 VIEW = {"scale": 0.6, "offset": [150, 250]}  # on opening, the note clears the frontend's top bars and sidebar
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -69,6 +70,14 @@ TEMPLATES = {
                             "concepts: concepts one per line (`concept | counter-prompt`) and strength on "
                             "**Latent-CLIP Safety Guider**."),
 }
+# The first graph: nothing to download (the pack's example latents and its embedded demo model), answers checkable.
+FIRST_PROMPT = "a red circle"  # caption #17; the demo model tells colours apart, not shapes
+TEMPLATES["latent_clip_first_graph"] = (
+    "Start here - classify example latents (nothing to download)",
+    "Runs as it is, nothing to download: 18 tiny-world latents (captions on **Latent-CLIP Example Latents**) and "
+    "the small model that ships with the pack. Check: **Zero-Shot** names each latent's colour as its caption "
+    f"does; **Score** ranks the red ones (#6, #9, #17) above the rest for `{FIRST_PROMPT}`; the **Safety "
+    "Filter** blocks exactly those three. This model knows colours, not shapes.")
 TEST_WEIGHTS, TEST_LATENT = "latent_clip_tiny.safetensors", "latent_clip_test.latent"
 POSITIVE = "a photo of a cat sitting on a windowsill, golden hour"
 
@@ -118,6 +127,21 @@ SPECS = {
                                       "prompt": "a photo of a cat sitting on a windowsill", "k": 1}),
         12: ("PreviewAny", {"source": L(10, 2)}),
         **decode(L(10, 0), "latent_clip/best_of_n")},
+}
+
+EMBEDDED = "tinyworld (embedded demo)"  # Load Latent-CLIP's choice for the model that ships with the pack
+FIRST_GRAPH = {  # no model file: the graph, its API copy and its test twin are one
+    "latent_clip_first_graph": {
+        1: ("LatentCLIPExampleLatents", {}),
+        6: ("LatentCLIPLoader", {"model_name": EMBEDDED, "dtype": "auto", "device": "default"}),
+        10: ("LatentCLIPZeroShot", {"latent": L(1), "latent_clip": L(6), "labels": L(1, 2), "templates": L(1, 3)}),
+        11: ("LatentCLIPScore", {"latent": L(1), "latent_clip": L(6), "prompt": FIRST_PROMPT}),
+        13: ("LatentCLIPSafetyFilter", {"latent": L(1), "latent_clip": L(6), "concepts": "red", "threshold": 0.5,
+                                        "action": "drop", "seed": 0}),
+        20: ("PreviewAny", {"source": L(10, 2)}),
+        21: ("PreviewAny", {"source": L(11, 2)}),
+        23: ("PreviewAny", {"source": L(13, 3)}),
+    },
 }
 
 TEST_SOURCE = {5: ("LoadLatent", {"latent": TEST_LATENT}),
@@ -179,18 +203,22 @@ def to_ui(name: str, spec: dict, object_info: dict) -> dict:
         if model_downloads(values):
             node["properties"]["models"] = model_downloads(values)
         for name, kind, options in _inputs(info):
-            if kind in WIDGET_TYPES and not options.get("forceInput"):
-                node["widgets_values"].append(values[name])
+            linked = isinstance(values.get(name), list)  # a link from an earlier node of the spec
+            widget = kind in WIDGET_TYPES and not options.get("forceInput")
+            if widget:  # a linked widget keeps its place in widgets_values, with its default
+                node["widgets_values"].append(options.get("default", "") if linked else values[name])
                 if options.get("control_after_generate"):
                     node["widgets_values"].append("fixed")
-                continue
+                if not linked:
+                    continue
             link = None
-            if name in values:  # a link from an earlier node of the spec
+            if linked:
                 link_id = link = link_id + 1
                 origin, origin_slot = values[name]
                 nodes[origin]["outputs"][origin_slot]["links"].append(link)
                 links.append([link, origin, origin_slot, nid, len(node["inputs"]), kind])
-            node["inputs"].append({"name": name, "type": kind, "link": link})
+            node["inputs"].append({"name": name, "type": kind, "link": link, **({"widget": {"name": name}} if widget
+                                                                                 else {})})
         node["outputs"] = [{"name": n, "type": t, "links": []} for n, t in zip(info["output_name"], info["output"])]
         nodes[nid] = node
     return {"last_node_id": max(nodes), "last_link_id": link_id, "nodes": list(nodes.values()), "links": links,
@@ -313,6 +341,8 @@ def main(object_info: dict) -> None:
         write(name, to_ui(name, spec, object_info), to_api(spec), to_api(test_twin(spec, object_info)))
     for name, spec in RENO_SPECS.items():
         write(name, to_ui(name, spec, object_info), to_api(spec), to_api(reno_test_twin(name, spec)))
+    for name, spec in FIRST_GRAPH.items():
+        write(name, to_ui(name, spec, object_info), to_api(spec), to_api(spec))
 
 
 if __name__ == "__main__":
