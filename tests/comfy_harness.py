@@ -12,7 +12,7 @@ Fixtures (registered in tests/conftest.py; mark tests ``comfyui``):
   default, an option in 0.33.0 too) drops a graph's outputs once the next graph does not use them, so what a
   server holds after a run is the pack's doing and every graph with a new checkpoint name loads it anew; 0.33.0's
   default RAM-pressure cache keeps earlier graphs' models while RAM is free.
-* ``bare_comfy_server`` (session): the same with the pack alone and ``models/`` empty, as a new user has it.
+* ``bare_comfy_server`` (module): the same with the pack alone and ``models/`` empty, as a new user has it.
 * ``comfy_inprocess`` (function): imports ComfyUI in this process (``--cpu``, args parsing on,
   build/ComfyUI first on sys.path) and returns a namespace with ``comfy``, ``folder_paths``,
   ``nodes`` (ComfyUI's) and ``pack`` (this repo imported as a ComfyUI pack).
@@ -197,9 +197,10 @@ def comfy_server(tmp_path_factory):
     yield from _serve(tmp_path_factory.mktemp("comfy_base"), prepare_base)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def bare_comfy_server(tmp_path_factory):
-    """A server as a new user starts it: the pack and nothing else, models/ empty."""
+    """A server as a new user starts it: the pack and nothing else, models/ empty; one per test module, so each
+    module's first run is the server's first (nothing cached)."""
     yield from _serve(tmp_path_factory.mktemp("comfy_bare"), prepare_bare_base)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from latent_clip.examples import example_latents  # noqa: E402
 from latent_clip.pretrained import get_pretrained  # noqa: E402
 
 UI_DIR, API_DIR, TEST_DIR = ROOT / "example_workflows", ROOT / "workflows" / "api", ROOT / "tests" / "api_workflows"
@@ -40,6 +41,8 @@ SIZES = {"LatentCLIPLoader": (360, 130), "LatentCLIPScoreThreshold": (300, 110),
          "LatentCLIPSelectBest": (400, 300), "LatentCLIPRewardPrompt": (380, 260), "LatentCLIPRenoSampler": (380, 300),
          "LatentCLIPReno": (400, 420), "LatentCLIPAvoidGuider": (400, 400), NOTE: (360, 150)}
 SIZES["LatentCLIPExampleLatents"] = (420, 330)  # its captions shown on it
+# Sizes of one template's nodes where its reports are longer (the first graph's: 18 rows each).
+TEMPLATE_SIZES = {"latent_clip_first_graph": {"LatentCLIPZeroShot": (480, 680), "LatentCLIPScore": (400, 500)}}
 DEFAULT_SIZE, TITLE_HEIGHT, GAP = (360, 140), 30, 60
 VIEW = {"scale": 0.6, "offset": [150, 250]}  # on opening, the note clears the frontend's top bars and sidebar
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -76,8 +79,8 @@ TEMPLATES["latent_clip_first_graph"] = (
     "Start here - classify example latents (nothing to download)",
     "Runs as it is, nothing to download: 18 tiny-world latents (captions on **Latent-CLIP Example Latents**) and "
     "the small model that ships with the pack. Check: **Zero-Shot** names each latent's colour as its caption "
-    f"does; **Score** ranks the red ones (#6, #9, #17) above the rest for `{FIRST_PROMPT}`; the **Safety "
-    "Filter** blocks exactly those three. This model knows colours, not shapes.")
+    f"does; **Score** ranks the red ones (#6, #9, #17) above the rest for `{FIRST_PROMPT}`. This model knows "
+    "colours, not shapes: try labels `circle`, `square`, `triangle` to see it guess.")
 TEST_WEIGHTS, TEST_LATENT = "latent_clip_tiny.safetensors", "latent_clip_test.latent"
 POSITIVE = "a photo of a cat sitting on a windowsill, golden hour"
 
@@ -130,17 +133,16 @@ SPECS = {
 }
 
 EMBEDDED = "tinyworld (embedded demo)"  # Load Latent-CLIP's choice for the model that ships with the pack
+EXAMPLES = example_latents()  # the labels and templates that classify them, written into Zero-Shot's widgets
 FIRST_GRAPH = {  # no model file: the graph, its API copy and its test twin are one
     "latent_clip_first_graph": {
         1: ("LatentCLIPExampleLatents", {}),
         6: ("LatentCLIPLoader", {"model_name": EMBEDDED, "dtype": "auto", "device": "default"}),
-        10: ("LatentCLIPZeroShot", {"latent": L(1), "latent_clip": L(6), "labels": L(1, 2), "templates": L(1, 3)}),
+        10: ("LatentCLIPZeroShot", {"latent": L(1), "latent_clip": L(6), "labels": "\n".join(EXAMPLES.labels),
+                                    "templates": "\n".join(EXAMPLES.templates)}),
         11: ("LatentCLIPScore", {"latent": L(1), "latent_clip": L(6), "prompt": FIRST_PROMPT}),
-        13: ("LatentCLIPSafetyFilter", {"latent": L(1), "latent_clip": L(6), "concepts": "red", "threshold": 0.5,
-                                        "action": "drop", "seed": 0}),
         20: ("PreviewAny", {"source": L(10, 2)}),
         21: ("PreviewAny", {"source": L(11, 2)}),
-        23: ("PreviewAny", {"source": L(13, 3)}),
     },
 }
 
@@ -154,10 +156,10 @@ def _inputs(info: dict) -> list[tuple[str, str, dict]]:
             for part in ("required", "optional") for name, spec in info["input"].get(part, {}).items()]
 
 
-def layout(spec: dict) -> dict[int, tuple[int, int]]:
+def layout(spec: dict, sizes: dict = SIZES) -> dict[int, tuple[int, int]]:
     """Each node's position: columns by link depth (sources left), nodes stacked in id order inside a
-    column, boxes (title bar included) apart by GAP; sizes from SIZES, which leave room for what a
-    run adds (reports, previews)."""
+    column, boxes (title bar included) apart by GAP; ``sizes`` (SIZES, with a template's TEMPLATE_SIZES) leave
+    room for what a run adds (reports, previews)."""
     depth: dict[int, int] = {}
 
     def depth_of(nid: int) -> int:
@@ -174,13 +176,13 @@ def layout(spec: dict) -> dict[int, tuple[int, int]]:
         y = TITLE_HEIGHT
         for nid in columns[col]:
             pos[nid] = (x, y)
-            y += size_of(spec[nid][0])[1] + TITLE_HEIGHT + GAP
-        x += max(size_of(spec[nid][0])[0] for nid in columns[col]) + GAP
+            y += size_of(spec[nid][0], sizes)[1] + TITLE_HEIGHT + GAP
+        x += max(size_of(spec[nid][0], sizes)[0] for nid in columns[col]) + GAP
     return pos
 
 
-def size_of(cls: str) -> tuple[int, int]:
-    return SIZES.get(cls, DEFAULT_SIZE)
+def size_of(cls: str, sizes: dict = SIZES) -> tuple[int, int]:
+    return sizes.get(cls, DEFAULT_SIZE)
 
 
 def model_downloads(values: dict) -> list[dict]:
@@ -194,31 +196,28 @@ def to_ui(name: str, spec: dict, object_info: dict) -> dict:
     spec = {0: (NOTE, {"text": TEMPLATES[name][1]}), **spec}
     nodes, links, link_id = {}, [], 0
     order = {nid: i for i, nid in enumerate(sorted(spec))}
-    positions = layout(spec)
+    sizes = {**SIZES, **TEMPLATE_SIZES.get(name, {})}
+    positions = layout(spec, sizes)
     for nid, (cls, values) in spec.items():
         info = NOTE_INFO if cls == NOTE else object_info[cls]
-        node = {"id": nid, "type": cls, "pos": list(positions[nid]), "size": list(size_of(cls)),
+        node = {"id": nid, "type": cls, "pos": list(positions[nid]), "size": list(size_of(cls, sizes)),
                 "flags": {}, "order": order[nid], "mode": 0, "inputs": [], "outputs": [],
                 "properties": {"Node name for S&R": cls}, "widgets_values": []}
         if model_downloads(values):
             node["properties"]["models"] = model_downloads(values)
         for name, kind, options in _inputs(info):
-            linked = isinstance(values.get(name), list)  # a link from an earlier node of the spec
-            widget = kind in WIDGET_TYPES and not options.get("forceInput")
-            if widget:  # a linked widget keeps its place in widgets_values, with its default
-                node["widgets_values"].append(options.get("default", "") if linked else values[name])
+            if kind in WIDGET_TYPES and not options.get("forceInput"):
+                node["widgets_values"].append(values[name])
                 if options.get("control_after_generate"):
                     node["widgets_values"].append("fixed")
-                if not linked:
-                    continue
+                continue
             link = None
-            if linked:
+            if name in values:  # a link from an earlier node of the spec
                 link_id = link = link_id + 1
                 origin, origin_slot = values[name]
                 nodes[origin]["outputs"][origin_slot]["links"].append(link)
                 links.append([link, origin, origin_slot, nid, len(node["inputs"]), kind])
-            node["inputs"].append({"name": name, "type": kind, "link": link, **({"widget": {"name": name}} if widget
-                                                                                 else {})})
+            node["inputs"].append({"name": name, "type": kind, "link": link})
         node["outputs"] = [{"name": n, "type": t, "links": []} for n, t in zip(info["output_name"], info["output"])]
         nodes[nid] = node
     return {"last_node_id": max(nodes), "last_link_id": link_id, "nodes": list(nodes.values()), "links": links,

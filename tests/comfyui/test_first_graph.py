@@ -1,5 +1,5 @@
 """The first graph (template ``latent_clip_first_graph``) on a ComfyUI with nothing downloaded: the pack's
-example latents and its embedded demo model, classified, scored and filtered over HTTP, every answer checked
+example latents and its embedded demo model, classified and scored over HTTP, every answer checked
 against the captions that ship with the latents and against the library on the same model."""
 from __future__ import annotations
 
@@ -63,15 +63,6 @@ def test_score_ranks_the_prompts_colour_first(run):
     red = [i for i, a in enumerate(examples.answers) if a == "red"]
     assert sorted(cosine.argsort(descending=True)[:len(red)].tolist()) == red
     assert outputs["21"]["text"] == [f"```\n{report}\n```"]
-
-
-def test_safety_filter_blocks_the_red_ones(run):
-    """Concept 'red' at threshold 0.5 blocks exactly the red latents (measured p: red >= 0.94, others <= 0.36)."""
-    outputs, _ = run
-    examples, report = example_latents(), outputs["13"]["text"][0]
-    blocked = [int(row[0]) for row in rows(report, 2) if row[-1] == "BLOCKED"]
-    assert blocked == [i for i, a in enumerate(examples.answers) if a == "red"]
-    assert report.startswith("action: drop\nthreshold 0.50; flagged 3/18")
 
 
 def test_no_warning_on_the_first_graph(run):
