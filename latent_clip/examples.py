@@ -63,6 +63,11 @@ def example_latents(path: str | Path = EXAMPLES_FILE) -> Examples:
 def check_examples(examples: Examples, where: object) -> Examples:
     """``examples`` when they hold together: fp32 finite latents with the family's channels, one caption and
     one answer per latent, answers among the labels, every text within the text bounds; else ``ValueError``."""
+    for name in TEXT_FIELDS:
+        texts = getattr(examples, name)
+        if not isinstance(texts, list):
+            raise ValueError(f"{shorten(where)}: {name} must be a list of texts, got {type(texts).__name__}")
+        check_texts(texts, f"{shorten(where)}: {name}")
     z, n = examples.latents, len(examples.captions)
     channels = get_latent_family(examples.family).channels
     if z.dtype != torch.float32 or z.ndim != 4 or z.shape[1] != channels or not len(z) == n == len(examples.answers):
@@ -74,8 +79,6 @@ def check_examples(examples: Examples, where: object) -> Examples:
     if not 0 < len(examples.labels) <= MAX_LABELS or not 0 < len(examples.templates) <= MAX_TEMPLATES:
         raise ValueError(f"{shorten(where)}: {len(examples.labels)} labels and {len(examples.templates)} templates; "
                          f"expected 1 to {MAX_LABELS} and 1 to {MAX_TEMPLATES}")
-    for name in TEXT_FIELDS:
-        check_texts(getattr(examples, name), f"{shorten(where)}: {name}")
     for template in examples.templates:
         check_template(template)
     unknown = sorted(set(examples.answers) - set(examples.labels))

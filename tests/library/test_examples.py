@@ -63,6 +63,8 @@ def _write(path, tensors: dict, metadata: dict) -> None:
     ({"answers": ["red"] * 17 + ["black"]}, "are not among the labels"),
     ({"captions": ["a red circle"] * 17}, "one caption and one answer each"),
     ({"family": "sd3"}, "float32 (N, 16, H, W)"),
+    ({"labels": {"red": 1}}, "labels must be a list of texts, got dict"),
+    ({"answers": ["red"] * 17 + [3]}, "answers 18 must be text"),
     ({"family": "nope"}, "unknown latent family"),
     ({"templates": ["a {0} circle"]}, "must each contain '{}'"),
     ({"latents": torch.full((18, 4, 8, 8), float("nan"))}, "NaN or Inf"),
