@@ -76,7 +76,7 @@ TEMPLATES = {
 # The first graph: nothing to download (the pack's example latents and its embedded demo model), answers checkable.
 FIRST_PROMPT = "a red circle"  # caption #17; the demo model tells colours apart, not shapes
 TEMPLATES["latent_clip_first_graph"] = (
-    "Start here - classify example latents (nothing to download)",
+    "Start here - no downloads",
     "Runs as it is, nothing to download: 18 tiny-world latents (captions on **Latent-CLIP Example Latents**) and "
     "the small model that ships with the pack. Check: **Zero-Shot** names each latent's colour as its caption "
     f"does; **Score** ranks the red ones (#6, #9, #17) above the rest for `{FIRST_PROMPT}`. This model knows "
