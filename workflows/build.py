@@ -80,7 +80,7 @@ TEMPLATES["latent_clip_first_graph"] = (
     "Runs as it is, nothing to download: 18 tiny-world latents (captions on **Latent-CLIP Example Latents**) and "
     "the small model that ships with the pack. Check: **Zero-Shot** names each latent's colour as its caption "
     f"does; **Score** ranks the red ones (#6, #9, #17) above the rest for `{FIRST_PROMPT}`. This model knows "
-    "colours, not shapes: try labels `circle`, `square`, `triangle` to see it guess.")
+    "colours, not shapes: labels `circle`, `square`, `triangle` with the template `a {}` get guesses.")
 TEST_WEIGHTS, TEST_LATENT = "latent_clip_tiny.safetensors", "latent_clip_test.latent"
 POSITIVE = "a photo of a cat sitting on a windowsill, golden hour"
 
