@@ -19,7 +19,7 @@ OPTIONAL_MODULES = ("rewards", "reno", "guidance")
 WEB_DIRECTORY = "./web"  # shows the nodes' text reports on the canvas
 
 if ComfyExtension is not None:
-    from .nodes import loaders, score
+    from .nodes import examples, loaders, score
     from .nodes._ui import log
 
     loaders.register_model_folder()
@@ -38,7 +38,7 @@ if ComfyExtension is not None:
 
     class LatentCLIPExtension(ComfyExtension):
         async def get_node_list(self) -> list:
-            return [*loaders.NODES, *score.NODES, *_optional_nodes()]
+            return [*examples.NODES, *loaders.NODES, *score.NODES, *_optional_nodes()]
 
     async def comfy_entrypoint() -> "LatentCLIPExtension":
         return LatentCLIPExtension()

@@ -12,6 +12,7 @@ Fixtures (registered in tests/conftest.py; mark tests ``comfyui``):
   default, an option in 0.33.0 too) drops a graph's outputs once the next graph does not use them, so what a
   server holds after a run is the pack's doing and every graph with a new checkpoint name loads it anew; 0.33.0's
   default RAM-pressure cache keeps earlier graphs' models while RAM is free.
+* ``bare_comfy_server`` (module): the same with the pack alone and ``models/`` empty, as a new user has it.
 * ``comfy_inprocess`` (function): imports ComfyUI in this process (``--cpu``, args parsing on,
   build/ComfyUI first on sys.path) and returns a namespace with ``comfy``, ``folder_paths``,
   ``nodes`` (ComfyUI's) and ``pack`` (this repo imported as a ComfyUI pack).
@@ -117,12 +118,18 @@ def saved_latents(server: ComfyServer, outputs: dict, node: str) -> torch.Tensor
     return load_file(str(server.output_dir / item["subfolder"] / item["filename"]))["latent_tensor"]
 
 
+def prepare_bare_base(base: Path) -> None:
+    """Fresh ComfyUI base dir as a new user has it: the pack symlinked, an empty models/ folder."""
+    for sub in ("custom_nodes", "models", "input", "output", "user", "temp"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (base / "custom_nodes" / PACK_NAME).symlink_to(ROOT, target_is_directory=True)
+
+
 def prepare_base(base: Path) -> None:
     """Fresh ComfyUI base dir: pack symlink, tiny weights, test latents."""
     import latent_clip
-    for sub in ("custom_nodes", "models/latent_clip", "input", "output", "user", "temp"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    (base / "custom_nodes" / PACK_NAME).symlink_to(ROOT, target_is_directory=True)
+    prepare_bare_base(base)
+    (base / "models" / "latent_clip").mkdir()
     model = tiny_model(TINY_CONFIG)
     latent_clip.save_export(model, base / "models" / "latent_clip" / TINY_EXPORT)
     latent_clip.save_official_checkpoint(base / "models" / "latent_clip" / TINY_OFFICIAL, model, 1, "tiny")
@@ -175,16 +182,26 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait(timeout=15)
 
 
-@pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory):
+def _serve(base: Path, prepare) -> ComfyServer:
     require_comfyui()
-    base = tmp_path_factory.mktemp("comfy_base")
-    prepare_base(base)
+    prepare(base)
     server, proc = start_server(base)
     try:
         yield server
     finally:
         stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    yield from _serve(tmp_path_factory.mktemp("comfy_base"), prepare_base)
+
+
+@pytest.fixture(scope="module")
+def bare_comfy_server(tmp_path_factory):
+    """A server as a new user starts it: the pack and nothing else, models/ empty; one per test module, so each
+    module's first run is the server's first (nothing cached)."""
+    yield from _serve(tmp_path_factory.mktemp("comfy_bare"), prepare_bare_base)
 
 
 def post_prompt(server: ComfyServer, graph: dict, client_id: str | None = None) -> str:

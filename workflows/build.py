@@ -31,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from latent_clip.examples import example_latents  # noqa: E402
 from latent_clip.pretrained import get_pretrained  # noqa: E402
 
 UI_DIR, API_DIR, TEST_DIR = ROOT / "example_workflows", ROOT / "workflows" / "api", ROOT / "tests" / "api_workflows"
@@ -45,6 +46,9 @@ SIZES = {"LatentCLIPLoader": (360, 130), "LatentCLIPScoreThreshold": (300, 110),
          "CheckpointLoaderSimple": (360, 100), "EmptyLatentImage": (320, 110), "KSamplerSelect": (320, 60),
          "RandomNoise": (320, 80), "SDTurboScheduler": (320, 110), "BasicGuider": (240, 60), "VAEDecode": (220, 60),
          NOTE: (400, 180)}
+SIZES["LatentCLIPExampleLatents"] = (420, 330)  # its captions shown on it
+# Sizes of one template's nodes where its reports are longer (the first graph's: 18 rows each).
+TEMPLATE_SIZES = {"latent_clip_first_graph": {"LatentCLIPZeroShot": (480, 680), "LatentCLIPScore": (400, 500)}}
 DEFAULT_SIZE, TITLE_HEIGHT, GAP = (360, 120), 30, 40
 # The canvas a 1600x1000 window shows clear of every tested frontend's bars, sidebar and zoom controls (screen px,
 # measured on 1.32.9, 1.48.7 and 1.58.1; tests/end_to_end/test_workflows_browser.py checks each node is there).
@@ -82,6 +86,14 @@ TEMPLATES = {
                             "line and strength on **Latent-CLIP Safety Guider**. Its cfg is 1.5 so that the negative "
                             "prompt counts (at cfg 1 ComfyUI skips it); SDXL-Turbo is made for cfg 1: keep it low."),
 }
+# The first graph: nothing to download (the pack's example latents and its embedded demo model), answers checkable.
+FIRST_PROMPT = "a red circle"  # caption #17; the demo model tells colours apart, not shapes
+TEMPLATES["latent_clip_first_graph"] = (
+    "Start here (no downloads)",
+    "Runs as it is, nothing to download: 18 tiny-world latents (captions on **Latent-CLIP Example Latents**) and "
+    "the small model that ships with the pack. Check: **Zero-Shot** names each latent's colour as its caption "
+    f"does; **Score** ranks the red ones (#6, #9, #17) above the rest for `{FIRST_PROMPT}`. This model knows "
+    "colours, not shapes: labels `circle`, `square`, `triangle` with the template `a {}` get guesses.")
 TEST_WEIGHTS, TEST_LATENT = "latent_clip_tiny.safetensors", "latent_clip_test.latent"
 POSITIVE = "a photo of a cat sitting on a windowsill, golden hour"
 
@@ -137,6 +149,20 @@ SPECS = {
         **decode(L(10, 0), "latent_clip/best_of_n")},
 }
 
+EMBEDDED = "tinyworld (embedded demo)"  # Load Latent-CLIP's choice for the model that ships with the pack
+EXAMPLES = example_latents()  # the labels and templates that classify them, written into Zero-Shot's widgets
+FIRST_GRAPH = {  # no model file: the graph, its API copy and its test twin are one
+    "latent_clip_first_graph": {
+        1: ("LatentCLIPExampleLatents", {}),
+        6: ("LatentCLIPLoader", {"model_name": EMBEDDED, "dtype": "auto", "device": "default"}),
+        10: ("LatentCLIPZeroShot", {"latent": L(1), "latent_clip": L(6), "labels": "\n".join(EXAMPLES.labels),
+                                    "templates": "\n".join(EXAMPLES.templates)}),
+        11: ("LatentCLIPScore", {"latent": L(1), "latent_clip": L(6), "prompt": FIRST_PROMPT}),
+        20: ("PreviewAny", {"source": L(10, 2)}),
+        21: ("PreviewAny", {"source": L(11, 2)}),
+    },
+}
+
 TEST_SOURCE = {5: ("LoadLatent", {"latent": TEST_LATENT}),
                6: ("LatentCLIPLoader", {"model_name": TEST_WEIGHTS, "dtype": "auto", "device": "default"})}
 
@@ -173,16 +199,16 @@ def columns_of(spec: dict) -> list[list[int]]:
     return [columns[c] for c in sorted(columns)]
 
 
-def layout(spec: dict) -> tuple[dict[int, tuple[int, int]], dict]:
+def layout(spec: dict, sizes: dict = SIZES) -> tuple[dict[int, tuple[int, int]], dict]:
     """Each node's position and the view it opens in (``extra.ds``): the columns of columns_of, a tall one split
-    in two or more side by side, wrapped into rows, boxes (title bar included) GAP apart with sizes from SIZES
-    (which leave room for what a run adds: reports, previews); of all splits and wraps, the one whose whole fits
-    FREE_VIEW at the largest scale."""
+    in two or more side by side, wrapped into rows, boxes (title bar included) GAP apart with ``sizes`` (SIZES,
+    with a template's TEMPLATE_SIZES: room for what a run adds, reports and previews); of all splits and wraps,
+    the one whose whole fits FREE_VIEW at the largest scale."""
     def height(column: list[int]) -> int:
-        return sum(size_of(spec[n][0])[1] + TITLE_HEIGHT + GAP for n in column) - GAP
+        return sum(size_of(spec[n][0], sizes)[1] + TITLE_HEIGHT + GAP for n in column) - GAP
 
     def width(column: list[int]) -> int:
-        return max(size_of(spec[n][0])[0] for n in column)
+        return max(size_of(spec[n][0], sizes)[0] for n in column)
 
     free_w, free_h = FREE_VIEW[2] - FREE_VIEW[0], FREE_VIEW[3] - FREE_VIEW[1]
     best = (0.0, [])
@@ -205,7 +231,7 @@ def layout(spec: dict) -> tuple[dict[int, tuple[int, int]], dict]:
             top = y
             for nid in column:
                 pos[nid] = (x, top)
-                top += size_of(spec[nid][0])[1] + TITLE_HEIGHT + GAP
+                top += size_of(spec[nid][0], sizes)[1] + TITLE_HEIGHT + GAP
             x += width(column) + GAP
         y += max(map(height, row)) + GAP
     view = {"scale": round(scale, 3), "offset": [round(FREE_VIEW[0] / scale), round(FREE_VIEW[1] / scale)]}
@@ -223,8 +249,8 @@ def _split(column: list[int], limit: int, height) -> list[list[int]]:
     return chunks
 
 
-def size_of(cls: str) -> tuple[int, int]:
-    return SIZES.get(cls, DEFAULT_SIZE)
+def size_of(cls: str, sizes: dict = SIZES) -> tuple[int, int]:
+    return sizes.get(cls, DEFAULT_SIZE)
 
 
 def model_downloads(values: dict) -> list[dict]:
@@ -243,11 +269,12 @@ def to_ui(name: str, spec: dict, object_info: dict) -> dict:
     spec = {0: (NOTE, {"text": note_markdown(name)}), **spec}
     nodes, links, link_id = {}, [], 0
     order = {nid: i for i, nid in enumerate(n for column in columns_of(spec) for n in column)}  # sources first
-    positions, view = layout(spec)
+    sizes = {**SIZES, **TEMPLATE_SIZES.get(name, {})}
+    positions, view = layout(spec, sizes)
     for nid in order:
         cls, values = spec[nid]
         info = NOTE_INFO if cls == NOTE else object_info[cls]
-        node = {"id": nid, "type": cls, "pos": list(positions[nid]), "size": list(size_of(cls)),
+        node = {"id": nid, "type": cls, "pos": list(positions[nid]), "size": list(size_of(cls, sizes)),
                 "flags": {}, "order": order[nid], "mode": 0, "inputs": [], "outputs": [],
                 "properties": {"Node name for S&R": cls}, "widgets_values": []}
         if nid in TITLES:
@@ -398,6 +425,8 @@ def main(object_info: dict) -> None:
         write(name, to_ui(name, spec, object_info), to_api(spec), to_api(test_twin(spec, object_info)))
     for name, spec in RENO_SPECS.items():
         write(name, to_ui(name, spec, object_info), to_api(spec), to_api(reno_test_twin(name, spec)))
+    for name, spec in FIRST_GRAPH.items():
+        write(name, to_ui(name, spec, object_info), to_api(spec), to_api(spec))
 
 
 if __name__ == "__main__":

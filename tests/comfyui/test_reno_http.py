@@ -73,21 +73,33 @@ def test_workflow_runs_through_the_real_loader(sd15_server, name):
 CHECKPOINT_FAMILY = {"sd_xl_turbo_1.0_fp16.safetensors": "sdxl"}  # stabilityai/sdxl-turbo ships the SDXL VAE
 
 
-def test_no_shipped_graph_pairs_a_latent_clip_with_another_familys_latents():
-    """Every UI example that loads a checkpoint and Latent-CLIP weights pairs one latent family
-    (official weights: latent_clip.pretrained; checkpoints: the table above, which a new example
-    must extend). The API twins are checked where it counts: the server refuses a mismatch."""
+def _weights_family(name: str) -> str:
+    """The latent family of a Load Latent-CLIP choice: the embedded demo's from its config, official weights' from
+    latent_clip.pretrained."""
+    from latent_clip.config import DEMO_WEIGHTS
     from latent_clip.pretrained import get_pretrained
+    from latent_clip.weights import read_export_config
+    if name == "tinyworld (embedded demo)":
+        return read_export_config(DEMO_WEIGHTS.with_suffix(".json"))["vision_cfg"]["latent_family"]
+    return get_pretrained(Path(name).stem).latent_family
+
+
+def test_no_shipped_graph_pairs_a_latent_clip_with_another_familys_latents():
+    """Every UI example that makes latents (a checkpoint, or the pack's example latents) and loads Latent-CLIP
+    weights pairs one latent family (weights: :func:`_weights_family`; checkpoints: the table above, which a new
+    example must extend). The API twins are checked where it counts: the server refuses a mismatch."""
+    from latent_clip.examples import example_latents
 
     checked = 0
     for path in sorted((ROOT / "example_workflows").glob("*.json")):
         nodes = json.loads(path.read_text())["nodes"]
-        ckpts = [n["widgets_values"][0] for n in nodes if n["type"] == "CheckpointLoaderSimple"]
+        sources = [CHECKPOINT_FAMILY[n["widgets_values"][0]] for n in nodes if n["type"] == "CheckpointLoaderSimple"]
+        sources += [example_latents().family for n in nodes if n["type"] == "LatentCLIPExampleLatents"]
         weights = [n["widgets_values"][0] for n in nodes if n["type"] == "LatentCLIPLoader"]
-        families = {CHECKPOINT_FAMILY[c] for c in ckpts} | {get_pretrained(Path(w).stem).latent_family for w in weights}
-        assert len(families) == 1, f"{path.name}: {ckpts} with {weights} pair latent families {families}"
-        checked += bool(ckpts and weights)
-    assert checked == 7
+        families = set(sources) | {_weights_family(w) for w in weights}
+        assert len(families) == 1, f"{path.name}: {sources} with {weights} pair latent families {families}"
+        checked += bool(sources and weights)
+    assert checked == 8
 
 
 def _mismatched(name: str, allow: bool) -> dict:

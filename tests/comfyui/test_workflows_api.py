@@ -17,7 +17,7 @@ from workflows.build import NOTE, PROMPT, TEMPLATES
 pytestmark = pytest.mark.comfyui
 
 NODE_IDS = {"LatentCLIPLoader", "LatentCLIPScore", "LatentCLIPZeroShot", "LatentCLIPSafetyFilter",
-            "LatentCLIPSelectBest", "LatentCLIPScoreThreshold"}
+            "LatentCLIPSelectBest", "LatentCLIPScoreThreshold", "LatentCLIPExampleLatents"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_object_info_lists_pack(object_info):
     ours = {k: v for k, v in object_info.items() if k.startswith("LatentCLIP")}
     assert NODE_IDS <= set(ours)
     for node_id, info in ours.items():
-        assert info["category"].startswith("latent_clip/"), node_id
+        assert info["category"].split("/")[0] == "latent_clip", node_id
         for name, spec in {**info["input"]["required"], **info["input"].get("optional", {})}.items():
             assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
     assert object_info["LatentCLIPLoader"]["output"] == ["LATENT_CLIP"]

@@ -24,7 +24,8 @@ import pytest
 
 from comfy_harness import (PACK_NAME, TEST_LATENT, TINY_EXPORT, UI_WORKFLOWS, execution_error, post_prompt,
                            skip_or_fail, wait_history)
-from workflows.build import SPECS, TEMPLATES, note_markdown
+from latent_clip.examples import example_latents
+from workflows.build import FIRST_GRAPH, SPECS, TEMPLATES, note_markdown
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
@@ -102,30 +103,48 @@ VIEWPORT = {"width": 1920, "height": 1080}
 
 
 @pytest.fixture(scope="module")
-def page(comfy_server, tmp_path_factory):
+def browser(tmp_path_factory):
+    """A fresh Chromium profile whose requests reach the test servers (loopback) only."""
     try:
         import playwright.sync_api as playwright_api
     except ImportError:
         skip_or_fail("Python playwright missing: bash scripts/setup.sh --dev")
     if not Path(CHROMIUM).exists():
         skip_or_fail(f"{CHROMIUM} missing: run bash scripts/install_comfyui.sh")
-    for setting, value in SETTINGS.items():
-        urllib.request.urlopen(urllib.request.Request(
-            f"{comfy_server.url}/api/settings/{setting}", data=value, method="POST"), timeout=10)
     with playwright_api.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium")), executable_path=CHROMIUM, headless=True, args=ARGS,
             viewport=VIEWPORT)
-        context.route(re.compile(rf"^(?!{re.escape(comfy_server.url)}/).*"), lambda route: route.abort())
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda err: errors.append(str(err)))
-        page.goto(comfy_server.url, wait_until="domcontentloaded")
-        page.wait_for_function("() => window.app?.graph && window.LiteGraph && "
-                               "document.querySelector('#graph-canvas')?.width > 0", timeout=60_000)
-        page.page_errors = errors
-        yield page
+        context.route(re.compile(r"^(?!http://127\.0\.0\.1:\d+/).*"), lambda route: route.abort())
+        yield context
         context.close()
+
+
+def _open_page(browser, server):
+    """The frontend of ``server`` in a new tab of ``browser``, ready (graph and canvas up); its page errors
+    collect in ``page.page_errors``."""
+    for setting, value in SETTINGS.items():
+        urllib.request.urlopen(urllib.request.Request(
+            f"{server.url}/api/settings/{setting}", data=value, method="POST"), timeout=10)
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(server.url, wait_until="domcontentloaded")
+    page.wait_for_function("() => window.app?.graph && window.LiteGraph && "
+                           "document.querySelector('#graph-canvas')?.width > 0", timeout=60_000)
+    page.page_errors = errors
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, comfy_server):
+    return _open_page(browser, comfy_server)
+
+
+@pytest.fixture(scope="module")
+def bare_page(browser, bare_comfy_server):
+    """The frontend of a ComfyUI with the pack alone and models/ empty, as a new user first opens it."""
+    return _open_page(browser, bare_comfy_server)
 
 
 def _queue(page) -> dict:
@@ -195,7 +214,7 @@ def test_ui_workflow_loads(page, template, tmp_path):
     workflow, rows = _load(page, _path(template))
     assert not page.page_errors, page.page_errors
     models = [m for n in workflow["nodes"] for m in n["properties"].get("models", [])]
-    assert {m["directory"] for m in models} == {"checkpoints", "latent_clip"}
+    assert {m["directory"] for m in models} == (set() if template in FIRST_GRAPH else {"checkpoints", "latent_clip"})
     assert sorted((r["directory"], r["name"]) for r in rows) == sorted((m["directory"], m["name"]) for m in models)
     for model in models:
         assert model["url"].startswith("https://huggingface.co/")
@@ -368,7 +387,7 @@ def test_template_browser_shows_every_template_by_title(page):
         page.locator('[data-testid^="template-workflow-"]', has=page.get_by_text(title, exact=True)).click()
         page.wait_for_function("note => window.app.graph.nodes.some(n => n.widgets?.[0]?.value === note)",
                                arg=note_markdown(name))
-        assert _missing_models(page)
+        assert bool(_missing_models(page)) == (name not in FIRST_GRAPH)
         shown = page.evaluate("""() => { const top = window.app.graph.nodes.reduce((a, b) =>
             a.pos[0] + a.pos[1] <= b.pos[0] + b.pos[1] ? a : b), el = top.widgets[0].element;
             const r = el.getBoundingClientRect(), seen = el.contains(document.elementFromPoint(r.left + 5, r.top + 5));
@@ -424,3 +443,39 @@ def test_node_search_finds_nodes_by_their_aliases(comfy_server, page):
     assert listed, "the node search listed nothing"
     expected = {"Latent-CLIP Safety Filter", "Latent-CLIP Safety Guider", "Latent-CLIP Reward: Avoid Concepts"}
     assert {name for name in listed if "Latent-CLIP" in name} == (expected if version >= (0, 33) else set()), listed
+
+
+def _open_from_template_browser(page, name: str) -> None:
+    """Left sidebar Templates -> Extensions -> comfyui-latent-clip -> the card titled as template ``name``; waits for
+    its note."""
+    title = TEMPLATES[name][0]
+    page.get_by_role("button", name="Templates").first.click()
+    page.get_by_text(PACK_NAME, exact=True).first.click()
+    page.locator('[data-testid^="template-workflow-"]', has=page.get_by_text(title, exact=True)).click()
+    page.wait_for_function("note => window.app.graph.nodes.some(n => n.widgets?.[0]?.value === note)",
+                           arg=note_markdown(name))
+
+
+@pytest.mark.parametrize("template", FIRST_GRAPH)
+def test_first_graph_runs_from_the_template_browser(bare_page, bare_comfy_server, template, tmp_path):
+    """A new user's first run: a ComfyUI whose models/ folder is empty, the first graph opened from the template
+    browser, no missing model listed, queued as it is; every report shows whole on the canvas, the zero-shot one
+    naming each latent's colour as its caption does."""
+    page = bare_page
+    _open_from_template_browser(page, template)
+    assert _missing_models(page) == []
+    answer = _queue(page)
+    assert answer["status"] == 200 and not answer.get("node_errors"), answer
+    entry = wait_history(bare_comfy_server, answer["prompt_id"])
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+    assert not page.page_errors, page.page_errors
+
+    page.wait_for_timeout(500)
+    reports = {k: out["text"][0] for k, out in entry["outputs"].items() if k in ("10", "11")}  # Zero-Shot, Score
+    assert sorted(page.evaluate(PREVIEWS)) == sorted([f"```\n{r}\n```"] for r in reports.values())
+    top = [line.split()[1] for line in reports["10"].splitlines()[1:]]
+    assert top == example_latents().answers
+    assert page.evaluate(OVERLAPS) == []
+    shots = Path(os.environ.get("LATENT_CLIP_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    _shot(page, shots / f"{template}_run.png")

@@ -31,7 +31,7 @@ from latent_clip.rewards import latent_alignment
 from latent_clip.weights import load_weights, read_export_config
 
 from .. import encode_command
-from . import clips, steer
+from . import clips, examples, steer
 from . import vae as tiny_vae
 from .generator import TinyFlowModel, train_generator
 from .report import published, report
@@ -271,6 +271,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="CI preset (~5 min): reuses the embedded VAE")
     mode.add_argument("--demo", action="store_true", help="no training: measure the embedded weights")
+    mode.add_argument("--write-examples", action="store_true",
+                      help="write the pack's example latents (latent_clip/examples.py) with --weights' VAE, and stop")
     p.add_argument("--out", default="runs/tinyworld")
     p.add_argument("--weights", default=str(ASSETS), help="embedded weights folder (--demo, quick's VAE)")
     p.add_argument("--export", help="also copy the trained weights to this folder")
@@ -285,6 +287,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.write_examples:
+        return examples.write_examples(Path(args.weights))
     torch.manual_seed(args.seed)
     name = "demo" if args.demo else "quick" if args.quick else "full"
     preset, out = PRESETS[name], Path(args.out)
