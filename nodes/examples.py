@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..latent_clip.examples import example_latents
+from ._schema import search_aliases
 
 
 def numbered(captions: list[str]) -> str:
@@ -18,6 +19,7 @@ class LatentCLIPExampleLatents(io.ComfyNode):
         return io.Schema(
             node_id="LatentCLIPExampleLatents", display_name="Latent-CLIP Example Latents (tiny world)",
             category="latent_clip",
+            **search_aliases("example", "demo", "tiny world", "start here", "sample latents"),
             description="18 latents of the pack's tiny world (one shape of each colour and kind) with their "
                         "captions, for the embedded demo Latent-CLIP: nothing to download, answers you can check.",
             inputs=[],

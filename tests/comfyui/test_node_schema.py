@@ -125,7 +125,7 @@ def test_nodes_carry_search_aliases_on_comfyui_0_33(comfy_server, object_info):
     ours = {node: info for node, info in object_info.items() if info.get("python_module") == PACK_MODULE}
     version = tuple(map(int, comfy_server.get("/system_stats")["system"]["comfyui_version"].split(".")[:2]))
     if version < (0, 33):
-        assert len(ours) == 13 and [n for n, info in ours.items() if info.get("search_aliases")] == []
+        assert len(ours) == 14 and [n for n, info in ours.items() if info.get("search_aliases")] == []
         return
     assert [n for n, info in ours.items() if not info.get("search_aliases")] == []
     found = {word: {n for n, info in ours.items() if word in info["search_aliases"]} for word in FOUND_BY}
