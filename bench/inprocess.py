@@ -14,6 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def import_comfyui(comfy_dir: Path, *args: str) -> types.SimpleNamespace:
     """``comfy``, ``folder_paths``, ``nodes`` (ComfyUI's nodes.py) and ``pack`` (this repository as
     ComfyUI imports it), with ``comfy_dir`` first on sys.path and ``--cpu *args`` parsed."""
+    comfy = import_comfy(comfy_dir, *args)
+    comfy.pack = import_pack()
+    return comfy
+
+
+def import_comfy(comfy_dir: Path, *args: str) -> types.SimpleNamespace:
+    """ComfyUI alone: ``comfy``, ``folder_paths`` and ``nodes``, as :func:`import_comfyui` imports them."""
     if str(comfy_dir) in sys.path:
         sys.path.remove(str(comfy_dir))
     sys.path.insert(0, str(comfy_dir))
@@ -29,6 +36,12 @@ def import_comfyui(comfy_dir: Path, *args: str) -> types.SimpleNamespace:
         import nodes as comfy_nodes
     finally:
         sys.argv = argv
+    return types.SimpleNamespace(comfy=comfy, folder_paths=folder_paths, nodes=comfy_nodes)
+
+
+def import_pack() -> types.ModuleType:
+    """This repository imported as the pack ComfyUI loads (``comfyui_latent_clip``), once per process;
+    ComfyUI must be importable (:func:`import_comfy`)."""
     pack = sys.modules.get("comfyui_latent_clip")
     if pack is None:
         spec = importlib.util.spec_from_file_location("comfyui_latent_clip", ROOT / "__init__.py",
@@ -36,4 +49,4 @@ def import_comfyui(comfy_dir: Path, *args: str) -> types.SimpleNamespace:
         pack = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = pack
         spec.loader.exec_module(pack)
-    return types.SimpleNamespace(comfy=comfy, folder_paths=folder_paths, nodes=comfy_nodes, pack=pack)
+    return pack

@@ -7,7 +7,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from safetensors.torch import save_file
@@ -16,9 +16,11 @@ from .config import LIMITS, ConfigError, ModelConfig, TextConfig, VisionConfig, 
     get_model_config, resolve_config
 from .fields import shorten
 from .files import atomic_write
-from .model import LatentCLIP
 from .pretrained import resolve_weights
 from .weights import VAE_PREFIXES, CheckpointError, read_state_dict, refuse_non_finite, require_fit
+
+if TYPE_CHECKING:  # the model module imports open_clip (and it transformers): loading a model brings them in
+    from .model import LatentCLIP
 
 VISION_BLOCKS, TEXT_BLOCKS = "visual.latent_vit.transformer.resblocks.", "transformer.resblocks."
 
@@ -87,6 +89,8 @@ def load_model(path: str | Path, config: ModelConfig | Mapping | str | Path | No
     ``vae_encoder=False`` drops a bundled VAE encoder (the pixel path) without reading it. Returns the model in
     eval mode.
     """
+    from .model import LatentCLIP
+
     target = available_device(device or "cpu")  # before anything is read
     path, official = resolve_weights(path)
     state, stored = read_state_dict(path, vae_encoder=vae_encoder)

@@ -7,14 +7,16 @@ flagged when any concept's probability reaches the threshold. Pure tensors; no I
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from .batch import replace, select
 from .contract import scaled_to_raw
 from .fields import field_lines, fill_template, finite, shorten
-from .model import LatentCLIP, Progress
+
+if TYPE_CHECKING:  # the model module imports open_clip: only a loaded model brings it in
+    from .model import LatentCLIP, Progress
 
 CONCEPT_TEMPLATE = "a photo containing {}"
 MAX_CONCEPTS = 256  # each is two text encodes per call; I2P's seven categories are the largest list in use

@@ -5,13 +5,15 @@ All functions take raw VAE latents (B, C, H, W) and return float32 tensors on th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from .contract import check_finite_result
 from .fields import check_texts
-from .model import LatentCLIP, Progress
+
+if TYPE_CHECKING:  # the model module imports open_clip: only a loaded model brings it in
+    from .model import LatentCLIP, Progress
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,15 @@ pruning N candidates to m at step k costs ``N*k + m*(S-k)`` evaluations instead 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from .model import LatentCLIP
 from .safety import Concept, check
 from .score import score_latents
+
+if TYPE_CHECKING:  # the model module imports open_clip: only a loaded model brings it in
+    from .model import LatentCLIP
 
 # run(x, sigmas, rows) -> (x at sigmas[-1], the last step's predicted clean latent): sample rows ``rows`` of
 # the N candidates (their conditioning, masks...) over ``sigmas``; raw or model-space latents, as ``verify`` reads.

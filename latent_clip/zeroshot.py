@@ -3,7 +3,7 @@
 number of labels)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,9 @@ from torch import nn
 
 from .contract import check_finite_result
 from .fields import MAX_LABELS, MAX_TEMPLATES, check_template, check_texts, field_lines, fill_template, shorten
-from .model import LatentCLIP, Progress
+
+if TYPE_CHECKING:  # the model module imports open_clip: only a loaded model brings it in
+    from .model import LatentCLIP, Progress
 
 LABELS_PER_BATCH = 256  # texts per text-tower call: 16 (open_clip's default) spent a third of the time in overhead
 

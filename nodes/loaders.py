@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import TYPE_CHECKING
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -17,14 +18,16 @@ import torch
 from comfy_api.latest import io
 from torch import nn
 
-from ..latent_clip import LatentCLIP, load_model
 from ..latent_clip.config import DEMO_WEIGHTS
 from ..latent_clip.contract import check_family
-from ..latent_clip.factory import DTYPES
+from ..latent_clip.factory import DTYPES, load_model
 from ..latent_clip.pixel_clip import load_pixel_clip, pixel_tokenizer
 from ._autograd import autograd_safe_
 from ._schema import advanced, search_aliases
 from ._ui import NodeText
+
+if TYPE_CHECKING:  # the model module imports open_clip: the pack imports it when a model loads
+    from ..latent_clip.model import LatentCLIP
 
 FOLDER = "latent_clip"
 OPEN_CLIP_FOLDER = "open_clip"  # pixel CLIP weights of the comparison reward

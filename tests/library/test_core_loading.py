@@ -185,7 +185,9 @@ def test_full_size_b8_official_checkpoint_loads_lean(tmp_path):
     torch.save(latents, tmp_path / "latents.pt")
     del model
     probe = (
-        "import re, torch, latent_clip\n"  # VmHWM: peak RSS of this exec (ru_maxrss survives fork+exec)
+        # latent_clip.model brings in open_clip (and transformers, ~240 MB): imported before the baseline, as the
+        # load is measured, not the libraries. VmHWM: peak RSS of this exec (ru_maxrss survives fork+exec)
+        "import re, torch, latent_clip, latent_clip.model\n"
         "def kb(f): return int(re.search(f + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024\n"
         "base = kb('VmRSS')\n"
         f"m = latent_clip.load_model(r'{path}', vae_encoder=False)\n"
