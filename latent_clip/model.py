@@ -21,6 +21,7 @@ from torch import nn
 from .config import ModelConfig, VisionConfig
 from .contract import ResizePolicy, check_latents, fit_latents
 from .fields import check_texts
+from .textcache import TEXT_CACHE
 
 DEFAULT_CHUNK = 64
 # progress(done, total) in samples, after each chunk of a batched call; raising from it stops the call
@@ -160,8 +161,15 @@ class LatentCLIP(CLIP):
         """Strings or (N, context_length) token ids -> features (N, embed_dim), as open_clip's
         ``CLIP.encode_text`` computes them, over the positions up to the batch's last end-of-text token
         only: attention is causal and the feature is read at that token, so the padding after it changes
-        nothing but the cost (a label of 8 tokens costs a tenth of the 77-token context)."""
-        tokens = (text if isinstance(text, torch.Tensor) else self.tokenize(text)).to(self.device)
+        nothing but the cost (a label of 8 tokens costs a tenth of the 77-token context). Strings are encoded
+        once per model version and kept (:mod:`latent_clip.textcache`): the result is a new tensor either way."""
+        if isinstance(text, torch.Tensor):
+            return self._encode_tokens(text, normalize)
+        return TEXT_CACHE.encode(self, check_texts(text, "text"), normalize,
+                                 lambda texts: self._encode_tokens(self.tokenize(texts), normalize))
+
+    def _encode_tokens(self, tokens: torch.Tensor, normalize: bool) -> torch.Tensor:
+        tokens = tokens.to(self.device)
         n = int(tokens.argmax(dim=-1).max()) + 1 if tokens.numel() else tokens.shape[-1]
         tokens = tokens[:, :n]
         cast_dtype = self.transformer.get_cast_dtype()
