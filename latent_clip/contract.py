@@ -13,7 +13,9 @@ together.
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from .config import LatentFamily, VisionConfig, latent_families
 
 ResizePolicy = Literal["pool", "interpolate"]
+_FINITE_BY_CONSTRUCTION = ContextVar("finite_by_construction", default=False)
 
 
 class LatentContractError(ValueError):
@@ -105,7 +108,8 @@ def tinyworld_warning(vision: VisionConfig, z: torch.Tensor) -> str | None:
 
 def check_latents(z: object, family: LatentFamily, min_size: int) -> torch.Tensor:
     """Raise :class:`LatentContractError` unless ``z`` is a finite float (B, C, H, W) batch of
-    ``family`` latents with H, W >= ``min_size``; returns ``z`` unchanged."""
+    ``family`` latents with H, W >= ``min_size`` (finite unless :func:`finite_by_construction` vouches for it);
+    returns ``z`` unchanged."""
     if not isinstance(z, torch.Tensor):
         raise LatentContractError(f"latents must be a torch.Tensor, got {type(z).__name__}")
     c = family.channels
@@ -129,14 +133,28 @@ def check_latents(z: object, family: LatentFamily, min_size: int) -> torch.Tenso
     if min(z.shape[-2:]) < min_size:
         raise LatentContractError(
             f"latent spatial size {tuple(z.shape[-2:])} is smaller than one patch ({min_size})")
-    if z.device.type != "meta" and (bad := non_finite_items(z)):  # meta: shape/FLOP analysis only
+    scan = z.device.type != "meta" and not _FINITE_BY_CONSTRUCTION.get()  # meta: shape/FLOP analysis only
+    if scan and (bad := non_finite_items(z)):
         raise LatentContractError(f"latents contain NaN or Inf (batch items {bad})")
     return z
 
 
 def non_finite_items(x: torch.Tensor) -> list[int]:
-    """Indices along the first dimension of ``x`` (B, ...) whose entries include NaN or Inf."""
-    return (~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero().flatten().tolist()
+    """Indices along the first dimension of ``x`` (B, ...) whose entries include NaN or Inf. One scalar read
+    from the device when there are none; the indices are read only when there are."""
+    bad = ~torch.isfinite(x).reshape(len(x), -1).all(1)
+    return bad.nonzero().flatten().tolist() if bad.any() else []
+
+
+@contextmanager
+def finite_by_construction() -> Iterator[None]:
+    """Within the block :func:`check_latents` leaves out its NaN/Inf scan (on a GPU, a wait for the device):
+    for a caller that made the latents finite itself, as ReNO's loop does before each reward."""
+    token = _FINITE_BY_CONSTRUCTION.set(True)
+    try:
+        yield
+    finally:
+        _FINITE_BY_CONSTRUCTION.reset(token)
 
 
 def check_finite_result(x: torch.Tensor, what: str) -> torch.Tensor:

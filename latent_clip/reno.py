@@ -26,6 +26,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .contract import finite_by_construction
+
 Generate = Callable[[torch.Tensor], torch.Tensor]
 Reward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -64,7 +66,8 @@ class NonFiniteError(ValueError):
 @dataclass
 class RenoProgress:
     """What the callback sees after each evaluation. Return ``True`` from the callback to stop
-    (the result then holds the best iterate so far); raising also stops, without a result."""
+    (the result then holds the best iterate so far); raising also stops, without a result. The tensors are
+    on the reward's device: reading their numbers waits for the device, which is then the callback's choice."""
 
     iteration: int          # 0-based index of the evaluation just done
     iterations: int
@@ -190,6 +193,14 @@ def _finite(t: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(t.detach()).flatten(1).all(1)
 
 
+def _require_finite_start(ok: torch.Tensor) -> None:
+    if not ok.all():
+        raise NonFiniteError(
+            f"ReNO: the first iterate's latent or reward loss is NaN/Inf for batch items "
+            f"{(~ok).nonzero().flatten().tolist()}, so there is nothing to optimise from; check the "
+            "generator's dtype (fp16 overflow?) and its inputs")
+
+
 def optimize_noise(generate: Generate, reward: Reward, noise: torch.Tensor, *, iterations: int = RENO.iterations,
                    lr: float = RENO.lr, momentum: float = RENO.momentum, grad_clip: float = RENO.grad_clip,
                    reg_weight: float = RENO.reg_weight,
@@ -209,41 +220,43 @@ def optimize_noise(generate: Generate, reward: Reward, noise: torch.Tensor, *, i
     ``reward``); the run ends with each sample's best finite iterate and a ``RuntimeWarning``
     (counts in :attr:`RenoResult.nonfinite`). A non-finite first iterate raises
     :class:`NonFiniteError`: that sample has nothing to start from.
+
+    Finiteness and the best iterate are tracked on the device: the loop waits for it at the first iterate
+    (for that error) and at the end, never per iteration (unless ``callback`` reads numbers).
+    ``iteration_seconds`` are host seconds, which on an asynchronous device measure the queueing of the work.
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     start = time.perf_counter()
     with torch.inference_mode(False), torch.enable_grad():
-        # 1. the noise is the only leaf
+        # 1. the noise is the only leaf; the per-sample state lives on the loss's device (created at iteration 0)
         e = noise.detach().clone().requires_grad_(True)
         opt = torch.optim.SGD([e], lr=lr, momentum=momentum, nesterov=momentum > 0)
         n = e.shape[0]
-        best_loss = torch.full((n,), float("inf"))
-        best_iteration = torch.zeros(n, dtype=torch.long)
-        nonfinite = torch.zeros(n, dtype=torch.long)
         best_noise = best_latent = None
         history, seconds, stopped = [], [], False
         for it in range(iterations):
             t0 = time.perf_counter()
-            # 2. generate and score (a non-finite latent is never shown to the reward)
+            # 2. generate and score; a non-finite latent is never shown to the reward (masked without asking the
+            #    device whether there is one, so the reward's latent contract need not scan it either)
             latent = generate(e)
             finite = _finite(latent)
-            if not finite.all():
-                latent = torch.where(_per_sample(finite, latent), latent, 0.0)
-            loss = reward(latent)
+            latent = torch.where(_per_sample(finite, latent), latent, 0.0)
+            with finite_by_construction():
+                loss = reward(latent)
             if loss.shape != (n,):
                 raise ValueError(f"reward must return one loss per sample, shape ({n},); got {tuple(loss.shape)}")
-            value = torch.where(finite.cpu(), loss.detach().float().cpu(), float("nan"))
+            value = torch.where(finite.to(loss.device), loss.detach().float(), float("nan"))
             ok = torch.isfinite(value)
-            if it == 0 and not ok.all():
-                raise NonFiniteError(
-                    f"ReNO: the first iterate's latent or reward loss is NaN/Inf for batch items "
-                    f"{(~ok).nonzero().flatten().tolist()}, so there is nothing to optimise from; check the "
-                    "generator's dtype (fp16 overflow?) and its inputs")
+            if it == 0:
+                _require_finite_start(ok)  # the loop's one wait on the device before the end
+                best_loss = torch.full_like(value, float("inf"))
+                best_iteration = torch.zeros(n, dtype=torch.long, device=value.device)
+                nonfinite = torch.zeros_like(best_iteration)
             # 3. track the best iterate per sample (reward only; a non-finite loss never wins)
             better = ok & (value < best_loss)
             best_loss = torch.where(better, value, best_loss)
-            best_iteration[better] = it
+            best_iteration = torch.where(better, it, best_iteration)
             best_noise = _take_best(best_noise, e, better)
             best_latent = _take_best(best_latent, latent, better)
             history.append(value)
@@ -254,20 +267,21 @@ def optimize_noise(generate: Generate, reward: Reward, noise: torch.Tensor, *, i
                 seconds.append(time.perf_counter() - t0)
                 break
             # 4. regularise, backprop to the noise, clip per sample, step (no step from a non-finite sample)
-            total = torch.where(ok.to(loss.device), loss.float(), 0.0).sum() + norm_regulariser(e, reg_weight).sum()
+            total = torch.where(ok, loss.float(), 0.0).sum() + norm_regulariser(e, reg_weight).sum()
             opt.zero_grad(set_to_none=True)
             total.backward()
-            ok &= _finite(e.grad).cpu()
+            ok &= _finite(e.grad).to(ok.device)
             nonfinite += ~ok
             e.grad.masked_fill_(~_per_sample(ok, e.grad), 0.0)
             clip_grad_norm_per_sample_(e.grad, grad_clip)
             opt.step()
             seconds.append(time.perf_counter() - t0)
+    best_loss, best_iteration, nonfinite = best_loss.cpu(), best_iteration.cpu(), nonfinite.cpu()
     if nonfinite.any():
         bad = {i: int(c) for i, c in enumerate(nonfinite.tolist()) if c}
         warnings.warn(f"ReNO: NaN/Inf latents, rewards or gradients at some iterates (batch item: count {bad} of "
                       f"{len(history)}); those iterates were never chosen and took no step, so the result is each "
                       "sample's best finite iterate", RuntimeWarning, stacklevel=2)
     return RenoResult(best_noise=best_noise, best_latent=best_latent, best_loss=best_loss,
-                      best_iteration=best_iteration, history=torch.stack(history), nonfinite=nonfinite,
+                      best_iteration=best_iteration, history=torch.stack(history).cpu(), nonfinite=nonfinite,
                       stopped=stopped, seconds=time.perf_counter() - start, iteration_seconds=seconds)
