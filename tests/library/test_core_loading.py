@@ -204,13 +204,13 @@ def test_full_size_b8_official_checkpoint_loads_lean(tmp_path):
     assert (torch.load(tmp_path / "features.pt") - expected).abs().max() <= 1e-4
 
 
-def test_a_device_torch_cannot_use_is_one_clear_line(official):
+def test_a_device_torch_cannot_use_is_one_clear_line(official, device):
     """device="cuda" on a machine without a GPU (the README's snippet as written), or a device torch does not
     know: a ValueError saying so, not torch's traceback from inside Module.to."""
     cfg, path, _ = official
     with pytest.raises(ValueError, match=r"^device 'gpu' is not a torch device \("):
         load_model(path, config=cfg, device="gpu")
-    if torch.cuda.is_available():
+    if device.type == "cuda":
         assert load_model(path, config=cfg, device="cuda").device.type == "cuda"
     else:
         with pytest.raises(ValueError) as err:
