@@ -2,7 +2,8 @@
 
 Keys: the model instance (a token of its own, never reused), the version of its text tower's weights (each
 tensor's storage, dtype and in-place write counter: a reloaded, cast, moved, trained or patched model misses),
-``normalize`` and the text. Bounded by entries and bytes, least recently used out first. The cache holds
+``normalize`` and the text. Bounded by entries and bytes, least recently used out first; a model's rows are
+dropped when the model is garbage-collected. The cache holds
 detached copies and every call returns a new tensor, so a caller writing to its result changes nothing here.
 Cached rows carry no graph: where a gradient must reach the text tower (grad enabled and a text weight that
 requires grad) the cache is bypassed.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Callable, Sequence
 
@@ -51,6 +53,7 @@ class TextCache:
         self._rows: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._watched: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -71,6 +74,9 @@ class TextCache:
         if not texts or needs_graph(model):
             return encode(list(texts))
         version = weights_version(model)
+        if version[0] not in self._watched:  # a model's rows go with it (they may hold GPU memory)
+            self._watched.add(version[0])
+            weakref.finalize(model, self._forget, version[0])
         keys = [(version, normalize, t) for t in texts]
         with self._lock:
             found = {k: self._rows[k] for k in keys if k in self._rows}
@@ -83,6 +89,12 @@ class TextCache:
                 rows = [row.clone() for row in fresh.unbind()]
             found.update(self._store([(version, normalize, t) for t in missing], rows))
         return torch.stack([found[k] for k in keys])
+
+    def _forget(self, token: int) -> None:
+        with self._lock:
+            for key in [k for k in self._rows if k[0][0] == token]:
+                self._bytes -= self._rows.pop(key).nbytes
+            self._watched.discard(token)
 
     def _store(self, keys: list[tuple], rows: list[torch.Tensor]) -> dict[tuple, torch.Tensor]:
         stored = dict(zip(keys, rows))

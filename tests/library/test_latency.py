@@ -1,5 +1,6 @@
 """What a user feels first: importing the library and the pack without transformers, the text-embedding
 cache, and a ReNO loop that does not wait on the device every iteration."""
+import gc
 import subprocess
 import sys
 
@@ -222,3 +223,15 @@ def test_the_latent_contract_reads_one_scalar_for_finite_latents():
     assert len(reads.reads) <= 2, reads.reads  # bool() of one any(): a __bool__ and its _local_scalar_dense
     z[2, 0, 1, 1] = float("nan")
     assert non_finite_items(z) == [2]
+
+
+def test_a_deleted_models_rows_leave_the_cache():
+    cache = TextCache()
+    model, other = tiny_model(), tiny_model()
+    with torch.no_grad():
+        for m in (model, other):
+            cache.encode(m, ["a", "b"], True, lambda t, m=m: m.encode_text(m.tokenize(t)))
+    assert len(cache) == 4
+    del model
+    gc.collect()
+    assert len(cache) == 2 and cache.nbytes == 2 * other.config.embed_dim * 4
