@@ -10,9 +10,10 @@ from latent_clip.reno import optimize_noise
 from latent_clip.rewards import latent_alignment
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
-# |cosine - fp32 CPU cosine|: worst over 10 seeds of 4 latents x 3 prompts on the CPU was 0.0030 (bf16) and
-# 0.00028 (fp16); the bounds leave room for the GPU's other kernels (not yet measured there).
-COSINE_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 0.02, torch.float16: 0.005}
+# |cosine - fp32 CPU cosine|: worst over 10 seeds of 4 latents x 3 prompts on the CPU was 0 (fp32), 0.0030 (bf16)
+# and 0.00028 (fp16); the bounds leave room for the GPU's other kernels (not yet measured there), fp32's for the
+# TF32 convolutions cuDNN runs by default (10-bit mantissa).
+COSINE_TOLERANCE = {torch.float32: 2e-3, torch.bfloat16: 0.02, torch.float16: 0.005}
 
 
 @pytest.fixture(scope="module")
