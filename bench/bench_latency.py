@@ -74,7 +74,8 @@ def child_model(path: str, dtype: str, repeats: int) -> dict:
     model = latent_clip.load_model(path, dtype=dtype, vae_encoder=False)
     load = time.process_time() - start
     v = model.config.vision
-    latents = torch.randn(1, v.latent_n_channels, v.latent_size, v.latent_size, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, v.latent_n_channels, v.latent_size, v.latent_size, generator=g)
 
     def score():
         with torch.no_grad():
@@ -130,7 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.child:
         kind, *rest = args.child
-        result = child_import(rest[0], args.comfyui) if kind == "import" else child_model(rest[0], rest[1], args.repeats)
+        if kind == "import":
+            result = child_import(rest[0], args.comfyui)
+        else:
+            result = child_model(rest[0], rest[1], args.repeats)
         print(json.dumps(result))
         return result
     figures = {"imports": {}, "models": {}}
