@@ -64,7 +64,8 @@ class Preset:
     reno_lr: float = 0.5
     guidance_lr: float = 1.0
     euler_steps: int = 4
-    hard_negatives: int = 0       # 1: CLIP batches of twins whose captions differ in one attribute (clips.py)
+    hard_negatives: int = 0       # 1: CLIP batches of twins whose captions differ in one attribute (clips.py;
+                                  # 1200 steps of it did not teach position or binding: docs/verifiers.md)
     verify_prompts: int = 240     # --verifiers: prompts of the frontier (and of the safety stop)
     verify_candidates: int = 8
     verify_steps: int = 8
@@ -74,9 +75,9 @@ PRESETS = {
     "quick": Preset(vae_steps=0, train_samples=4000, clip_steps=300, clip_batch=128, generator_steps=500,
                     zeroshot_per_category=200, reno_prompts=24, reno_iterations=12, guidance_prompts=24,
                     guidance_iterations=8, verify_prompts=48),
-    "full": Preset(vae_steps=1500, train_samples=20480, clip_steps=3000, clip_batch=128, generator_steps=1500,
+    "full": Preset(vae_steps=1500, train_samples=10000, clip_steps=1500, clip_batch=128, generator_steps=1500,
                    zeroshot_per_category=100, reno_prompts=240, reno_iterations=25, guidance_prompts=48,
-                   guidance_iterations=15, hard_negatives=1),
+                   guidance_iterations=15),
     "demo": Preset(vae_steps=0, train_samples=0, clip_steps=0, clip_batch=0, generator_steps=0,
                    zeroshot_per_category=40, reno_prompts=24, reno_iterations=12, guidance_prompts=24,
                    guidance_iterations=8),
@@ -309,8 +310,9 @@ def frontier_plot(v: dict, path: Path) -> None:
         rows = sorted((r for r in f["pruned"] if r["keep"] == keep), key=lambda r: r["evaluations"])
         ax.plot([r["evaluations"] for r in rows], [r["judge"]["value"] for r in rows], "o-", ms=3,
                 label=f"pruned to {keep} at step k = 1..{v['steps'] - 1}")
-    point(f["none"]["evaluations"], f["none"]["judge"], fmt="s", color="grey", label="no selection")
-    point(f["full"]["evaluations"], f["full"]["judge"], fmt="D", color="black", label=f"best-of-{v['candidates']}")
+    point(f["none"]["evaluations"] - 0.5, f["none"]["judge"], fmt="s", color="grey", label="no selection")
+    point(f["full"]["evaluations"] + 0.5, f["full"]["judge"], fmt="D", color="black",
+          label=f"best-of-{v['candidates']}")
     ax.set_xlabel(f"model evaluations per prompt ({v['candidates']} candidates, {v['steps']} steps)")
     ax.set_ylabel("judge score")
     ax.set_title(f"{v['prompts']} prompts; bars: 95 % bootstrap intervals", fontsize=8)
