@@ -4,7 +4,7 @@ measured, printed as three tables that explain themselves (:mod:`.report`) and w
     python -m train tinyworld [--quick] [--out runs/tinyworld]   # train everything, measure
     python -m train tinyworld --demo                              # embedded weights, measure only
     python -m train tinyworld --export latent_clip/assets/tinyworld   # also write the weights there
-    python -m train tinyworld --verifiers [--quick]               # verifiers during sampling (:mod:`.verifiers`)
+    python -m train tinyworld --verifiers [--quick]   # verifiers during sampling (:mod:`.verifiers`), no training
 
 Steps: 1. world shards  2. VAE  3. encode (``python -m train encode``)  4. fit Latent-CLIP and
 pixel CLIP (``python -m train fit``)  5. zero-shot  6. generator  7. ReNO (latent vs pixel reward)
@@ -333,7 +333,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--verifiers", action="store_true",
                    help="measure only the verifiers during sampling on --weights (pruning frontier, safety stop); "
                         "sizes from the full preset, or quick's with --quick")
-    p.add_argument("--out", default="runs/tinyworld")
+    p.add_argument("--out", help="output folder (default runs/tinyworld; with --verifiers runs/tinyworld/verifiers, "
+                                 "so a study's results.json is not overwritten)")
     p.add_argument("--weights", default=str(ASSETS), help="embedded weights folder (--demo, quick's VAE)")
     p.add_argument("--export", help="also copy the trained weights to this folder")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -351,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return examples.write_examples(Path(args.weights))
     torch.manual_seed(args.seed)
     name = "demo" if args.demo else "quick" if args.quick else "full"
-    preset, out = PRESETS[name], Path(args.out)
+    preset = PRESETS[name]
+    out = Path(args.out or ("runs/tinyworld/verifiers" if args.verifiers else "runs/tinyworld"))
     for item in args.set:
         key, value = item.split("=", 1)
         preset = replace(preset, **{key: type(getattr(preset, key))(value)})

@@ -2,7 +2,7 @@
 k predicts its final score, what pruning N candidates to m at step k keeps of best-of-N's judge gain for the
 model evaluations it saves, and what stopping forbidden candidates at step k saves over filtering at the end.
 
-    python -m train tinyworld --verifiers [--quick] [--weights latent_clip/assets/tinyworld] [--out runs/verifiers]
+    python -m train tinyworld --verifiers [--quick] [--weights latent_clip/assets/tinyworld] [--out DIR]
 
 Every pruned and stopped run goes through :func:`latent_clip.verify.sample_verified` with
 :func:`~latent_clip.verify.by_prompt` / :func:`~latent_clip.verify.by_safety` on the generator's predicted clean
@@ -26,7 +26,7 @@ from .vae import SCALING_FACTOR
 from .world import CATEGORIES, PREFIXES, make_sample
 
 BOOTSTRAP = 2000
-SAFETY_THRESHOLD = 0.5   # p(forbidden colour) against any other colour, as the Safety Filter node reads it
+SAFETY_THRESHOLD = 0.5   # p(forbidden colour) against any other colour; the Safety Filter node's default
 
 
 @dataclass(frozen=True)
