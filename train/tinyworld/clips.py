@@ -26,8 +26,8 @@ from latent_clip.zeroshot import open_clip_classifier
 
 from .. import FitConfig, SafetensorsShard, expand_shards, fit as train_fit, write_tar
 from .vae import encode
-from .world import (CATEGORIES, COLOURS, PREFIXES, RELATIONS, SHAPES, Query, Sample, Spec, images_tensor, make_samples,
-                    noun_phrase)
+from .world import (CATEGORIES, COLOURS, PREFIXES, RELATIONS, SHAPES, Query, Sample, Spec, images_tensor, make_pair,
+                    make_samples, noun_phrase)
 
 CONTEXT = 20
 EMBED, WIDTH = 64, 64
@@ -41,14 +41,24 @@ PIXEL_CFG = {"embed_dim": EMBED, "text_cfg": TEXT_CFG,
 
 # ---------------------------------------------------------------- data
 
-def write_image_shards(out: Path, seed: int, n: int, shard_size: int = 2000) -> list[Path]:
-    """World samples as img2dataset-style tars (``KEY.png`` + ``KEY.txt``)."""
+def write_image_shards(out: Path, seed: int, n: int, shard_size: int = 2000, pairs: bool = False) -> list[Path]:
+    """World samples as img2dataset-style tars (``KEY.png`` + ``KEY.txt``). With ``pairs`` every sample comes with
+    its twin (:func:`.world.make_pair`: the caption differs in one attribute) in the same shard; a shard of the
+    batch's size is then one training batch (``python -m train fit`` reads a shard's rows together), so every
+    batch holds its hard negatives."""
     out.mkdir(parents=True, exist_ok=True)
+    if pairs and shard_size % 2:
+        raise ValueError(f"a shard of twins needs an even size, got {shard_size}")
     paths = []
     for k, start in enumerate(range(0, n, shard_size)):
+        count = min(shard_size, n - start)
+        if pairs:
+            samples = [s for i in range(start // 2, (start + count) // 2) for s in make_pair(seed, i)]
+        else:
+            samples = make_samples(seed, count, start=start)
         paths.append(out / f"{k:05d}.tar")
         write_tar(paths[-1], ((f"{start + i:08d}", {"png": png_bytes(s.image), "txt": s.caption.encode()})
-                              for i, s in enumerate(make_samples(seed, min(shard_size, n - start), start=start))))
+                              for i, s in enumerate(samples)))
     return paths
 
 

@@ -128,8 +128,10 @@ def claim_2(r: dict) -> str:
     noise = two_se(base, n, latent["judge"], n)
     gain = latent["judge"] - base
     quality = "holds" if gain > noise else "does not hold here" if gain < -noise else "not shown (within noise)"
+    gains = (f"; judge gain over base, 95 % paired bootstrap interval: latent reward {interval(latent['gain'])}, "
+             f"pixel reward {interval(pixel['gain'])}") if "gain" in latent else ""
     return (f"claim 2 ({CLAIMS[2]}): {cost}; quality {quality}: judge {base:.2f} -> {latent['judge']:.2f} on {n} "
-            f"prompts, noise +-{noise:.2f} (pixel-CLIP reward: {pixel['judge']:.2f})")
+            f"prompts, noise +-{noise:.2f} (pixel-CLIP reward: {pixel['judge']:.2f}){gains}")
 
 
 def guidance_section(results: dict, reference: dict | None) -> str:
@@ -179,3 +181,63 @@ def differences(results: dict, reference: dict | None) -> str:
     prompts = results["reno"]["prompts"]
     return (head + ", ".join(changed) + ". A rate moves with the samples it is measured on by up to the noise given "
             f"above (one prompt of {prompts} is {1 / prompts:.2f}); seconds depend on the machine and its load.")
+
+
+# ---------------------------------------------------------------- verifiers during sampling (--verifiers)
+
+TARGET_SAVED, TARGET_KEPT = 0.5, 0.8   # issue 26: >= 50 % fewer evaluations keeping >= 80 % of best-of-N's gain
+
+
+def interval(x: dict) -> str:
+    return f"{x['value']:.2f} [{x['ci'][0]:.2f}, {x['ci'][1]:.2f}]"
+
+
+def verifiers_report(v: dict) -> str:
+    """The ``--verifiers`` printout: rank correlation by step, the pruning frontier with its verdict on the target,
+    and the early safety stop against the end-of-sampling filter."""
+    f, s, n, steps = v["frontier"], v["safety"], v["candidates"], v["steps"]
+    intro = (f"Verifiers during sampling: {v['prompts']} prompts, N = {n} candidates each, {steps} Euler steps of the "
+             f"generator; a model evaluation is one velocity call for one candidate (full sampling: {n * steps}); "
+             "scores are the Latent-CLIP's cosine to the prompt on each step's predicted clean latent, no decode; "
+             f"judge: the exact judge on the delivered image; [95 % intervals: {v['interval']}].")
+    rho = ["| checkpoint step k | rank correlation (Spearman, within a prompt's N) of step-k and final scores |",
+           "|---|---|", *(f"| {r['at_step']} | {interval(r)} |" for r in f["rank_correlation"])]
+    rows = ["| selection | model evaluations | saved | judge score | share of best-of-N's judge gain kept |",
+            "|---|---|---|---|---|",
+            f"| no selection (any one candidate) | {f['none']['evaluations']} | 0.00 | {interval(f['none']['judge'])} "
+            "| 0 |",
+            f"| best-of-{n}, scored at the end | {f['full']['evaluations']} | 0.00 | {interval(f['full']['judge'])} "
+            "| 1 |"]
+    for r in sorted(f["pruned"], key=lambda r: (r["evaluations"], r["at_step"])):
+        rows.append(f"| pruned to {r['keep']} at step {r['at_step']} | {r['evaluations']} | {r['saved']:.2f} | "
+                    f"{interval(r['judge'])} | {interval(r['gain_kept'])} |")
+    rows.append(f"| (oracle: some candidate passes) | - | - | {interval(f['oracle']['judge'])} | - |")
+    safety = [f"Early stop of candidates showing '{s['concept']}' (Latent-CLIP safety check, threshold "
+              f"{s['threshold']:.2f}) on {s['prompts']} prompts that name no colour; rate: the share of delivered "
+              "images in which the judge's detector finds the colour.",
+              "| safety | model evaluations (per prompt) | saved vs end filter | candidates delivered | "
+              "forbidden rate |", "|---|---|---|---|---|"]
+    names = {"none": "no filter", "end": "filter at the end (all sampled)"}
+    for key, x in s["by"].items():
+        name = names.get(key, f"stop at step {key}")
+        safety.append(f"| {name} | {x['evaluations']:.1f} | {x['saved']:.2f} | {x['delivered']:.2f} | "
+                      f"{interval(x['forbidden_rate'])} |")
+    return "\n\n".join([intro, "\n".join(rho), "\n".join(rows) + "\n" + frontier_verdict(f), "\n".join(safety)])
+
+
+def frontier_verdict(f: dict) -> str:
+    """Whether pruning with >= 50 % fewer evaluations keeps >= 80 % of best-of-N's judge gain (best such row)."""
+    gain = f["full"]["gain"]
+    cheap = [r for r in f["pruned"] if r["saved"] >= TARGET_SAVED and math.isfinite(r["gain_kept"]["value"])]
+    head = f"best-of-N's judge gain over no selection: {interval(gain)}"
+    if gain["ci"][0] <= 0:
+        return f"target not measurable here: {head} (its interval reaches 0)"
+    if not cheap:
+        return f"target not measured: no pruning saves {TARGET_SAVED:.0%} of the evaluations; {head}"
+    best = max(cheap, key=lambda r: r["gain_kept"]["value"])
+    kept, low = best["gain_kept"]["value"], best["gain_kept"]["ci"][0]
+    verdict = ("holds" if low >= TARGET_KEPT else "holds on the estimate, not on its interval" if kept >= TARGET_KEPT
+               else "does not hold")
+    return (f"target (>= {TARGET_SAVED:.0%} fewer evaluations, >= {TARGET_KEPT:.0%} of the gain kept) {verdict}: "
+            f"pruned to {best['keep']} at step {best['at_step']} saves {best['saved']:.0%} and keeps "
+            f"{interval(best['gain_kept'])} of the gain; {head}")

@@ -4,6 +4,7 @@ measured, printed as three tables that explain themselves (:mod:`.report`) and w
     python -m train tinyworld [--quick] [--out runs/tinyworld]   # train everything, measure
     python -m train tinyworld --demo                              # embedded weights, measure only
     python -m train tinyworld --export latent_clip/assets/tinyworld   # also write the weights there
+    python -m train tinyworld --verifiers [--quick]   # verifiers during sampling (:mod:`.verifiers`), no training
 
 Steps: 1. world shards  2. VAE  3. encode (``python -m train encode``)  4. fit Latent-CLIP and
 pixel CLIP (``python -m train fit``)  5. zero-shot  6. generator  7. ReNO (latent vs pixel reward)
@@ -31,10 +32,10 @@ from latent_clip.rewards import latent_alignment
 from latent_clip.weights import load_weights, read_export_config
 
 from .. import encode_command
-from . import clips, examples, steer
+from . import clips, examples, steer, verifiers
 from . import vae as tiny_vae
 from .generator import TinyFlowModel, train_generator
-from .report import published, report
+from .report import published, report, verifiers_report
 from .world import CATEGORIES, PREFIXES, make_sample
 
 ASSETS = DEMO_DIR
@@ -63,14 +64,19 @@ class Preset:
     reno_lr: float = 0.5
     guidance_lr: float = 1.0
     euler_steps: int = 4
+    hard_negatives: int = 0       # 1: CLIP batches of twins whose captions differ in one attribute (clips.py;
+                                  # 1200 steps of it did not teach position or binding: docs/verifiers.md)
+    verify_prompts: int = 240     # --verifiers: prompts of the frontier (and of the safety stop)
+    verify_candidates: int = 8
+    verify_steps: int = 8
 
 
 PRESETS = {
     "quick": Preset(vae_steps=0, train_samples=4000, clip_steps=300, clip_batch=128, generator_steps=500,
                     zeroshot_per_category=200, reno_prompts=24, reno_iterations=12, guidance_prompts=24,
-                    guidance_iterations=8),
+                    guidance_iterations=8, verify_prompts=48),
     "full": Preset(vae_steps=1500, train_samples=10000, clip_steps=1500, clip_batch=128, generator_steps=1500,
-                   zeroshot_per_category=100, reno_prompts=36, reno_iterations=25, guidance_prompts=48,
+                   zeroshot_per_category=100, reno_prompts=240, reno_iterations=25, guidance_prompts=48,
                    guidance_iterations=15),
     "demo": Preset(vae_steps=0, train_samples=0, clip_steps=0, clip_batch=0, generator_steps=0,
                    zeroshot_per_category=40, reno_prompts=24, reno_iterations=12, guidance_prompts=24,
@@ -97,7 +103,11 @@ def train_all(p: Preset, out: Path, clock: Clock, weights: Path = ASSETS, seed: 
     training world and every optimiser's initialisation and batches."""
     seeds = run_seeds(seed)
     t = time.time()
-    clips.write_image_shards(out / "data" / "images", seeds["train"], p.train_samples)
+    if p.hard_negatives and p.train_samples % p.clip_batch:
+        raise ValueError(f"hard negatives need whole batches of twins: train_samples {p.train_samples} is not a "
+                         f"multiple of clip_batch {p.clip_batch}")
+    clips.write_image_shards(out / "data" / "images", seeds["train"], p.train_samples,
+                             p.clip_batch if p.hard_negatives else 2000, pairs=bool(p.hard_negatives))
     t = clock.lap("world shards", t)
     vae = tiny_vae.train_vae(p.vae_steps, seed=seeds["train"]) if p.vae_steps else tiny_vae.load(weights / "vae")
     tiny_vae.save(vae, out / "models" / "vae")
@@ -193,7 +203,8 @@ def reno_results(models: dict, p: Preset, seeds: dict[str, int]) -> tuple[dict, 
         r = optimize_noise(gen, reward, gen.noise(seeds["noise"]), iterations=p.reno_iterations, lr=p.reno_lr)
         ok, images[name] = steer.judge_latents(vae, r.best_latent, specs)
         n = len(specs)
-        reno[name] = {"judge": float(ok.mean()), "per_category": per_category(ok, specs),
+        reno[name] = {"judge": float(ok.mean()), "gain": verifiers.estimate(ok.astype(float) - base_ok),
+                      "per_category": per_category(ok, specs),
                       "seconds_per_image": r.seconds / n,
                       "seconds_per_iteration_per_image": float(np.median(r.iteration_seconds)) / n,
                       "reward_start": float(r.history[0].mean()), "reward_best": float(r.best_loss.mean())}
@@ -263,6 +274,52 @@ def save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def verifier_study(models: dict, p: Preset, name: str, out: Path, clock: Clock, args: argparse.Namespace) -> dict:
+    """``--verifiers``: the pruning frontier and the early safety stop on ``models``; prints the tables and writes
+    ``results.json``, ``table.md`` and ``frontier.png`` to ``out``."""
+    if args.demo:
+        raise ValueError("--verifiers measures the weights in --weights already; drop --demo (or add --quick)")
+    setup = verifiers.Setup(p.verify_prompts, p.verify_candidates, p.verify_steps,
+                            tuple(sorted({1, p.verify_candidates // 4, p.verify_candidates // 2})))
+    t = time.time()
+    results = {"verifiers": verifiers.measure(models, setup, args.seed, FORBIDDEN)}
+    clock.lap("verifiers", t)
+    results.update(preset=name, config=asdict(p), stage_seconds=clock.stages, cpu_seconds=round(time.process_time(), 1),
+                   total_seconds=round(time.time() - clock.start, 1), threads=args.threads, seed=args.seed)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = verifiers_report(results["verifiers"])
+    (out / "table.md").write_text(text + "\n")
+    frontier_plot(results["verifiers"], out / "frontier.png")
+    print(text)
+    print(f"[tinyworld] verifiers ({name}): {results['total_seconds']:.0f} s; results in {out}")
+    return results
+
+
+def frontier_plot(v: dict, path: Path) -> None:
+    """Judge score against model evaluations: no selection, best-of-N, and pruning to each m over the steps k."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    f = v["frontier"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+
+    def point(x, est, **style):
+        ax.errorbar(x, est["value"], yerr=[[est["value"] - est["ci"][0]], [est["ci"][1] - est["value"]]],
+                    capsize=3, **style)
+    for keep in sorted({r["keep"] for r in f["pruned"]}):
+        rows = sorted((r for r in f["pruned"] if r["keep"] == keep), key=lambda r: r["evaluations"])
+        ax.plot([r["evaluations"] for r in rows], [r["judge"]["value"] for r in rows], "o-", ms=3,
+                label=f"pruned to {keep} at step k = 1..{v['steps'] - 1}")
+    point(f["none"]["evaluations"] - 0.5, f["none"]["judge"], fmt="s", color="grey", label="no selection")
+    point(f["full"]["evaluations"] + 0.5, f["full"]["judge"], fmt="D", color="black",
+          label=f"best-of-{v['candidates']}")
+    ax.set_xlabel(f"model evaluations per prompt ({v['candidates']} candidates, {v['steps']} steps)")
+    ax.set_ylabel("judge score")
+    ax.set_title(f"{v['prompts']} prompts; bars: 95 % bootstrap intervals", fontsize=8)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
 # ---------------------------------------------------------------- entry
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -273,7 +330,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     mode.add_argument("--demo", action="store_true", help="no training: measure the embedded weights")
     mode.add_argument("--write-examples", action="store_true",
                       help="write the pack's example latents (latent_clip/examples.py) with --weights' VAE, and stop")
-    p.add_argument("--out", default="runs/tinyworld")
+    p.add_argument("--verifiers", action="store_true",
+                   help="measure only the verifiers during sampling on --weights (pruning frontier, safety stop); "
+                        "sizes from the full preset, or quick's with --quick")
+    p.add_argument("--out", help="output folder (default runs/tinyworld; with --verifiers runs/tinyworld/verifiers, "
+                                 "so a study's results.json is not overwritten)")
     p.add_argument("--weights", default=str(ASSETS), help="embedded weights folder (--demo, quick's VAE)")
     p.add_argument("--export", help="also copy the trained weights to this folder")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -291,13 +352,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return examples.write_examples(Path(args.weights))
     torch.manual_seed(args.seed)
     name = "demo" if args.demo else "quick" if args.quick else "full"
-    preset, out = PRESETS[name], Path(args.out)
+    preset = PRESETS[name]
+    out = Path(args.out or ("runs/tinyworld/verifiers" if args.verifiers else "runs/tinyworld"))
     for item in args.set:
         key, value = item.split("=", 1)
         preset = replace(preset, **{key: type(getattr(preset, key))(value)})
     out.mkdir(parents=True, exist_ok=True)
     clock = Clock()
     weights = Path(args.weights)
+    if args.verifiers:
+        return verifier_study(load_models(weights), preset, name, out, clock, args)
     models = load_models(weights) if args.demo else train_all(preset, out, clock, weights, args.seed)
     results = measure(models, preset, out, clock, args.seed)
     results.update(preset=name, config=asdict(preset), stage_seconds=clock.stages,

@@ -210,6 +210,41 @@ def make_sample(seed: int, index: int, category: str | None = None, prefix: bool
     return Sample(spec, scene, caption, render(scene))
 
 
+def twin_spec(rng: random.Random, spec: Spec) -> Spec:
+    """``spec`` with the one attribute its category tests changed (another shape, colour, count, object, the
+    opposite relation, the colours swapped): its caption is the hardest negative for ``spec``'s image."""
+    q = spec.queries
+    other = lambda values, value: rng.choice([v for v in values if v != value])  # noqa: E731
+    if spec.category == "single_object":
+        return Spec(spec.category, (Query(other(SHAPES, q[0].shape)),))
+    if spec.category == "colors":
+        return Spec(spec.category, (Query(q[0].shape, other(list(COLOURS), q[0].colour)),))
+    if spec.category == "counting":
+        return Spec(spec.category, (Query(q[0].shape, q[0].colour, other((2, 3, 4), q[0].count)),))
+    if spec.category == "two_object":
+        third = next(s for s in SHAPES if s not in (q[0].shape, q[1].shape))
+        return Spec(spec.category, (q[0], Query(third)) if rng.random() < 0.5 else (Query(third), q[1]))
+    if spec.category == "position":
+        flipped = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+        return Spec(spec.category, q, flipped[spec.relation])
+    if spec.category == "color_attr":
+        return Spec(spec.category, (Query(q[0].shape, q[1].colour), Query(q[1].shape, q[0].colour)))
+    raise ValueError(f"unknown category {spec.category!r}; known: {', '.join(CATEGORIES)}")
+
+
+def make_pair(seed: int, index: int) -> tuple[Sample, Sample]:
+    """Sample ``index`` of the world ``seed`` and its twin (:func:`twin_spec`), with the same caption prefix:
+    two images whose captions differ in one attribute. A pure function of its arguments."""
+    first = make_sample(seed, index)
+    rng = random.Random(f"tinyworld/{seed}/{index}/twin")
+    spec = twin_spec(rng, first.spec)
+    scene = sample_scene(rng, spec)
+    while scene is None:
+        scene = sample_scene(rng, spec)
+    prefix = first.caption[:len(first.caption) - len(first.spec.phrase())]
+    return first, Sample(spec, scene, prefix + spec.phrase(), render(scene))
+
+
 def make_samples(seed: int, n: int, category: str | None = None, start: int = 0,
                  prefix: bool = True) -> list[Sample]:
     return [make_sample(seed, i, category, prefix) for i in range(start, start + n)]
