@@ -94,12 +94,14 @@ def ceiling_note(time_ratio: Ratio, flop_ratio: float, rates: dict[str, float]) 
     """A line explaining a time ratio (numerator path / denominator path) above its FLOP ratio, else None.
     ``rates`` holds GFLOP per second of the numerator's path then the denominator's: the time ratio is the FLOP
     ratio times denominator rate / numerator rate, so it passes its FLOP ratio only when the cheaper-in-time path
-    gets more FLOPs done per second."""
+    gets more FLOPs done per second, or by the scatter of the repeats where the two rates are close."""
     if time_ratio.median <= flop_ratio:
         return None
     (numerator, slow), (denominator, fast) = rates.items()
+    why = (f"the FLOP ratio lies within the range over repeats ({time_ratio.low:.1f}-{time_ratio.high:.1f}): the "
+           "excess is their scatter" if time_ratio.low <= flop_ratio else "its kernels got more done per second")
     return (f"time ratio above its FLOP ratio ({flop_ratio:.1f}x): {denominator} ran at {fast:.1f} GFLOP/s, "
-            f"{numerator} at {slow:.1f}; its kernels got more done per second")
+            f"{numerator} at {slow:.1f}; {why}")
 
 
 @contextlib.contextmanager

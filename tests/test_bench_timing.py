@@ -72,3 +72,6 @@ def test_a_time_ratio_above_its_flop_ratio_is_explained_by_the_paths_flop_rates(
     note = ceiling_note(Ratio(263.2, 250.0, 270.0, 3), 238.6, {"pixel": 80.0, "latent": 88.0})
     assert note == ("time ratio above its FLOP ratio (238.6x): latent ran at 88.0 GFLOP/s, pixel at 80.0; "
                     "its kernels got more done per second")
+    # measured: B/4-plus vs decode + ViT-L-14 at 512 px, 58.4x (54.9-58.6) over 58.0x in FLOPs, 78.8 vs 80.0 GFLOP/s
+    note = ceiling_note(Ratio(58.4, 54.9, 58.6, 3), 58.0, {"pixel": 80.0, "latent": 78.8})
+    assert note.endswith("the FLOP ratio lies within the range over repeats (54.9-58.6): the excess is their scatter")
