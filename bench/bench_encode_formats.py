@@ -8,7 +8,7 @@ cache after the warm-up round, so this measures decode cost, not disk. Readers a
 repeats on this process's CPU time (bench/timing.py); throughput is samples per CPU second, and each reader's
 speed-up over the authors' is the median of the per-repeat ratios with its range.
 
-    .venv/bin/python -m bench.bench_encode_formats [--samples 2048] [--shard-size 256] [--repeats 5] [--load-check]
+    .venv/bin/python -m bench.bench_encode_formats [--samples 2048] [--shard-size 256] [--repeats 15] [--load-check]
 """
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def measure(args: argparse.Namespace) -> dict[str, Ratio]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_timing_options(p, repeats=5)
+    add_timing_options(p, repeats=15)
     p.add_argument("--samples", type=int, default=2048)
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--shape", type=int, nargs=3, default=(4, 64, 64))
