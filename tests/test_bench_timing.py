@@ -1,9 +1,11 @@
 """bench/timing.py: interleaved CPU-time repeats, per-repeat ratios with their spread, and the busy neighbour."""
+import argparse
 import time
 
 import pytest
 
-from bench.timing import busy_neighbour, format_ratio, interleaved, ratio
+from bench.timing import (Ratio, add_timing_options, busy_neighbour, ceiling_note, format_ratio, interleaved, ratio,
+                          run_measurement)
 
 
 def spin(seconds: float) -> None:
@@ -23,7 +25,8 @@ def test_ratio_is_the_median_of_per_repeat_ratios_with_its_range():
     r = ratio([4.0, 9.0, 6.0], [2.0, 3.0, 1.0])  # per repeat: 2, 3, 6
     assert (r.median, r.low, r.high, r.repeats) == (3.0, 2.0, 6.0, 3)
     assert r.spread == pytest.approx(4 / 3)
-    assert format_ratio(r) == "3.0x (2.0-6.0, 3 repeats)"
+    assert format_ratio(r) == "3.00x (2.00-6.00, 3 repeats)"
+    assert format_ratio(ratio([40.0, 41.0], [2.0, 2.0])) == "20.2x (20.0-20.5, 2 repeats)"
     with pytest.raises(ValueError, match="equal, non-empty"):
         ratio([1.0], [1.0, 2.0])
 
@@ -38,3 +41,37 @@ def test_cpu_time_ratio_ignores_sleeping_and_a_busy_neighbour():
         assert burner.poll() is None
     assert burner.poll() is not None  # killed when the block ends
     assert ratio(samples["long"], samples["short"]).median == pytest.approx(2.0, rel=0.15)
+
+
+def test_timing_options_default_to_three_repeats_on_one_thread_and_one_load_mode():
+    parser = argparse.ArgumentParser()
+    add_timing_options(parser)
+    args = parser.parse_args([])
+    assert (args.repeats, args.threads, args.beside_burner, args.load_check) == (3, 1, False, False)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--beside-burner", "--load-check"])
+
+
+def test_load_check_prints_both_ratios_and_exits_when_one_moves_more_than_ten_percent(capsys):
+    medians = iter([2.0, 2.1, 2.0, 2.5])  # alone, beside; alone, beside
+
+    def measure():
+        m = next(medians)
+        return {"pixel / latent": Ratio(m, m, m, 3)}
+
+    args = argparse.Namespace(load_check=True, beside_burner=False)
+    assert run_measurement(measure, args)["pixel / latent"].median == 2.0
+    out = capsys.readouterr().out
+    assert "alone 2.00x" in out and "beside a burner 2.10x" in out and "5.0%" in out
+    with pytest.raises(SystemExit, match="pixel / latent moved 25.0% beside a CPU burner, expected at most 10%"):
+        run_measurement(measure, args)
+
+
+def test_a_time_ratio_above_its_flop_ratio_is_explained_by_the_paths_flop_rates():
+    assert ceiling_note(Ratio(190.0, 185.0, 195.0, 3), 238.5, {"pixel": 80.0, "latent": 70.0}) is None
+    note = ceiling_note(Ratio(263.2, 250.0, 270.0, 3), 238.6, {"pixel": 80.0, "latent": 88.0})
+    assert note == ("time ratio above its FLOP ratio (238.6x): latent ran at 88.0 GFLOP/s, pixel at 80.0; "
+                    "its kernels got more done per second")
+    # measured: B/4-plus vs decode + ViT-L-14 at 512 px, 58.4x (54.9-58.6) over 58.0x in FLOPs, 78.8 vs 80.0 GFLOP/s
+    note = ceiling_note(Ratio(58.4, 54.9, 58.6, 3), 58.0, {"pixel": 80.0, "latent": 78.8})
+    assert note.endswith("the FLOP ratio lies within the range over repeats (54.9-58.6): the excess is their scatter")
