@@ -107,8 +107,10 @@ def ceiling_note(time_ratio: Ratio, flop_ratio: float, rates: dict[str, float]) 
 @contextlib.contextmanager
 def busy_neighbour() -> Iterator[subprocess.Popen]:
     """A process spinning a busy loop for as long as the block runs, pinned to the last CPU this process may
-    use (Linux); the load a shared machine puts beside a bench."""
-    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    use (Linux); the load a shared machine puts beside a bench. It also stops by itself once this process is
+    gone (its parent changes), so a killed bench leaves no burner behind."""
+    spin = "import os, sys\nwhile os.getppid() == int(sys.argv[1]):\n    pass"
+    burner = subprocess.Popen([sys.executable, "-c", spin, str(os.getpid())])
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setaffinity(burner.pid, {max(os.sched_getaffinity(0))})
     try:

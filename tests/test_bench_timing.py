@@ -75,3 +75,22 @@ def test_a_time_ratio_above_its_flop_ratio_is_explained_by_the_paths_flop_rates(
     # measured: B/4-plus vs decode + ViT-L-14 at 512 px, 58.4x (54.9-58.6) over 58.0x in FLOPs, 78.8 vs 80.0 GFLOP/s
     note = ceiling_note(Ratio(58.4, 54.9, 58.6, 3), 58.0, {"pixel": 80.0, "latent": 78.8})
     assert note.endswith("the FLOP ratio lies within the range over repeats (54.9-58.6): the excess is their scatter")
+
+
+def test_the_burner_stops_when_its_bench_is_killed():
+    """A bench killed mid-run (timeout, OOM) must not leave a CPU burner spinning for hours."""
+    import os
+    import subprocess
+    import sys
+    bench = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, '.')\n"
+                              "from bench.timing import busy_neighbour\n"
+                              "with busy_neighbour() as b:\n    print(b.pid, flush=True)\n    time.sleep(600)"],
+                             stdout=subprocess.PIPE, text=True)
+    burner = int(bench.stdout.readline())
+    bench.kill()
+    bench.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{burner}") and \
+            open(f"/proc/{burner}/stat").read().split()[2] != "Z":
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{burner}") or open(f"/proc/{burner}/stat").read().split()[2] == "Z"
