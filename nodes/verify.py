@@ -27,9 +27,9 @@ from ._schema import advanced, search_aliases
 from ._ui import NodeText, log
 from .loaders import LatentClip
 
-SPLIT_NOTE = ("euler splits exactly: the survivors end as a full run of them would. A multistep sampler (DPM++ 2M, "
-              "...) restarts its history at the split and an ancestral one draws new noise there; a sampler with "
-              "several model calls per step (heun, dpm_2) spends more evaluations than the report's N*k + m*(S-k) rule.")
+SPLIT_NOTE = ("euler splits exactly: the survivors end as a full run of them would. A multistep sampler "
+              "(DPM++ 2M, ...) restarts its history at the split and an ancestral one draws new noise there; a "
+              "sampler with several model calls per step (heun, dpm_2) spends more than N*k + m*(S-k) evaluations.")
 
 
 class CountingDenoiser(comfy.samplers.KSamplerX0Inpaint):
@@ -183,6 +183,10 @@ class SafetyStopSampler(CheckpointSampler):
         return verify
 
     def output(self, finished, result, base, seed):
+        if not len(finished) and self.action == "drop":
+            raise ValueError(f"{self.NAME}: every candidate was stopped at step {result.at_step} and the action is "
+                             f"drop, so nothing is left to finish or decode (the report on the node lists them); "
+                             f"choose zero or replace with noise to keep their slots")
         if self.action not in FILLING_ACTIONS or len(result.kept) == len(result.predicted):
             return finished
         family = self.latent_clip.model.clip.config.vision.family
