@@ -117,26 +117,28 @@ def main(argv=None) -> dict:
              **{name: path(name, sampler) for name, sampler in samplers.items()}}
     sample(model, positive, comfy.samplers.ksampler("euler"), n, side, 2)  # warm-up: first-call costs
     seconds = interleaved(paths, repeats=args.repeats, warmup=0)
-    full = outputs["plain"]
     results = {"plain": {"evaluations": counts["plain"], "rule": n * s, "cpu_s": seconds["plain"]}}
     print(f"plain: {counts['plain']} UNet evaluations (N*S = {n * s}), CPU s per run {_fmt(seconds['plain'])}")
-    for (name, sampler), k in zip(samplers.items(), args.at_step):
-        kept = sampler.last_result.kept
-        time_ratio = ratio(seconds[name], seconds["plain"])
-        results[name] = {"evaluations": counts[name], "sampler_counted": sampler.counted,
-                         "rule": sampler.last_result.evaluations, "cpu_s": seconds[name],
-                         "evaluation_ratio": counts[name] / counts["plain"], "time_ratio": vars(time_ratio),
-                         "kept": kept.tolist(), "max_abs_diff_to_plain": float((outputs[name] - full[kept]).abs().max())}
-        r = results[name]
+    for name, sampler in samplers.items():
+        results[name] = r = pruned_result(sampler, counts, seconds, outputs, name)
         print(f"{name}: {r['evaluations']} UNet evaluations (sampler counted {r['sampler_counted']}, rule "
               f"N*k + m*(S-k) = {r['rule']}), CPU s per run {_fmt(seconds[name])}; pruned / plain: evaluations "
-              f"{r['evaluation_ratio']:.3f}, time {_ratio(time_ratio)}; kept {r['kept']}, "
-              f"survivors vs plain max |diff| {r['max_abs_diff_to_plain']:.2e}", flush=True)
+              f"{r['evaluation_ratio']:.3f}, time {_ratio(ratio(seconds[name], seconds['plain']))}; kept "
+              f"{r['kept']}, survivors vs plain max |diff| {r['max_abs_diff_to_plain']:.2e}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": {**vars(args), "comfyui": str(args.comfyui), "checkpoint": str(args.checkpoint)},
                        "torch": torch.__version__, "results": results}, f, indent=2)
     return results
+
+
+def pruned_result(sampler, counts: dict, seconds: dict, outputs: dict, name: str) -> dict:
+    """One pruned path's figures beside the plain run's (same interleaved run)."""
+    kept = sampler.last_result.kept
+    return {"evaluations": counts[name], "sampler_counted": sampler.counted, "rule": sampler.last_result.evaluations,
+            "cpu_s": seconds[name], "evaluation_ratio": counts[name] / counts["plain"],
+            "time_ratio": vars(ratio(seconds[name], seconds["plain"])), "kept": kept.tolist(),
+            "max_abs_diff_to_plain": float((outputs[name] - outputs["plain"][kept]).abs().max())}
 
 
 def _ratio(r: Ratio) -> str:
