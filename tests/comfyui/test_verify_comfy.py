@@ -19,7 +19,8 @@ from fixtures import sd15_checkpoint, tiny_model
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 CANDIDATES, STEPS, SIDE = 4, 3, 8  # 64 px; one step of the 860 M-parameter UNet on 4 rows: ~2-4 s CPU
 # Survivors against the plain run: the same ops per row, but the UNet runs on another batch size after the split,
-# which may round differently. Largest difference measured: 0.0 (0.3.75 and 0.33.0, seeds 0-2); margin for BLAS.
+# which may round differently. Measured 0.0 (bench/bench_verify_comfy.py on 0.3.75: N=2, S=3 and N=8, S=20 at
+# 64 px); the margin is for BLAS kernels that block by batch size.
 SPLIT_ATOL = 1e-4
 
 
