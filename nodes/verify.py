@@ -78,7 +78,7 @@ class CheckpointSampler(comfy.samplers.KSAMPLER):
         self.text.status(self.report(result, sigmas, final_scores))
         log.info("%s at step %d: kept %s of %d; %d denoiser evaluations of %d", self.NAME, at_step,
                  result.kept.tolist(), len(noise), self.counted, len(noise) * (len(sigmas) - 1))
-        return self.output(finished, result, base, extra_args.get("seed", 0))
+        return self.output(finished, result, base, extra_args.get("seed") or 0)
 
     def _runner(self, model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar):
         """``run(x, part, rows)`` of :func:`latent_clip.verify.sample_verified` over the sampler function."""
