@@ -1,8 +1,8 @@
 """ComfyUI entry point of the Latent-CLIP node pack (V3 API).
 
 Nodes are registered only when ComfyUI is importable, so ``latent_clip`` and the tests import
-cleanly without it. Optional node modules (``rewards``, ``reno``, ``guidance`` in ``nodes/``) are
-added inside try/except: their absence or failure costs their nodes only, never the pack.
+cleanly without it. Optional node modules (``rewards``, ``reno``, ``guidance``, ``verify`` in ``nodes/``)
+are added inside try/except: their absence or failure costs their nodes only, never the pack.
 """
 import importlib
 
@@ -15,7 +15,7 @@ try:
 except ImportError:  # not inside ComfyUI: the library alone
     ComfyExtension = None
 
-OPTIONAL_MODULES = ("rewards", "reno", "guidance")
+OPTIONAL_MODULES = ("rewards", "reno", "guidance", "verify")
 WEB_DIRECTORY = "./web"  # shows the nodes' text reports on the canvas
 
 if ComfyExtension is not None:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from .safety import Concept, check
+from .config import LatentFamily
+from .safety import ACTIONS, Concept, apply_action, check
 from .score import score_latents
 
 if TYPE_CHECKING:  # the model module imports open_clip: only a loaded model brings it in
@@ -47,6 +48,11 @@ def stop(flagged: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"stop reads one bool flag per candidate, shape (N,); got {flagged.dtype} "
                          f"{tuple(flagged.shape)}")
     return torch.arange(len(flagged), device=flagged.device)[~flagged]
+
+
+def stopped(kept: torch.Tensor, candidates: int) -> torch.Tensor:
+    """(N,) bool: True for the candidates not among ``kept`` (the ones a checkpoint stopped or pruned)."""
+    return ~torch.isin(torch.arange(candidates, device=kept.device), kept)
 
 
 def step_at_sigma(sigmas: torch.Tensor, sigma: float) -> int:
@@ -108,3 +114,21 @@ def by_safety(model: LatentCLIP, concepts: Sequence[Concept], threshold: float) 
         result = check(model, predicted, concepts, threshold)
         return result.probs, stop(result.flagged)
     return verify
+
+
+FILLING_ACTIONS = ("zero", "replace with noise")  # safety.ACTIONS that fill the stopped candidates' slots
+
+
+def stop_output(finished: torch.Tensor, kept: torch.Tensor, candidates: int, action: str, family: LatentFamily,
+                seed: int = 0) -> torch.Tensor:
+    """A safety stop's output under ``action`` (:data:`latent_clip.safety.ACTIONS`), raw latents, from
+    ``finished`` (m, ...) the final raw latents of the ``kept`` candidates: ``drop`` and ``pass with flag``
+    (where every candidate went on) give ``finished`` itself; ``zero`` and ``replace with noise`` give all N,
+    the stopped candidates' slots filled as the Safety Filter fills them (zeros; seeded noise of ``family``)."""
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
+    if action not in FILLING_ACTIONS:
+        return finished
+    full = finished.new_zeros(candidates, *finished.shape[1:])
+    full[kept] = finished
+    return apply_action({"samples": full}, stopped(kept, candidates), action, family, seed)["samples"]

@@ -12,6 +12,9 @@ Fixtures (registered in tests/conftest.py; mark tests ``comfyui``):
   default, an option in 0.33.0 too) drops a graph's outputs once the next graph does not use them, so what a
   server holds after a run is the pack's doing and every graph with a new checkpoint name loads it anew; 0.33.0's
   default RAM-pressure cache keeps earlier graphs' models while RAM is free.
+* ``sd15_server`` (session): ``comfy_server`` with the tests' random full-size SD1.5 checkpoint
+  (fixtures.sd15_checkpoint) in ``models/checkpoints/`` under its name and :data:`RELOAD_NAME`, and tiny
+  Latent-CLIP weights of the SD1.5 family (:data:`SD15_WEIGHTS`, a valid pairing with it).
 * ``bare_comfy_server`` (module): the same with the pack alone and ``models/`` empty, as a new user has it.
 * ``comfy_inprocess`` (function): imports ComfyUI in this process (``--cpu``, args parsing on,
   build/ComfyUI first on sys.path) and returns a namespace with ``comfy``, ``folder_paths``,
@@ -56,6 +59,8 @@ TINY_OFFICIAL = "latent_clip_tiny_official.pt"
 TEST_LATENT = "latent_clip_test.latent"            # 4 SDXL-shaped latents (4, 4, 32, 32), seeded
 WRONG_FAMILY_LATENT = "latent_clip_16ch.latent"    # a 16-channel (SD3/Flux-like) latent
 TINY_CONFIG = tiny_latent_cfg(image_size=512)
+SD15_WEIGHTS = "latent_clip_tiny_sd15.safetensors"  # what the SD1.5 test twins load as Latent-CLIP
+RELOAD_NAME = "latent_clip_test_sd15_other.safetensors"  # the same checkpoint: a graph using it loads the model anew
 BOOT_TIMEOUT = 120
 
 
@@ -195,6 +200,21 @@ def _serve(base: Path, prepare) -> ComfyServer:
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     yield from _serve(tmp_path_factory.mktemp("comfy_base"), prepare_base)
+
+
+@pytest.fixture(scope="session")
+def sd15_server(comfy_server):
+    import latent_clip
+    from fixtures import CKPT_CACHE, CKPT_NAME, sd15_checkpoint
+
+    sd15_checkpoint()
+    folder = comfy_server.models_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (CKPT_NAME, RELOAD_NAME):
+        (folder / name).symlink_to(CKPT_CACHE)
+    latent_clip.save_export(tiny_model(TINY_CONFIG, latent_family="sd15"),
+                            comfy_server.models_dir / "latent_clip" / SD15_WEIGHTS)
+    return comfy_server
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ the benchmarks' tiny offline pipelines; shared helpers and paths live in tests/f
 import pytest
 import torch
 
-from comfy_harness import bare_comfy_server, comfy_inprocess, comfy_server  # noqa: F401 - pytest fixtures
+from comfy_harness import bare_comfy_server, comfy_inprocess, comfy_server, sd15_server  # noqa: F401 - fixtures
 from tiny_pipelines import build_all, tiny_vae
 
 

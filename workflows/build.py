@@ -12,9 +12,9 @@
 * ``tests/api_workflows/<name>.json``: test twins the tests POST. They replace the SDXL-Turbo part
   (checkpoint, text encoders, KSampler) by ``LoadLatent`` of a test latent file and load the tiny
   test weights; the Latent-CLIP part is the same nodes with the same values, plus a Preview Any on
-  each per-sample output so the tests read every value. The ReNO/guidance twins (RENO_SPECS) keep the
-  whole graph on the tests' random SD1.5 checkpoint at 64 px with tiny Latent-CLIP weights of the SD1.5
-  family (a valid pairing too), 2 iterations, and SaveLatent instead of decoding.
+  each per-sample output so the tests read every value. The ReNO/guidance/verifier twins (RENO_SPECS,
+  VERIFY_SPECS) keep the whole graph on the tests' random SD1.5 checkpoint at 64 px with tiny Latent-CLIP
+  weights of the SD1.5 family (a valid pairing too), 2 iterations, few steps, and SaveLatent instead of decoding.
 
 Each template previews its node's text report (one string): Preview Any shows only the first item
 of a list output. Widget order comes from a running server's /object_info (this script boots one
@@ -45,10 +45,12 @@ SIZES = {"LatentCLIPLoader": (360, 130), "LatentCLIPScoreThreshold": (300, 110),
          "LatentCLIPReno": (400, 420), "LatentCLIPAvoidGuider": (400, 400), "PrimitiveStringMultiline": (360, 140),
          "CheckpointLoaderSimple": (360, 100), "EmptyLatentImage": (320, 110), "KSamplerSelect": (320, 60),
          "RandomNoise": (320, 80), "SDTurboScheduler": (320, 110), "BasicGuider": (240, 60), "VAEDecode": (220, 60),
-         NOTE: (400, 180)}
+         "LatentCLIPPruneSampler": (380, 260), "LatentCLIPSafetyStopSampler": (400, 330), "CFGGuider": (320, 110),
+         "BasicScheduler": (320, 110), NOTE: (400, 180)}
 SIZES["LatentCLIPExampleLatents"] = (420, 330)  # its captions shown on it
 # Sizes of one template's nodes where its reports are longer (the first graph's: 18 rows each).
-TEMPLATE_SIZES = {"latent_clip_first_graph": {"LatentCLIPZeroShot": (480, 680), "LatentCLIPScore": (400, 500)}}
+TEMPLATE_SIZES = {"latent_clip_first_graph": {"LatentCLIPZeroShot": (480, 680), "LatentCLIPScore": (400, 500)},
+                  **{name: {"SamplerCustomAdvanced": (440, 420)} for name in ("prune_sdxl_turbo", "safety_stop_sdxl")}}
 DEFAULT_SIZE, TITLE_HEIGHT, GAP = (360, 120), 30, 40
 # The canvas a 1600x1000 window shows clear of every tested frontend's bars, sidebar and zoom controls (screen px,
 # measured on 1.32.9, 1.48.7 and 1.58.1; tests/end_to_end/test_workflows_browser.py checks each node is there).
@@ -58,8 +60,11 @@ PROMPT = 7  # the one prompt node of a graph that generates for a prompt and rew
 TITLES = {PROMPT: "Prompt"}  # node id -> its title on the canvas, where the class's own name would not say it
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CKPT, LC_WEIGHTS = "sd_xl_turbo_1.0_fp16.safetensors", "latent-clip-b-8-512-34b-80k.pt"
+SDXL_BASE = "sd_xl_base_1.0.safetensors"  # a multi-step model of the same latent family (the SDXL VAE)
 MODELS = {  # model file -> its download, for the loaders' properties.models
     CKPT: {"url": "https://huggingface.co/stabilityai/sdxl-turbo/resolve/main/" + CKPT, "directory": "checkpoints"},
+    SDXL_BASE: {"url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/" + SDXL_BASE,
+                "directory": "checkpoints"},
     LC_WEIGHTS: {"url": get_pretrained(Path(LC_WEIGHTS).stem).url, "directory": "latent_clip"}}
 # Template id (the file name in workflows/api/ and tests/api_workflows/) -> its title (its file name in
 # example_workflows/, all ComfyUI's template browser shows of it) and its note's one line.
@@ -85,6 +90,13 @@ TEMPLATES = {
     "guidance_sdxl_turbo": ("Steer sampling away from concepts", "Steers 4-step sampling away from concepts: one per "
                             "line and strength on **Latent-CLIP Safety Guider**. Its cfg is 1.5 so that the negative "
                             "prompt counts (at cfg 1 ComfyUI skips it); SDXL-Turbo is made for cfg 1: keep it low."),
+    "prune_sdxl_turbo": ("Prune 8 candidates after one step", "Samples 8 candidates for 1 of 4 steps, keeps the 2 "
+                         "Latent-CLIP finds closest to the prompt, finishes and decodes only those. Prompt in "
+                         "**Prompt**; keep and at_step on **Prune Sampler**; the report shows under "
+                         "**SamplerCustomAdvanced**."),
+    "safety_stop_sdxl": ("Stop unsafe candidates early", "SDXL, 20 steps: at step 5 stops the candidates close to a "
+                         "concept instead of finishing them. Concepts, threshold and action on **Safety Stop "
+                         "Sampler**; the report shows under **SamplerCustomAdvanced**."),
 }
 # The first graph: nothing to download (the pack's example latents and its embedded demo model), answers checkable.
 FIRST_PROMPT = "a red circle"  # caption #17; the demo model tells colours apart, not shapes
@@ -337,20 +349,22 @@ TEST_WEIGHTS_SD15 = "latent_clip_tiny_sd15.safetensors"  # the harness's tiny co
 RENO_PROMPT = "a red cube on top of a blue sphere, studio photo"
 
 
-def txt2img(negative: bool = False) -> dict:
-    """Nodes 1-7: SDXL-Turbo checkpoint, the prompt node and its encoding, a 512 px empty latent, Latent-CLIP loader."""
-    out = {1: ("CheckpointLoaderSimple", {"ckpt_name": CKPT}), **prompt_node(RENO_PROMPT),
+def txt2img(negative: bool = False, batch: int = 1, ckpt: str = CKPT, size: int = 512) -> dict:
+    """Nodes 1-7: the checkpoint (SDXL-Turbo), the prompt node and its encoding, an empty latent (512 px, batch 1),
+    Latent-CLIP loader."""
+    out = {1: ("CheckpointLoaderSimple", {"ckpt_name": ckpt}), **prompt_node(RENO_PROMPT),
            2: ("CLIPTextEncode", {"text": L(PROMPT), "clip": L(1, 1)}),
-           4: ("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}),
+           4: ("EmptyLatentImage", {"width": size, "height": size, "batch_size": batch}),
            6: ("LatentCLIPLoader", {"model_name": LC_WEIGHTS, "dtype": "auto", "device": "default"})}
     if negative:
         out[3] = ("CLIPTextEncode", {"text": "blurry, low quality", "clip": L(1, 1)})
     return out
 
 
-def custom_advanced(guider: list, sampler: list, steps: int) -> dict:
+def custom_advanced(guider: list, sampler: list, steps: int, turbo: bool = True) -> dict:
+    schedule = {"model": L(1), "steps": steps, "denoise": 1.0}
     return {14: ("RandomNoise", {"noise_seed": 0}),
-            15: ("SDTurboScheduler", {"model": L(1), "steps": steps, "denoise": 1.0}),
+            15: ("SDTurboScheduler", schedule) if turbo else ("BasicScheduler", {**schedule, "scheduler": "normal"}),
             16: ("SamplerCustomAdvanced", {"noise": L(14), "guider": guider, "sampler": sampler,
                                            "sigmas": L(15), "latent_image": L(4)})}
 
@@ -379,16 +393,38 @@ RENO_SPECS = {  # ReNO and guidance: their own txt2img and test twin
 }
 
 
+VERIFY_SPECS = {  # latent verifiers during sampling: the report is SamplerCustomAdvanced's node text
+    "prune_sdxl_turbo": {**txt2img(batch=8),
+        10: ("LatentCLIPPruneSampler", {"latent_clip": L(6), "prompt": L(PROMPT), "keep": 2, "at_step": 1,
+                                        "sampler": L(11), "at_sigma": 1.0, "allow_family_mismatch": False}),
+        11: ("KSamplerSelect", {"sampler_name": "euler"}),
+        13: ("BasicGuider", {"model": L(1), "conditioning": L(2)}),
+        **custom_advanced(L(13), L(10), 4), **decode(L(16), "latent_clip/pruned")},
+    "safety_stop_sdxl": {**txt2img(negative=True, batch=4, ckpt=SDXL_BASE, size=1024),
+        10: ("LatentCLIPSafetyStopSampler", {"latent_clip": L(6), "concepts": "nudity\nviolence | a photo of a "
+                                             "peaceful scene", "threshold": 0.5, "action": "replace with noise",
+                                             "at_step": 5, "sampler": L(11), "at_sigma": 1.0,
+                                             "allow_family_mismatch": False}),
+        11: ("KSamplerSelect", {"sampler_name": "euler"}),
+        13: ("CFGGuider", {"model": L(1), "positive": L(2), "negative": L(3), "cfg": 7.0}),
+        **custom_advanced(L(13), L(10), 20, turbo=False), **decode(L(16), "latent_clip/safety_stop")},
+}
+TWIN_STEPS = {"prune_sdxl_turbo": (4, 1), "safety_stop_sdxl": (4, 2)}  # (steps, at_step) of the test twins
+
+
 def reno_test_twin(name: str, spec: dict) -> dict:
-    """A ReNO/guidance graph on the test checkpoint at 64 px, tiny sd15 weights, 2 iterations / steps, SaveLatent."""
+    """A ReNO/guidance/verifier graph on the test checkpoint at 64 px, tiny sd15 weights, 2 iterations, at most 2
+    steps (the verifier ones: TWIN_STEPS), SaveLatent."""
     out = {nid: (cls, dict(values)) for nid, (cls, values) in spec.items() if nid < 20}
     out[1][1]["ckpt_name"], out[6][1]["model_name"] = TEST_CKPT, TEST_WEIGHTS_SD15
     out[4][1].update(width=64, height=64)
     for nid, (cls, values) in out.items():
         if "iterations" in values:
             values["iterations"] = 2
-        if cls == "SDTurboScheduler":
-            values["steps"] = min(values["steps"], 2)
+        if cls in ("SDTurboScheduler", "BasicScheduler"):
+            values["steps"] = TWIN_STEPS[name][0] if name in TWIN_STEPS else min(values["steps"], 2)
+        if "at_step" in values:
+            values["at_step"] = TWIN_STEPS[name][1]
         if cls == "LatentCLIPAvoidGuider":
             values.update(strength=0.5, end_percent=1.0)
     src = L(16) if 16 in out else L(10)
@@ -423,7 +459,7 @@ def write(name: str, ui: dict, api: dict, test: dict) -> None:
 def main(object_info: dict) -> None:
     for name, spec in SPECS.items():
         write(name, to_ui(name, spec, object_info), to_api(spec), to_api(test_twin(spec, object_info)))
-    for name, spec in RENO_SPECS.items():
+    for name, spec in {**RENO_SPECS, **VERIFY_SPECS}.items():  # whole-graph test twins
         write(name, to_ui(name, spec, object_info), to_api(spec), to_api(reno_test_twin(name, spec)))
     for name, spec in FIRST_GRAPH.items():
         write(name, to_ui(name, spec, object_info), to_api(spec), to_api(spec))

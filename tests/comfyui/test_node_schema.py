@@ -24,15 +24,17 @@ OVERRIDE = "allow_family_mismatch"
 # The expert-only inputs, hidden on Nodes 2.0 nodes until "Show advanced inputs" (1.48.7, 1.58.1).
 ADVANCED = {"LatentCLIPRenoSampler": {"grad_clip", "reg_weight", "momentum", OVERRIDE},
             "LatentCLIPReno": {OVERRIDE}, "LatentCLIPAvoidGuider": {"start_percent", "end_percent", OVERRIDE},
-            "LatentCLIPLoader": {"dtype", "device"}}
+            "LatentCLIPLoader": {"dtype", "device"}, "LatentCLIPPruneSampler": {"at_sigma", OVERRIDE},
+            "LatentCLIPSafetyStopSampler": {"at_sigma", OVERRIDE}}
 # Words typed into the node search -> the nodes it finds by them (search_aliases, beside names).
 FOUND_BY = {
     "reward": {"LatentCLIPRewardPrompt", "LatentCLIPRewardAvoid", "LatentCLIPRewardPixelCLIP",
                "LatentCLIPRewardCombine", "LatentCLIPRenoSampler", "LatentCLIPReno"},
     "clip score": {"LatentCLIPScore", "LatentCLIPSelectBest", "LatentCLIPScoreThreshold", "LatentCLIPRewardPrompt",
                    "LatentCLIPRewardPixelCLIP", "LatentCLIPReno"},
-    "nsfw": {"LatentCLIPSafetyFilter", "LatentCLIPRewardAvoid", "LatentCLIPAvoidGuider"},
-    "safety": {"LatentCLIPSafetyFilter", "LatentCLIPRewardAvoid", "LatentCLIPAvoidGuider"},
+    "nsfw": {"LatentCLIPSafetyFilter", "LatentCLIPRewardAvoid", "LatentCLIPAvoidGuider", "LatentCLIPSafetyStopSampler"},
+    "safety": {"LatentCLIPSafetyFilter", "LatentCLIPRewardAvoid", "LatentCLIPAvoidGuider", "LatentCLIPSafetyStopSampler"},
+    "best of n": {"LatentCLIPSelectBest", "LatentCLIPPruneSampler"},
     "zero-shot": {"LatentCLIPZeroShot"}, "classify": {"LatentCLIPZeroShot"},
     "reno": {"LatentCLIPRewardPrompt", "LatentCLIPRewardAvoid", "LatentCLIPRewardPixelCLIP",
              "LatentCLIPRewardCombine", "LatentCLIPRenoSampler", "LatentCLIPReno"},
@@ -108,7 +110,7 @@ def test_node_schema_is_compatible_with_the_snapshot(served):
     if os.environ.get("LATENT_CLIP_UPDATE_SCHEMA") == "1":
         SNAPSHOT.write_text(json.dumps(served, indent=1) + "\n")
     snapshot = json.loads(SNAPSHOT.read_text())
-    assert len(snapshot) == 14
+    assert len(snapshot) == 16
     assert incompatible(snapshot, served) == []
     assert served == snapshot, "the schema changed compatibly: regenerate with LATENT_CLIP_UPDATE_SCHEMA=1"
 
@@ -125,7 +127,7 @@ def test_nodes_carry_search_aliases_on_comfyui_0_33(comfy_server, object_info):
     ours = {node: info for node, info in object_info.items() if info.get("python_module") == PACK_MODULE}
     version = tuple(map(int, comfy_server.get("/system_stats")["system"]["comfyui_version"].split(".")[:2]))
     if version < (0, 33):
-        assert len(ours) == 14 and [n for n, info in ours.items() if info.get("search_aliases")] == []
+        assert len(ours) == 16 and [n for n, info in ours.items() if info.get("search_aliases")] == []
         return
     assert [n for n, info in ours.items() if not info.get("search_aliases")] == []
     found = {word: {n for n, info in ours.items() if word in info["search_aliases"]} for word in FOUND_BY}

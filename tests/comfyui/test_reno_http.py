@@ -13,29 +13,12 @@ import pytest
 import torch
 
 from bench.memory import status_gb
-from comfy_harness import ROOT, TINY_CONFIG, TINY_EXPORT, execution_error, load_api_workflow, run_graph, \
+from comfy_harness import RELOAD_NAME, ROOT, TINY_EXPORT, execution_error, load_api_workflow, run_graph, \
     run_graph_with_texts, saved_latents
-from fixtures import CKPT_CACHE, CKPT_NAME, sd15_checkpoint, tiny_model
 from workflows.build import NOTE, PROMPT, TEMPLATES
 
 pytestmark = pytest.mark.comfyui
 
-SD15_WEIGHTS = "latent_clip_tiny_sd15.safetensors"  # what they load as Latent-CLIP
-RELOAD_NAME = "latent_clip_test_sd15_other.safetensors"  # the same file: a graph using it loads the model anew
-
-
-@pytest.fixture(scope="module")
-def sd15_server(comfy_server):
-    import latent_clip
-
-    sd15_checkpoint()
-    folder = comfy_server.models_dir / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in (CKPT_NAME, RELOAD_NAME):
-        (folder / name).symlink_to(CKPT_CACHE)
-    latent_clip.save_export(tiny_model(TINY_CONFIG, latent_family="sd15"),
-                            comfy_server.models_dir / "latent_clip" / SD15_WEIGHTS)
-    return comfy_server
 
 
 def test_reno_workflows_use_our_nodes(comfy_server):
@@ -70,7 +53,8 @@ def test_workflow_runs_through_the_real_loader(sd15_server, name):
         assert "ReNO: 2 iterations" in sd15_server.log_tail(200_000)
 
 
-CHECKPOINT_FAMILY = {"sd_xl_turbo_1.0_fp16.safetensors": "sdxl"}  # stabilityai/sdxl-turbo ships the SDXL VAE
+# stabilityai/sdxl-turbo and stable-diffusion-xl-base-1.0 ship the SDXL VAE
+CHECKPOINT_FAMILY = {"sd_xl_turbo_1.0_fp16.safetensors": "sdxl", "sd_xl_base_1.0.safetensors": "sdxl"}
 
 
 def _weights_family(name: str) -> str:
@@ -99,7 +83,7 @@ def test_no_shipped_graph_pairs_a_latent_clip_with_another_familys_latents():
         families = set(sources) | {_weights_family(w) for w in weights}
         assert len(families) == 1, f"{path.name}: {sources} with {weights} pair latent families {families}"
         checked += bool(sources and weights)
-    assert checked == 8
+    assert checked == 10
 
 
 def _mismatched(name: str, allow: bool) -> dict:

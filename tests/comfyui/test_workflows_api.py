@@ -156,8 +156,9 @@ def test_select_best_k(comfy_server, model, latents):
     torch.testing.assert_close(saved_latents(comfy_server, outputs, "13"), latents[order[:2]])
 
 
+# templates that generate for a prompt and judge by it
 ONE_PROMPT = {"latent_clip_best_of_n": "LatentCLIPSelectBest", "reno_sdxl_turbo": "LatentCLIPRewardPrompt",
-              "reno_sdxl_turbo_prompt": "LatentCLIPReno"}  # templates that generate for a prompt and judge by it
+              "reno_sdxl_turbo_prompt": "LatentCLIPReno", "prune_sdxl_turbo": "LatentCLIPPruneSampler"}
 
 
 @pytest.mark.parametrize("name", ONE_PROMPT)

@@ -22,10 +22,10 @@ from urllib.parse import unquote
 
 import pytest
 
-from comfy_harness import (PACK_NAME, TEST_LATENT, TINY_EXPORT, UI_WORKFLOWS, execution_error, post_prompt,
-                           skip_or_fail, wait_history)
+from comfy_harness import (PACK_NAME, TEST_LATENT, TINY_EXPORT, UI_WORKFLOWS, execution_error, load_api_workflow,
+                           post_prompt, skip_or_fail, wait_history)
 from latent_clip.examples import example_latents
-from workflows.build import FIRST_GRAPH, SPECS, TEMPLATES, note_markdown
+from workflows.build import FIRST_GRAPH, SPECS, TEMPLATES, VERIFY_SPECS, note_markdown
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
@@ -91,6 +91,12 @@ CARDS = """() => [...document.querySelectorAll('[data-testid^="template-workflow
     return {title, shown: shown?.textContent.trim(),
             fits: !!shown && shown.scrollWidth <= shown.clientWidth && shown.scrollHeight <= shown.clientHeight,
             images: [...card.querySelectorAll('img')].map(i => i.complete && i.naturalWidth > 0)}; })"""
+# A card draws its thumbnail once scrolled into view (ten cards overflow the dialog): scroll to the first still
+# without a loaded image, as a person looking through the list does.
+SHOW_PENDING_CARD = """(() => [...document.querySelectorAll('[data-testid^="template-workflow-"]')].find(card => {
+    const images = [...card.querySelectorAll('img')];
+    return !images.length || !images.every(i => i.complete && i.naturalWidth > 0);
+}))()?.scrollIntoView({block: 'center'})"""
 # What each Preview as Text shows: its text widgets (1.32.9 'preview'; 1.48+ 'preview_text' beside a 'preview_mode'
 # toggle), the report it received.
 PREVIEWS = """() => window.app.graph.nodes.filter(n => n.type === 'PreviewAny')
@@ -359,6 +365,33 @@ def _without_sdxl(prompt: dict) -> dict:
     return {k: n for k, n in prompt.items() if k not in needs_ckpt}
 
 
+TEXTS = """() => { window.__texts = [];
+    window.app.api.addEventListener('progress_text', e => window.__texts.push([e.detail.nodeId, e.detail.text])); }"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("template", VERIFY_SPECS)
+def test_verifier_template_queues_from_the_page(sd15_server, page, template):
+    """A verifier template as the page sends it, with its test twin's values (the tests' SD1.5 checkpoint at 64 px,
+    tiny SD1.5-family weights, few steps), decoded and saved: it runs, and the sampler's report reaches the page as
+    SamplerCustomAdvanced's progress text."""
+    _load(page, _path(template))
+    prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    twin = load_api_workflow(f"{template}.json")
+    for nid in set(prompt) & set(twin):
+        prompt[nid]["inputs"].update({k: v for k, v in twin[nid]["inputs"].items() if not isinstance(v, list)})
+    page.evaluate(TEXTS)
+    client_id = page.evaluate("() => window.app.api.clientId")
+    entry = wait_history(sd15_server, post_prompt(sd15_server, prompt, client_id), timeout=600)
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+    assert len(entry["outputs"]["21"]["images"]) == (2 if template == "prune_sdxl_turbo" else 4)  # decoded: the kept
+    page.wait_for_timeout(500)
+    shown = [text for node, text in page.evaluate("() => window.__texts") if node == "16"]
+    assert shown and shown[-1].splitlines()[-1].startswith("evaluations: "), shown
+    assert not page.page_errors, page.page_errors
+    _close_dialogs(page)
+
+
 def test_template_browser_shows_every_template_by_title(page):
     """Left sidebar Templates -> Extensions -> comfyui-latent-clip: a card per file of example_workflows/,
     each showing its whole title (not cut off) with its <title>.jpg thumbnail loaded; opening the card found by
@@ -378,8 +411,9 @@ def test_template_browser_shows_every_template_by_title(page):
         page.get_by_role("button", name="Templates").first.click()
         page.get_by_text(PACK_NAME, exact=True).first.click()
         with contextlib.suppress(PlaywrightTimeout):  # the asserts below say what is missing
-            page.wait_for_function(f"""n => {{ const cards = ({CARDS})(); return cards.length === n &&
-                cards.every(c => c.images.length && c.images.every(Boolean)); }}""", arg=len(titles), timeout=15_000)
+            page.wait_for_function(f"""n => {{ const cards = ({CARDS})(); {SHOW_PENDING_CARD};
+                return cards.length === n && cards.every(c => c.images.length && c.images.every(Boolean)); }}""",
+                                   arg=len(titles), timeout=15_000)
         cards = page.evaluate(CARDS)
         assert sorted(c["title"] for c in cards) == titles
         for card in cards:  # the whole title readable in the card, above its thumbnail

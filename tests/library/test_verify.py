@@ -4,9 +4,12 @@ import torch
 
 from fixtures import tiny_model
 from latent_clip.contract import LatentContractError
+from latent_clip.config import latent_families
+from latent_clip.contract import scaled_to_raw
 from latent_clip.safety import parse_concepts
 from latent_clip.score import score_latents
-from latent_clip.verify import by_prompt, by_safety, evaluations, prune, sample_verified, step_at_sigma, stop
+from latent_clip.verify import by_prompt, by_safety, evaluations, prune, sample_verified, step_at_sigma, stop, \
+    stop_output, stopped
 from synthetic import tiny_latent_cfg
 
 
@@ -26,6 +29,22 @@ def test_stop_keeps_the_unflagged():
     assert stop(torch.tensor([True, True])).tolist() == []
     with pytest.raises(ValueError, match="one bool flag per candidate"):
         stop(torch.tensor([1, 0]))
+
+
+def test_stop_output_fills_the_stopped_slots_as_the_safety_filter_does():
+    finished, kept = torch.full((2, 4, 2, 2), 7.0), torch.tensor([1, 3])
+    assert stopped(kept, 5).tolist() == [True, False, True, False, True]
+    sd15 = latent_families()["sd15"]
+    for action in ("drop", "pass with flag"):
+        assert stop_output(finished, kept, 5, action, sd15) is finished
+    zero = stop_output(finished, kept, 5, "zero", sd15)
+    assert zero[[1, 3]].eq(7).all() and not zero[[0, 2, 4]].any()
+    noise = stop_output(finished, kept, 5, "replace with noise", sd15, seed=3)
+    expected = scaled_to_raw(torch.randn(5, 4, 2, 2, generator=torch.Generator().manual_seed(3)), sd15)
+    assert noise[[1, 3]].eq(7).all() and torch.equal(noise[[0, 2, 4]], expected[[0, 2, 4]])
+    assert stop_output(finished[:0], kept[:0], 2, "zero", sd15).shape == (2, 4, 2, 2)
+    with pytest.raises(ValueError, match="action must be one of"):
+        stop_output(finished, kept, 5, "blur", sd15)
 
 
 def test_step_at_sigma_and_evaluations():
