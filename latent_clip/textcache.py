@@ -34,10 +34,13 @@ def text_weights(model: nn.Module) -> list[torch.Tensor]:
 
 def weights_version(model: nn.Module) -> tuple:
     """What changes whenever ``model``'s text embeddings may: its instance token and, per text weight, storage
-    address, dtype and in-place write counter (``load_state_dict``, optimiser steps and ``.to()`` all move one)."""
+    address, dtype and in-place write counter (``load_state_dict``, optimiser steps and ``.to()`` all move one).
+    Inference tensors (weights loaded under ``torch.inference_mode``, as in ComfyUI) keep no write counter: for
+    them the address, dtype and device are the version, so an in-place write inside inference mode is not seen."""
     with _token_lock:
         token = model.__dict__.setdefault("_text_cache_token", next(_tokens))
-    return token, tuple((t.data_ptr(), t.dtype, t.device, t._version) for t in text_weights(model))
+    return token, tuple((t.data_ptr(), t.dtype, t.device, None if t.is_inference() else t._version)
+                        for t in text_weights(model))
 
 
 def needs_graph(model: nn.Module) -> bool:

@@ -79,6 +79,18 @@ def test_a_repeated_prompt_is_encoded_once_and_scores_as_before():
     assert torch.equal(model.encode_text("a red circle"), expected)
 
 
+def test_weights_loaded_under_inference_mode_are_cached_too():
+    """ComfyUI loads models under ``torch.inference_mode``: their tensors keep no write counter, yet the cache
+    must serve them (a KeyError-free first call, then hits)."""
+    with torch.inference_mode():
+        model = tiny_model()
+        runs = _counting(model)
+        first = model.encode_text(["a red circle"])
+        assert torch.equal(model.encode_text(["a red circle"]), first) and len(runs) == 1
+    with torch.no_grad():  # a later node's call, outside inference mode
+        assert torch.equal(model.encode_text(["a red circle"]), first) and len(runs) == 1
+
+
 def test_a_caller_writing_to_its_embedding_does_not_change_the_cache():
     model = tiny_model()
     with torch.no_grad():
