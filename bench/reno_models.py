@@ -14,6 +14,7 @@ materialised on the device. On ``meta`` nothing is materialised: that build is f
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ import torch
 from torch import nn
 
 from latent_clip import LatentCLIP, get_latent_family, get_model_config, scaled_to_raw
-from latent_clip.pixel_clip import build_pixel_clip, clip_normalise, pixel_preprocess, pixel_tokenizer
+from latent_clip.pixel_clip import (build_pixel_clip, clip_normalise, pixel_clip_config, pixel_preprocess,
+                                   pixel_tokenizer)
 from latent_clip.rewards import latent_alignment, pixel_alignment
 
 PROMPT = "a photo of an astronaut riding a horse"
@@ -169,14 +171,17 @@ def _reward(key: str, decode, device: torch.device) -> tuple[Callable, nn.Module
     """The reward of path ``key`` (see :data:`PATHS`) and the module holding its weights. On ``meta`` (for
     counting FLOPs, where a prompt cannot be tokenised) the reward's towers on the latents, the prompt's features
     left out: the cosine to them and the normalisations are elementwise, which FlopCounterMode does not count."""
-    arch = PATHS[key][1]
+    arch, meta = PATHS[key][1], device.type == "meta"
+    with torch.device("meta") if meta else contextlib.nullcontext():  # on meta: no weights in memory at all
+        model = LatentCLIP(get_model_config("Latent-ViT-B-8-512")) if arch is None else (
+            build_pixel_clip(pixel_clip_config(arch)) if meta else build_pixel_clip(arch))
     if arch is None:
-        lclip = place_(frozen(LatentCLIP(get_model_config("Latent-ViT-B-8-512"))), device)
-        if device.type == "meta":
+        lclip = place_(frozen(model), device)
+        if meta:
             return lambda latents: lclip.encode_latents(latents).sum(-1), lclip.visual
         return latent_alignment(lclip, PROMPT), lclip.visual
-    clip = place_(frozen(build_pixel_clip(arch)), device)
-    if device.type == "meta":
+    clip = place_(frozen(model), device)
+    if meta:
         return lambda latents: clip.encode_image(clip_normalise(decode(latents), *pixel_preprocess(clip))).sum(-1), clip
     reward = pixel_alignment(clip, pixel_tokenizer(arch, clip), PROMPT, decode)
     del clip.transformer, clip.token_embedding  # the prompt is encoded; not part of an iteration
@@ -194,7 +199,8 @@ def build(model: str, size: int, device: str, paths=tuple(PATHS), tiny_unet: boo
     with torch.device("meta"):
         unet = frozen(UNet2DConditionModel(**(TINY_SDXL_UNET if tiny_unet else turbo.unet)))
     place_(unet, dev, init=True)
-    vae = frozen(AutoencoderKL(**SD_VAE, scaling_factor=family.scaling_factor))
+    with torch.device("meta") if dev.type == "meta" else contextlib.nullcontext():
+        vae = frozen(AutoencoderKL(**SD_VAE, scaling_factor=family.scaling_factor))
     del vae.encoder, vae.quant_conv  # not part of an iteration
     place_(vae, dev)
 
