@@ -32,7 +32,7 @@ def child(variant: str, size: int, threads: int) -> dict:
 
     from diffusers import UNet2DConditionModel
 
-    from bench.bench_reno import SD21_BASE_UNET, frozen
+    from bench.reno_models import SD21_BASE_UNET, frozen
     from latent_clip.reno import private_saved_tensors
 
     torch.set_num_threads(threads)
