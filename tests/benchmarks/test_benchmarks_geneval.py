@@ -174,7 +174,7 @@ def test_resume_after_kill_9_skips_finished_prompts(tiny, tmp_path):
 @pytest.mark.slow
 def test_two_ranks_split_prompts_disjointly(tiny, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "train.benchmarks", *args(tiny, out, "--limit", "4", "--samples", "1", "--iterations", "2")]
     proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
