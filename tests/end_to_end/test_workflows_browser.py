@@ -457,7 +457,7 @@ def test_expert_inputs_open_as_a_user_opens_them(page):
 
 
 def test_node_search_finds_nodes_by_their_aliases(comfy_server, page):
-    """Double-click on the empty canvas, type "nsfw" (in no name of ours, an alias of three nodes): ComfyUI 0.33
+    """Double-click on the empty canvas, type "nsfw" (in no name of ours, an alias of four nodes): ComfyUI 0.33
     serves the aliases and the search lists those nodes; 0.3.75 serves none, and the same search lists none of ours."""
     version = tuple(map(int, comfy_server.get("/system_stats")["system"]["comfyui_version"].split(".")[:2]))
     page.evaluate("() => window.app.graph.clear()")
@@ -475,7 +475,8 @@ def test_node_search_finds_nodes_by_their_aliases(comfy_server, page):
     listed = {o.inner_text().split("\n")[0] for o in page.locator('[role="option"]').all()}
     _close_dialogs(page)
     assert listed, "the node search listed nothing"
-    expected = {"Latent-CLIP Safety Filter", "Latent-CLIP Safety Guider", "Latent-CLIP Reward: Avoid Concepts"}
+    expected = {"Latent-CLIP Safety Filter", "Latent-CLIP Safety Guider", "Latent-CLIP Reward: Avoid Concepts",
+                "Safety Stop Sampler (Latent-CLIP)"}
     assert {name for name in listed if "Latent-CLIP" in name} == (expected if version >= (0, 33) else set()), listed
 
 
