@@ -19,19 +19,18 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.reno_models import SD_VAE  # SD's and SDXL's VAEs share this architecture
 from bench.timing import Ratio, add_timing_options, ceiling_note, format_ratio, interleaved, ratio, run_measurement
 from latent_clip import LatentCLIP, ModelConfig, get_model_config
 from latent_clip.pixel_clip import build_pixel_clip, clip_preprocess, pixel_clip_config, pixel_preprocess
 
-SDXL_VAE = dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4)
 PIXEL_TOWERS = ("ViT-B-32", "ViT-L-14")  # the paper's baseline, and the tower the README compared first
 LATENT_MODELS = ("Latent-ViT-B-8-512", "Latent-ViT-B-4-512-plus")
 CASES = {"512-fwd": (64, False), "512-fwd+bwd": (64, True), "1024-fwd": (128, False), "1024-fwd+bwd": (128, True)}
 Reward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def scoring_paths(device: str, vae: Mapping = SDXL_VAE, towers: Mapping | None = None,
+def scoring_paths(device: str, vae: Mapping = SD_VAE, towers: Mapping | None = None,
                   latents: Mapping[str, ModelConfig] | None = None) -> dict[str, Reward]:
     """``{"pixel: decode + T": reward, ..., "latent: L": reward, ...}`` with random weights on ``device``:
     ``towers`` maps a name to an open_clip config (default: :data:`PIXEL_TOWERS`), ``latents`` a name to a
