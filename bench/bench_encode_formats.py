@@ -8,7 +8,8 @@ cache after the warm-up round, so this measures decode cost, not disk. Readers a
 repeats on this process's CPU time (bench/timing.py); throughput is samples per CPU second, and each reader's
 speed-up over the authors' is the median of the per-repeat ratios with its range.
 
-    .venv/bin/python -m bench.bench_encode_formats [--samples 2048] [--shard-size 256] [--repeats 15] [--load-check]
+    .venv/bin/python -m bench.bench_encode_formats [--samples 2048] [--shard-size 256] [--repeats 15]
+        [--min-seconds 1] [--load-check]
 """
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ def measure(args: argparse.Namespace) -> dict[str, Ratio]:
     with tempfile.TemporaryDirectory(prefix="bench_formats_") as tmp:
         sizes = write_shards(Path(tmp), args.samples, args.shard_size, tuple(args.shape))
         seconds = interleaved({name: reader(Path(tmp) / fmt, kind, args.samples)
-                               for name, (kind, fmt) in READERS.items()}, args.repeats)
+                               for name, (kind, fmt) in READERS.items()}, args.repeats,
+                              min_seconds=args.min_seconds)
     print(f"{args.samples} latents {tuple(args.shape)} fp16 in shards of {args.shard_size}; "
           f"bytes: tar {sizes['tar']:,}  safetensors {sizes['safetensors']:,}; {torch.get_num_threads()} torch "
           f"threads, CPU time of this process, 1 warm-up + {args.repeats} interleaved repeats")
@@ -96,6 +98,9 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=2048)
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--shape", type=int, nargs=3, default=(4, 64, 64))
+    p.add_argument("--min-seconds", type=float, default=1.0,
+                   help="repeat a reader within one timing until it takes this long (the safetensors reader takes "
+                        "~0.06 s per pass; single passes ranged 5.5-10.9x over 15 repeats)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     run_measurement(lambda: measure(args), args)

@@ -25,6 +25,7 @@ after the other, 1 thread; each child under :class:`bench.memory_guard.MemoryGua
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib
 import json
@@ -41,7 +42,7 @@ from bench.inprocess import import_comfyui
 from bench.memory import reset_peak, status_gb
 from bench.memory_guard import MemoryGuard
 from bench.reno_models import random_init_
-from bench.timing import format_ratio, interleaved, ratio
+from bench.timing import busy_neighbour, format_ratio, interleaved, ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("plain", "reno")
@@ -137,9 +138,11 @@ def memory_child(variant: str, samples: dict[str, Callable[[], torch.Tensor]]) -
             "rss_left_gb": status_gb("VmRSS") - before, "new_live_tensor_gb": sum(new.values()) / 2 ** 30}
 
 
-def timing_child(samples: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict:
-    """CPU seconds of both variants in interleaved repeats after one warm-up round; reno / plain per repeat."""
-    seconds = interleaved(samples, repeats=repeats, warmup=1)
+def timing_child(samples: dict[str, Callable[[], torch.Tensor]], repeats: int, beside_burner: bool = False) -> dict:
+    """CPU seconds of both variants in interleaved repeats after one warm-up round; reno / plain per repeat;
+    ``beside_burner``: beside :func:`bench.timing.busy_neighbour`."""
+    with busy_neighbour() if beside_burner else contextlib.nullcontext():
+        seconds = interleaved(samples, repeats=repeats, warmup=1)
     r = ratio(seconds["reno"], seconds["plain"])
     return {"variant": "timing", "seconds": seconds, "reno_over_plain": r.median, "low": r.low, "high": r.high,
             "repeats": r.repeats}
@@ -159,6 +162,7 @@ def parse(argv) -> argparse.Namespace:
     ap.add_argument("--comfy-args", default="", help="ComfyUI options besides --cpu, e.g. "
                                                    "'--use-pytorch-cross-attention' (CPU default: sub-quadratic)")
     ap.add_argument("--json", help="write the raw numbers here")
+    ap.add_argument("--beside-burner", action="store_true", help="time beside a CPU-burning neighbour process")
     ap.add_argument("--child", choices=CHILDREN, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not (args.comfyui / "main.py").is_file():
@@ -170,7 +174,10 @@ def run_child(args) -> dict:
     """What child ``args.child`` measures, under the memory guard."""
     with MemoryGuard(args.max_anon_gb, args.min_available_gb, f"bench_reno_comfy {args.child}"):
         samples = setup(args.model, args.size, args.iterations, args.threads, args.comfyui, args.comfy_args.split())
-        out = timing_child(samples, args.repeats) if args.child == "timing" else memory_child(args.child, samples)
+        if args.child == "timing":
+            out = timing_child(samples, args.repeats, args.beside_burner)
+        else:
+            out = memory_child(args.child, samples)
     return {**out, "model": args.model}
 
 
@@ -180,13 +187,15 @@ def main(argv=None) -> dict:
         print(json.dumps(run_child(args)))
         return {}
     print(f"torch {torch.__version__}, ComfyUI at {args.comfyui} (--cpu {args.comfy_args}), {args.model} UNet, "
-          f"{args.size} px, batch 1, {args.iterations} ReNO evaluations, {args.threads} thread(s)", flush=True)
+          f"{args.size} px, batch 1, {args.iterations} ReNO evaluations, {args.threads} thread(s)"
+          + (", timed beside a CPU burner" if args.beside_burner else ""), flush=True)
     runs = {}
     for name in CHILDREN:
         cmd = [sys.executable, "-m", "bench.bench_reno_comfy", "--child", name, "--model", args.model,
                "--size", str(args.size), "--iterations", str(args.iterations), "--threads", str(args.threads),
                "--repeats", str(args.repeats), "--max-anon-gb", str(args.max_anon_gb), "--min-available-gb",
                str(args.min_available_gb), "--comfyui", str(args.comfyui), f"--comfy-args={args.comfy_args}"]
+        cmd += ["--beside-burner"] if args.beside_burner and name == "timing" else []
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if done.returncode:
             sys.exit(f"bench_reno_comfy: child {name} failed ({done.returncode}): "

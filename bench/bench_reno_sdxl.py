@@ -89,6 +89,7 @@ def parse(argv) -> argparse.Namespace:
     ap.add_argument("--max-anon-gb", type=float, default=10.0, help="stop past this anonymous memory (GiB)")
     ap.add_argument("--min-available-gb", type=float, default=2.0, help="stop when the machine has less (GiB)")
     ap.add_argument("--json", help="write one JSON object here")
+    ap.add_argument("--beside-burner", action="store_true", help="time beside a CPU-burning neighbour process")
     ap.add_argument("--tiny-unet", action="store_true", help=argparse.SUPPRESS)  # tests only: a toy-width UNet
     args = ap.parse_args(argv)
     if args.size % 8 or args.size < 64:
@@ -105,7 +106,8 @@ def run(args) -> dict:
            "clock": "synchronised wall time" if args.device.startswith("cuda") else "process CPU time"}
     with MemoryGuard(args.max_anon_gb, args.min_available_gb, "bench_reno_sdxl") as guard:
         if not args.end_to_end:
-            out.update(measure_paths(MODEL, args.size, args.device, args.repeats, args.tiny_unet))
+            out.update(measure_paths(MODEL, args.size, args.device, args.repeats, args.tiny_unet,
+                                      beside_burner=args.beside_burner))
         else:
             pipeline = build(MODEL, args.size, args.device, ("latent",), args.tiny_unet)
             out["params_m"] = params_m(pipeline)
@@ -127,7 +129,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), SDXL-Turbo, {args.size} px, "
           f"batch 1, " + (f"one ReNO image of {args.end_to_end} evaluations" if args.end_to_end else
-                          f"{args.repeats} interleaved repeats after 1 warm-up round"), flush=True)
+                          f"{args.repeats} interleaved repeats after 1 warm-up round")
+          + (", beside a CPU burner" if args.beside_burner else ""), flush=True)
     out = run(args)
     if args.json:
         with open(args.json, "w") as f:

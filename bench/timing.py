@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import statistics
 import subprocess
@@ -44,20 +45,30 @@ def clock_for(device: str) -> Clock:
 
 
 def interleaved(paths: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-                clock: Clock = time.process_time) -> dict[str, list[float]]:
-    """Seconds of each call of each path: ``warmup`` untimed rounds, then ``repeats`` rounds, each calling
-    every path once in turn. Returns ``{name: [seconds per repeat]}``."""
+                clock: Clock = time.process_time, min_seconds: float = 0.0) -> dict[str, list[float]]:
+    """Seconds per call of each path: ``warmup`` untimed rounds, then ``repeats`` rounds, each timing every path
+    in turn. Returns ``{name: [seconds per call, one per repeat]}``.
+
+    With ``min_seconds`` (and ``warmup`` >= 1) a path whose warm-up call took less is called
+    ``ceil(min_seconds / warm-up seconds)`` times per timing, and the timing divided by that count: a
+    millisecond-long path is otherwise at the mercy of a single page fault or scheduler tick."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
+    calls = dict.fromkeys(paths, 1)
     for _ in range(warmup):
-        for fn in paths.values():
+        for name, fn in paths.items():
+            start = clock()
             fn()
+            took = clock() - start
+            if min_seconds > 0:
+                calls[name] = max(1, math.ceil(min_seconds / max(took, 1e-6)))
     samples: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(repeats):
         for name, fn in paths.items():
             start = clock()
-            fn()
-            samples[name].append(clock() - start)
+            for _ in range(calls[name]):
+                fn()
+            samples[name].append((clock() - start) / calls[name])
     return samples
 
 

@@ -21,6 +21,24 @@ def test_interleaved_calls_each_path_once_per_repeat_in_turn():
     assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
 
 
+def test_min_seconds_repeats_a_short_path_within_a_timing_and_reports_seconds_per_call():
+    """A 2 ms path under ``min_seconds=0.02`` is called ~10 times per timing (the count set from its warm-up call),
+    a 30 ms path once; both come back as seconds per call."""
+    calls = {"short": 0, "long": 0}
+
+    def path(name: str, seconds: float):
+        def run():
+            calls[name] += 1
+            spin(seconds)
+        return run
+
+    samples = interleaved({"short": path("short", 0.002), "long": path("long", 0.03)}, repeats=2, min_seconds=0.02)
+    assert calls["long"] == 1 + 2
+    assert 1 + 2 * 5 <= calls["short"] <= 1 + 2 * 10  # ceil(0.02 / warm-up time); a slow warm-up call lowers it
+    assert all(0.002 <= t < 0.004 for t in samples["short"])
+    assert all(0.03 <= t < 0.045 for t in samples["long"])
+
+
 def test_ratio_is_the_median_of_per_repeat_ratios_with_its_range():
     r = ratio([4.0, 9.0, 6.0], [2.0, 3.0, 1.0])  # per repeat: 2, 3, 6
     assert (r.median, r.low, r.high, r.repeats) == (3.0, 2.0, 6.0, 3)
