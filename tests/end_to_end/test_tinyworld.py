@@ -6,6 +6,7 @@ from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
+import torch
 
 from train.tinyworld import report, study
 from train.tinyworld.judge import detect, judge, judge_batch
@@ -166,3 +167,22 @@ def test_quick_study_learns(tmp_path):
     r, g = results["reno"], results["guidance"]
     assert r["latent"]["reward_best"] < r["latent"]["reward_start"]
     assert g["forbidden_rate_guided"] < g["forbidden_rate_base"]
+
+
+def test_clip_configs_match_the_embedded_one_with_one_head_and_split_the_width_into_heads():
+    """The one-head configs are the embedded Latent-CLIP's (which quick's CLIPs share); the full preset's four heads
+    build both CLIPs with 16-wide heads in both towers."""
+    from latent_clip import LatentCLIP, ModelConfig
+    from latent_clip.config import DEMO_WEIGHTS
+    from latent_clip.pixel_clip import build_pixel_clip
+    from train.tinyworld import clips
+
+    embedded = json.loads(DEMO_WEIGHTS.with_suffix(".json").read_text())["model_cfg"]
+    latent, pixel = clips.clip_configs(1)
+    assert ModelConfig.from_dict(latent, name=embedded["name"]) == ModelConfig.from_dict(embedded)
+    latent, pixel = clips.clip_configs(study.PRESETS["full"].clip_heads)
+    for model in (LatentCLIP(ModelConfig.from_dict(latent, name="four-heads")), build_pixel_clip(pixel)):
+        heads = [m.num_heads for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+        assert heads == [4] * 4  # 2 image + 2 text layers
+    with pytest.raises(ValueError, match="heads must divide the width 64"):
+        clips.clip_configs(3)

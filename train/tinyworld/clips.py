@@ -31,13 +31,20 @@ from .world import (CATEGORIES, COLOURS, PREFIXES, RELATIONS, SHAPES, Query, Sam
 
 CONTEXT = 20
 EMBED, WIDTH = 64, 64
-TEXT_CFG = {"context_length": CONTEXT, "width": WIDTH, "heads": 1, "layers": 2}
-LATENT_CFG = {"embed_dim": EMBED, "text_cfg": TEXT_CFG,
-              "vision_cfg": {"image_size": 64, "patch_size": 1, "width": WIDTH, "layers": 2,
-                             "latent_family": "tinyworld", "latent_n_channels": 4, "latent_factor": 8}}
-PIXEL_CFG = {"embed_dim": EMBED, "text_cfg": TEXT_CFG,
-             "vision_cfg": {"image_size": 64, "patch_size": 8, "width": WIDTH, "layers": 2}}
 
+
+def clip_configs(heads: int = 1) -> tuple[dict, dict]:
+    """The Latent-CLIP's and the pixel CLIP's open_clip configs, size-matched: 64 tokens + CLS in both image towers,
+    width 64, 2 + 2 layers, ``heads`` attention heads in every layer (the full study's 4 learn shape and
+    binding faster than one: docs/verifiers.md)."""
+    if WIDTH % heads:
+        raise ValueError(f"heads must divide the width {WIDTH}, got {heads}")
+    text = {"context_length": CONTEXT, "width": WIDTH, "heads": heads, "layers": 2}
+    vision = {"image_size": 64, "width": WIDTH, "layers": 2, "head_width": WIDTH // heads}
+    return ({"embed_dim": EMBED, "text_cfg": text,
+             "vision_cfg": {**vision, "patch_size": 1, "latent_family": "tinyworld", "latent_n_channels": 4,
+                            "latent_factor": 8}},
+            {"embed_dim": EMBED, "text_cfg": text, "vision_cfg": {**vision, "patch_size": 8}})
 
 # ---------------------------------------------------------------- data
 
