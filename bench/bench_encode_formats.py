@@ -94,13 +94,10 @@ def measure(args: argparse.Namespace) -> dict[str, Ratio]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_timing_options(p, repeats=15)
+    add_timing_options(p, repeats=15, min_seconds=1.0)  # a safetensors pass: ~0.06 s
     p.add_argument("--samples", type=int, default=2048)
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--shape", type=int, nargs=3, default=(4, 64, 64))
-    p.add_argument("--min-seconds", type=float, default=1.0,
-                   help="repeat a reader within one timing until it takes this long (the safetensors reader takes "
-                        "~0.06 s per pass; single passes ranged 5.5-10.9x over 15 repeats)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     run_measurement(lambda: measure(args), args)

@@ -75,10 +75,12 @@ def flops(paths: dict[str, Reward], side: int, backward: bool) -> dict[str, floa
     return out
 
 
-def time_paths(paths: dict[str, Reward], side: int, backward: bool, repeats: int) -> dict[str, list[float]]:
-    """CPU seconds per repeat of each path on one raw latent (1, 4, side, side)."""
+def time_paths(paths: dict[str, Reward], side: int, backward: bool, repeats: int,
+               min_seconds: float) -> dict[str, list[float]]:
+    """CPU seconds per call of each path on one raw latent (1, 4, side, side), one value per repeat."""
     z = torch.randn(1, 4, side, side) * 4
-    return interleaved({name: (lambda fn=fn: run(fn, z, backward)) for name, fn in paths.items()}, repeats)
+    return interleaved({name: (lambda fn=fn: run(fn, z, backward)) for name, fn in paths.items()}, repeats,
+                       min_seconds=min_seconds)
 
 
 def report(case: str, fl: dict[str, float], seconds: dict[str, list[float]] | None) -> dict[str, Ratio]:
@@ -117,13 +119,14 @@ def measure(args: argparse.Namespace) -> dict[str, Ratio]:
     for case, (side, backward) in CASES.items():
         fl = flops(meta_paths, side, backward)
         timed = case in timed_cases
-        ratios |= report(case, fl, time_paths(cpu_paths, side, backward, args.repeats) if timed else None)
+        seconds = time_paths(cpu_paths, side, backward, args.repeats, args.min_seconds) if timed else None
+        ratios |= report(case, fl, seconds)
     return ratios
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_timing_options(parser)
+    add_timing_options(parser, min_seconds=2.0)  # the latent paths take 0.2-1.3 s a call
     parser.add_argument("--flops-only", action="store_true", help="count FLOPs, time nothing")
     parser.add_argument("--time", nargs="+", choices=list(CASES), default=["512-fwd", "512-fwd+bwd"],
                         help="cases to time (default the 512 px ones; the pixel forward at 1024 px takes about 70 s "

@@ -131,11 +131,16 @@ def busy_neighbour() -> Iterator[subprocess.Popen]:
         burner.wait()
 
 
-def add_timing_options(parser: argparse.ArgumentParser, repeats: int = 3) -> None:
-    """``--repeats``, ``--threads`` and the under-load options every timing bench takes."""
+def add_timing_options(parser: argparse.ArgumentParser, repeats: int = 3, min_seconds: float | None = None) -> None:
+    """``--repeats``, ``--threads`` and the under-load options every timing bench takes; ``--min-seconds`` for a
+    bench that passes it to :func:`interleaved` (give its default)."""
     parser.add_argument("--repeats", type=int, default=repeats, help="interleaved timed repeats after one warm-up "
                         "round: each ratio is the median of the per-repeat ratios, with their range "
                         f"(default {repeats})")
+    if min_seconds is not None:
+        parser.add_argument("--min-seconds", type=float, default=min_seconds, help="call a path that took less "
+                            "in the warm-up round several times within each timing, up to this many CPU seconds "
+                            f"(default {min_seconds:g})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: CPU seconds sum over "
                         "threads, so more threads add their spinning and synchronisation to the time)")
     load = parser.add_mutually_exclusive_group()

@@ -68,6 +68,10 @@ def test_timing_options_default_to_three_repeats_on_one_thread_and_one_load_mode
     assert (args.repeats, args.threads, args.beside_burner, args.load_check) == (3, 1, False, False)
     with pytest.raises(SystemExit):
         parser.parse_args(["--beside-burner", "--load-check"])
+    assert not hasattr(args, "min_seconds")  # only a bench that passes it to interleaved() offers it
+    parser = argparse.ArgumentParser()
+    add_timing_options(parser, min_seconds=2.0)
+    assert parser.parse_args([]).min_seconds == 2.0 and parser.parse_args(["--min-seconds", "0"]).min_seconds == 0
 
 
 def test_load_check_prints_both_ratios_and_exits_when_one_moves_more_than_ten_percent(capsys):
