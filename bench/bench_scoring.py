@@ -76,7 +76,7 @@ def flops(paths: dict[str, Reward], side: int, backward: bool) -> dict[str, floa
 
 
 def time_paths(paths: dict[str, Reward], side: int, backward: bool, repeats: int,
-               min_seconds: float) -> dict[str, list[float]]:
+               min_seconds: float = 0.0) -> dict[str, list[float]]:
     """CPU seconds per call of each path on one raw latent (1, 4, side, side), one value per repeat."""
     z = torch.randn(1, 4, side, side) * 4
     return interleaved({name: (lambda fn=fn: run(fn, z, backward)) for name, fn in paths.items()}, repeats,
