@@ -46,6 +46,7 @@ def clip_configs(heads: int = 1) -> tuple[dict, dict]:
                             "latent_factor": 8}},
             {"embed_dim": EMBED, "text_cfg": text, "vision_cfg": {**vision, "patch_size": 8}})
 
+
 # ---------------------------------------------------------------- data
 
 def write_image_shards(out: Path, seed: int, n: int, shard_size: int = 2000, pairs: bool = False) -> list[Path]:
