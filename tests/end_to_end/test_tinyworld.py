@@ -186,3 +186,17 @@ def test_clip_configs_match_the_embedded_one_with_one_head_and_split_the_width_i
         assert heads == [4] * 4  # 2 image + 2 text layers
     with pytest.raises(ValueError, match="heads must divide the width 64"):
         clips.clip_configs(3)
+
+
+def test_full_preset_trains_four_head_clips_on_twins_and_measures_their_verifiers(tmp_path):
+    """The full preset's path at toy sizes: twin shards of one batch each, 4-head CLIPs through ``train fit``, and the
+    verifiers measured on the models it just trained, every pruned run's evaluations counted."""
+    sizes = dict(vae_steps=2, train_samples=256, clip_steps=2, generator_steps=2, zeroshot_per_category=2,
+                 reno_prompts=2, reno_iterations=1, guidance_prompts=2, guidance_iterations=1, verify_prompts=2)
+    study.main([*(f"--set={k}={v}" for k, v in sizes.items()), "--out", str(tmp_path)])
+    assert len(list((tmp_path / "data" / "images").glob("*.tar"))) == 256 // 128  # a shard of twins per batch
+    cfg = json.loads((tmp_path / "models" / "latent_clip.json").read_text())["model_cfg"]
+    assert cfg["vision_cfg"]["head_width"] == 16 and cfg["text_cfg"]["heads"] == 4
+    v = json.loads((tmp_path / "verifiers" / "results.json").read_text())
+    assert v["preset"] == "full" and v["verifiers"]["prompts"] == 2
+    assert v["verifiers"]["frontier"]["full"]["evaluations"] == 8 * 8
