@@ -450,7 +450,8 @@ def test_expert_inputs_open_as_a_user_opens_them(page):
         if version >= (1, 48):
             assert labels() >= set(RENO_INPUTS) and not labels() & set(RENO_ADVANCED)
             node.get_by_role("button", name="Show advanced inputs").click()
-            node.get_by_text(RENO_ADVANCED[-1], exact=True).wait_for(timeout=10_000)  # drawn after the button
+        for label in RENO_ADVANCED:  # drawn one by one (after the button on 1.48+): under load the last came late
+            node.get_by_text(label, exact=True).wait_for(timeout=10_000)
         assert labels() >= {*RENO_INPUTS, *RENO_ADVANCED}
     finally:
         page.evaluate("() => window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
