@@ -59,6 +59,12 @@ wanted=$(printf '%s\n' "$TORCH" "$extras" | cat - "$COMFY/requirements.txt" requ
 if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" = "$wanted" ]; then
     say "venv $VENV up to date ($(size "$VENV"))"
 else
+    need_gb=9   # the venv measured 7.6 GB: torch's CUDA build from PyPI is most of it
+    free_gb=$(mkdir -p build && df -Pk build | awk 'NR == 2 {print int($4 / 1048576)}')
+    [ "$free_gb" -ge "$need_gb" ] || {
+        echo "$PWD/build has $free_gb GB free; building $VENV needs about $need_gb GB: free some disk and rerun" >&2
+        exit 1
+    }
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"  # bin/pip names the venv's first path
     step() {  # step <what> <pip install args...>
