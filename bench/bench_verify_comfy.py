@@ -9,7 +9,7 @@ spend against a plain euler run of all N?
 * evaluations: UNet rows counted by a UNet function wrapper (``set_model_unet_function_wrapper``) on both paths
   (cfg 1, so one row per candidate per step), beside the sampler's own count and the rule N*k + m*(S-k);
 * time: this process's CPU seconds (``bench/timing.py``: interleaved repeats, ratio = median of the per-repeat
-  ratios with their range), one thread;
+  ratios with their range), one thread; ``--load-check`` times it alone, then beside a CPU burner;
 * exactness: the largest |difference| between the survivors' final latents and the plain run's same rows.
 
 The model is the tests' random full-size SD1.5 checkpoint (tests/fixtures.sd15_checkpoint builds it in
@@ -17,7 +17,7 @@ build/test_models/), random conditioning, an empty latent of ``--size`` px; the 
 Latent-ViT-B-8-512 of the SD1.5 latent family (the official architecture's cost, not its judgement).
 
     .venv/bin/python -m bench.bench_verify_comfy --candidates 8 --steps 20 --keep 2 --at-step 5 10 --repeats 3
-        [--size 64] [--comfyui build/ComfyUI] [--json out.json]
+        [--size 64] [--comfyui build/ComfyUI] [--json out.json] [--beside-burner | --load-check]
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from bench.inprocess import import_comfyui
-from bench.timing import Ratio, interleaved, ratio
+from bench.timing import Ratio, add_timing_options, interleaved, ratio, run_measurement
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "build" / "test_models" / "latent_clip_test_sd15.safetensors"
@@ -83,13 +83,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--keep", type=int, default=2, help="m, the candidates finished")
     ap.add_argument("--at-step", type=int, nargs="+", default=[5, 10], help="checkpoint steps k")
     ap.add_argument("--size", type=int, default=64, help="image size in px (latent = size / 8)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--checkpoint", type=Path, default=CHECKPOINT,
                     help="an SD1.5 checkpoint (default: the tests' random one)")
     ap.add_argument("--comfyui", type=Path, default=Path(os.environ.get("LATENT_CLIP_COMFYUI_DIR") or
                                                          ROOT / "build" / "ComfyUI"), help="ComfyUI folder")
-    ap.add_argument("--json", help="write the raw numbers here")
+    ap.add_argument("--json", help="write the raw numbers here (one entry per timed run)")
+    add_timing_options(ap)
     args = ap.parse_args(argv)
     if not (args.comfyui / "main.py").is_file():
         sys.exit(f"bench_verify_comfy: no ComfyUI at {args.comfyui} (bash scripts/install_comfyui.sh, or --comfyui)")
@@ -116,20 +115,27 @@ def main(argv=None) -> dict:
     paths = {"plain": path("plain", comfy.samplers.ksampler("euler")),
              **{name: path(name, sampler) for name, sampler in samplers.items()}}
     sample(model, positive, comfy.samplers.ksampler("euler"), n, side, 2)  # warm-up: first-call costs
-    seconds = interleaved(paths, repeats=args.repeats, warmup=0)
-    results = {"plain": {"evaluations": counts["plain"], "rule": n * s, "cpu_s": seconds["plain"]}}
-    print(f"plain: {counts['plain']} UNet evaluations (N*S = {n * s}), CPU s per run {_fmt(seconds['plain'])}")
-    for name, sampler in samplers.items():
-        results[name] = r = pruned_result(sampler, counts, seconds, outputs, name)
-        print(f"{name}: {r['evaluations']} UNet evaluations (sampler counted {r['sampler_counted']}, rule "
-              f"N*k + m*(S-k) = {r['rule']}), CPU s per run {_fmt(seconds[name])}; pruned / plain: evaluations "
-              f"{r['evaluation_ratio']:.3f}, time {_ratio(ratio(seconds[name], seconds['plain']))}; kept "
-              f"{r['kept']}, survivors vs plain max |diff| {r['max_abs_diff_to_plain']:.2e}", flush=True)
+    runs = []
+
+    def measure() -> dict[str, Ratio]:
+        seconds = interleaved(paths, repeats=args.repeats, warmup=0)
+        results = {"plain": {"evaluations": counts["plain"], "rule": n * s, "cpu_s": seconds["plain"]}}
+        print(f"plain: {counts['plain']} UNet evaluations (N*S = {n * s}), CPU s per run {_fmt(seconds['plain'])}")
+        for name, sampler in samplers.items():
+            results[name] = r = pruned_result(sampler, counts, seconds, outputs, name)
+            print(f"{name}: {r['evaluations']} UNet evaluations (sampler counted {r['sampler_counted']}, rule "
+                  f"N*k + m*(S-k) = {r['rule']}), CPU s per run {_fmt(seconds[name])}; pruned / plain: evaluations "
+                  f"{r['evaluation_ratio']:.3f}, time {_ratio(ratio(seconds[name], seconds['plain']))}; kept "
+                  f"{r['kept']}, survivors vs plain max |diff| {r['max_abs_diff_to_plain']:.2e}", flush=True)
+        runs.append(results)
+        return {f"{name} / plain": ratio(seconds[name], seconds["plain"]) for name in samplers}
+
+    run_measurement(measure, args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": {**vars(args), "comfyui": str(args.comfyui), "checkpoint": str(args.checkpoint)},
-                       "torch": torch.__version__, "results": results}, f, indent=2)
-    return results
+                       "torch": torch.__version__, "runs": runs}, f, indent=2)
+    return runs[0]
 
 
 def pruned_result(sampler, counts: dict, seconds: dict, outputs: dict, name: str) -> dict:
