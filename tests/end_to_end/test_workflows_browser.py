@@ -85,18 +85,18 @@ MISSING_SHOWN = """() => !!document.querySelector('.comfy-missing-models li, [da
 SUFFIXES = (".safetensors", ".sft")  # what every tested frontend downloads (1.32.9 MissingModelsWarning: only these)
 # The template browser's cards: each card's title element (the first whose whole text is the title; 1.32.9 repeats it
 # as the description), whether it shows the whole title (no overflow, not clamped), and its images loaded.
-CARDS = """() => [...document.querySelectorAll('[data-testid^="template-workflow-"]')].map(card => {
+CARD = """card => {
     const title = card.dataset.testid.replace('template-workflow-', '');
     const shown = [...card.querySelectorAll('*')].find(e => !e.childElementCount && e.textContent.trim() === title);
     return {title, shown: shown?.textContent.trim(),
             fits: !!shown && shown.scrollWidth <= shown.clientWidth && shown.scrollHeight <= shown.clientHeight,
-            images: [...card.querySelectorAll('img')].map(i => i.complete && i.naturalWidth > 0)}; })"""
-# A card draws its thumbnail once scrolled into view (ten cards overflow the dialog): scroll to the first still
-# without a loaded image, as a person looking through the list does.
-SHOW_PENDING_CARD = """(() => [...document.querySelectorAll('[data-testid^="template-workflow-"]')].find(card => {
-    const images = [...card.querySelectorAll('img')];
-    return !images.length || !images.every(i => i.complete && i.naturalWidth > 0);
-}))()?.scrollIntoView({block: 'center'})"""
+            images: [...card.querySelectorAll('img')].map(i => i.complete && i.naturalWidth > 0)}; }"""
+CARDS = f"""() => [...document.querySelectorAll('[data-testid^="template-workflow-"]')].map({CARD})"""
+# A card draws its thumbnail only while it is in view, and drops it when scrolled out (1.58's LazyImage): the ten
+# cards overflow the dialog, so each is scrolled into view and its own thumbnail awaited, as a person looking
+# through the list sees them.
+CARD_NAMED = """title => document.querySelector(`[data-testid="template-workflow-${title}"]`)"""
+THUMBNAIL_SHOWN = f"""title => ({CARD})(({CARD_NAMED})(title)).images.some(Boolean)"""
 # What each Preview as Text shows: its text widgets (1.32.9 'preview'; 1.48+ 'preview_text' beside a 'preview_mode'
 # toggle), the report it received.
 PREVIEWS = """() => window.app.graph.nodes.filter(n => n.type === 'PreviewAny')
@@ -188,7 +188,9 @@ def _missing_models(page) -> list[dict]:
 
 
 def _close_dialogs(page) -> None:
-    """Closes dialogs, and (1.48+) the error overlay and the right side panel."""
+    """Closes dialogs (PrimeVue's; 1.58's template browser is a reka dialog), and (1.48+) the error overlay and the
+    right side panel."""
+    dialogs = page.locator('.p-dialog, [role="dialog"][data-state="open"]')
     for _ in range(10):
         panel = page.locator('[data-testid="properties-panel"] button[aria-pressed="true"]')
         if panel.count():
@@ -196,12 +198,12 @@ def _close_dialogs(page) -> None:
         overlay = page.locator('[data-testid="error-overlay-dismiss"]')
         if overlay.count():
             overlay.first.click()
-        if not (page.locator(".p-dialog").count() or panel.count() or overlay.count()):
+        if not (dialogs.count() or panel.count() or overlay.count()):
             page.mouse.move(VIEWPORT["width"] - 1, VIEWPORT["height"] // 2)  # no tooltip left on a screenshot
             return
         page.keyboard.press("Escape")
         page.wait_for_timeout(200)
-    raise AssertionError(f"a dialog stays open: {page.locator('.p-dialog').first.inner_text()[:300]}")
+    raise AssertionError(f"a dialog stays open: {dialogs.first.inner_text()[:300]}")
 
 
 def _shot(page, path: Path, clip: dict | None = None) -> None:
@@ -406,27 +408,34 @@ def test_template_browser_shows_every_template_by_title(page):
     # Every tested frontend also shows the file name as the card's description, each '-' and '_' made a space
     # ("Latent-CLIP" read "Latent CLIP"): a title with neither reads the same twice.
     assert [t for t in titles if "-" in t or "_" in t] == []
-    for name, (title, note) in TEMPLATES.items():
-        _close_dialogs(page)  # Missing Models, after opening the last one
-        page.get_by_role("button", name="Templates").first.click()
-        page.get_by_text(PACK_NAME, exact=True).first.click()
-        with contextlib.suppress(PlaywrightTimeout):  # the asserts below say what is missing
-            page.wait_for_function(f"""n => {{ const cards = ({CARDS})(); {SHOW_PENDING_CARD};
-                return cards.length === n && cards.every(c => c.images.length && c.images.every(Boolean)); }}""",
-                                   arg=len(titles), timeout=30_000)  # 15 s left one card unloaded once (1.58.1)
-        cards = page.evaluate(CARDS)
-        assert sorted(c["title"] for c in cards) == titles
-        for card in cards:  # the whole title readable in the card, above its thumbnail
-            assert card["shown"] == card["title"] and card["fits"] and card["images"] and all(card["images"]), card
-        page.locator('[data-testid^="template-workflow-"]', has=page.get_by_text(title, exact=True)).click()
-        page.wait_for_function("note => window.app.graph.nodes.some(n => n.widgets?.[0]?.value === note)",
-                               arg=note_markdown(name))
-        assert bool(_missing_models(page)) == (name not in FIRST_GRAPH)
-        shown = page.evaluate("""() => { const top = window.app.graph.nodes.reduce((a, b) =>
-            a.pos[0] + a.pos[1] <= b.pos[0] + b.pos[1] ? a : b), el = top.widgets[0].element;
-            const r = el.getBoundingClientRect(), seen = el.contains(document.elementFromPoint(r.left + 5, r.top + 5));
-            return [top.type, seen, el.innerText.trim()]; }""")  # the note's top left corner is on screen, not covered
-        assert shown == ["MarkdownNote", True, note.replace("**", "").replace("`", "")], shown
+    try:
+        for i, (name, (title, note)) in enumerate(TEMPLATES.items()):
+            _close_dialogs(page)  # Missing Models, after opening the last one
+            page.get_by_role("button", name="Templates").first.click()
+            page.get_by_text(PACK_NAME, exact=True).first.click()
+            page.locator('[data-testid^="template-workflow-"]').nth(len(titles) - 1).wait_for(timeout=10_000)
+            cards = page.evaluate(CARDS)
+            assert sorted(c["title"] for c in cards) == titles
+            for card in cards:  # the whole title readable in the card
+                assert card["shown"] == card["title"] and card["fits"], card
+            for shown in titles if i == 0 else []:  # each thumbnail, in view (then cached by the page)
+                page.locator(f'[data-testid="template-workflow-{shown}"]').scroll_into_view_if_needed()
+                with contextlib.suppress(PlaywrightTimeout):  # the assert says which one is missing
+                    page.wait_for_function(THUMBNAIL_SHOWN, arg=shown, timeout=30_000)
+                card = page.evaluate(f"title => ({CARD})(({CARD_NAMED})(title))", shown)
+                assert card["images"] and all(card["images"]), card
+            page.locator('[data-testid^="template-workflow-"]', has=page.get_by_text(title, exact=True)).click()
+            page.wait_for_function("note => window.app.graph.nodes.some(n => n.widgets?.[0]?.value === note)",
+                                   arg=note_markdown(name))
+            assert bool(_missing_models(page)) == (name not in FIRST_GRAPH)
+            shown = page.evaluate("""() => { const top = window.app.graph.nodes.reduce((a, b) =>
+                a.pos[0] + a.pos[1] <= b.pos[0] + b.pos[1] ? a : b), el = top.widgets[0].element;
+                const r = el.getBoundingClientRect();
+                const seen = el.contains(document.elementFromPoint(r.left + 5, r.top + 5));
+                return [top.type, seen, el.innerText.trim()]; }""")  # the note's top left corner on screen, uncovered
+            assert shown == ["MarkdownNote", True, note.replace("**", "").replace("`", "")], shown
+    finally:
+        _close_dialogs(page)  # a failure here leaves no template browser over the next tests' clicks
     page.remove_listener("response", listen)
     url = f"{page.url.split('#')[0].rstrip('/')}/api/workflow_templates/{PACK_NAME}/"
     assert served == {url + title + ext: 200 for title in titles for ext in (".jpg", ".json")}, served
@@ -493,6 +502,7 @@ def _open_from_template_browser(page, name: str) -> None:
     """Left sidebar Templates -> Extensions -> comfyui-latent-clip -> the card titled as template ``name``; waits for
     its note."""
     title = TEMPLATES[name][0]
+    _close_dialogs(page)  # and the error overlay a previous graph left, which goes as this one loads
     page.get_by_role("button", name="Templates").first.click()
     page.get_by_text(PACK_NAME, exact=True).first.click()
     page.locator('[data-testid^="template-workflow-"]', has=page.get_by_text(title, exact=True)).click()
