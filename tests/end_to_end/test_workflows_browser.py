@@ -95,8 +95,9 @@ CARDS = f"""() => [...document.querySelectorAll('[data-testid^="template-workflo
 # A card draws its thumbnail only while it is in view, and drops it when scrolled out (1.58's LazyImage): the ten
 # cards overflow the dialog, so each is scrolled into view and its own thumbnail awaited, as a person looking
 # through the list sees them.
-CARD_NAMED = """title => document.querySelector(`[data-testid="template-workflow-${title}"]`)"""
-THUMBNAIL_SHOWN = f"""title => ({CARD})(({CARD_NAMED})(title)).images.some(Boolean)"""
+CARD_NAMED = f"""title => ({CARD})(document.querySelector(`[data-testid="template-workflow-${{title}}"]`))"""
+THUMBNAIL_SHOWN = f"""title => {{ const images = ({CARD_NAMED})(title).images;
+    return images.length > 0 && images.every(Boolean); }}"""
 # What each Preview as Text shows: its text widgets (1.32.9 'preview'; 1.48+ 'preview_text' beside a 'preview_mode'
 # toggle), the report it received.
 PREVIEWS = """() => window.app.graph.nodes.filter(n => n.type === 'PreviewAny')
@@ -409,24 +410,20 @@ def test_template_browser_shows_every_template_by_title(page):
     # ("Latent-CLIP" read "Latent CLIP"): a title with neither reads the same twice.
     assert [t for t in titles if "-" in t or "_" in t] == []
     try:
-        for i, (name, (title, note)) in enumerate(TEMPLATES.items()):
-            _close_dialogs(page)  # Missing Models, after opening the last one
-            page.get_by_role("button", name="Templates").first.click()
-            page.get_by_text(PACK_NAME, exact=True).first.click()
+        for i, (name, (_, note)) in enumerate(TEMPLATES.items()):
+            _open_template_browser(page)
             page.locator('[data-testid^="template-workflow-"]').nth(len(titles) - 1).wait_for(timeout=10_000)
             cards = page.evaluate(CARDS)
             assert sorted(c["title"] for c in cards) == titles
             for card in cards:  # the whole title readable in the card
                 assert card["shown"] == card["title"] and card["fits"], card
-            for shown in titles if i == 0 else []:  # each thumbnail, in view (then cached by the page)
-                page.locator(f'[data-testid="template-workflow-{shown}"]').scroll_into_view_if_needed()
+            for pictured in titles if i == 0 else []:  # each thumbnail, in view (then cached by the page)
+                page.locator(f'[data-testid="template-workflow-{pictured}"]').scroll_into_view_if_needed()
                 with contextlib.suppress(PlaywrightTimeout):  # the assert says which one is missing
-                    page.wait_for_function(THUMBNAIL_SHOWN, arg=shown, timeout=30_000)
-                card = page.evaluate(f"title => ({CARD})(({CARD_NAMED})(title))", shown)
+                    page.wait_for_function(THUMBNAIL_SHOWN, arg=pictured, timeout=30_000)
+                card = page.evaluate(CARD_NAMED, pictured)
                 assert card["images"] and all(card["images"]), card
-            page.locator('[data-testid^="template-workflow-"]', has=page.get_by_text(title, exact=True)).click()
-            page.wait_for_function("note => window.app.graph.nodes.some(n => n.widgets?.[0]?.value === note)",
-                                   arg=note_markdown(name))
+            _open_template_card(page, name)
             assert bool(_missing_models(page)) == (name not in FIRST_GRAPH)
             shown = page.evaluate("""() => { const top = window.app.graph.nodes.reduce((a, b) =>
                 a.pos[0] + a.pos[1] <= b.pos[0] + b.pos[1] ? a : b), el = top.widgets[0].element;
@@ -498,14 +495,17 @@ def test_node_search_finds_nodes_by_their_aliases(comfy_server, page):
     assert {name for name in listed if "Latent-CLIP" in name} == (expected if version >= (0, 33) else set()), listed
 
 
-def _open_from_template_browser(page, name: str) -> None:
-    """Left sidebar Templates -> Extensions -> comfyui-latent-clip -> the card titled as template ``name``; waits for
-    its note."""
-    title = TEMPLATES[name][0]
-    _close_dialogs(page)  # and the error overlay a previous graph left, which goes as this one loads
+def _open_template_browser(page) -> None:
+    """Left sidebar Templates -> Extensions -> comfyui-latent-clip, after closing what is open (a dialog, the
+    Missing Models a previous graph left, or its error overlay, which goes as the next graph loads)."""
+    _close_dialogs(page)
     page.get_by_role("button", name="Templates").first.click()
     page.get_by_text(PACK_NAME, exact=True).first.click()
-    page.locator('[data-testid^="template-workflow-"]', has=page.get_by_text(title, exact=True)).click()
+
+
+def _open_template_card(page, name: str) -> None:
+    """In the open template browser, the card titled as template ``name``; waits for its note."""
+    page.locator('[data-testid^="template-workflow-"]', has=page.get_by_text(TEMPLATES[name][0], exact=True)).click()
     page.wait_for_function("note => window.app.graph.nodes.some(n => n.widgets?.[0]?.value === note)",
                            arg=note_markdown(name))
 
@@ -516,7 +516,8 @@ def test_first_graph_runs_from_the_template_browser(bare_page, bare_comfy_server
     browser, no missing model listed, queued as it is; every report shows whole on the canvas, the zero-shot one
     naming each latent's colour as its caption does."""
     page = bare_page
-    _open_from_template_browser(page, template)
+    _open_template_browser(page)
+    _open_template_card(page, template)
     assert _missing_models(page) == []
     answer = _queue(page)
     assert answer["status"] == 200 and not answer.get("node_errors"), answer
